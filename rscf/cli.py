@@ -25,9 +25,15 @@ COMMAND_MODULES = (
 )
 
 
+def json_parent() -> argparse.ArgumentParser:
+    """Parent parser giving a subcommand the shared `--json` flag."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rscf", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:
