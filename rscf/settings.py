@@ -125,6 +125,9 @@ class Limits:
     request_timeout_ms: int = _env_int("REQUEST_TIMEOUT_MS", 30_000)
     max_attempts: int = _env_int("MAX_ATTEMPTS", 3)
     retry_base_ms: int = 200
+    retry_cap_ms: int = 5_000  # exponential backoff stops growing here
+    dedup_ttl_ms: int = 600_000  # how long a finished request's tombstone drops duplicates
+    voices: tuple[str, ...] = ("default", "joe", "espeak")  # AUDIO params.voice allow-list
     checkpoint_interval_ms: int = _env_int("CHECKPOINT_INTERVAL_MS", 5_000)
     rag_top_k: int = 3
     rag_token_budget: int = 256
