@@ -1,0 +1,139 @@
+"""Per-tenant admission with a token bucket, and the tenant policies that size it.
+
+The bucket is two numbers (tokens, last_ms) so Flink keyed state keyed by
+tenant_id holds it cheaply; `admit` is a pure function of (state, policy, now_ms)
+so replays after a restore decide the same way. A tenant without an explicit
+policy gets its tier's defaults. Policies arrive as ControlEvent `tenant_policy`
+events (broadcast state) and are mirrored in Redis hash `rscf:tenant:<id>` for
+operators and tools that look them up directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+TENANT_KEY_PREFIX = "rscf:tenant:"
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    tenant_id: str
+    tier: str = "STANDARD"
+    rate_per_s: float = 10.0
+    burst: int = 20
+    features: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "tier": self.tier,
+            "rate_per_s": self.rate_per_s,
+            "burst": self.burst,
+            "features": sorted(self.features),
+        }
+
+
+# Defaults when a tenant has no policy of its own.
+TIER_DEFAULTS: dict[str, tuple[float, int, frozenset[str]]] = {
+    "FREE": (1.0, 5, frozenset()),
+    "STANDARD": (10.0, 20, frozenset({"rag"})),
+    "PREMIUM": (50.0, 100, frozenset({"rag", "moderation_model"})),
+}
+
+
+def default_policy(tenant_id: str, tier: str = "STANDARD") -> TenantPolicy:
+    rate, burst, features = TIER_DEFAULTS.get(tier, TIER_DEFAULTS["STANDARD"])
+    return TenantPolicy(tenant_id, tier if tier in TIER_DEFAULTS else "STANDARD", rate, burst, features)
+
+
+def policy_from_dict(data: Mapping[str, Any]) -> TenantPolicy:
+    """A TenantPolicy from the Avro `TenantPolicy` record (or its Redis/JSON mirror)."""
+    tier = data.get("tier") or "STANDARD"
+    base = default_policy(str(data["tenant_id"]), tier)
+    features = data.get("features")
+    if isinstance(features, str):
+        features = [f for f in features.split(",") if f]
+    return replace(
+        base,
+        rate_per_s=float(data["rate_per_s"]) if data.get("rate_per_s") is not None else base.rate_per_s,
+        burst=int(data["burst"]) if data.get("burst") is not None else base.burst,
+        features=frozenset(features) if features is not None else base.features,
+    )
+
+
+def apply_control_event(policies: dict[str, TenantPolicy], event: Mapping[str, Any]) -> dict[str, TenantPolicy]:
+    """New policy table after a ControlEvent; events without `tenant_policy` leave it unchanged."""
+    tp = event.get("tenant_policy")
+    if not tp:
+        return policies
+    policy = policy_from_dict(tp)
+    updated = dict(policies)
+    updated[policy.tenant_id] = policy
+    return updated
+
+
+def policy_for(tenant_id: str, policies: Mapping[str, TenantPolicy]) -> TenantPolicy:
+    return policies.get(tenant_id) or default_policy(tenant_id)
+
+
+def store_tenant_policy(client, policy: TenantPolicy) -> None:
+    client.hset(
+        TENANT_KEY_PREFIX + policy.tenant_id,
+        mapping={
+            "tier": policy.tier,
+            "rate_per_s": repr(policy.rate_per_s),
+            "burst": str(policy.burst),
+            "features": ",".join(sorted(policy.features)),
+        },
+    )
+
+
+def load_tenant_policy(client, tenant_id: str) -> TenantPolicy | None:
+    """The policy mirrored in Redis hash `rscf:tenant:<id>`, or None when the tenant has none."""
+    raw = client.hgetall(TENANT_KEY_PREFIX + tenant_id)
+    if not raw:
+        return None
+    data = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    data["tenant_id"] = tenant_id
+    return policy_from_dict(data)
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    """Keyed state: tokens left and when they were last counted."""
+
+    tokens: float
+    last_ms: int
+
+
+def admit(
+    state: TokenBucket | None, policy: TenantPolicy, now_ms: int, cost: float = 1.0
+) -> tuple[bool, TokenBucket, int]:
+    """(admitted, new state, retry_after_ms). A new tenant starts with a full bucket.
+
+    retry_after_ms is 0 when admitted, the wait until enough tokens have refilled
+    otherwise, and -1 when the request can never be admitted (cost above burst,
+    or a zero rate with an empty bucket).
+    """
+    burst = float(max(policy.burst, 0))
+    rate = max(policy.rate_per_s, 0.0)
+    if state is None:
+        tokens, last = burst, now_ms
+    else:
+        elapsed = max(now_ms - state.last_ms, 0)  # a clock step backwards refills nothing
+        tokens = min(burst, state.tokens + elapsed * rate / 1000.0)
+        last = max(now_ms, state.last_ms)
+    if tokens + 1e-9 >= cost:
+        return True, TokenBucket(tokens - cost, last), 0
+    new_state = TokenBucket(tokens, last)
+    if cost > burst or rate <= 0:
+        return False, new_state, -1
+    return False, new_state, max(1, int(math.ceil((cost - tokens) * 1000.0 / rate - 1e-6)))
