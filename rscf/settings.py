@@ -57,7 +57,7 @@ class Ports:
     kafka_controller: int = _env_int("KAFKA_CONTROLLER_PORT", 9093)
     flink_rest: int = _env_int("FLINK_PORT", 8081)
     flink_metrics_first: int = _env_int("FLINK_METRICS_PORT", 9249)
-    flink_metrics_last: int = _env_int("FLINK_METRICS_PORT_LAST", 9252)
+    flink_metrics_last: int = _env_int("FLINK_METRICS_PORT_LAST", 9250)
     registry: int = _env_int("REGISTRY_PORT", 8085)
     s3: int = _env_int("S3_PORT", 8333)
     weed_master: int = _env_int("WEED_MASTER_PORT", 9333)

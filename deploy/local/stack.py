@@ -506,7 +506,6 @@ def _prepare_prometheus() -> None:
                 "job_name": "rscf-workers",
                 "file_sd_configs": [{"files": [str(prometheus_targets_dir() / "*.json")], "refresh_interval": "5s"}],
             },
-            {"job_name": "rscf-pipeline", "static_configs": [{"targets": [f"{H}:{P.pipeline_metrics}"]}]},
         ],
     }
     import yaml
@@ -524,11 +523,6 @@ def _prometheus_argv() -> list[str]:
         "--storage.tsdb.retention.time=2d",
         "--web.enable-lifecycle",
     ]
-
-
-def _java_opts_env(component: str) -> dict[str, str]:
-    env = flink_env()
-    return env
 
 
 def _flink_script(script: str) -> list[str]:

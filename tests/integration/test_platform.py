@@ -1,0 +1,185 @@
+"""The local platform: every service real, reached with the clients the pipeline uses."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_kafka_produce_consume(stack):
+    from confluent_kafka import Consumer, Producer
+
+    from deploy.local.stack import create_topics
+
+    topic = f"test.platform.{uuid.uuid4().hex[:8]}"
+    create_topics([topic], partitions=1)
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    payloads = [f"message-{i}".encode() for i in range(5)]
+    for p in payloads:
+        producer.produce(topic, value=p, key=b"k")
+    assert producer.flush(10) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < len(payloads) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            got.append(msg.value())
+    consumer.close()
+    assert got == payloads
+
+
+def test_registry_avro_round_trip(stack):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topic = f"test.platform.avro.{uuid.uuid4().hex[:8]}"
+    schema = (
+        '{"type":"record","name":"Ping","namespace":"io.rscf.test",'
+        '"fields":[{"name":"id","type":"string"},{"name":"n","type":"int"}]}'
+    )
+    client = SchemaRegistryClient({"url": stack.registry_url})
+    ser = AvroSerializer(client, schema)
+    de = AvroDeserializer(client)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    data = ser({"id": "a", "n": 7}, ctx)
+    assert data[0] == 0  # Confluent wire format: magic byte, then the 4-byte schema id
+    assert de(data, ctx) == {"id": "a", "n": 7}
+    assert f"{topic}-value" in client.get_subjects()
+
+
+def test_object_store_put_get_list(stack):
+    from deploy.local.stack import s3_client
+
+    client = s3_client()
+    key = f"tests/{uuid.uuid4().hex}.txt"
+    body = b"hello object store"
+    client.put_object(stack.buckets.artifacts, key, io.BytesIO(body), len(body), content_type="text/plain")
+    assert client.get_object(stack.buckets.artifacts, key).read() == body
+    listed = [o.object_name for o in client.list_objects(stack.buckets.artifacts, prefix="tests/")]
+    assert key in listed
+    client.remove_object(stack.buckets.artifacts, key)
+
+
+def test_redis_round_trip_and_vector_sets(stack):
+    import redis
+
+    r = redis.Redis.from_url(stack.redis_url)
+    key = f"test:{uuid.uuid4().hex}"
+    r.set(key, "v", ex=60)
+    assert r.get(key) == b"v"
+    # Redis 8 vector sets serve the RAG index.
+    vkey = f"test:vset:{uuid.uuid4().hex}"
+    r.execute_command("VADD", vkey, "VALUES", 3, 1.0, 0.0, 0.0, "a")
+    r.execute_command("VADD", vkey, "VALUES", 3, 0.0, 1.0, 0.0, "b")
+    nearest = r.execute_command("VSIM", vkey, "VALUES", 3, 0.9, 0.1, 0.0, "COUNT", 1)
+    assert nearest[0] in (b"a", "a")
+    r.delete(key, vkey)
+
+
+def test_flink_has_taskmanager_with_free_slots(stack):
+    overview = httpx.get(f"{stack.flink_url}/overview", timeout=5).json()
+    assert overview["taskmanagers"] >= 1
+    assert overview["slots-total"] >= 1
+    tms = httpx.get(f"{stack.flink_url}/taskmanagers", timeout=5).json()["taskmanagers"]
+    assert tms and all(tm["freeSlots"] >= 0 for tm in tms)
+    assert sum(tm["freeSlots"] for tm in tms) >= 1
+
+
+def test_prometheus_scrapes_the_stack(stack):
+    deadline = time.monotonic() + 30
+    up = {}
+    while time.monotonic() < deadline:
+        targets = httpx.get(f"{stack.prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        up = {(t["labels"]["job"], t["scrapeUrl"]): t["health"] for t in targets}
+        if all(up.get(k) == "up" for k in up if k[0] in ("prometheus", "flink", "seaweedfs")) and any(
+            k[0] == "flink" and v == "up" for k, v in up.items()
+        ):
+            break
+        time.sleep(1)
+    assert up.get(("prometheus", f"http://127.0.0.1:{stack.ports.prometheus}/metrics")) == "up"
+    flink = [v for k, v in up.items() if k[0] == "flink"]
+    assert flink and all(v == "up" for v in flink), up
+    assert [v for k, v in up.items() if k[0] == "seaweedfs"] == ["up"]
+
+
+def test_status_reports_every_service_healthy(stack):
+    from deploy.local import stack as local_stack
+
+    states = local_stack.status()
+    assert {s.name for s in states} == {s.name for s in local_stack.SERVICES}
+    assert all(s.healthy for s in states), [(s.name, s.healthy) for s in states]
+    # the idle stack budget: under 3 GiB resident in total
+    assert sum(s.rss_mb or 0 for s in states) < 3 * 1024
+
+
+def test_up_is_idempotent(stack):
+    from deploy.local import stack as local_stack
+
+    before = local_stack.stack_pids()
+    result = local_stack.up()
+    assert result["started"] == []
+    assert local_stack.stack_pids() == before
+
+
+def test_port_taken_gives_clear_error_and_no_half_start(stack, tmp_path, monkeypatch):
+    """A port held by a foreign process: the error names the service, nothing is left running."""
+    import socket
+
+    from deploy.local import stack as local_stack
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    svc = local_stack.Service(
+        "probe", (port,), lambda: ["sleep", "30"], lambda: True, "n/a", start_timeout_s=5
+    )
+    monkeypatch.setattr(local_stack, "SERVICES", (svc,))
+    with pytest.raises(local_stack.StackError, match=rf"probe: port {port}"):
+        local_stack.up()
+    blocker.close()
+    assert local_stack.recorded_process(svc.pid_file) is None
+
+
+def test_service_dying_during_start_names_its_log(stack):
+    from deploy.local import stack as local_stack
+
+    svc = local_stack.Service(
+        "doomed", (), lambda: ["bash", "-c", "echo boom-marker; exit 3"], lambda: False, "n/a", start_timeout_s=10
+    )
+    proc = local_stack._start(svc)
+    with pytest.raises(local_stack.StackError) as err:
+        local_stack._wait_healthy(svc, proc, time.monotonic() + 10)
+    assert "doomed: the process exited during start" in str(err.value)
+    assert str(svc.log) in str(err.value) and "boom-marker" in str(err.value)
+    local_stack.stop_recorded(svc.pid_file)
+
+
+@pytest.mark.stack_lifecycle
+def test_down_leaves_no_process_then_up_again(stack):
+    from deploy.local import stack as local_stack
+
+    pids = local_stack.stack_pids()
+    assert len(pids) == len(local_stack.SERVICES)
+    family = set(pids)
+    for pid in pids:
+        family |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    stopped = local_stack.down()
+    assert set(stopped) == {s.name for s in local_stack.SERVICES}
+    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    # leave the machine as the session found it: the stack running
+    local_stack.up()
+    assert all(s.healthy for s in local_stack.status())
