@@ -717,6 +717,10 @@ def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
     progress("buckets: ready")
+    _prepare_prometheus()  # a config change reaches a running Prometheus without a restart
+    import httpx
+
+    httpx.post(f"{SETTINGS.prometheus_url}/-/reload", timeout=5)
     try:
         from schemas.registry import register_all
     except ImportError:
