@@ -21,6 +21,7 @@ _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])"
 )
 
+_SSN_SHAPE = re.compile(r"^\d{3}-\d{2}-\d{4}$")  # invalid SSNs are not phone numbers either
 _DATE = re.compile(r"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})$")
 
 # IBAN lengths per country (ISO 13616); an unknown country code is not an IBAN.
@@ -73,7 +74,7 @@ def _phone_ok(text: str) -> bool:
     digits = re.sub(r"\D", "", text)
     if not 7 <= len(digits) <= 15:
         return False
-    if _DATE.match(text):
+    if _DATE.match(text) or _SSN_SHAPE.match(text):
         return False
     # A bare run of digits without separators or + is more often an id than a phone number.
     return text.startswith("+") or text.startswith("(") or bool(re.search(r"[ .()-]", text))
