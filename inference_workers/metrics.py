@@ -1,0 +1,140 @@
+"""Worker metrics and the tiny health/metrics HTTP server.
+
+Each Worker owns its own prometheus ``CollectorRegistry`` so that several workers
+(benchmark, tests) can live in one process without clashing on metric names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rscf.settings import POOLS, SETTINGS
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_MS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+
+def metrics_port(pool: str, replica: int = 0) -> int:
+    """Port of a replica's health/metrics server: replica 0 of each pool gets first+pool index,
+    further replicas follow in blocks of len(POOLS), so no two replicas on a host collide."""
+    pool_index = POOLS.index(pool) if pool in POOLS else len(POOLS) - 1
+    return SETTINGS.ports.worker_metrics_first + pool_index + replica * len(POOLS)
+
+
+class WorkerMetrics:
+    """Everything a worker reports; labels are bounded (pool, reason codes, unit kinds)."""
+
+    def __init__(self, pool: str, worker_id: str) -> None:
+        self.registry = CollectorRegistry()
+        self.pool = pool
+        r = self.registry
+        labels = ["pool"]
+        self.batch_size = Histogram(
+            "rscf_worker_batch_size", "Requests per model call", labels, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_ms = Histogram(
+            "rscf_worker_queue_ms", "Time from request creation to the start of its batch (ms)",
+            labels, buckets=_MS_BUCKETS, registry=r,
+        )
+        self.inference_ms = Histogram(
+            "rscf_worker_inference_ms", "Model time per batch (ms)", labels, buckets=_MS_BUCKETS, registry=r
+        )
+        self.requests = Counter(
+            "rscf_worker_requests", "Requests answered, by status", labels + ["status"], registry=r
+        )
+        self.errors = Counter(
+            "rscf_worker_errors", "Error results and dead letters, by reason code", labels + ["reason"], registry=r
+        )
+        self.units = Counter(
+            "rscf_worker_output_units", "Generated units (tokens, images, audio clips)", labels + ["unit"], registry=r
+        )
+        self.units_per_s = Gauge(
+            "rscf_worker_output_units_per_second", "Units per second over the last batch",
+            labels + ["unit"], registry=r,
+        )
+        self.outages = Counter(
+            "rscf_worker_outages", "Times a dependency was found down (then retried)", labels + ["service"], registry=r
+        )
+        self.commits = Counter("rscf_worker_commits", "Offset commits", labels, registry=r)
+        self.paused = Gauge("rscf_worker_paused", "1 while partitions are paused for backpressure", labels, registry=r)
+        self.buffered = Gauge("rscf_worker_buffered", "Requests waiting in the micro-batcher", labels, registry=r)
+        self.ready = Gauge("rscf_worker_ready", "1 when the model is loaded and partitions are assigned", labels, registry=r)
+        self.info = Gauge("rscf_worker_info", "Worker identity", labels + ["worker_id"], registry=r)
+        self.info.labels(pool, worker_id).set(1)
+        self.gpu_mem = Gauge("rscf_worker_gpu_memory_bytes", "torch.cuda allocated bytes", labels + ["device"], registry=r)
+        self.gpu_util = Gauge("rscf_worker_gpu_utilization", "GPU utilisation percent", labels + ["device"], registry=r)
+
+    def sample_gpu(self) -> None:
+        """Refresh GPU gauges when torch sees a GPU; silently nothing on CPU-only hosts."""
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return
+            for i in range(torch.cuda.device_count()):
+                self.gpu_mem.labels(self.pool, str(i)).set(torch.cuda.memory_allocated(i))
+                try:
+                    self.gpu_util.labels(self.pool, str(i)).set(torch.cuda.utilization(i))
+                except Exception:  # noqa: BLE001 - needs pynvml; memory alone is still useful
+                    pass
+        except Exception:  # noqa: BLE001
+            log.debug("gpu sampling failed", exc_info=True)
+
+    def render(self) -> bytes:
+        self.sample_gpu()
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """stdlib HTTP server in a daemon thread: /healthz, /readyz, /metrics."""
+
+    def __init__(self, metrics: WorkerMetrics, is_ready: Callable[[], bool], port: int, host: str = "127.0.0.1") -> None:
+        self.metrics = metrics
+        self.is_ready = is_ready
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._send(200, b'{"status":"alive"}', "application/json")
+                elif path == "/readyz":
+                    ok = outer.is_ready()
+                    body = json.dumps({"ready": ok}).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                elif path == "/metrics":
+                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="worker-health", daemon=True)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,297 @@
+"""`rscf worker run`, `rscf workers start|stop|status|scale|autoscale`, `rscf bench workers`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from rscf.settings import POOLS, SETTINGS
+
+
+def build_handler(pool: str, model: str | None = None, version: str | None = None, delay_ms: float = 0.0):
+    """The pool's handler: EchoHandler for `echo`, otherwise the model registry's `load_handler`."""
+    if pool == "echo":
+        from inference_workers.handlers.echo import EchoHandler
+
+        handler = EchoHandler(model_name=model, model_version=version)
+    else:
+        handler = _registry_load_handler()(pool, model=model, version=version)
+    if delay_ms > 0:
+        from inference_workers.runtime import DelayedHandler
+
+        handler = DelayedHandler(handler, delay_ms)
+    return handler
+
+
+def _registry_load_handler():
+    """`load_handler(pool, model=, version=)` from the handlers/model-registry engineer's modules."""
+    import importlib
+
+    for module in ("inference_workers.models.registry", "inference_workers.models", "inference_workers.handlers"):
+        try:
+            fn = getattr(importlib.import_module(module), "load_handler", None)
+        except ModuleNotFoundError:
+            continue
+        if fn is not None:
+            return fn
+    raise RuntimeError("no load_handler found in inference_workers.models / inference_workers.handlers")
+
+
+def _out(args: argparse.Namespace, data, text: str) -> None:
+    print(json.dumps(data, default=str) if args.json else text)
+
+
+# ----------------------------------------------------------------------- worker run
+def cmd_worker_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import torch
+
+        torch.set_num_threads(SETTINGS.limits.torch_threads)
+    except ImportError:
+        pass
+    from inference_workers.runtime import Worker, WorkerSettings
+
+    try:
+        handler = build_handler(args.pool, args.model, args.version, args.delay_ms)
+    except Exception as exc:  # noqa: BLE001
+        print(f"cannot build handler for pool {args.pool}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    settings = WorkerSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        replica=args.replica,
+        requests_topic=args.requests_topic,
+        results_topic=args.results_topic,
+        group_id=args.group,
+        metrics_port=args.metrics_port,
+    )
+    worker = Worker(args.pool, handler, settings)
+    worker.install_signal_handlers()
+    port = worker.start_health_server()
+    logging.getLogger("rscf.worker").info(
+        "worker %s: %s, health/metrics on %s", worker.worker_id, handler.describe(), port
+    )
+    try:
+        worker.run()
+    finally:
+        worker.close()
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------- workers *
+def _pools(args: argparse.Namespace) -> list[str]:
+    return args.pool or list(POOLS)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from inference_workers import supervisor
+
+    started = []
+    for pool in _pools(args):
+        if supervisor.alive_replicas(pool):
+            continue
+        started.append(supervisor.start_replica(pool, 0).as_dict())
+    _out(args, {"started": started}, "\n".join(f"started {r['pool']}#{r['replica']} pid {r['pid']}" for r in started) or "already running")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from inference_workers import supervisor
+
+    stopped, failed = [], []
+    for pool in _pools(args):
+        for r in supervisor.replicas(pool):
+            (stopped if supervisor.stop_replica(r, args.grace) else failed).append(r.as_dict())
+    _out(args, {"stopped": stopped, "failed": failed},
+         "\n".join([f"stopped {r['pool']}#{r['replica']}" for r in stopped] + [f"FAILED to stop {r['pool']}#{r['replica']}" for r in failed]) or "nothing running")
+    return EXIT_OK if not failed else EXIT_FAILED
+
+
+def _probe(port: int) -> str:
+    import httpx
+
+    try:
+        r = httpx.get(f"http://{SETTINGS.host}:{port}/readyz", timeout=0.5)
+        return "ready" if r.status_code == 200 else "not-ready"
+    except httpx.HTTPError:
+        return "no-http"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from inference_workers import supervisor
+
+    rows = []
+    for r in supervisor.replicas(args.pool[0] if args.pool and len(args.pool) == 1 else None):
+        if args.pool and r.pool not in args.pool:
+            continue
+        row = r.as_dict()
+        row["health"] = _probe(r.port) if r.alive else "dead"
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"replicas": rows}))
+    else:
+        print(f"{'pool':<11} {'#':>2} {'pid':>7} {'state':<6} {'health':<9} {'port':>5}  log")
+        for row in rows:
+            print(f"{row['pool']:<11} {row['replica']:>2} {row['pid'] or '-':>7} {'alive' if row['alive'] else 'dead':<6} {row['health']:<9} {row['metrics_port']:>5}  {row['log']}")
+        if not rows:
+            print("no worker replicas")
+    return EXIT_OK if all(r["alive"] for r in rows) else EXIT_FAILED
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from inference_workers import supervisor
+
+    if args.replicas < 0:
+        print("--replicas must be >= 0", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    started, stopped = supervisor.scale(args.pool, args.replicas, grace_s=args.grace)
+    alive = supervisor.alive_replicas(args.pool)
+    data = {"pool": args.pool, "replicas": len(alive), "started": [r.as_dict() for r in started], "stopped": [r.as_dict() for r in stopped]}
+    _out(args, data, f"{args.pool}: {len(alive)} replicas (+{len(started)} -{len(stopped)})")
+    return EXIT_OK if len(alive) == args.replicas else EXIT_FAILED
+
+
+def cmd_autoscale(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from inference_workers.autoscaler import autoscale_once
+
+    pools = _pools(args)
+    while True:
+        try:
+            report = autoscale_once(pools, args.min, args.max, args.target_lag, args.grace)
+        except (KafkaException, TimeoutError) as exc:
+            print(f"kafka unavailable: {exc}", file=sys.stderr)
+            if args.once:
+                return EXIT_UNAVAILABLE
+            time.sleep(args.interval)
+            continue
+        if args.json:
+            print(json.dumps({"at": time.time(), "pools": report}), flush=True)
+        else:
+            for row in report:
+                print(f"{row['pool']:<11} lag {row['lag']:>6}  replicas {row['replicas']} -> {row['desired']}", flush=True)
+        if args.once:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+# ----------------------------------------------------------------------- bench workers
+def cmd_bench_workers(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        torch.set_num_threads(SETTINGS.limits.torch_threads)
+    except ImportError:
+        pass
+    from confluent_kafka import KafkaException
+
+    from inference_workers.bench import run_bench
+
+    handler = build_handler(args.pool)
+    say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    try:
+        res = run_bench(args.pool, handler, n=args.n, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                        progress=say, use_tqdm=not args.json)
+    except KafkaException as exc:
+        print(f"kafka unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(res.as_dict()))
+    else:
+        print(f"pool {res.pool}: {res.answered}/{res.n} answered, {res.errors} errors, max batch {res.max_batch} (mean {res.mean_batch:.1f})")
+        print(f"offline batched throughput {res.offline_rps:10.1f} req/s")
+        print(f"worker throughput (Kafka)  {res.worker_rps:10.1f} req/s   ratio {res.ratio:.2f} (target >= 0.8)")
+        print(f"queue ms  p50 {res.queue_ms_p50:8.1f}  p95 {res.queue_ms_p95:8.1f}")
+        print(f"e2e ms    p50 {res.e2e_ms_p50:8.1f}  p95 {res.e2e_ms_p95:8.1f}")
+    return EXIT_OK if res.answered == res.n else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------- registration
+def _register_worker(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run one inference worker in the foreground")
+    wsub = worker.add_subparsers(dest="worker_command", required=True)
+    p = wsub.add_parser("run", parents=[json_parent()], help="consume a pool's requests until SIGTERM")
+    p.add_argument("--pool", required=True, choices=POOLS)
+    p.add_argument("--replica", type=int, default=0, help="replica index (sets the metrics port)")
+    p.add_argument("--max-batch", type=int, default=SETTINGS.limits.worker_max_batch)
+    p.add_argument("--max-wait-ms", type=float, default=SETTINGS.limits.worker_max_wait_ms)
+    p.add_argument("--model", default=None, help="model name in the registry (default: the pool's)")
+    p.add_argument("--version", default=None, help="model version (default: the pool's current)")
+    p.add_argument("--requests-topic", default=None, help="override (tests): default genai.inference.requests.<pool>")
+    p.add_argument("--results-topic", default=None, help="override (tests): default genai.inference.results")
+    p.add_argument("--group", default=None, help="override (tests): default rscf-workers-<pool>")
+    p.add_argument("--metrics-port", type=int, default=None, help="default worker_metrics_first + index; 0 any; -1 none")
+    p.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # chaos tests: slow batches
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_worker_run)
+
+
+def _register_workers(sub: argparse._SubParsersAction) -> None:
+    workers = sub.add_parser("workers", help="background worker replicas (PID files) and their scaling")
+    wsub = workers.add_subparsers(dest="workers_command", required=True)
+    for name, func, helptext in (
+        ("start", cmd_start, "start one replica per pool (all pools unless --pool)"),
+        ("stop", cmd_stop, "SIGTERM every replica (finish batch, commit), SIGKILL after --grace"),
+        ("status", cmd_status, "replicas, PIDs and /readyz"),
+    ):
+        p = wsub.add_parser(name, parents=[json_parent()], help=helptext)
+        p.add_argument("--pool", action="append", choices=POOLS)
+        p.add_argument("--grace", type=float, default=60.0, help="seconds between SIGTERM and SIGKILL")
+        p.set_defaults(func=func)
+    p = wsub.add_parser("scale", parents=[json_parent()], help="run exactly N replicas of a pool")
+    p.add_argument("--pool", required=True, choices=POOLS)
+    p.add_argument("--replicas", type=int, required=True)
+    p.add_argument("--grace", type=float, default=60.0)
+    p.set_defaults(func=cmd_scale)
+
+    from inference_workers import autoscaler as a
+
+    p = wsub.add_parser("autoscale", parents=[json_parent()], help="scale replicas on consumer lag")
+    p.add_argument("--pool", action="append", choices=POOLS)
+    p.add_argument("--once", action="store_true", help="one measurement and decision, then exit")
+    p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--min", type=int, default=a.MIN_REPLICAS)
+    p.add_argument("--max", type=int, default=a.MAX_REPLICAS)
+    p.add_argument("--target-lag", type=int, default=a.TARGET_LAG_PER_REPLICA, help="unanswered requests per replica")
+    p.add_argument("--grace", type=float, default=60.0)
+    p.set_defaults(func=cmd_autoscale)
+
+
+def _register_bench_workers(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("workers", parents=[json_parent()], help="worker throughput through Kafka vs offline batching")
+    p.add_argument("--pool", required=True, choices=("echo", "text-small", "image"))
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--max-batch", type=int, default=SETTINGS.limits.worker_max_batch)
+    p.add_argument("--max-wait-ms", type=float, default=SETTINGS.limits.worker_max_wait_ms)
+    p.set_defaults(func=cmd_bench_workers)
+
+
+def _bench_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The `bench` command's subparsers, creating `bench` if no other module did."""
+    bench = sub.choices.get("bench")
+    if bench is None:
+        bench = sub.add_parser("bench", help="benchmarks that print measured numbers")
+        bench.add_subparsers(dest="bench_command", required=True)
+    for action in bench._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench.add_subparsers(dest="bench_command", required=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    try:
+        from inference_workers.models import cli as models_cli
+    except ImportError:
+        models_cli = None
+    if models_cli is not None:
+        models_cli.register_models(sub)
+        models_cli.register_bench(sub)
+    _register_worker(sub)
+    _register_workers(sub)
+    _register_bench_workers(_bench_subparsers(sub))
