@@ -1,0 +1,516 @@
+"""Contracts at the command line: register/check schemas, submit and produce prompts, read results, bench serde."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from rscf.settings import SETTINGS
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(record: Any) -> str:
+    return json.dumps(record, default=_json_default, ensure_ascii=False)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry-url", default=SETTINGS.registry_url, help="Confluent-compatible registry API")
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=SETTINGS.kafka_bootstrap, help="Kafka bootstrap servers")
+
+
+def _kafka_reachable(bootstrap: str, timeout: float = 5.0) -> str | None:
+    """None when the cluster answers, else why not."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return f"Kafka at {bootstrap} is not reachable: {exc}"
+    return None
+
+
+def _producer(bootstrap: str) -> Any:
+    """Idempotent producer: retries never duplicate or reorder a partition's records."""
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+    )
+
+
+def _serde_or_exit(topic: str, registry_url: str, schema_name: str | None = None) -> Any:
+    """A TopicSerde whose writer schema id is known, or None after printing why the registry failed."""
+    from schemas.serde import TopicSerde
+
+    serde = TopicSerde(topic, registry_url, schema_name=schema_name)
+    try:
+        serde.writer_id
+    except Exception as exc:
+        _err(f"schema registry at {registry_url} refused or unreachable: {type(exc).__name__}: {exc}")
+        return None
+    return serde
+
+
+# ---------------------------------------------------------------- schemas
+def cmd_schemas_register(args: argparse.Namespace) -> int:
+    from schemas.registry import register_all
+
+    try:
+        ids = register_all(args.registry_url)
+    except Exception as exc:
+        status = getattr(exc, "http_status_code", None)
+        _err(f"registration failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED if status and status < 500 else EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps({"registry_url": args.registry_url, "subjects": ids}))
+    else:
+        for subject, sid in ids.items():
+            print(f"{subject:45s} id {sid}")
+        print(f"{len(ids)} subjects registered, compatibility BACKWARD")
+    return EXIT_OK
+
+
+def cmd_schemas_check(args: argparse.Namespace) -> int:
+    from schemas.registry import check
+
+    try:
+        ok, messages = check(args.file, args.registry_url, args.subject or None)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        _err(f"schema registry at {args.registry_url} unreachable: {type(exc).__name__}: {exc}")
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps({"file": args.file, "compatible": ok, "messages": messages}))
+    else:
+        for message in messages:
+            print(message)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- submit / produce
+def _produce_records(
+    records: Any, topic: str, bootstrap: str, serde: Any, progress: Any = None
+) -> tuple[int, list[str], list[tuple[str, int, int]]]:
+    """Produce (record) items keyed by request_id; returns (delivered, errors, [(id, partition, offset)])."""
+    producer = _producer(bootstrap)
+    delivered: list[tuple[str, int, int]] = []
+    errors: list[str] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(f"{msg.key().decode(errors='replace')}: {err}")
+        else:
+            delivered.append((msg.key().decode(), msg.partition(), msg.offset()))
+        if progress is not None:
+            progress.update(1)
+
+    for record in records:
+        value = serde.encode(record)
+        key = record["request_id"].encode()
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.2)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining:
+        errors.append(f"{remaining} record(s) still undelivered after 60 s")
+    return len(delivered), errors, delivered
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from schemas.prompt_input import InvalidPrompt, prompt_request
+
+    obj: dict[str, Any] = {
+        "tenant_id": args.tenant,
+        "modality": args.modality,
+        "prompt": args.prompt,
+        "priority": args.priority,
+        "params": {
+            k: getattr(args, k)
+            for k in ("max_tokens", "temperature", "top_p", "width", "height", "steps", "seed", "voice")
+            if getattr(args, k) is not None
+        },
+    }
+    if args.request_id:
+        obj["request_id"] = args.request_id
+    if args.template_id:
+        obj["template_id"] = args.template_id
+    try:
+        obj["template_vars"] = dict(kv.split("=", 1) for kv in args.var)
+        obj["metadata"] = dict(kv.split("=", 1) for kv in args.meta)
+        record = prompt_request(obj)
+    except (InvalidPrompt, ValueError) as exc:
+        _err(f"invalid request: {exc}")
+        return EXIT_BAD_INPUT
+    why = _kafka_reachable(args.bootstrap)
+    if why:
+        _err(why)
+        return EXIT_UNAVAILABLE
+    serde = _serde_or_exit(args.topic, args.registry_url, "prompt_request")
+    if serde is None:
+        return EXIT_UNAVAILABLE
+    count, errors, where = _produce_records([record], args.topic, args.bootstrap, serde)
+    if errors:
+        _err("; ".join(errors))
+        return EXIT_FAILED
+    if args.json:
+        _, partition, offset = where[0]
+        print(json.dumps({"request_id": record["request_id"], "topic": args.topic, "partition": partition, "offset": offset}))
+    else:
+        print(record["request_id"])
+    return EXIT_OK
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from schemas.prompt_input import LineError, parse_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        _err(f"no such file: {path}")
+        return EXIT_BAD_INPUT
+    why = _kafka_reachable(args.bootstrap)
+    if why:
+        _err(why)
+        return EXIT_UNAVAILABLE
+    serde = _serde_or_exit(args.topic, args.registry_url, "prompt_request")
+    if serde is None:
+        return EXIT_UNAVAILABLE
+    with path.open(encoding="utf-8", newline="") as fh:
+        total_lines = sum(1 for _ in fh)
+    bad: list[LineError] = []
+    progress = tqdm(total=total_lines, unit="rec", desc=f"produce {path.name}", disable=args.json or None, file=sys.stderr)
+
+    def good_records(fh: Any) -> Any:
+        for _line, item in parse_file(str(path), fh):
+            if isinstance(item, LineError):
+                bad.append(item)
+                progress.update(1)
+                if not args.json:
+                    tqdm.write(f"{path}:{item}", file=sys.stderr)
+                continue
+            yield item
+
+    with path.open(encoding="utf-8", newline="") as fh:
+        count, errors, _ = _produce_records(good_records(fh), args.topic, args.bootstrap, serde, progress)
+    progress.close()
+    summary = {
+        "file": str(path),
+        "topic": args.topic,
+        "produced": count,
+        "bad_lines": [{"line": e.line, "reason": e.reason} for e in bad],
+        "delivery_errors": errors,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"produced {count} record(s) to {args.topic}; {len(bad)} bad line(s); {len(errors)} delivery error(s)")
+        for error in errors[:10]:
+            _err(f"delivery error: {error}")
+    if errors:
+        return EXIT_FAILED
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+# ---------------------------------------------------------------- results
+def human_line(topic: str, record: dict[str, Any]) -> str:
+    """One readable line per record; final content gets a dedicated layout."""
+    if "status" in record and "latency" in record and "tenant_id" in record and "attempts" in record:
+        model = f"{record.get('model_name')}@{record.get('model_version')}" if record.get("model_name") else "-"
+        out = record.get("output_text")
+        what = (out[:100] + ("..." if len(out) > 100 else "")).replace("\n", " ") if out else " ".join(record.get("artifact_uris") or [])
+        reason = f" reason={record['reason']}" if record.get("reason") else ""
+        return (
+            f"{record['request_id']} {record['status']}{reason} tenant={record['tenant_id']} "
+            f"model={model} pool={record.get('pool') or '-'} attempts={record['attempts']} "
+            f"total_ms={record['latency']['total_ms']} | {what}"
+        )
+    if "original" in record and "stage" in record:
+        return f"{record.get('request_id') or '-'} DEAD stage={record['stage']} reason={record['reason']} from {record['source_topic']}[{record['source_partition']}]@{record['source_offset']}: {record['error'][:120]}"
+    return dumps({k: v for k, v in record.items()})
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer, KafkaError
+
+    from schemas.serde import DecodeError, TopicSerde
+
+    why = _kafka_reachable(args.bootstrap)
+    if why:
+        _err(why)
+        return EXIT_UNAVAILABLE
+    try:
+        serde = TopicSerde(args.topic, args.registry_url, schema_name=args.schema)
+    except KeyError as exc:
+        _err(str(exc.args[0]) if exc.args else str(exc))
+        return EXIT_BAD_INPUT
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": f"rscf-results-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "latest" if args.from_end else "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.subscribe([args.topic])
+    timeout = args.timeout if args.timeout is not None else (None if args.follow else 30.0)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    want_key = args.request_id.encode() if args.request_id else None
+    shown, undecodable = 0, 0
+    at_eof: set[int] = set()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(msg.partition())
+                    assigned = consumer.assignment()
+                    if not args.follow and assigned and len(at_eof) >= len(assigned):
+                        break
+                    continue
+                _err(f"consumer error: {msg.error()}")
+                continue
+            at_eof.discard(msg.partition())
+            if want_key is not None and msg.key() is not None and msg.key() != want_key:
+                continue
+            try:
+                record = serde.decode(msg.value())
+            except DecodeError as exc:
+                undecodable += 1
+                _err(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc.reason}: {exc.detail}")
+                continue
+            if args.request_id and record.get("request_id") != args.request_id:
+                continue
+            print(dumps(record) if args.json else human_line(args.topic, record), flush=True)
+            shown += 1
+            if args.max and shown >= args.max:
+                break
+    finally:
+        consumer.close()
+    if not args.json:
+        _err(f"{shown} record(s) shown, {undecodable} undecodable")
+    return EXIT_OK if shown or not args.request_id else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- bench
+def sample_prompt_request() -> dict[str, Any]:
+    from schemas.prompt_input import prompt_request
+
+    return prompt_request(
+        {
+            "request_id": "3f1c2a9e-8d4b-4c55-9b1e-0a7d6f2e4c11",
+            "tenant_id": "acme",
+            "modality": "text",
+            "prompt": "Write a short product description for a waterproof hiking boot with a recycled sole.",
+            "params": {"max_tokens": 128, "temperature": 0.7, "top_p": 0.95, "seed": 42},
+            "priority": "high",
+            "template_id": "product-copy-v2",
+            "template_vars": {"tone": "friendly", "audience": "hikers"},
+            "metadata": {"source": "bench", "campaign": "spring"},
+            "trace": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        }
+    )
+
+
+def _rate(n: int, fn: Any, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(n)
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def bench_serde(n: int, registry_url: str | None = None) -> dict[str, Any]:
+    """Records/s on one core for encode/decode: plain fastavro vs TopicSerde (framing, id cache, resolution)."""
+    import io
+
+    import fastavro
+    from confluent_kafka.schema_registry import Schema
+
+    from schemas.serde import LocalRegistry, TopicSerde, load_schema, parsed_schema
+
+    record = sample_prompt_request()
+    parsed = parsed_schema("prompt_request")
+    client = None if registry_url else LocalRegistry()
+    serde = TopicSerde("bench.prompts", registry_url, schema_name="prompt_request", client=client)
+    framed = serde.encode(record)
+    body = framed[5:]
+    # an older producer's schema (no trace, no metadata) to measure decode with schema resolution
+    old = load_schema("prompt_request")
+    old["fields"] = [f for f in old["fields"] if f["name"] not in ("trace", "metadata")]
+    old_id = serde.client.register_schema("bench.prompts.old-value", Schema(json.dumps(old), "AVRO"))
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), {k: v for k, v in record.items() if k not in ("trace", "metadata")})
+    old_framed = b"\x00" + old_id.to_bytes(4, "big") + buf.getvalue()
+    assert serde.decode(old_framed)["metadata"] == {}
+
+    def plain_encode(k: int) -> None:
+        for _ in range(k):
+            b = io.BytesIO()
+            fastavro.schemaless_writer(b, parsed, record)
+            b.getvalue()
+
+    def plain_decode(k: int) -> None:
+        for _ in range(k):
+            fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
+
+    def serde_encode(k: int) -> None:
+        enc = serde.encode
+        for _ in range(k):
+            enc(record)
+
+    def serde_decode(k: int) -> None:
+        dec = serde.decode
+        for _ in range(k):
+            dec(framed)
+
+    def serde_decode_old(k: int) -> None:
+        dec = serde.decode
+        for _ in range(k):
+            dec(old_framed)
+
+    rates = {
+        "plain_encode": _rate(n, plain_encode),
+        "serde_encode": _rate(n, serde_encode),
+        "plain_decode": _rate(n, plain_decode),
+        "serde_decode": _rate(n, serde_decode),
+        "serde_decode_resolving_old_writer": _rate(n, serde_decode_old),
+    }
+    return {
+        "n": n,
+        "record_bytes": len(framed),
+        "registry": registry_url or "in-process",
+        "records_per_s": {k: round(v) for k, v in rates.items()},
+        "encode_ratio": round(rates["serde_encode"] / rates["plain_encode"], 3),
+        "decode_ratio": round(rates["serde_decode"] / rates["plain_decode"], 3),
+    }
+
+
+def cmd_bench_serde(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    result = bench_serde(args.n, args.registry_url)
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    r = result["records_per_s"]
+    print(f"PromptRequest, {result['record_bytes']} bytes framed, n={args.n}, registry {result['registry']}, best of 3, one core")
+    print(f"encode  plain fastavro {r['plain_encode']:>9,}/s   TopicSerde {r['serde_encode']:>9,}/s   ratio {result['encode_ratio']:.3f}")
+    print(f"decode  plain fastavro {r['plain_decode']:>9,}/s   TopicSerde {r['serde_decode']:>9,}/s   ratio {result['decode_ratio']:.3f}")
+    print(f"decode  older writer schema resolved to current: {r['serde_decode_resolving_old_writer']:,}/s")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- wiring
+def _bench_subparsers(sub: Any) -> Any:
+    """The `bench` group's subparsers, shared with other areas that add benchmarks to it."""
+    existing = sub.choices.get("bench")
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    return bench.add_subparsers(dest="bench", required=True)
+
+
+def register(sub: Any) -> None:
+    jp = json_parent()
+
+    schemas = sub.add_parser("schemas", help="register and check the Avro contracts")
+    ssub = schemas.add_subparsers(dest="schemas_command", required=True)
+    p = ssub.add_parser("register", parents=[jp], help="register every schema, BACKWARD compatibility per subject")
+    _registry_args(p)
+    p.set_defaults(func=cmd_schemas_register)
+    p = ssub.add_parser("check", parents=[jp], help="test a changed .avsc against the registered versions")
+    p.add_argument("file", help="path to the .avsc (its file stem selects the subjects) or a schema name")
+    p.add_argument("--subject", action="append", default=[], help="check against this subject (repeatable)")
+    _registry_args(p)
+    p.set_defaults(func=cmd_schemas_check)
+
+    p = sub.add_parser("submit", parents=[jp], help="send one prompt; prints its request_id")
+    p.add_argument("prompt")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--modality", required=True, type=str.lower, choices=["text", "image", "audio"])
+    p.add_argument("--priority", default="normal", type=str.lower, choices=["low", "normal", "high"])
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--voice")
+    p.add_argument("--template-id")
+    p.add_argument("--var", action="append", default=[], metavar="K=V", help="template variable (repeatable)")
+    p.add_argument("--meta", action="append", default=[], metavar="K=V", help="metadata entry (repeatable)")
+    p.add_argument("--request-id", help="default: a new uuid4")
+    p.add_argument("--topic", default=SETTINGS.topics.prompts)
+    _kafka_args(p)
+    _registry_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("produce", parents=[jp], help="produce prompts from a .jsonl or .csv file")
+    p.add_argument("file")
+    p.add_argument("--topic", default=SETTINGS.topics.prompts)
+    _kafka_args(p)
+    _registry_args(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("results", parents=[jp], help="read and decode a topic (final content by default)")
+    p.add_argument("--topic", default=SETTINGS.topics.content)
+    p.add_argument("--schema", help="schema name when the topic is not one of RSCF's (e.g. a test topic)")
+    p.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    p.add_argument("--from-end", action="store_true", help="only records produced after start")
+    p.add_argument("--request-id")
+    p.add_argument("--max", type=int, default=0, help="stop after N records (0: no limit)")
+    p.add_argument("--timeout", type=float, help="stop after S seconds (default 30 without --follow)")
+    _kafka_args(p)
+    _registry_args(p)
+    p.set_defaults(func=cmd_results)
+
+    p = _bench_subparsers(sub).add_parser("serde", parents=[jp], help="TopicSerde vs plain fastavro throughput")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--registry-url", default=None, help="use a real registry (default: in-process)")
+    p.set_defaults(func=cmd_bench_serde)
