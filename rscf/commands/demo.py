@@ -1,0 +1,59 @@
+"""`rscf demo`: the README's first command after installation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rscf.cli import EXIT_FAILED, EXIT_OK, json_parent
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rscf import demo
+    from rscf.settings import SETTINGS
+
+    def progress(msg: str) -> None:
+        print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+    t0 = time.monotonic()
+    try:
+        demo.ensure_running(progress)
+        prompts = demo.read_jsonl(Path(args.prompts))
+        tenants = demo.read_jsonl(Path(args.tenants))
+        progress(f"submitting {len(prompts)} prompts for {len(tenants)} tenants")
+        requests, outcome = demo.run_sample(prompts, tenants, args.timeout, progress_bar=not args.json)
+    except demo.DemoError as exc:
+        print(f"rscf demo failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    summary = demo.summarize(requests, outcome)
+    report = demo.write_report(
+        requests, outcome, summary, SETTINGS.paths.repo / "reports" / f"demo-{datetime.now():%Y%m%d-%H%M%S}.html"
+    )
+    summary["report"] = str(report)
+    summary["wall_s"] = round(time.monotonic() - t0, 1)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(demo.format_summary(summary))
+        print(f"\nreport:            {report}")
+        print(f"Flink Web UI:      {SETTINGS.flink_url}  (job rscf-content-pipeline)")
+        print(f"Prometheus:        {SETTINGS.prometheus_url}")
+        print('your own prompts:  .venv/bin/rscf submit --tenant globex --modality text "..."')
+        print("follow results:    .venv/bin/rscf results --follow")
+        print("stop everything:   .venv/bin/rscf workers stop && .venv/bin/rscf down")
+        print(f"(took {summary['wall_s']} s; the stack is left running)")
+    return EXIT_OK if not outcome.missing else EXIT_FAILED
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rscf.demo import SAMPLE_PROMPTS, SAMPLE_TENANTS
+
+    p = sub.add_parser("demo", parents=[json_parent()], help="bring everything up and run the sample prompts")
+    p.add_argument("--prompts", default=str(SAMPLE_PROMPTS))
+    p.add_argument("--tenants", default=str(SAMPLE_TENANTS))
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all final results")
+    p.set_defaults(func=cmd_demo)
