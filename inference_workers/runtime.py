@@ -285,6 +285,7 @@ class Worker:
         self.consumer = Consumer(
             {
                 **common,
+                "on_commit": self._on_commit,
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -303,6 +304,10 @@ class Worker:
                 "message.timeout.ms": self.s.producer_timeout_ms,
             }
         )
+
+    def _on_commit(self, err, partitions) -> None:
+        if err is not None:
+            log.warning("async commit failed (%s); the next commit or a redelivery covers it", err)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) and not self._kafka_down:
@@ -334,7 +339,8 @@ class Worker:
             # SIGTERM: the batch in hand is finished and answered; queued requests stay uncommitted
             # and go to the next owner of their partition.
             self._finish_inflight(wait=True)
-            self._drain_outbox()
+            self._drain_outbox(sync_commit=True)
+            self._commit(sync=True)
         finally:
             try:
                 self.consumer.close()  # leaves the group now rather than after session.timeout.ms
@@ -476,7 +482,7 @@ class Worker:
     def _on_revoke(self, consumer, partitions) -> None:
         """Finish and commit what we hold for these partitions, drop the rest (the new owner redoes it)."""
         self._finish_inflight(wait=True)
-        self._drain_outbox()
+        self._drain_outbox(sync_commit=True)
         lost = {(p.topic, p.partition) for p in partitions}
         self.batcher.remove_where(lambda p: (p.meta[0], p.meta[1]) in lost)
         self.tracker.forget(lost)
@@ -626,7 +632,7 @@ class Worker:
         key = str(result["request_id"]).encode("utf-8")
         self._outbox.append(Outgoing(key=key, value=value, topic=self.results_topic, offsets=[meta]))
 
-    def _drain_outbox(self) -> None:
+    def _drain_outbox(self, sync_commit: bool = False) -> None:
         """Produce everything pending, wait for the broker's acks (retrying failures), then commit."""
         if not self._outbox:
             return
@@ -657,7 +663,7 @@ class Worker:
             if out.topic == self.results_topic:
                 self.answered += 1
                 self.last_answer_at = time.monotonic()
-        self._commit()
+        self._commit(sync=sync_commit)
 
     def _produce(self, out: Outgoing) -> None:
         assert self.producer is not None
@@ -675,7 +681,10 @@ class Worker:
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(delay)
 
-    def _commit(self) -> None:
+    def _commit(self, sync: bool = False) -> None:
+        """Commit what the broker has acknowledged. Asynchronous in steady state (a lost async
+        commit is superseded by the next one, or means redelivery: never loss); synchronous
+        when leaving partitions, so the next owner starts exactly after our answers."""
         assert self.consumer is not None
         offsets = self.tracker.committable()
         if not offsets:
@@ -683,7 +692,7 @@ class Worker:
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         for attempt, delay in enumerate(backoff_delays()):
             try:
-                self.consumer.commit(offsets=tps, asynchronous=False)
+                self.consumer.commit(offsets=tps, asynchronous=not sync)
                 self.tracker.mark_committed(offsets)
                 self.metrics.commits.labels(self.pool).inc()
                 return

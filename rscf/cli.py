@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "rscf.commands.job",
     "rscf.commands.workers",
     "rscf.commands.demo",
+    "rscf.commands.knowledge",
 )
 
 

@@ -193,7 +193,14 @@ def cmd_bench_workers(args: argparse.Namespace) -> int:
 
     from inference_workers.bench import run_bench
 
-    handler = build_handler(args.pool)
+    if args.pool == "echo":
+        from inference_workers.handlers.echo import EchoHandler
+
+        # A model-free handler with a simulated cost profile (fixed per batch + per item), so the
+        # ratio measures runtime overhead against something that batches like a model does.
+        handler = EchoHandler(batch_latency_ms=args.echo_batch_ms, item_latency_ms=args.echo_item_ms)
+    else:
+        handler = build_handler(args.pool)
     say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     try:
         res = run_bench(args.pool, handler, n=args.n, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -269,6 +276,8 @@ def _register_bench_workers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--max-batch", type=int, default=SETTINGS.limits.worker_max_batch)
     p.add_argument("--max-wait-ms", type=float, default=SETTINGS.limits.worker_max_wait_ms)
+    p.add_argument("--echo-batch-ms", type=float, default=10.0, help="echo pool: simulated cost per batch")
+    p.add_argument("--echo-item-ms", type=float, default=0.5, help="echo pool: simulated cost per request")
     p.set_defaults(func=cmd_bench_workers)
 
 

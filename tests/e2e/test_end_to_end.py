@@ -64,16 +64,18 @@ def test_successes_have_artifacts_and_audit(flow):
 
 def test_rejections_carry_reasons(flow):
     requests, outcome = flow
+    free = []
     for req in requests:
-        expect = req["metadata"].get("expect")
         final = outcome.finals[req["request_id"]]
-        if expect == "rejected":
-            assert final["status"] == "REJECTED" and final["reason"].startswith("moderation")
-        elif expect == "quota":
-            assert final["status"] == "REJECTED" and final["reason"] == "quota_exceeded"
+        assert outcome.audits[req["request_id"]]["status"] == final["status"]
+        if req["tenant_id"] == "e2e-free":
+            free.append(final)  # prompts travel on different partitions: which one is over quota is not fixed
+        elif req["metadata"].get("expect") == "rejected":
+            assert final["status"] == "REJECTED" and final["reason"].startswith("moderation"), final
         else:
             assert final["status"] == "SUCCEEDED", (req["prompt"], final["status"], final.get("reason"))
-        assert outcome.audits[req["request_id"]]["status"] == final["status"]
+    statuses = sorted((f["status"], f.get("reason") or "") for f in free)
+    assert statuses == [("REJECTED", "quota_exceeded"), ("SUCCEEDED", ""), ("SUCCEEDED", "")], statuses
 
 
 def test_nothing_in_dead_letters(flow):
