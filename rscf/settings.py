@@ -138,7 +138,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
+    host: str = _env("HOST", "127.0.0.1")  # bind/connect host; containers set endpoint overrides below
     paths: Paths = field(default_factory=Paths)
     ports: Ports = field(default_factory=Ports)
     versions: Versions = field(default_factory=Versions)
@@ -149,28 +149,28 @@ class Settings:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.ports.kafka}"
+        return _env("KAFKA_BOOTSTRAP", f"{self.host}:{self.ports.kafka}")
 
     @property
     def registry_url(self) -> str:
         """Confluent-compatible API of the registry."""
-        return f"http://{self.host}:{self.ports.registry}/apis/ccompat/v7"
+        return _env("REGISTRY_URL", f"http://{self.host}:{self.ports.registry}/apis/ccompat/v7")
 
     @property
     def s3_endpoint(self) -> str:
-        return f"{self.host}:{self.ports.s3}"
+        return _env("S3_ENDPOINT", f"{self.host}:{self.ports.s3}")
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.ports.redis}/0"
+        return _env("REDIS_URL", f"redis://{self.host}:{self.ports.redis}/0")
 
     @property
     def flink_url(self) -> str:
-        return f"http://{self.host}:{self.ports.flink_rest}"
+        return _env("FLINK_URL", f"http://{self.host}:{self.ports.flink_rest}")
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.host}:{self.ports.prometheus}"
+        return _env("PROMETHEUS_URL", f"http://{self.host}:{self.ports.prometheus}")
 
 
 def load() -> Settings:
