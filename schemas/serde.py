@@ -102,7 +102,7 @@ def schema_for_topic(topic: str) -> str:
         return TOPIC_SCHEMAS[topic]
     if topic.startswith(_T.request_prefix):
         return "inference_request"
-    raise KeyError(f"no schema is mapped to topic {topic!r}; pass schema_name=")
+    raise KeyError(f"no schema is mapped to topic {topic!r}; name the schema (schema_name= / --schema)")
 
 
 def subject_for(topic: str) -> str:

@@ -150,6 +150,16 @@ def _produce_records(
     return len(delivered), errors, delivered
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from schemas.prompt_input import InvalidPrompt, prompt_request
 
@@ -169,8 +179,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.template_id:
         obj["template_id"] = args.template_id
     try:
-        obj["template_vars"] = dict(kv.split("=", 1) for kv in args.var)
-        obj["metadata"] = dict(kv.split("=", 1) for kv in args.meta)
+        obj["template_vars"] = _pairs(args.var, "--var")
+        obj["metadata"] = _pairs(args.meta, "--meta")
         record = prompt_request(obj)
     except (InvalidPrompt, ValueError) as exc:
         _err(f"invalid request: {exc}")
@@ -259,6 +269,17 @@ def human_line(topic: str, record: dict[str, Any]) -> str:
             f"model={model} pool={record.get('pool') or '-'} attempts={record['attempts']} "
             f"total_ms={record['latency']['total_ms']} | {what}"
         )
+    if "worker_id" in record:  # InferenceResult
+        out = record.get("output_text") or " ".join(record.get("artifact_uris") or []) or record.get("error") or ""
+        return (
+            f"{record['request_id']} #{record['attempt']} {record['status']} pool={record['pool']} "
+            f"model={record['model_name']}@{record['model_version']} queue_ms={record['queue_ms']} "
+            f"inference_ms={record['inference_ms']} batch={record['batch_size']} | {out[:100]}"
+        )
+    if "prompt" in record and "tenant_id" in record:  # PromptRequest / InferenceRequest
+        where = f" pool={record['pool']} #{record['attempt']}" if "pool" in record else ""
+        text = record["prompt"][:100].replace("\n", " ")
+        return f"{record['request_id']} {record['modality']} {record['priority']} tenant={record['tenant_id']}{where} | {text}"
     if "original" in record and "stage" in record:
         return f"{record.get('request_id') or '-'} DEAD stage={record['stage']} reason={record['reason']} from {record['source_topic']}[{record['source_partition']}]@{record['source_offset']}: {record['error'][:120]}"
     return dumps({k: v for k, v in record.items()})

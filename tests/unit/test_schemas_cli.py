@@ -1,0 +1,65 @@
+"""The contracts CLI without services: argument wiring, human output, JSON output, bench plumbing."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from rscf.cli import EXIT_BAD_INPUT, build_parser, main
+from rscf.commands.contracts import bench_serde, dumps, human_line
+
+
+def test_commands_are_registered():
+    parser = build_parser()
+    args = parser.parse_args(["submit", "--tenant", "t", "--modality", "TEXT", "--max-tokens", "5", "hi"])
+    assert (args.modality, args.max_tokens, args.prompt, args.priority) == ("text", 5, "hi", "normal")
+    assert parser.parse_args(["schemas", "check", "x.avsc", "--json"]).json
+    assert parser.parse_args(["bench", "serde", "--n", "10"]).n == 10
+    assert parser.parse_args(["results", "--follow", "--max", "2"]).max == 2
+
+
+def test_submit_rejects_bad_input_before_touching_kafka(capsys):
+    rc = main(["submit", "--tenant", "t", "--modality", "text", "--var", "novalue", "hi",
+               "--bootstrap", "127.0.0.1:9"])
+    assert rc == EXIT_BAD_INPUT
+    assert "invalid request" in capsys.readouterr().err
+
+
+def test_produce_missing_file_is_bad_input(tmp_path):
+    assert main(["produce", str(tmp_path / "nope.jsonl")]) == EXIT_BAD_INPUT
+
+
+def test_human_line_for_content_and_dead_letters():
+    ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    content = {
+        "request_id": "r1", "tenant_id": "acme", "modality": "TEXT", "status": "SUCCEEDED", "reason": None,
+        "output_text": "Hello\nworld", "artifact_uris": [], "model_name": "smol", "model_version": "v2",
+        "pool": "text-small", "attempts": 1, "verdicts": [],
+        "latency": {"total_ms": 120, "pipeline_ms": 10, "queue_ms": 5, "inference_ms": 105},
+        "cost_units": 3.0, "created_at": ts, "completed_at": ts,
+    }
+    line = human_line("genai.content", content)
+    assert line.startswith("r1 SUCCEEDED tenant=acme model=smol@v2 pool=text-small attempts=1 total_ms=120")
+    assert line.endswith("| Hello world")
+    rejected = human_line("genai.content", dict(content, status="REJECTED", reason="quota_exceeded",
+                                                output_text=None, model_name=None))
+    assert "REJECTED reason=quota_exceeded" in rejected and "model=-" in rejected
+    dead = human_line("genai.dlq", {
+        "original": b"\x01", "source_topic": "genai.prompts", "source_partition": 1, "source_offset": 9,
+        "stage": "decode", "reason": "not_confluent_framed", "error": "magic", "request_id": None, "failed_at": ts,
+    })
+    assert "DEAD stage=decode reason=not_confluent_framed from genai.prompts[1]@9" in dead
+
+
+def test_json_output_handles_timestamps_and_bytes():
+    out = json.loads(dumps({"t": datetime(2026, 1, 1, tzinfo=timezone.utc), "b": b"\x00\xff"}))
+    assert out == {"t": "2026-01-01T00:00:00+00:00", "b": "AP8="}
+
+
+def test_bench_serde_reports_both_paths():
+    result = bench_serde(200)
+    rates = result["records_per_s"]
+    assert set(rates) == {"plain_encode", "serde_encode", "plain_decode", "serde_decode",
+                          "serde_decode_resolving_old_writer"}
+    assert all(v > 0 for v in rates.values())
+    assert result["record_bytes"] > 5 and result["registry"] == "in-process"
