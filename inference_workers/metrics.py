@@ -65,7 +65,6 @@ class WorkerMetrics:
             "rscf_worker_outages", "Times a dependency was found down (then retried)", labels + ["service"], registry=r
         )
         self.commits = Counter("rscf_worker_commits", "Offset commits", labels, registry=r)
-        self.paused = Gauge("rscf_worker_paused", "1 while partitions are paused for backpressure", labels, registry=r)
         self.buffered = Gauge("rscf_worker_buffered", "Requests waiting in the micro-batcher", labels, registry=r)
         self.ready = Gauge("rscf_worker_ready", "1 when the model is loaded and partitions are assigned", labels, registry=r)
         self.info = Gauge("rscf_worker_info", "Worker identity", labels + ["worker_id"], registry=r)
