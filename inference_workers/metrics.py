@@ -7,6 +7,7 @@ Each Worker owns its own prometheus ``CollectorRegistry`` so that several worker
 from __future__ import annotations
 
 import json
+import sys
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,9 +74,12 @@ class WorkerMetrics:
         self.gpu_util = Gauge("rscf_worker_gpu_utilization", "GPU utilisation percent", labels + ["device"], registry=r)
 
     def sample_gpu(self) -> None:
-        """Refresh GPU gauges when torch sees a GPU; silently nothing on CPU-only hosts."""
+        """Refresh GPU gauges when torch sees a GPU; nothing on CPU-only hosts or model-free pools
+        (torch is only consulted when a handler already imported it: importing it takes seconds)."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
         try:
-            import torch
 
             if not torch.cuda.is_available():
                 return
@@ -120,7 +124,10 @@ class HealthServer:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the scraper gave up; nothing to do
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 return

@@ -287,7 +287,12 @@ class Worker:
         port = self.s.metrics_port if self.s.metrics_port is not None else metrics_port(self.pool, self.s.replica)
         if port < 0:
             return None
-        self._health = HealthServer(self.metrics, self.ready, port, SETTINGS.host).start()
+        try:
+            self._health = HealthServer(self.metrics, self.ready, port, SETTINGS.host).start()
+        except OSError as exc:
+            # A taken port must not keep a replica from serving: take any port, say which.
+            log.warning("metrics port %s unavailable (%s); using an ephemeral port", port, exc)
+            self._health = HealthServer(self.metrics, self.ready, 0, SETTINGS.host).start()
         return self._health.port
 
     def _make_clients(self) -> None:
@@ -552,6 +557,10 @@ class Worker:
         answers: list[tuple[Pending, dict]] = []
         runnable: list[Pending] = []
         for p in batch.items:
+            if p.deadline_ms is not None and p.deadline_ms <= started:
+                # Expired while queued: nobody waits for this answer, don't spend the model on it.
+                answers.append((p, self._error_result(p.request, DEADLINE_EXCEEDED, retryable=False)))
+                continue
             try:
                 self.handler.validate(p.request)
                 runnable.append(p)

@@ -28,17 +28,10 @@ def build_handler(pool: str, model: str | None = None, version: str | None = Non
 
 
 def _registry_load_handler():
-    """`load_handler(pool, model=, version=)` from the handlers/model-registry engineer's modules."""
-    import importlib
+    """`load_handler(pool, version=, model=)` of the model registry (built-in models, S3, local dirs)."""
+    from inference_workers.models import load_handler
 
-    for module in ("inference_workers.models.registry", "inference_workers.models", "inference_workers.handlers"):
-        try:
-            fn = getattr(importlib.import_module(module), "load_handler", None)
-        except ModuleNotFoundError:
-            continue
-        if fn is not None:
-            return fn
-    raise RuntimeError("no load_handler found in inference_workers.models / inference_workers.handlers")
+    return load_handler
 
 
 def _out(args: argparse.Namespace, data, text: str) -> None:

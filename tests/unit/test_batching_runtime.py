@@ -171,3 +171,12 @@ def test_artifact_key_layout_and_error_codes() -> None:
     assert error_code("rejected: prompt_too_long") == "rejected"
     assert error_code("deadline_exceeded") == "deadline_exceeded"
     assert error_code(None) == "unknown"
+
+
+def test_request_expiring_in_the_queue_skips_the_model(worker: Worker) -> None:
+    late = request("late", "poison", deadline=int(time.time() * 1000) - 1)
+    batch = Batch(key=None, items=[Pending(late, None, 1, 0, 0.0, late["deadline"], ("t", 0, 0)),
+                                   Pending(request("ok", "x"), None, 1, 1, 0.0, None, ("t", 0, 1))], formed_at=0.0)
+    by_id = {p.request["request_id"]: r for p, r in worker._run_batch(batch)}
+    assert by_id["late"]["error"] == "deadline_exceeded"  # "poison" never reached the model
+    assert by_id["ok"]["status"] == "OK"
