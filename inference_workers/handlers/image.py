@@ -87,6 +87,7 @@ class ImageHandler(ModelHandler[ImageModel]):
         default_size: int = 256,
         default_steps: int = 50,
         sampler: str = "ddpm",
+        guidance_scale: float = 1.0,
         **_: Any,
     ):
         if sampler not in ("ddpm", "ddim"):
@@ -99,15 +100,14 @@ class ImageHandler(ModelHandler[ImageModel]):
         self.default_size = default_size
         self.default_steps = default_steps
         self.sampler = sampler
+        # classifier-free guidance for the shapes model (trained with 10% null labels); 1.0 = off
+        self.guidance_scale = guidance_scale
 
     def load_model(self) -> ImageModel:
         key = ("image", self.model_path, self.plan.device, str(self.plan.dtype))
         return shared_model(key, self._load)
 
     def _load(self) -> ImageModel:
-        import torch
-
-        torch.set_grad_enabled(False)
         root = Path(self.model_path)
         labels_file = root / "labels.json"
         index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").exists() else {}
@@ -201,7 +201,13 @@ class ImageHandler(ModelHandler[ImageModel]):
         started = time.perf_counter()
         with torch.inference_mode():
             for t in scheduler.timesteps:
-                eps = unet(x, t, class_labels=class_labels).sample
+                if class_labels is not None and self.guidance_scale != 1.0:
+                    null = torch.full_like(class_labels, model.labels["null_label"])
+                    both = unet(torch.cat([x, x]), t, class_labels=torch.cat([class_labels, null])).sample
+                    cond, uncond = both.chunk(2)
+                    eps = uncond + self.guidance_scale * (cond - uncond)
+                else:
+                    eps = unet(x, t, class_labels=class_labels).sample
                 kwargs = {"eta": 1.0} if self.sampler == "ddim" else {}
                 x = scheduler.step(eps, t, x, generator=gens, **kwargs).prev_sample
         elapsed_ms = (time.perf_counter() - started) * 1000.0
@@ -236,4 +242,5 @@ class ImageHandler(ModelHandler[ImageModel]):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.plan.describe(), "model_path": self.model_path,
-                "sampler": self.sampler, "default_steps": self.default_steps}
+                "sampler": self.sampler, "default_steps": self.default_steps,
+                "guidance_scale": self.guidance_scale}

@@ -212,5 +212,5 @@ class SpeechHandler(ModelHandler[SpeechModel]):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": "cpu", "dtype": None, "max_batch": self.plan.max_batch,
-                "backend": self.backend, "voices": self.voices[:20], "default_voice": self.default_voice,
+                "backend": self.backend, "voices": self.voices[:20], "voice_count": len(self.voices), "default_voice": self.default_voice,
                 "max_chars": self.max_chars}

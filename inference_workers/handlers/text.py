@@ -143,7 +143,6 @@ class TextHandler(ModelHandler[TextModel]):
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         self._kv_bytes_per_token = 2 * layers * kv_heads * head_dim * torch.finfo(self.plan.dtype).bits // 8
-        torch.set_grad_enabled(False)
         return TextModel(model=model, tokenizer=tokenizer, eos_ids=eos_ids, use_chat_template=chat)
 
     # -- batching ------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class DefaultModel:
 
 DEFAULT_MODELS: tuple[DefaultModel, ...] = (
     DefaultModel("smollm2-135m", "TextHandler", build_smollm2, {"default_max_tokens": 64}),
-    DefaultModel("shapes-ddpm", "ImageHandler", build_shapes, {"default_steps": 50, "sampler": "ddpm"}),
+    DefaultModel("shapes-ddpm", "ImageHandler", build_shapes, {"default_steps": 50, "sampler": "ddpm", "guidance_scale": 3.0}),
     DefaultModel("piper-joe", "SpeechHandler", build_piper, {"backend": "piper"}),
 )
 

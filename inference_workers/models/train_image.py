@@ -166,6 +166,7 @@ def train(
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
+    torch.set_grad_enabled(True)
     torch.manual_seed(seed)
     images, labels = make_dataset(dataset_size if max_steps is None else batch_size * 2, seed)
     x_all = torch.from_numpy(images)
