@@ -128,6 +128,7 @@ def autoscale_once(
     max_replicas: int = MAX_REPLICAS,
     target_lag: int = TARGET_LAG_PER_REPLICA,
     grace_s: float = 60.0,
+    metrics=None,
 ) -> list[dict]:
     """Measure each pool's lag, decide, and start/stop replicas; returns what it did per pool."""
     from inference_workers import supervisor
@@ -145,6 +146,10 @@ def autoscale_once(
         if want != current:
             supervisor.scale(pool, want, grace_s=grace_s)
             state[pool] = now
+        if metrics is not None:
+            metrics.lag.labels(pool).set(lag.lag)
+            metrics.replicas.labels(pool).set(current if want == current else len(supervisor.alive_replicas(pool)))
+            metrics.desired.labels(pool).set(want)
         report.append({"pool": pool, "lag": lag.lag, "partitions": lag.partitions, "replicas": current, "desired": want})
     save_state(state)
     return report

@@ -97,6 +97,42 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+def scrape_target_file(name: str):
+    """file_sd target file the local Prometheus reads (deploy/local/stack.py: job rscf-workers)."""
+    return SETTINGS.paths.data / "prometheus" / "targets" / f"{name}.json"
+
+
+def register_scrape_target(name: str, port: int, labels: dict[str, str]) -> None:
+    """Announce a /metrics endpoint to the local Prometheus; harmless where no Prometheus runs."""
+    path = scrape_target_file(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": [f"{SETTINGS.host}:{port}"], "labels": labels}]))
+        tmp.replace(path)  # atomic: Prometheus never reads half a file
+    except OSError:
+        log.debug("cannot write scrape target %s", path, exc_info=True)
+
+
+def unregister_scrape_target(name: str) -> None:
+    scrape_target_file(name).unlink(missing_ok=True)
+
+
+class AutoscalerMetrics:
+    """What `rscf workers autoscale` exports (deploy/prometheus/METRICS.md, pool autoscaler)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.lag = Gauge("rscf_pool_consumer_lag", "Latest minus committed offset of the pool's group",
+                         ["pool"], registry=self.registry)
+        self.replicas = Gauge("rscf_pool_replicas", "Replicas running now", ["pool"], registry=self.registry)
+        self.desired = Gauge("rscf_pool_desired_replicas", "Replicas the last decision asked for",
+                             ["pool"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
 class HealthServer:
     """stdlib HTTP server in a daemon thread: /healthz, /readyz, /metrics."""
 

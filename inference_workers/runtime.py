@@ -41,7 +41,13 @@ from inference_workers.batching import (
     to_epoch_ms,
 )
 from inference_workers.handlers.base import InferenceOutput, ModelHandler, RequestRejected
-from inference_workers.metrics import HealthServer, WorkerMetrics, metrics_port
+from inference_workers.metrics import (
+    HealthServer,
+    WorkerMetrics,
+    metrics_port,
+    register_scrape_target,
+    unregister_scrape_target,
+)
 from rscf.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,7 @@ class WorkerSettings:
     producer_timeout_ms: int = 30_000
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
+    announce: bool = False  # write a Prometheus file_sd target while the health server runs
     consumer_extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -293,6 +300,9 @@ class Worker:
             # A taken port must not keep a replica from serving: take any port, say which.
             log.warning("metrics port %s unavailable (%s); using an ephemeral port", port, exc)
             self._health = HealthServer(self.metrics, self.ready, 0, SETTINGS.host).start()
+        if self.s.announce:
+            register_scrape_target(self._target_name, self._health.port,
+                                   {"pool": self.pool, "replica": str(self.s.replica)})
         return self._health.port
 
     def _make_clients(self) -> None:
@@ -374,7 +384,13 @@ class Worker:
 
     def close(self) -> None:
         if self._health is not None:
+            if self.s.announce:
+                unregister_scrape_target(self._target_name)
             self._health.stop()
+
+    @property
+    def _target_name(self) -> str:
+        return f"worker-{self.pool}-{self.s.replica}"
 
     # ----------------------------------------------------------------- main loop
     def _step(self) -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_workers.metrics import metrics_port
+from inference_workers.metrics import metrics_port, unregister_scrape_target
 from rscf.settings import SETTINGS
 
 
@@ -133,6 +133,7 @@ def stop_replica(r: Replica, grace_s: float = 60.0) -> bool:
     gone = r.pid is None or not _is_our_worker(r.pid, r.pool)
     if gone:
         r.pid_file.unlink(missing_ok=True)
+        unregister_scrape_target(f"worker-{r.pool}-{r.replica}")  # a SIGKILLed replica leaves it behind
     return gone
 
 

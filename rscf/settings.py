@@ -67,6 +67,7 @@ class Ports:
     prometheus: int = _env_int("PROMETHEUS_PORT", 9090)
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     pipeline_metrics: int = _env_int("PIPELINE_METRICS_PORT", 9398)
+    autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Limits:
     retry_base_ms: int = 200
     retry_cap_ms: int = 5_000  # exponential backoff stops growing here
     dedup_ttl_ms: int = 600_000  # how long a finished request's tombstone drops duplicates
-    voices: tuple[str, ...] = ("default", "joe", "espeak")  # AUDIO params.voice allow-list
+    voices: tuple[str, ...] = ("joe", "en_US-joe-medium", "en-us")  # AUDIO params.voice (speech worker names)
     checkpoint_interval_ms: int = _env_int("CHECKPOINT_INTERVAL_MS", 5_000)
     rag_top_k: int = 3
     rag_token_budget: int = 256

@@ -62,6 +62,8 @@ def cmd_worker_run(args: argparse.Namespace) -> int:
         results_topic=args.results_topic,
         group_id=args.group,
         metrics_port=args.metrics_port,
+        # Only the real pool's replicas are announced to Prometheus, not test workers on private topics.
+        announce=args.requests_topic is None,
     )
     worker = Worker(args.pool, handler, settings)
     worker.install_signal_handlers()
@@ -155,9 +157,16 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     from inference_workers.autoscaler import autoscale_once
 
     pools = _pools(args)
+    metrics = server = None
+    if not args.once:
+        from inference_workers.metrics import AutoscalerMetrics, HealthServer, register_scrape_target
+
+        metrics = AutoscalerMetrics()
+        server = HealthServer(metrics, lambda: True, SETTINGS.ports.autoscaler_metrics, SETTINGS.host).start()
+        register_scrape_target("autoscaler", server.port, {"component": "autoscaler"})
     while True:
         try:
-            report = autoscale_once(pools, args.min, args.max, args.target_lag, args.grace)
+            report = autoscale_once(pools, args.min, args.max, args.target_lag, args.grace, metrics=metrics)
         except (KafkaException, TimeoutError) as exc:
             print(f"kafka unavailable: {exc}", file=sys.stderr)
             if args.once:
