@@ -47,12 +47,13 @@ class Rollout:
     weights: Mapping[str, float]
 
 
+# Same names and first version as inference_workers.models.catalog.POOL_MODELS / DEFAULT_VERSION.
 DEFAULT_ROLLOUTS: dict[str, Rollout] = {
-    TEXT_SMALL: Rollout(TEXT_SMALL, "smollm2-135m", {"v1": 1.0}),
-    TEXT_LARGE: Rollout(TEXT_LARGE, "smollm2-135m-large", {"v1": 1.0}),
-    IMAGE: Rollout(IMAGE, "tiny-ddpm-shapes", {"v1": 1.0}),
-    SPEECH: Rollout(SPEECH, "piper-joe", {"v1": 1.0}),
-    ECHO: Rollout(ECHO, "echo", {"v1": 1.0}),
+    TEXT_SMALL: Rollout(TEXT_SMALL, "smollm2-135m", {"1": 1.0}),
+    TEXT_LARGE: Rollout(TEXT_LARGE, "smollm2-135m", {"1": 1.0}),
+    IMAGE: Rollout(IMAGE, "shapes-ddpm", {"1": 1.0}),
+    SPEECH: Rollout(SPEECH, "piper-joe", {"1": 1.0}),
+    ECHO: Rollout(ECHO, "echo", {"1": 1.0}),
 }
 
 
