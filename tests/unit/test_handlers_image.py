@@ -96,3 +96,14 @@ def test_training_loop_smoke(tmp_path):
     handler = ImageHandler(tmp_path / "m", device="cpu")
     out = handler.run_inference([req("t", width=32, height=32, steps=2)], handler.load_model())
     assert Image.open(io.BytesIO(out[0].artifact)).size == (32, 32)
+
+
+def test_classifier_free_guidance_changes_the_image(tiny_dir):
+    forget_models()
+    plain = ImageHandler(tiny_dir, device="cpu")
+    guided = ImageHandler(tiny_dir, device="cpu", guidance_scale=3.0)
+    model = plain.load_model()
+    r = req("g", width=16, height=16, seed=5)
+    a = plain.run_inference([r], model)[0].artifact
+    b = guided.run_inference([r], model)[0].artifact
+    assert a != b and Image.open(io.BytesIO(b)).size == (16, 16)
