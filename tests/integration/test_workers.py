@@ -316,3 +316,53 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
     from inference_workers.supervisor import _is_our_worker
 
     assert not any(_is_our_worker(pid, "echo") for pid in pids)  # gone (or an unreaped zombie)
+
+
+def test_image_pool_stores_a_png_artifact(topics: Topics, tmp_path) -> None:
+    """Tiny untrained UNet (the handlers' test model): the result points at a readable PNG in S3."""
+    import io
+
+    import torch
+    from minio import Minio
+    from PIL import Image
+
+    from inference_workers.models import load_handler
+    from inference_workers.models.tiny import build_tiny_image_pipeline
+
+    torch.set_num_threads(1)
+    model_dir = build_tiny_image_pipeline(tmp_path / "tiny-unet", sample_size=16)
+    handler = load_handler("image", model=str(model_dir), device="cpu")
+    reqs = []
+    for i in range(3):
+        r = make_request(f"img-{i}", ["a circle", "a square", "a triangle"][i])
+        r.update(modality="IMAGE", pool="image")
+        r["params"].update(width=16, height=16, steps=2, seed=i)
+        reqs.append(r)
+    produce(topics.requests, reqs)
+    worker = Worker("image", handler, topics.settings(max_batch=4, max_wait_ms=200))
+    thread = run_in_thread(worker)
+    reader = Reader(topics.results, SETTINGS.topics.results)
+    try:
+        results = reader.read_until(ids_answered({r["request_id"] for r in reqs}), timeout=120)
+    finally:
+        worker.stop()
+        thread.join(60)
+        reader.close()
+    s3 = Minio(SETTINGS.s3_endpoint, access_key=SETTINGS.s3.access_key, secret_key=SETTINGS.s3.secret_key,
+               secure=False)
+    assert len(results) == 3
+    for res in results:
+        assert res["status"] == "OK", res["error"]
+        assert res["content_type"] == "image/png" and res["pool"] == "image"
+        (uri,) = res["artifact_uris"]
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        assert bucket == SETTINGS.buckets.artifacts
+        assert key.startswith("artifacts/image/") and key.endswith(f"/{res['request_id']}-1.png")
+        obj = s3.get_object(bucket, key)
+        try:
+            img = Image.open(io.BytesIO(obj.read()))
+            img.load()
+        finally:
+            obj.close()
+            obj.release_conn()
+        assert img.format == "PNG" and img.size[0] >= 16
