@@ -57,25 +57,22 @@ class PerRowSampler:
 
         step = input_ids.shape[1] - self.prompt_len
         scores = scores.float()
-        chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        for i in range(scores.shape[0]):
-            if step >= self.budgets[i]:
-                chosen[i] = self.eos_id
-                continue
-            temperature = self.temperatures[i]
-            if temperature <= 0:
-                chosen[i] = torch.argmax(scores[i])
-                continue
-            probs = torch.softmax(scores[i] / temperature, dim=-1)
-            top_p = self.top_ps[i]
-            if top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p  # always keeps the top token
-                sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-                pick = torch.multinomial(sorted_p, 1, generator=self.generators[i])
-                chosen[i] = order[pick[0]]
-            else:
-                chosen[i] = torch.multinomial(probs, 1, generator=self.generators[i])[0]
+        device = scores.device
+        temps = torch.tensor(self.temperatures, device=device, dtype=torch.float32)
+        top_ps = torch.tensor(self.top_ps, device=device, dtype=torch.float32)
+        # one uniform draw per row from that row's own generator: batch-mates never shift each other's RNG
+        u = torch.stack([torch.rand((), generator=g, device=device) for g in self.generators])
+        probs = torch.softmax(scores / temps.clamp_min(1e-5).unsqueeze(1), dim=-1)
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < top_ps.unsqueeze(1)  # always keeps the top token
+        sorted_p = sorted_p * keep
+        cdf = torch.cumsum(sorted_p, dim=-1)
+        target = (u * cdf[:, -1]).unsqueeze(1)
+        pick = torch.searchsorted(cdf, target).clamp_max(cdf.shape[1] - 1)
+        chosen = order.gather(1, pick).squeeze(1)
+        chosen = torch.where(temps <= 0, scores.argmax(dim=-1), chosen)
+        done = torch.tensor([step >= b for b in self.budgets], device=device)
+        chosen = torch.where(done, torch.full_like(chosen, self.eos_id), chosen)
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, chosen.unsqueeze(1), 0.0)
         return forced

@@ -104,9 +104,9 @@ def bench_handler(
 def format_table(rows: list[BenchRow], describe: dict[str, Any]) -> str:
     head = f"{describe.get('handler')} {describe.get('model_name')}/{describe.get('model_version')} " \
            f"on {describe.get('device')} ({describe.get('dtype')})"
-    lines = [head, f"{'batch':>5} {'seconds':>8} {'req/s':>8} {'units/s':>9} {'unit':<8} {'vs b=1':>6}"]
+    lines = [head, f"{'batch':>5} {'seconds':>8} {'req/s':>10} {'units/s':>11} {'unit':<8} {'vs b=1':>6}"]
     for r in rows:
-        lines.append(f"{r.batch:>5} {r.seconds:>8.2f} {r.requests_per_s:>8.2f} {r.units_per_s:>9.2f} "
+        lines.append(f"{r.batch:>5} {r.seconds:>8.2f} {r.requests_per_s:>10.2f} {r.units_per_s:>11.2f} "
                      f"{r.unit:<8} {r.speedup_vs_1:>5.2f}x")
     return "\n".join(lines)
 
