@@ -158,6 +158,9 @@ class ImageHandler(ModelHandler[ImageModel]):
     def run_inference(self, batch: Sequence[dict], model: ImageModel) -> list[InferenceOutput]:
         outputs: list[InferenceOutput] = []
         for chunk in split_to_fit(batch, self.plan.max_batch, self._estimate, self.guard):
+            if len(chunk) == 1 and not self.guard.fits(self._estimate(chunk)):
+                outputs.append(InferenceOutput(error="insufficient_device_memory", retryable=True))
+                continue
             if model.kind == "shapes":
                 outputs.extend(self._run_shapes(chunk, model))
             else:

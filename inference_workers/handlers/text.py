@@ -184,6 +184,9 @@ class TextHandler(ModelHandler[TextModel]):
     def run_inference(self, batch: Sequence[dict], model: TextModel) -> list[InferenceOutput]:
         outputs: list[InferenceOutput] = []
         for chunk in split_to_fit(batch, self.plan.max_batch, self._estimate, self.guard):
+            if len(chunk) == 1 and not self.guard.fits(self._estimate(chunk)):
+                outputs.append(InferenceOutput(error="insufficient_device_memory", retryable=True))
+                continue
             outputs.extend(self._generate(chunk, model))
         return outputs
 

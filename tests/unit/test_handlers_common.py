@@ -90,3 +90,19 @@ def test_pool_model_env_override(monkeypatch):
     assert pool_model("text-small") == "smollm2-135m" and pool_model("custom") == "custom"
     monkeypatch.setenv("RSCF_POOL_MODEL_TEXT_LARGE", "org/big-model")
     assert pool_model("text-large") == "org/big-model"
+
+
+def test_request_too_big_for_the_guard_errors_alone(tmp_path):
+    from inference_workers.handlers import TextHandler
+    from inference_workers.models.tiny import build_tiny_text_model
+
+    forget_models()
+    handler = TextHandler(build_tiny_text_model(tmp_path / "m"), device="cpu", max_batch=4)
+    model = handler.load_model()
+    handler.guard = SmallGuard()  # admits almost nothing: every chunk halves down to one request
+    handler._estimate = lambda chunk: 99 if any(r["request_id"] == "huge" for r in chunk) else 1
+    batch = [{"request_id": rid, "prompt": "hi", "params": {"max_tokens": 2, "temperature": 0.0}}
+             for rid in ("a", "huge", "b")]
+    out = handler.run_inference(batch, model)
+    assert [o.error for o in out] == [None, "insufficient_device_memory", None]
+    assert out[0].tokens_out == 2 and out[2].tokens_out == 2
