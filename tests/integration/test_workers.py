@@ -125,6 +125,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int) -> int:
+    """First of ``n`` consecutive free ports (replica ports are computed, not chosen by the OS)."""
+    for base in range(20_000, 30_000, n):
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
 def start_worker_process(topics: Topics, port: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo)}
     cmd = [sys.executable, "-m", "rscf.cli", "worker", "run", "--pool", "echo", *topics.cli_args(),
@@ -290,7 +308,7 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
     on shifted metrics ports, so nobody else's replicas are touched)."""
     from rscf.settings import POOLS
 
-    base = free_port()
+    base = free_port_block(2 * len(POOLS))
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(tmp_path),
            "RSCF_WORKER_METRICS_PORT": str(base)}
 
