@@ -164,23 +164,30 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
         metrics = AutoscalerMetrics()
         server = HealthServer(metrics, lambda: True, SETTINGS.ports.autoscaler_metrics, SETTINGS.host).start()
         register_scrape_target("autoscaler", server.port, {"component": "autoscaler"})
-    while True:
-        try:
-            report = autoscale_once(pools, args.min, args.max, args.target_lag, args.grace, metrics=metrics)
-        except (KafkaException, TimeoutError) as exc:
-            print(f"kafka unavailable: {exc}", file=sys.stderr)
+    try:
+        while True:
+            try:
+                report = autoscale_once(pools, args.min, args.max, args.target_lag, args.grace, metrics=metrics)
+            except (KafkaException, TimeoutError) as exc:
+                print(f"kafka unavailable: {exc}", file=sys.stderr)
+                if args.once:
+                    return EXIT_UNAVAILABLE
+                time.sleep(args.interval)
+                continue
+            if args.json:
+                print(json.dumps({"at": time.time(), "pools": report}), flush=True)
+            else:
+                for row in report:
+                    print(f"{row['pool']:<11} lag {row['lag']:>6}  replicas {row['replicas']} -> {row['desired']}", flush=True)
             if args.once:
-                return EXIT_UNAVAILABLE
+                return EXIT_OK
             time.sleep(args.interval)
-            continue
-        if args.json:
-            print(json.dumps({"at": time.time(), "pools": report}), flush=True)
-        else:
-            for row in report:
-                print(f"{row['pool']:<11} lag {row['lag']:>6}  replicas {row['replicas']} -> {row['desired']}", flush=True)
-        if args.once:
-            return EXIT_OK
-        time.sleep(args.interval)
+    finally:
+        if server is not None:
+            from inference_workers.metrics import unregister_scrape_target
+
+            unregister_scrape_target("autoscaler")
+            server.stop()
 
 
 # ----------------------------------------------------------------------- bench workers

@@ -184,6 +184,7 @@ def test_echo_pool_answers_every_request_and_commits(topics: Topics) -> None:
     good = [make_request(f"ok-{i}", f"hello {i}") for i in range(12)]
     expired = make_request("expired", "too late", deadline_in_ms=-1000)
     produce(topics.requests, good + [expired], raw=[(b"broken-1", b"not avro at all"), (None, b"\x00junk")])
+    assert committed_lag(topics.requests, topics.group) == 15  # autoscaler's lag: nothing committed yet
 
     worker = Worker("echo", EchoHandler(), topics.settings(max_batch=4, max_wait_ms=20, metrics_port=0))
     port = worker.start_health_server()
