@@ -129,7 +129,7 @@ def test_every_stack_socket_listens_on_loopback_only(stack):
         proc = psutil.Process(pid)
         for p in [proc] + proc.children(recursive=True):
             for conn in p.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN and not conn.laddr.ip.startswith(("127.", "::1")):
+                if conn.status == psutil.CONN_LISTEN and not conn.laddr.ip.startswith(("127.", "::1", "::ffff:127.")):
                     exposed.append((p.name(), conn.laddr))
     assert exposed == []
 
