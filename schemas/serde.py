@@ -187,7 +187,7 @@ def registry_client(registry_url: str | None = None) -> Any:
         if client is None:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
-            client = SchemaRegistryClient({"url": url, "max.retries": 2, "retries.wait.ms": 200})
+            client = SchemaRegistryClient({"url": url, "max.retries": 2, "retries.wait.ms": 200, "timeout": 10})
             _CLIENTS[key] = client
     return client
 

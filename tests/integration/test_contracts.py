@@ -142,7 +142,7 @@ def test_topic_serde_output_is_read_by_plain_avro_deserializer(stack):
     producer.produce(topic, key=b"out-1", value=value)
     assert producer.flush(15) == 0
     [msg] = _consume(stack, topic, 1)
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": stack.registry_url}))
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": stack.registry_url, "timeout": 10}))
     assert deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE)) == _record("out-1")
 
 

@@ -49,7 +49,7 @@ def test_registry_avro_round_trip(stack):
         '{"type":"record","name":"Ping","namespace":"io.rscf.test",'
         '"fields":[{"name":"id","type":"string"},{"name":"n","type":"int"}]}'
     )
-    client = SchemaRegistryClient({"url": stack.registry_url})
+    client = SchemaRegistryClient({"url": stack.registry_url, "timeout": 10})
     ser = AvroSerializer(client, schema)
     de = AvroDeserializer(client)
     ctx = SerializationContext(topic, MessageField.VALUE)
