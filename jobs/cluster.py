@@ -1,0 +1,167 @@
+"""Talk to the Flink cluster: submit the pipeline with `flink run`, and REST for status and savepoints.
+
+Submission goes through the wheel's `flink` script with the local stack's
+FLINK_CONF_DIR (so the client sees the cluster's address, Java options and
+Python settings); everything after submission is the REST API, which is what
+the Web UI and operators' tools use too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jobs.config import JobConfig
+from rscf.settings import SETTINGS
+
+TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+SUBMITTED = re.compile(r"JobID\s+([0-9a-f]{32})")
+
+
+class ClusterError(RuntimeError):
+    """The cluster refused or did not answer; `unavailable` when nothing listens at all."""
+
+    def __init__(self, message: str, unavailable: bool = False):
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    name: str
+    state: str
+    start_time: int
+    duration_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "name": self.name, "state": self.state,
+                "start_time": self.start_time, "duration_ms": self.duration_ms}
+
+
+def savepoint_dir() -> Path:
+    return SETTINGS.paths.data / "flink" / "savepoints"
+
+
+def _request(method: str, path: str, **kw) -> Any:
+    url = f"{SETTINGS.flink_url}{path}"
+    try:
+        r = httpx.request(method, url, timeout=kw.pop("timeout", 10.0), **kw)
+    except httpx.HTTPError as exc:
+        raise ClusterError(f"Flink REST {url} unreachable: {exc}", unavailable=True) from exc
+    if r.status_code >= 400:
+        raise ClusterError(f"Flink REST {method} {path}: HTTP {r.status_code} {r.text[:500]}")
+    return r.json() if r.content else None
+
+
+def jobs(name: str | None = None) -> list[JobInfo]:
+    """Jobs the cluster knows (newest first), optionally only those called `name`."""
+    data = _request("GET", "/jobs/overview")
+    out = [
+        JobInfo(j["jid"], j["name"], j["state"], int(j.get("start-time", 0)), int(j.get("duration", 0)))
+        for j in data.get("jobs", [])
+        if name is None or j["name"] == name
+    ]
+    return sorted(out, key=lambda j: j.start_time, reverse=True)
+
+
+def running(name: str) -> JobInfo | None:
+    for job in jobs(name):
+        if job.state not in TERMINAL:
+            return job
+    return None
+
+
+def all_tasks_running(job_id: str) -> bool:
+    detail = _request("GET", f"/jobs/{job_id}")
+    vertices = detail.get("vertices", [])
+    return detail.get("state") == "RUNNING" and bool(vertices) and all(v["status"] == "RUNNING" for v in vertices)
+
+
+def flink_command(cfg: JobConfig, from_savepoint: str | None = None) -> list[str]:
+    from deploy.local.stack import flink_home
+
+    script = SETTINGS.paths.repo / "jobs" / "content_pipeline.py"
+    cmd = ["bash", str(flink_home() / "bin" / "flink"), "run", "-d", "-p", str(cfg.parallelism),
+           "-py", str(script), "-pyexec", str(SETTINGS.paths.venv / "bin" / "python"),
+           "-pyclientexec", str(SETTINGS.paths.venv / "bin" / "python")]
+    if from_savepoint:
+        cmd += ["-s", from_savepoint]
+    return cmd + cfg.to_args()
+
+
+def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 180.0) -> JobInfo:
+    """Submit and wait until every task runs; refuses a second running job of the same name."""
+    current = running(cfg.job_name)
+    if current is not None:
+        raise ClusterError(f"job {cfg.job_name} already {current.state} as {current.job_id}")
+    from deploy.local.stack import flink_env
+
+    env = {**os.environ, **flink_env()}
+    proc = subprocess.run(flink_command(cfg, from_savepoint), capture_output=True, text=True, env=env,
+                          timeout=300, cwd=str(SETTINGS.paths.repo))
+    match = SUBMITTED.search(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or match is None:
+        tail = (proc.stdout + proc.stderr).strip()[-3000:]
+        raise ClusterError(f"`flink run` failed (exit {proc.returncode}):\n{tail}")
+    job_id = match.group(1)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        detail = _request("GET", f"/jobs/{job_id}")
+        if detail["state"] in TERMINAL:
+            raise ClusterError(f"job {job_id} ended as {detail['state']} right after submission")
+        if all_tasks_running(job_id):
+            break
+        time.sleep(1.0)
+    else:
+        raise ClusterError(f"job {job_id} not running after {wait_s:.0f} s")
+    return next(j for j in jobs(cfg.job_name) if j.job_id == job_id)
+
+
+def _wait_savepoint(job_id: str, trigger: str, wait_s: float) -> str:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = _request("GET", f"/jobs/{job_id}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            op = status.get("operation") or {}
+            if op.get("location"):
+                return op["location"]
+            raise ClusterError(f"savepoint failed: {str(op.get('failure-cause', op))[:2000]}")
+        time.sleep(0.5)
+    raise ClusterError(f"savepoint of {job_id} not done after {wait_s:.0f} s")
+
+
+def stop(job_id: str, with_savepoint: bool, wait_s: float = 180.0) -> str | None:
+    """Stop-with-savepoint (returns its path), or cancel without one."""
+    if not with_savepoint:
+        _request("PATCH", f"/jobs/{job_id}", params={"mode": "cancel"})
+        _wait_terminal(job_id, wait_s)
+        return None
+    body = {"drain": False, "targetDirectory": f"file://{savepoint_dir()}", "formatType": "CANONICAL"}
+    trigger = _request("POST", f"/jobs/{job_id}/stop", json=body)["request-id"]
+    location = _wait_savepoint(job_id, trigger, wait_s)
+    _wait_terminal(job_id, wait_s)
+    return location
+
+
+def savepoint(job_id: str, wait_s: float = 180.0) -> str:
+    body = {"cancel-job": False, "target-directory": f"file://{savepoint_dir()}", "formatType": "CANONICAL"}
+    trigger = _request("POST", f"/jobs/{job_id}/savepoints", json=body)["request-id"]
+    return _wait_savepoint(job_id, trigger, wait_s)
+
+
+def _wait_terminal(job_id: str, wait_s: float) -> str:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        state = _request("GET", f"/jobs/{job_id}")["state"]
+        if state in TERMINAL:
+            return state
+        time.sleep(0.5)
+    raise ClusterError(f"job {job_id} still not stopped after {wait_s:.0f} s")

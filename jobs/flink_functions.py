@@ -1,0 +1,352 @@
+"""PyFlink functions of the content pipeline: state, timers and metrics around `jobs.stages`.
+
+Kept in an importable module (not in the job script, which runs as __main__)
+so cloudpickle ships these classes by reference: a class pickled by value drags
+in module globals, and any that hold py4j objects fail with "cannot pickle
+'_thread.RLock'" (measured). Keyed state holds pickled Python values; their
+classes (operators.*, jobs.stages) must be importable where the job restores.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyflink.common import Row, Types
+from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, KeySelector, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+from jobs import stages
+from jobs.config import JobConfig, ROLE_SCHEMAS
+from operators import routing
+from operators.dead_letters import dead_letter
+
+log = logging.getLogger(__name__)
+
+NEXT, SINK = "next", "sink"
+CONTROL_STATE = "control"  # broadcast MapState: "tenant:<id>" -> TenantPolicy dict, "rollout:<pool>" -> ModelRollout dict
+
+
+def control_descriptor() -> MapStateDescriptor:
+    return MapStateDescriptor(CONTROL_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+
+
+def now_ms(ctx) -> int:
+    return int(ctx.timer_service().current_processing_time())
+
+
+def _wall_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def tag(out: stages.Out) -> tuple[str, Any]:
+    """Functions emit (NEXT, envelope) or (SINK, SinkRecord); the job splits the two with filters."""
+    return (SINK, out) if isinstance(out, stages.SinkRecord) else (NEXT, out.value)
+
+
+class Counters:
+    """Flink metric counters under group `rscf`, with label groups (shown as Prometheus labels)."""
+
+    def __init__(self, ctx: RuntimeContext):
+        self._group = ctx.get_metrics_group().add_group("rscf")
+        self._counters: dict[tuple, Any] = {}
+
+    def inc(self, name: str, n: int = 1, **labels: str) -> None:
+        key = (name, *sorted(labels.items()))
+        counter = self._counters.get(key)
+        if counter is None:
+            group = self._group
+            for k, v in sorted(labels.items()):
+                group = group.add_group(k, str(v))
+            counter = self._counters[key] = group.counter(name)
+        counter.inc(n)
+
+    def count_sinks(self, outs) -> None:
+        for kind, value in outs:
+            if kind == SINK and value.role == "dlq":
+                self.inc("dead_letters", stage=value.record["stage"], reason=value.record["reason"])
+
+
+def _serde(cfg: JobConfig, topic: str, role: str):
+    from schemas.serde import TopicSerde
+
+    return TopicSerde(topic, cfg.registry_url, schema_name=ROLE_SCHEMAS[role])
+
+
+def _redis(cfg: JobConfig):
+    import redis
+
+    return redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+_LOADERS: dict[str, stages.BackgroundLoader] = {}
+
+
+def shared_embedder() -> stages.BackgroundLoader:
+    """One embedder per Python interpreter, loaded in the background (see stages.BackgroundLoader)."""
+    if "embedder" not in _LOADERS:
+        def load():
+            from operators.embedding import Embedder
+
+            embedder = Embedder.shared()
+            embedder.embed(["warm up"])
+            return embedder
+        _LOADERS["embedder"] = stages.BackgroundLoader(load, "embedder")
+    return _LOADERS["embedder"]
+
+
+def shared_classifier() -> stages.BackgroundLoader:
+    if "classifier" not in _LOADERS:
+        def load():
+            from operators import moderation_model
+
+            embedder = shared_embedder()
+            shared_embedder()._thread.join()
+            return moderation_model.load(embedder.get())
+        _LOADERS["classifier"] = stages.BackgroundLoader(load, "classifier")
+    return _LOADERS["classifier"]
+
+
+# ----------------------------------------------------------------------------- key selectors and filters
+
+
+class TenantKey(KeySelector):
+    def get_key(self, value):
+        return value.record.get("tenant_id") or ""
+
+
+class RequestKey(KeySelector):
+    def get_key(self, value):
+        return stages.request_key(value)
+
+
+def is_next(value) -> bool:
+    return value[0] == NEXT
+
+
+def is_sink(value) -> bool:
+    return value[0] == SINK
+
+
+def payload(value):
+    return value[1]
+
+
+def is_prompt_in(value) -> bool:
+    return isinstance(value, stages.PromptIn)
+
+
+def is_finished(value) -> bool:
+    return isinstance(value, stages.Finished)
+
+
+# ----------------------------------------------------------------------------- intake
+
+
+class PromptIntake(FlatMapFunction):
+    """Row(v, topic, part, off) of the prompts topic -> PromptIn | Finished | dead letter."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.serde = _serde(self.cfg, self.cfg.prompts, "prompt")
+        self.templates = None
+        if self.cfg.use_redis:
+            from operators.templates import RedisTemplateStore
+
+            self.templates = RedisTemplateStore(_redis(self.cfg))
+        self.counters = Counters(ctx)
+
+    def flat_map(self, row):
+        outs = [tag(o) for o in stages.intake_prompt(row[0], self.serde.decode, row[1], row[2], row[3],
+                                                   _wall_ms(), self.templates)]
+        self.counters.inc("prompts_in")
+        self.counters.count_sinks(outs)
+        for o in outs:
+            if o[0] == NEXT and isinstance(o[1], stages.Finished):
+                self.counters.inc("rejected_invalid")
+        yield from outs
+
+
+class ResultIntake(FlatMapFunction):
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.serde = _serde(self.cfg, self.cfg.results, "result")
+        self.counters = Counters(ctx)
+
+    def flat_map(self, row):
+        outs = [tag(o) for o in stages.intake_result(row[0], self.serde.decode, row[1], row[2], row[3])]
+        self.counters.inc("results_in")
+        self.counters.count_sinks(outs)
+        yield from outs
+
+
+class ControlIntake(FlatMapFunction):
+    """Control events; undecodable ones go to the dead-letter topic like any other input."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.serde = _serde(self.cfg, self.cfg.control, "control")
+        self.counters = Counters(ctx)
+
+    def flat_map(self, row):
+        record, dl = stages.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
+        if dl is not None:
+            self.counters.count_sinks([(SINK, dl)])
+            yield SINK, dl
+        else:
+            self.counters.inc("control_events")
+            yield NEXT, record
+
+
+def control_updates(event: dict) -> list[tuple[str, Any]]:
+    """Broadcast-state entries a control event sets (breaker commands are applied, not stored)."""
+    updates = []
+    if event.get("tenant_policy"):
+        updates.append(("tenant:" + event["tenant_policy"]["tenant_id"], dict(event["tenant_policy"])))
+    if event.get("rollout"):
+        updates.append(("rollout:" + event["rollout"]["pool"], dict(event["rollout"])))
+    return updates
+
+
+# ----------------------------------------------------------------------------- tenant gate
+
+
+class TenantGate(KeyedBroadcastProcessFunction):
+    """Keyed by tenant_id: input moderation, token bucket (ValueState), RAG enrichment."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
+        self.counters = Counters(ctx)
+        self.moderation = stages.Moderation(classifier_source=shared_classifier().get)
+        self.enricher = None
+        if self.cfg.use_redis:
+            from operators.vector_index import RedisVectorSetIndex
+
+            self.enricher = stages.rag_enricher(shared_embedder().get, RedisVectorSetIndex(_redis(self.cfg)))
+
+    def process_element(self, value: stages.PromptIn, ctx):
+        tenant = value.record["tenant_id"]
+        bstate = ctx.get_broadcast_state(control_descriptor())
+        key = "tenant:" + tenant
+        raw = bstate.get(key) if bstate.contains(key) else None
+        policy = stages.policy_for(tenant, {tenant: raw} if raw else {})
+        result = stages.gate(value, policy, self.bucket.value(), now_ms(ctx), self.moderation, self.enricher)
+        if result.bucket is not None:
+            self.bucket.update(result.bucket)
+        for name in result.counters:
+            self.counters.inc(name)
+        yield tag(result.out)
+
+    def process_broadcast_element(self, value: dict, ctx):
+        state = ctx.get_broadcast_state(control_descriptor())
+        for key, entry in control_updates(value):
+            state.put(key, entry)
+
+
+# ----------------------------------------------------------------------------- orchestrator
+
+
+class RequestOrchestrator(KeyedBroadcastProcessFunction):
+    """Keyed by request_id: route, dispatch, correlate results, retry/fallback/timeout, final records.
+
+    The pending request lives in ValueState (checkpointed, survives stop-with-savepoint).
+    Circuit breakers are per-subtask soft state held in this instance (`Orchestrator.breakers`):
+    not checkpointed, rebuilt from traffic after a restart; rollouts are mirrored from
+    broadcast state, which is checkpointed.
+    """
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.slot = ctx.get_state(ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY()))
+        self.counters = Counters(ctx)
+        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier().get))
+        self._rollouts_loaded = False
+
+    def _load_rollouts(self, ctx) -> None:
+        """After a restore the broadcast state is back but this instance is new: mirror it once."""
+        if self._rollouts_loaded:
+            return
+        self._rollouts_loaded = True
+        for key, entry in ctx.get_broadcast_state(control_descriptor()).items():
+            if key.startswith("rollout:"):
+                self.logic.on_control({"rollout": entry}, now_ms(ctx))
+
+    def _run(self, effects: stages.Effects, ctx):
+        if effects.slot is None:
+            self.slot.clear()
+        else:
+            self.slot.update(effects.slot)
+        for ts in effects.timers:
+            ctx.timer_service().register_processing_time_timer(ts)
+        for name in effects.counters:
+            self.counters.inc(name)
+        for sink in effects.sinks:
+            yield SINK, sink
+
+    def process_element(self, value, ctx):
+        self._load_rollouts(ctx)
+        effects = self.logic.on_input(value, self.slot.value(), now_ms(ctx))
+        yield from self._run(effects, ctx)
+
+    def process_broadcast_element(self, value: dict, ctx):
+        state = ctx.get_broadcast_state(control_descriptor())
+        for key, entry in control_updates(value):
+            state.put(key, entry)
+        self.logic.on_control(value, _wall_ms())  # broadcast contexts have no timer service
+
+    def on_timer(self, timestamp: int, ctx):
+        self._load_rollouts(ctx)
+        effects = self.logic.on_timer(self.slot.value(), now_ms(ctx))
+        yield from self._run(effects, ctx)
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+class Encode(FlatMapFunction):
+    """SinkRecord -> Row(topic, key, value) in the Confluent wire format; unencodable -> dead letter."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.serdes: dict[str, Any] = {}
+        self.counters = Counters(ctx)
+
+    def _topic(self, rec: stages.SinkRecord) -> str:
+        if rec.role == "request":
+            return self.cfg.requests(rec.pool or routing.ECHO)
+        return {"content": self.cfg.content, "audit": self.cfg.audit, "dlq": self.cfg.dlq}[rec.role]
+
+    def flat_map(self, rec: stages.SinkRecord):
+        topic = self._topic(rec)
+        serde = self.serdes.get(topic)
+        if serde is None:
+            serde = self.serdes[topic] = _serde(self.cfg, topic, rec.role)
+        key = rec.key.encode("utf-8") if rec.key else None
+        try:
+            value = serde.encode(rec.record)
+        except (ValueError, TypeError, KeyError) as exc:
+            if rec.role == "dlq":
+                raise  # a dead letter that cannot be written is a bug: fail loudly, Flink restarts
+            dl = dead_letter(repr(rec.record).encode("utf-8")[:100_000], stage="serialize", reason="encode_failed",
+                             error=f"{type(exc).__name__}: {exc}", source_topic=topic, source_partition=-1,
+                             source_offset=-1, request_id=rec.key)
+            self.counters.inc("dead_letters", stage="serialize", reason="encode_failed")
+            yield from self.flat_map(stages.SinkRecord("dlq", rec.key, dl))
+            return
+        self.counters.inc("records_out", role=rec.role)
+        yield Row(topic, key, value)

@@ -1,0 +1,151 @@
+"""`rscf job start|stop|savepoint|status`: the content pipeline on the local Flink cluster.
+
+Also `rscf bench pipeline`: throughput and latency of the whole job with an echo worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rscf.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from rscf.settings import SETTINGS
+
+
+def _emit(args: argparse.Namespace, data: dict, text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+def _fail(exc: Exception) -> int:
+    from jobs.cluster import ClusterError
+
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_UNAVAILABLE if isinstance(exc, ClusterError) and exc.unavailable else EXIT_FAILED
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from jobs import cluster
+    from jobs.config import JobConfig
+
+    cfg = JobConfig(job_name=args.name, topic_suffix=args.topic_suffix, parallelism=args.parallelism,
+                    exactly_once=args.exactly_once)
+    try:
+        job = cluster.submit(cfg, args.from_savepoint, wait_s=args.wait)
+    except cluster.ClusterError as exc:
+        return _fail(exc)
+    data = {**job.to_dict(), "exactly_once": cfg.exactly_once, "from_savepoint": args.from_savepoint,
+            "web_ui": f"{SETTINGS.flink_url}/#/job/running/{job.job_id}/overview"}
+    _emit(args, data, f"{job.name} {job.state} as {job.job_id} ({data['web_ui']})")
+    return EXIT_OK
+
+
+def _target(args: argparse.Namespace):
+    from jobs import cluster
+
+    job = cluster.running(args.name)
+    if job is None:
+        raise cluster.ClusterError(f"no running job named {args.name}")
+    return job
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from jobs import cluster
+
+    try:
+        job = _target(args)
+        location = cluster.stop(job.job_id, args.savepoint, wait_s=args.wait)
+    except cluster.ClusterError as exc:
+        return _fail(exc)
+    data = {"job_id": job.job_id, "name": job.name, "stopped": True, "savepoint": location}
+    _emit(args, data, location or f"{job.name} ({job.job_id}) cancelled without a savepoint")
+    return EXIT_OK
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from jobs import cluster
+
+    try:
+        job = _target(args)
+        location = cluster.savepoint(job.job_id, wait_s=args.wait)
+    except cluster.ClusterError as exc:
+        return _fail(exc)
+    _emit(args, {"job_id": job.job_id, "name": job.name, "savepoint": location}, location)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from jobs import cluster
+
+    try:
+        found = cluster.jobs(None if args.all else args.name)
+    except cluster.ClusterError as exc:
+        return _fail(exc)
+    data = {"jobs": [j.to_dict() for j in found], "running": any(j.state == "RUNNING" for j in found)}
+    lines = [f"{j.state:<10} {j.job_id} {j.name} ({j.duration_ms // 1000} s)" for j in found]
+    _emit(args, data, "\n".join(lines) or f"no job named {args.name}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jobs.bench import run_bench
+
+    try:
+        result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _emit(args, result, json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _bench_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The shared `bench` group's subparsers (created here if no other module did first)."""
+    bench = sub.choices.get("bench")
+    if bench is None:
+        bench = sub.add_parser("bench", help="benchmarks that print measured numbers")
+    for action in bench._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench.add_subparsers(dest="bench_command", required=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from jobs.config import JOB_NAME
+
+    job = sub.add_parser("job", help="the content pipeline job on the Flink cluster")
+    jsub = job.add_subparsers(dest="job_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", default=JOB_NAME, help="job name (default %(default)s)")
+        p.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the cluster")
+
+    p = jsub.add_parser("start", parents=[json_parent()], help="submit the job and wait until all tasks run")
+    common(p)
+    p.add_argument("--parallelism", "-p", type=int, default=1)
+    p.add_argument("--from-savepoint", default=None, metavar="PATH")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="transactional sinks: readers see output after each checkpoint (read_committed)")
+    p.add_argument("--topic-suffix", default="", help="isolated topic set <topic>.<suffix> (tests)")
+    p.set_defaults(func=cmd_start)
+
+    p = jsub.add_parser("stop", parents=[json_parent()], help="stop the job (with --savepoint: stop-with-savepoint)")
+    common(p)
+    p.add_argument("--savepoint", action="store_true")
+    p.set_defaults(func=cmd_stop)
+
+    p = jsub.add_parser("savepoint", parents=[json_parent()], help="take a savepoint and keep running")
+    common(p)
+    p.set_defaults(func=cmd_savepoint)
+
+    p = jsub.add_parser("status", parents=[json_parent()], help="jobs from the cluster's /jobs/overview")
+    common(p)
+    p.add_argument("--all", action="store_true", help="every job, not only --name")
+    p.set_defaults(func=cmd_status)
+
+    p = _bench_subparsers(sub).add_parser("pipeline", parents=[json_parent()],
+                                          help="prompts/s and pipeline overhead latency with an echo worker")
+    p.add_argument("--rate", type=int, default=500, help="prompts per second offered")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    p.add_argument("--local", action="store_true", help="run the job in a local MiniCluster, not the cluster")
+    p.set_defaults(func=cmd_bench)
