@@ -1,0 +1,233 @@
+"""Drive an isolated copy of the pipeline (own topic suffix, own job name, own echo worker).
+
+Used by the integration tests and by `rscf bench pipeline`: create the topic
+set, start the job (on the cluster or in a local MiniCluster) and an echo
+worker on the suffixed topics, send policies and prompts, collect decoded
+outputs, and tear down exactly what was started.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from jobs import cluster
+from jobs.config import ROLE_SCHEMAS, JobConfig
+from rscf.settings import SETTINGS
+
+
+def _log(name: str):
+    SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
+    return open(SETTINGS.paths.logs / name, "ab")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def serde(cfg: JobConfig, topic: str, role: str):
+    from schemas.serde import TopicSerde
+
+    return TopicSerde(topic, cfg.registry_url, schema_name=ROLE_SCHEMAS[role])
+
+
+def create_topics(cfg: JobConfig, partitions: int = 2) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in cfg.all_topics()])
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - already existing is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def delete_topics(cfg: JobConfig) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    for fut in admin.delete_topics(cfg.all_topics()).values():
+        try:
+            fut.result(timeout=30)
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
+
+
+def prompt(request_id: str, tenant: str, text: str, modality: str = "TEXT", **extra: Any) -> dict:
+    rec = {
+        "request_id": request_id, "tenant_id": tenant, "modality": modality, "prompt": text,
+        "params": {"max_tokens": None, "temperature": None, "top_p": None, "width": None, "height": None,
+                   "steps": None, "seed": None, "voice": None},
+        "priority": "NORMAL", "template_id": None, "template_vars": {}, "metadata": {},
+        "created_at": now_ms(), "trace": None,
+    }
+    rec.update(extra)
+    return rec
+
+
+def policy_event(tenant: str, features: Iterable[str], rate_per_s: float = 10_000.0, burst: int = 10_000,
+                 tier: str = "STANDARD") -> dict:
+    return {
+        "event_id": str(uuid.uuid4()), "issued_at": datetime.now(timezone.utc), "rollout": None, "breaker": None,
+        "tenant_policy": {"tenant_id": tenant, "tier": tier, "rate_per_s": float(rate_per_s), "burst": int(burst),
+                          "features": list(features)},
+    }
+
+
+class Producer:
+    def __init__(self, cfg: JobConfig):
+        from confluent_kafka import Producer as KafkaProducer
+
+        self.cfg = cfg
+        self.p = KafkaProducer({"bootstrap.servers": cfg.bootstrap, "linger.ms": 1, "enable.idempotence": True})
+        self.serdes: dict[str, Any] = {}
+
+    def send(self, topic: str, role: str, record: dict | None, key: str | None = None, raw: bytes | None = None):
+        if raw is None:
+            s = self.serdes.get(topic) or self.serdes.setdefault(topic, serde(self.cfg, topic, role))
+            raw = s.encode(record)
+        self.p.produce(topic, raw, key=key.encode() if key else None)
+        self.p.poll(0)
+
+    def prompt(self, rec: dict) -> None:
+        self.send(self.cfg.prompts, "prompt", rec, rec["request_id"])
+
+    def control(self, event: dict) -> None:
+        self.send(self.cfg.control, "control", event)
+
+    def flush(self) -> None:
+        self.p.flush(30)
+
+
+@dataclass
+class Collected:
+    content: dict[str, list[dict]] = field(default_factory=dict)  # request_id -> finals (more than one is a bug)
+    audit: dict[str, list[dict]] = field(default_factory=dict)
+    dlq: list[dict] = field(default_factory=list)
+    arrival_ms: dict[str, int] = field(default_factory=dict)  # first final's arrival time
+
+
+class Reader:
+    """Reads content, audit and dead letters of the topic set (read_committed, from the start)."""
+
+    def __init__(self, cfg: JobConfig):
+        from confluent_kafka import Consumer
+
+        self.cfg = cfg
+        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                           "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                           "enable.auto.commit": False})
+        self.c.subscribe([cfg.content, cfg.audit, cfg.dlq])
+        self.roles = {cfg.content: "content", cfg.audit: "audit", cfg.dlq: "dlq"}
+        self.serdes = {t: serde(cfg, t, r) for t, r in self.roles.items()}
+        self.got = Collected()
+
+    def poll(self, timeout: float = 0.2) -> int:
+        n = 0
+        msg = self.c.poll(timeout)
+        while msg is not None:
+            if not msg.error():
+                role = self.roles[msg.topic()]
+                rec = self.serdes[msg.topic()].decode(msg.value())
+                if role == "dlq":
+                    self.got.dlq.append(rec)
+                else:
+                    getattr(self.got, role).setdefault(rec["request_id"], []).append(rec)
+                    if role == "content":
+                        self.got.arrival_ms.setdefault(rec["request_id"], now_ms())
+                n += 1
+            msg = self.c.poll(0)
+        return n
+
+    def until(self, done, timeout_s: float) -> Collected:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(self.got):
+            self.poll(0.2)
+        return self.got
+
+    def settle(self, quiet_s: float = 3.0) -> Collected:
+        """Keep reading until nothing new arrives for quiet_s (to catch duplicates)."""
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            if self.poll(0.2):
+                last = time.monotonic()
+        return self.got
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class EchoWorker:
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = _log(f"echo-{self.cfg.group_id}.log")
+        self.proc = subprocess.Popen(
+            [str(SETTINGS.paths.venv / "bin" / "rscf"), "worker", "run", "--pool", "echo",
+             "--requests-topic", self.cfg.requests("echo"), "--results-topic", self.cfg.results,
+             "--group", f"echo-{self.cfg.group_id}", "--metrics-port", "-1"],
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+class PipelineRun:
+    """The job on its own topics: on the cluster (default) or in a local MiniCluster subprocess."""
+
+    def __init__(self, cfg: JobConfig, local: bool = False):
+        self.cfg = cfg
+        self.local = local
+        self.proc: subprocess.Popen | None = None
+        self.job_id: str | None = None
+
+    def start(self, from_savepoint: str | None = None) -> None:
+        if self.local:
+            from deploy.local.stack import connector_jar
+
+            args = [sys.executable, str(SETTINGS.paths.repo / "jobs" / "content_pipeline.py"),
+                    *JobConfig(**{**self.cfg.__dict__, "local": True, "connector_jar": str(connector_jar())}).to_args()]
+            log = _log(f"{self.cfg.group_id}.log")
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            self.job_id = cluster.submit(self.cfg, from_savepoint).job_id
+
+    def stop_with_savepoint(self) -> str:
+        location = cluster.stop(self.job_id, with_savepoint=True)
+        self.job_id = None
+        return location
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+        if self.job_id is not None:
+            try:
+                cluster.stop(self.job_id, with_savepoint=False)
+            except cluster.ClusterError:
+                pass
+            self.job_id = None
+
+
+def isolated_config(prefix: str, **kw: Any) -> JobConfig:
+    suffix = f"{prefix}{uuid.uuid4().hex[:6]}"
+    return JobConfig(job_name=f"rscf-{suffix}", topic_suffix=suffix, **kw)
