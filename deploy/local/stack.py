@@ -351,7 +351,10 @@ def _prepare_flink() -> None:
     # lib = the wheel's jars + the Kafka connector; the wheel itself stays untouched.
     for old in d["lib"].iterdir():
         old.unlink()
-    for jar in list((home / "lib").glob("*.jar")) + [connector_jar()]:
+    # flink-python on the cluster classpath (not only in the job's jar) keeps pemja loaded once per
+    # TaskManager: otherwise a second thread-mode job on the same TaskManager fails (FLINK-37727).
+    python_jar = next((home / "opt").glob("flink-python-*.jar"))
+    for jar in list((home / "lib").glob("*.jar")) + [python_jar, connector_jar()]:
         (d["lib"] / jar.name).symlink_to(jar)
 
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
