@@ -10,7 +10,7 @@ classes (operators.*, jobs.stages) must be importable where the job restores.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, KeySelector, RuntimeContext
@@ -81,32 +81,33 @@ def _redis(cfg: JobConfig):
     return redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
 
 
-_LOADERS: dict[str, stages.BackgroundLoader] = {}
+_SHARED: dict[str, Any] = {}
 
 
-def shared_embedder() -> stages.BackgroundLoader:
-    """One embedder per Python interpreter, loaded in the background (see stages.BackgroundLoader)."""
-    if "embedder" not in _LOADERS:
-        def load():
-            from operators.embedding import Embedder
+def shared_embedder() -> Callable[[], Any]:
+    """The embedding service client, or None while the service is marked down.
 
-            embedder = Embedder.shared()
-            embedder.embed(["warm up"])
-            return embedder
-        _LOADERS["embedder"] = stages.BackgroundLoader(load, "embedder")
-    return _LOADERS["embedder"]
+    The model runs in its own process (inference_workers/embedding_service.py):
+    torch inside a thread-mode operator stalled it and its checkpoints (measured).
+    """
+    if "embedder" not in _SHARED:
+        from operators.embedding import RemoteEmbedder
+
+        _SHARED["embedder"] = RemoteEmbedder()
+    embedder = _SHARED["embedder"]
+    return lambda: embedder if embedder.available() else None
 
 
-def shared_classifier() -> stages.BackgroundLoader:
-    if "classifier" not in _LOADERS:
-        def load():
-            from operators import moderation_model
+def shared_classifier() -> Callable[[], Any]:
+    """The moderation classifier: remote embeddings + the small logistic regression, loaded here."""
+    if "classifier" not in _SHARED:
+        from operators import moderation_model
+        from operators.embedding import RemoteEmbedder
 
-            embedder = shared_embedder()
-            shared_embedder()._thread.join()
-            return moderation_model.load(embedder.get())
-        _LOADERS["classifier"] = stages.BackgroundLoader(load, "classifier")
-    return _LOADERS["classifier"]
+        embedder = RemoteEmbedder()
+        _SHARED["classifier"] = (embedder, moderation_model.load(embedder))
+    embedder, classifier = _SHARED["classifier"]
+    return lambda: classifier if embedder.available() else None
 
 
 # ----------------------------------------------------------------------------- key selectors and filters
@@ -228,12 +229,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
     def open(self, ctx: RuntimeContext):
         self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
-        self.moderation = stages.Moderation(classifier_source=shared_classifier().get)
+        self.moderation = stages.Moderation(classifier_source=shared_classifier())
         self.enricher = None
         if self.cfg.use_redis:
             from operators.vector_index import RedisVectorSetIndex
 
-            self.enricher = stages.rag_enricher(shared_embedder().get, RedisVectorSetIndex(_redis(self.cfg)))
+            self.enricher = stages.rag_enricher(shared_embedder(), RedisVectorSetIndex(_redis(self.cfg)))
 
     def process_element(self, value: stages.PromptIn, ctx):
         tenant = value.record["tenant_id"]
@@ -272,7 +273,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
     def open(self, ctx: RuntimeContext):
         self.slot = ctx.get_state(ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
-        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier().get))
+        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()))
         self._rollouts_loaded = False
 
     def _load_rollouts(self, ctx) -> None:

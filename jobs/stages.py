@@ -145,34 +145,6 @@ def intake_result(
 # ----------------------------------------------------------------------------- tenant gate
 
 
-class BackgroundLoader:
-    """Loads something slow (the embedding model) in a daemon thread; `get()` never blocks.
-
-    Measured: loading the MiniLM embedder inside a thread-mode (pemja) Python
-    operator stalled the operator for minutes, so the job never waits for it:
-    until it is ready (or if it fails), callers go on without it.
-    """
-
-    def __init__(self, load: Callable[[], Any], name: str):
-        import threading
-
-        self._load, self.name = load, name
-        self._value: Any = None
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"load-{name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._load()
-        except Exception as exc:  # noqa: BLE001 - reported through .error, the pipeline goes on
-            log.exception("loading %s failed", self.name)
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def get(self) -> Any:
-        return self._value
-
-
 @dataclass
 class Moderation:
     """Rule checks always; the learned classifier once loaded, for tenants with the feature."""
@@ -244,11 +216,11 @@ class EnricherNotReady(RuntimeError):
 
 
 def rag_enricher(embedder_source: Callable[[], Any], index) -> Callable[[dict, frozenset[str]], dict]:
-    """RAG with the embedder once it is loaded; raises EnricherNotReady before (gate records why)."""
+    """RAG through the embedding service; raises EnricherNotReady while it is down (gate records why)."""
     def run(record: dict, features: frozenset[str]) -> dict:
         embedder = embedder_source()
         if embedder is None:
-            raise EnricherNotReady("embedding model not loaded yet")
+            raise EnricherNotReady("embedding service unavailable")
         return enrich(record, features, embedder, index)
     return run
 

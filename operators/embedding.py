@@ -76,3 +76,62 @@ class Embedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedding service did not answer in time; callers degrade instead of failing."""
+
+
+class RemoteEmbedder:
+    """The embedding model behind the loopback embedding service (inference_workers/embedding_service.py).
+
+    Why: torch inside a thread-mode PyFlink operator stalls it (measured), so the
+    job reaches the model over HTTP. After a failure it stays `available() ==
+    False` for `backoff_s`, so an outage costs one timeout, not one per record.
+    """
+
+    dim = DIM
+
+    def __init__(self, url: str | None = None, timeout_s: float = 2.0, backoff_s: float = 5.0):
+        self.url = (url or SETTINGS.embedder_url).rstrip("/")
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self._down_until = 0.0
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {"url": self.url, "timeout_s": self.timeout_s, "backoff_s": self.backoff_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def available(self) -> bool:
+        import time
+
+        return time.monotonic() >= self._down_until
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import base64
+        import time
+
+        import httpx
+
+        if len(texts) == 0:
+            return np.zeros((0, DIM), dtype=np.float32)
+        if not self.available():
+            raise EmbedderUnavailable(f"embedding service marked down (retry after {self.backoff_s:.0f} s)")
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout_s)
+        try:
+            r = self._client.post(f"{self.url}/embed", json={"texts": list(texts)})
+            if r.status_code != 200:
+                raise EmbedderUnavailable(f"embedding service answered {r.status_code}: {r.text[:200]}")
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self._down_until = time.monotonic() + self.backoff_s
+            raise EmbedderUnavailable(f"embedding service unreachable: {type(exc).__name__}: {exc}") from exc
+        except EmbedderUnavailable:
+            self._down_until = time.monotonic() + self.backoff_s
+            raise
+        raw = base64.b64decode(body["vectors"])
+        return np.frombuffer(raw, dtype="<f4").reshape(body["n"], body["dim"]).astype(np.float32)

@@ -155,8 +155,17 @@ def _moderate(
 
     already_blocked = any(v["action"] == "BLOCK" for v in verdicts)
     if classifier is not None and MODEL_FEATURE in _features(policy) and not already_blocked:
-        label, score, _ = classifier.classify(redacted)
-        if score >= classifier.block_threshold:
+        from operators.embedding import EmbedderUnavailable
+
+        try:
+            label, score, _ = classifier.classify(redacted)
+        except EmbedderUnavailable as exc:
+            # The model is an addition to the rule checks above, which already ran: record the gap, go on.
+            label, score = None, 0.0
+            verdicts.append(verdict(stage, "classifier", "ALLOW", 0.0, f"classifier unavailable: {exc}"[:200]))
+        if label is None:
+            pass
+        elif score >= classifier.block_threshold:
             verdicts.append(verdict(stage, "classifier", "BLOCK", score, f"category: {label}"))
         else:
             verdicts.append(verdict(stage, "classifier", "ALLOW", score, f"highest: {label}"))

@@ -65,23 +65,35 @@ def ensure_running(progress: Progress, pools: Iterable[str] = DEMO_POOLS) -> Non
     if KNOWLEDGE_BASE.exists():
         rscf("kb", "ingest", str(KNOWLEDGE_BASE))
         progress("knowledge base: ingested into the Redis vector index")
-    status = rscf("job", "status") or {}
-    if not _job_running(status):
+    state = _job_state()
+    deadline = time.monotonic() + 90
+    while state not in (None, "RUNNING") and time.monotonic() < deadline:
+        time.sleep(2)  # a job that is restarting or being created usually gets there by itself
+        state = _job_state()
+    if state is None:
         progress("pipeline job: submitting to the Flink cluster")
         rscf("job", "start", timeout=600)
+    elif state != "RUNNING":
+        raise DemoError(
+            f"the pipeline job is {state}: see its exceptions in the Flink Web UI ({SETTINGS.flink_url}), "
+            "or cancel it (`rscf job stop`) and rerun"
+        )
     progress("pipeline job: running")
-    rscf("workers", "start", "--pools", *pools, timeout=900)
+    pool_args = [arg for pool in pools for arg in ("--pool", pool)]
+    rscf("workers", "start", *pool_args, "--wait", "600", timeout=900)
     progress(f"workers: {', '.join(pools)} ready")
 
 
-def _job_running(status: Any) -> bool:
-    if isinstance(status, dict):
-        if status.get("state") == "RUNNING" or status.get("running"):
-            return True
-        jobs = status.get("jobs", [])
-    else:
-        jobs = status or []
-    return any(j.get("state") == "RUNNING" for j in jobs if isinstance(j, dict))
+TERMINAL_JOB_STATES = ("CANCELED", "FINISHED", "FAILED")
+
+
+def _job_state() -> str | None:
+    """State of the newest non-terminal pipeline job, None when there is none."""
+    status = rscf("job", "status") or {}
+    for job in status.get("jobs", []):
+        if job.get("state") not in TERMINAL_JOB_STATES:
+            return job.get("state")
+    return None
 
 
 # ----------------------------------------------------------------------------- producing

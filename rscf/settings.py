@@ -64,6 +64,7 @@ class Ports:
     registry: int = _env_int("REGISTRY_PORT", 8085)
     registry_management: int = _env_int("REGISTRY_MANAGEMENT_PORT", 8086)
     pushgateway: int = _env_int("PUSHGATEWAY_PORT", 9091)
+    embedder: int = _env_int("EMBEDDER_PORT", 9420)
     s3: int = _env_int("S3_PORT", 8333)
     weed_master: int = _env_int("WEED_MASTER_PORT", 9333)
     weed_volume: int = _env_int("WEED_VOLUME_PORT", 8380)
@@ -173,6 +174,10 @@ class Settings:
     @property
     def flink_url(self) -> str:
         return _env("FLINK_URL", f"http://{self.host}:{self.ports.flink_rest}")
+
+    @property
+    def embedder_url(self) -> str:
+        return f"http://{self.host}:{self.ports.embedder}"
 
     @property
     def prometheus_url(self) -> str:

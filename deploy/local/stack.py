@@ -523,6 +523,7 @@ def _prepare_prometheus() -> None:
                 "static_configs": [{"targets": [f"{H}:{P.pushgateway}"]}],
             },
             {"job_name": "seaweedfs", "static_configs": [{"targets": [f"{H}:{P.weed_master + 1000}"]}]},
+            {"job_name": "rscf-embedder", "static_configs": [{"targets": [f"{H}:{P.embedder}"]}]},
             {
                 "job_name": "rscf-workers",
                 "file_sd_configs": [{"files": [str(prometheus_targets_dir() / "*.json")], "refresh_interval": "5s"}],
@@ -603,6 +604,15 @@ SERVICES: tuple[Service, ...] = (
         "registers with the JobManager (4 slots)",
         env=flink_env,
         start_timeout_s=90,
+    ),
+    Service(
+        "embedder",
+        (P.embedder,),
+        lambda: [venv_bin("python"), "-m", "inference_workers.embedding_service"],
+        lambda: _http_ok(f"{SETTINGS.embedder_url}/readyz"),
+        f"{SETTINGS.embedder_url} (embedding model for moderation and retrieval)",
+        env=lambda: {"PYTHONPATH": str(SETTINGS.paths.repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        start_timeout_s=180,
     ),
     Service(
         "pushgateway",

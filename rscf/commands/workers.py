@@ -91,8 +91,33 @@ def cmd_start(args: argparse.Namespace) -> int:
         if supervisor.alive_replicas(pool):
             continue
         started.append(supervisor.start_replica(pool, 0).as_dict())
-    _out(args, {"started": started}, "\n".join(f"started {r['pool']}#{r['replica']} pid {r['pid']}" for r in started) or "already running")
+    not_ready = _wait_ready(_pools(args), args.wait) if args.wait else []
+    _out(
+        args,
+        {"started": started, "not_ready": not_ready},
+        "\n".join(f"started {r['pool']}#{r['replica']} pid {r['pid']}" for r in started) or "already running",
+    )
+    if not_ready:
+        print(f"not ready after {args.wait:.0f} s: {', '.join(not_ready)} (see their logs)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def _wait_ready(pools: list[str], timeout_s: float) -> list[str]:
+    """Block until one replica of each pool answers /readyz (model loaded, partitions assigned)."""
+    from inference_workers import supervisor
+
+    deadline = time.monotonic() + timeout_s
+    waiting = set(pools)
+    while waiting and time.monotonic() < deadline:
+        for pool in list(waiting):
+            alive = supervisor.alive_replicas(pool)
+            if not alive:
+                break
+            if any(_probe(r.port) == "ready" for r in alive):
+                waiting.discard(pool)
+        time.sleep(1)
+    return sorted(waiting)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -259,6 +284,8 @@ def _register_workers(sub: argparse._SubParsersAction) -> None:
         p = wsub.add_parser(name, parents=[json_parent()], help=helptext)
         p.add_argument("--pool", action="append", choices=POOLS)
         p.add_argument("--grace", type=float, default=60.0, help="seconds between SIGTERM and SIGKILL")
+        if name == "start":
+            p.add_argument("--wait", type=float, default=0.0, help="seconds to wait until each pool is ready")
         p.set_defaults(func=func)
     p = wsub.add_parser("scale", parents=[json_parent()], help="run exactly N replicas of a pool")
     p.add_argument("--pool", required=True, choices=POOLS)
