@@ -807,8 +807,17 @@ def create_topics(names: list[str] | None = None, partitions: int | None = None)
 
 
 def down(progress: Callable[[str], None] = lambda msg: None) -> list[str]:
-    """Stop, in reverse start order, every service whose PID file names a live process we started."""
+    """Stop worker replicas (they commit while Kafka is still up), then every service, in reverse start order.
+
+    Only processes whose PID files name a live process that rscf started are touched.
+    """
     stopped = []
+    from inference_workers import supervisor
+
+    for replica in supervisor.replicas():
+        if replica.alive and supervisor.stop_replica(replica, grace_s=30):
+            stopped.append(f"worker-{replica.pool}-{replica.replica}")
+            progress(f"worker {replica.pool}#{replica.replica}: stopped")
     for svc in reversed(SERVICES):
         if stop_recorded(svc.pid_file):
             stopped.append(svc.name)

@@ -44,7 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Prometheus:        {SETTINGS.prometheus_url}")
         print('your own prompts:  .venv/bin/rscf submit --tenant globex --modality text "..."')
         print("follow results:    .venv/bin/rscf results --follow")
-        print("stop everything:   .venv/bin/rscf workers stop && .venv/bin/rscf down")
+        print("stop everything:   .venv/bin/rscf down   (workers, job and stack)")
         print(f"(took {summary['wall_s']} s; the stack is left running)")
     return EXIT_OK if not outcome.missing else EXIT_FAILED
 

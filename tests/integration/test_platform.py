@@ -197,7 +197,7 @@ def test_down_leaves_no_process_then_up_again(stack):
     for pid in pids:
         family |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
     stopped = local_stack.down()
-    assert set(stopped) == {s.name for s in local_stack.SERVICES}
+    assert {s.name for s in local_stack.SERVICES} <= set(stopped)
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     # leave the machine as the session found it: the stack running
