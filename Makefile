@@ -12,7 +12,7 @@ demo: install
 ## Install everything, start the stack, run unit, integration and end-to-end tests.
 test: install
 	$(RSCF) up
-	$(VENV)/bin/python -m pytest tests --timeout=900 -p no:cacheprovider
+	$(VENV)/bin/python -m pytest tests/unit tests/integration tests/e2e --timeout=900 -p no:cacheprovider
 
 install:
 	bash deploy/local/install.sh

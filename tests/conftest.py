@@ -29,4 +29,27 @@ def stack():
         local_stack.up()
     except local_stack.StackError as exc:
         pytest.fail(f"the local stack did not come up: {exc}")
+    _IDLE_SNAPSHOT.update(_idle_snapshot(local_stack))
     return SETTINGS
+
+
+_IDLE_SNAPSHOT: dict = {}
+
+
+def _idle_snapshot(local_stack) -> dict:
+    """Memory of the stack as the session found or started it, and whether it was idle then."""
+    import httpx
+
+    from inference_workers import supervisor
+
+    jobs = httpx.get(f"{SETTINGS.flink_url}/jobs/overview", timeout=5).json().get("jobs", [])
+    busy = any(j["state"] not in ("CANCELED", "FINISHED", "FAILED") for j in jobs) or any(
+        r.alive for r in supervisor.replicas()
+    )
+    states = local_stack.status()
+    return {"idle": not busy, "rss_mb": {s.name: s.rss_mb or 0.0 for s in states}}
+
+
+@pytest.fixture(scope="session")
+def idle_stack_memory(stack) -> dict:
+    return _IDLE_SNAPSHOT
