@@ -162,20 +162,36 @@ class DelayedHandler(ModelHandler):
         return {**self.inner.describe(), "delay_ms": self.delay_s * 1000}
 
 
+def s3_http_client():
+    """HTTP pool for the S3 client that fails fast when S3 is down, so ArtifactStore's backoff is
+    the only retry loop: the minio default retries a refused connection 5 times (about 6 s)
+    inside each call and waits up to 5 minutes on a silent socket, which hid an outage from
+    the metrics and stretched every backoff step."""
+    import urllib3
+
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        maxsize=10,
+        # connect=0: a refused connection is reported at once; one retry for a stale pooled socket.
+        retries=urllib3.Retry(total=1, connect=0, backoff_factor=0.1),
+    )
+
+
 class ArtifactStore:
     """Uploads artifacts to S3 with exponential backoff; counts outages."""
 
-    def __init__(self, bucket: str, metrics: WorkerMetrics, max_retry_s: float) -> None:
+    def __init__(self, bucket: str, metrics: WorkerMetrics, max_retry_s: float, endpoint: str | None = None) -> None:
         from minio import Minio
 
         self.bucket = bucket
         self.metrics = metrics
         self.max_retry_s = max_retry_s
         self.client = Minio(
-            SETTINGS.s3_endpoint,
+            endpoint or SETTINGS.s3_endpoint,
             access_key=SETTINGS.s3.access_key,
             secret_key=SETTINGS.s3.secret_key,
             secure=False,
+            http_client=s3_http_client(),
         )
         self._bucket_checked = False
 
@@ -196,6 +212,8 @@ class ArtifactStore:
                     self.bucket, key, io.BytesIO(data), len(data),
                     content_type=content_type or "application/octet-stream",
                 )
+                if down:
+                    log.info("artifact upload succeeded again after the outage")
                 return f"s3://{self.bucket}/{key}"
             except Exception as exc:  # noqa: BLE001 - S3 down, throttled, DNS...: retry
                 if not down:

@@ -751,19 +751,32 @@ def up(progress: Callable[[str], None] = lambda msg: None, only: list[str] | Non
     return {"seconds": round(time.monotonic() - t0, 1), "started": [s.name for s in started]}
 
 
-def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
-    """Topics, buckets and schema subjects the pipeline needs; each step is idempotent."""
-    create_topics()
-    progress("topics: ready")
-    client = s3_client()
-    for bucket in SETTINGS.buckets.all():
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
-    progress("buckets: ready")
-    _prepare_prometheus()  # a config change reaches a running Prometheus without a restart
-    import httpx
+def _running(name: str) -> bool:
+    return recorded_process(SERVICE_BY_NAME[name].pid_file) is not None
 
-    httpx.post(f"{SETTINGS.prometheus_url}/-/reload", timeout=5)
+
+def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
+    """Topics, buckets and schema subjects the pipeline needs; each step is idempotent.
+
+    A step is skipped when its service is not running, so `up --only` a subset (a private
+    Kafka + S3 for a fault test, say) provisions just that subset.
+    """
+    if _running("kafka"):
+        create_topics()
+        progress("topics: ready")
+    if _running("s3"):
+        client = s3_client()
+        for bucket in SETTINGS.buckets.all():
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+        progress("buckets: ready")
+    _prepare_prometheus()  # a config change reaches a running Prometheus without a restart
+    if _running("prometheus"):
+        import httpx
+
+        httpx.post(f"{SETTINGS.prometheus_url}/-/reload", timeout=5)
+    if not _running("registry"):
+        return
     try:
         from schemas.registry import register_all
     except ImportError:

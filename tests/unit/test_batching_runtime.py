@@ -180,3 +180,25 @@ def test_request_expiring_in_the_queue_skips_the_model(worker: Worker) -> None:
     by_id = {p.request["request_id"]: r for p, r in worker._run_batch(batch)}
     assert by_id["late"]["error"] == "deadline_exceeded"  # "poison" never reached the model
     assert by_id["ok"]["status"] == "OK"
+
+
+def test_artifact_store_reports_a_refused_s3_at_once_and_gives_up_after_its_budget() -> None:
+    """A closed port stands in for S3 being down: the first failure is counted right away (the
+    client's own hidden retries used to delay it by ~6 s per call) and the store's backoff ends
+    at max_retry_s with the error raised, so the worker answers retryable."""
+    import socket
+
+    from inference_workers.metrics import WorkerMetrics
+    from inference_workers.runtime import ArtifactStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    metrics = WorkerMetrics("image", "unit")
+    store = ArtifactStore("rscf-artifacts", metrics, max_retry_s=1.0, endpoint=f"127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(Exception):
+        store.put("artifacts/image/x.png", b"png", "image/png")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3.0, f"gave up after {elapsed:.1f} s, not within the 1 s budget plus one step"
+    assert metrics.outages.labels("image", "s3")._value.get() == 1
