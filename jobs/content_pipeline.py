@@ -1,10 +1,14 @@
 """The content pipeline: PyFlink DataStream job wiring (run by `rscf job start`, or `--local`).
 
-    prompts ─▶ PromptIntake ─▶ key_by tenant ─▶ TenantGate ───────────┐ (+ control broadcast)
-    results ─▶ ResultIntake ───────────────────────────────────────────┼─▶ key_by request_id
-    control ─▶ ControlIntake ─▶ broadcast ─▶ (TenantGate, Orchestrator) │   ─▶ RequestOrchestrator
-    every step's SinkRecords ─▶ Encode ─▶ one Kafka sink (topic per record: requests.<pool>,
-                                                        content, audit, dlq)
+    prompts ─▶ PromptIntake ─▶ key_by tenant ─▶ TenantGate ──────────┐ (+ control broadcast)
+    results ─▶ ResultIntake ──────────────────────────────────────────┼─▶ key_by request_id
+    control ─▶ ControlIntake ─▶ broadcast ─▶ (TenantGate, Orchestrator)│   ─▶ RequestOrchestrator
+                            └─▶ dead letters ──────────────────────────┘      (+ Confluent Avro encode)
+    ─▶ one Kafka sink (topic per record: requests.<pool>, content, audit, dlq)
+
+Dead letters and early finals ride the same path as everything else (each
+function forwards what it does not handle), so no stream fans out into filters:
+in thread mode every Python operator unpickles each record it receives.
 
 Why these choices (measured on this machine, see jobs/README.md):
 - Kafka sources and the sink are Table-API tables bridged to DataStreams: the
@@ -125,31 +129,22 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnviron
     results = rows("results_src").flat_map(ff.ResultIntake(cfg), output_type=PICKLED).uid("result-intake").name("decode results")
     control = rows("control_src").flat_map(ff.ControlIntake(cfg), output_type=PICKLED).uid("control-intake").name("decode control")
     control_events = control.filter(ff.is_next).map(ff.payload, output_type=PICKLED).set_parallelism(1)
+    control_dead_letters = control.filter(ff.is_sink).map(ff.payload, output_type=PICKLED)
     broadcast = control_events.broadcast(ff.control_descriptor())
 
+    # Linear paths, no fan-out: each function forwards what it does not handle (see ff.untag).
     gated = (
-        prompts.filter(ff.is_next).map(ff.payload, output_type=PICKLED)
-        .filter(ff.is_prompt_in)
-        .key_by(ff.TenantKey(), key_type=Types.STRING())
+        prompts.key_by(ff.TenantKey(), key_type=Types.STRING())
         .connect(broadcast)
         .process(ff.TenantGate(cfg), output_type=PICKLED)
         .uid("tenant-gate").name("moderate+admit+enrich (by tenant)")
     )
-    early_finals = prompts.filter(ff.is_next).map(ff.payload, output_type=PICKLED).filter(ff.is_finished)
-    orchestrated = (
-        gated.filter(ff.is_next).map(ff.payload, output_type=PICKLED)
-        .union(early_finals, results.filter(ff.is_next).map(ff.payload, output_type=PICKLED))
+    to_sink = (
+        gated.union(results, control_dead_letters)
         .key_by(ff.RequestKey(), key_type=Types.STRING())
         .connect(broadcast)
-        .process(ff.RequestOrchestrator(cfg), output_type=PICKLED)
-        .uid("orchestrator").name("route+correlate+finalize (by request)")
-    )
-    to_sink = (
-        prompts.filter(ff.is_sink)
-        .union(results.filter(ff.is_sink), control.filter(ff.is_sink), gated.filter(ff.is_sink),
-               orchestrated.filter(ff.is_sink))
-        .map(ff.payload, output_type=PICKLED)
-        .flat_map(ff.Encode(cfg), output_type=SINK_ROW).uid("encode").name("encode (Confluent Avro)")
+        .process(ff.RequestOrchestrator(cfg), output_type=SINK_ROW)
+        .uid("orchestrator").name("route+correlate+finalize+encode (by request)")
     )
     statements = t_env.create_statement_set()
     statements.add_insert("outputs", t_env.from_data_stream(to_sink))

@@ -23,7 +23,7 @@ from operators.dead_letters import dead_letter
 
 log = logging.getLogger(__name__)
 
-NEXT, SINK = "next", "sink"
+NEXT, SINK = "next", "sink"  # tags of the control stream only (its events and its dead letters part ways)
 CONTROL_STATE = "control"  # broadcast MapState: "tenant:<id>" -> TenantPolicy dict, "rollout:<pool>" -> ModelRollout dict
 
 
@@ -41,9 +41,15 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def tag(out: stages.Out) -> tuple[str, Any]:
-    """Functions emit (NEXT, envelope) or (SINK, SinkRecord); the job splits the two with filters."""
-    return (SINK, out) if isinstance(out, stages.SinkRecord) else (NEXT, out.value)
+def untag(out: stages.Out) -> Any:
+    """What a function emits: the envelope of a `Next`, or the SinkRecord itself.
+
+    The prompt and result paths are linear (intake -> gate -> orchestrator + encode):
+    each keyed function handles its own envelope kind and forwards the others untouched,
+    so no record is split by filters (each filter is one more Python operator that
+    unpickles every record it sees, measured in jobs/README.md).
+    """
+    return out if isinstance(out, stages.SinkRecord) else out.value
 
 
 class Counters:
@@ -64,8 +70,8 @@ class Counters:
         counter.inc(n)
 
     def count_sinks(self, outs) -> None:
-        for kind, value in outs:
-            if kind == SINK and value.role == "dlq":
+        for value in outs:
+            if isinstance(value, stages.SinkRecord) and value.role == "dlq":
                 self.inc("dead_letters", stage=value.record["stage"], reason=value.record["reason"])
 
 
@@ -114,8 +120,12 @@ def shared_classifier() -> Callable[[], Any]:
 
 
 class TenantKey(KeySelector):
+    """Prompts by tenant; what the gate only forwards (early finals, dead letters) by its request key."""
+
     def get_key(self, value):
-        return value.record.get("tenant_id") or ""
+        if isinstance(value, stages.PromptIn):
+            return value.record.get("tenant_id") or ""
+        return stages.request_key(value)
 
 
 class RequestKey(KeySelector):
@@ -133,14 +143,6 @@ def is_sink(value) -> bool:
 
 def payload(value):
     return value[1]
-
-
-def is_prompt_in(value) -> bool:
-    return isinstance(value, stages.PromptIn)
-
-
-def is_finished(value) -> bool:
-    return isinstance(value, stages.Finished)
 
 
 # ----------------------------------------------------------------------------- intake
@@ -162,12 +164,12 @@ class PromptIntake(FlatMapFunction):
         self.counters = Counters(ctx)
 
     def flat_map(self, row):
-        outs = [tag(o) for o in stages.intake_prompt(row[0], self.serde.decode, row[1], row[2], row[3],
-                                                   _wall_ms(), self.templates)]
+        outs = [untag(o) for o in stages.intake_prompt(row[0], self.serde.decode, row[1], row[2], row[3],
+                                                     _wall_ms(), self.templates)]
         self.counters.inc("prompts_in")
         self.counters.count_sinks(outs)
         for o in outs:
-            if o[0] == NEXT and isinstance(o[1], stages.Finished):
+            if isinstance(o, stages.Finished):
                 self.counters.inc("rejected_invalid")
         yield from outs
 
@@ -181,7 +183,7 @@ class ResultIntake(FlatMapFunction):
         self.counters = Counters(ctx)
 
     def flat_map(self, row):
-        outs = [tag(o) for o in stages.intake_result(row[0], self.serde.decode, row[1], row[2], row[3])]
+        outs = [untag(o) for o in stages.intake_result(row[0], self.serde.decode, row[1], row[2], row[3])]
         self.counters.inc("results_in")
         self.counters.count_sinks(outs)
         yield from outs
@@ -200,7 +202,7 @@ class ControlIntake(FlatMapFunction):
     def flat_map(self, row):
         record, dl = stages.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
         if dl is not None:
-            self.counters.count_sinks([(SINK, dl)])
+            self.counters.count_sinks([dl])
             yield SINK, dl
         else:
             self.counters.inc("control_events")
@@ -221,7 +223,10 @@ def control_updates(event: dict) -> list[tuple[str, Any]]:
 
 
 class TenantGate(KeyedBroadcastProcessFunction):
-    """Keyed by tenant_id: input moderation, token bucket (ValueState), RAG enrichment."""
+    """Keyed by tenant_id: input moderation, token bucket (ValueState), RAG enrichment.
+
+    Inputs other than PromptIn (early finals, dead letters) pass through unchanged.
+    """
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -236,7 +241,10 @@ class TenantGate(KeyedBroadcastProcessFunction):
 
             self.enricher = stages.rag_enricher(shared_embedder(), RedisVectorSetIndex(_redis(self.cfg)))
 
-    def process_element(self, value: stages.PromptIn, ctx):
+    def process_element(self, value, ctx):
+        if not isinstance(value, stages.PromptIn):
+            yield value
+            return
         tenant = value.record["tenant_id"]
         bstate = ctx.get_broadcast_state(control_descriptor())
         key = "tenant:" + tenant
@@ -247,7 +255,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
             self.bucket.update(result.bucket)
         for name in result.counters:
             self.counters.inc(name)
-        yield tag(result.out)
+        yield untag(result.out)
 
     def process_broadcast_element(self, value: dict, ctx):
         state = ctx.get_broadcast_state(control_descriptor())
@@ -260,6 +268,10 @@ class TenantGate(KeyedBroadcastProcessFunction):
 
 class RequestOrchestrator(KeyedBroadcastProcessFunction):
     """Keyed by request_id: route, dispatch, correlate results, retry/fallback/timeout, final records.
+
+    Emits Kafka rows (topic, key, value) itself through an `Encoder`: encoding here
+    instead of in a downstream operator saves a pickled hop per output record.
+    Dead letters from upstream pass through to the encoder unchanged.
 
     The pending request lives in ValueState (checkpointed, survives stop-with-savepoint).
     Circuit breakers are per-subtask soft state held in this instance (`Orchestrator.breakers`):
@@ -274,6 +286,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.slot = ctx.get_state(ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
         self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()))
+        self.encoder = Encoder(self.cfg, self.counters)
         self._rollouts_loaded = False
 
     def _load_rollouts(self, ctx) -> None:
@@ -295,9 +308,12 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         for name in effects.counters:
             self.counters.inc(name)
         for sink in effects.sinks:
-            yield SINK, sink
+            yield from self.encoder.rows(sink)
 
     def process_element(self, value, ctx):
+        if isinstance(value, stages.SinkRecord):
+            yield from self.encoder.rows(value)
+            return
         self._load_rollouts(ctx)
         effects = self.logic.on_input(value, self.slot.value(), now_ms(ctx))
         yield from self._run(effects, ctx)
@@ -317,22 +333,20 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
 # ----------------------------------------------------------------------------- encode
 
 
-class Encode(FlatMapFunction):
+class Encoder:
     """SinkRecord -> Row(topic, key, value) in the Confluent wire format; unencodable -> dead letter."""
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, counters: Counters):
         self.cfg = cfg
-
-    def open(self, ctx: RuntimeContext):
+        self.counters = counters
         self.serdes: dict[str, Any] = {}
-        self.counters = Counters(ctx)
 
     def _topic(self, rec: stages.SinkRecord) -> str:
         if rec.role == "request":
             return self.cfg.requests(rec.pool or routing.ECHO)
         return {"content": self.cfg.content, "audit": self.cfg.audit, "dlq": self.cfg.dlq}[rec.role]
 
-    def flat_map(self, rec: stages.SinkRecord):
+    def rows(self, rec: stages.SinkRecord):
         topic = self._topic(rec)
         serde = self.serdes.get(topic)
         if serde is None:
@@ -347,7 +361,7 @@ class Encode(FlatMapFunction):
                              error=f"{type(exc).__name__}: {exc}", source_topic=topic, source_partition=-1,
                              source_offset=-1, request_id=rec.key)
             self.counters.inc("dead_letters", stage="serialize", reason="encode_failed")
-            yield from self.flat_map(stages.SinkRecord("dlq", rec.key, dl))
+            yield from self.rows(stages.SinkRecord("dlq", rec.key, dl))
             return
         self.counters.inc("records_out", role=rec.role)
         yield Row(topic, key, value)

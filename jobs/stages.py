@@ -17,7 +17,7 @@ whatever stage it reaches.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 
 from operators import correlate, routing
@@ -27,6 +27,7 @@ from operators.dead_letters import dead_letter
 from operators.enrich import RAG_FEATURE, enrich
 from operators.moderation import BlockedTerms, moderate_input, moderate_output
 from operators.quota import TenantPolicy, TokenBucket, admit, default_policy, policy_from_dict
+from operators.records import to_ms
 from operators.validate import validate_prompt
 from jobs.config import JOB_VERSION
 from rscf.settings import SETTINGS
@@ -48,11 +49,17 @@ class SinkRecord:
     record: dict[str, Any]
     pool: str | None = None
 
+    def __reduce__(self):  # positional pickles: envelopes cross Flink operators pickled, per record
+        return (SinkRecord, (self.role, self.key, self.record, self.pool))
+
 
 @dataclass(frozen=True)
 class PromptIn:
     record: dict[str, Any]  # validated, sanitised PromptRequest
     sanitized_prompt: str
+
+    def __reduce__(self):
+        return (PromptIn, (self.record, self.sanitized_prompt))
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class Admitted:
     features: frozenset[str]
     accepted_at_ms: int
 
+    def __reduce__(self):
+        return (Admitted, (self.record, self.sanitized_prompt, self.verdicts, self.tier, self.features,
+                           self.accepted_at_ms))
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -72,10 +83,16 @@ class Finished:
     state: PendingRequest
     features: frozenset[str] = frozenset()
 
+    def __reduce__(self):
+        return (Finished, (self.state, self.features))
+
 
 @dataclass(frozen=True)
 class ResultIn:
     record: dict[str, Any]  # InferenceResult
+
+    def __reduce__(self):
+        return (ResultIn, (self.record,))
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,21 @@ def request_key(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- decode + validate
+
+PROMPT_TIMESTAMPS = ("created_at",)
+RESULT_TIMESTAMPS = ("completed_at",)
+
+
+def millis_timestamps(record: dict, names: tuple[str, ...]) -> dict:
+    """Timestamp fields as int millis, in place. fastavro reads them as tz-aware datetimes, which
+    cost ~6 us per pickle; envelopes and keyed state are pickled at every operator hop and update.
+    Every consumer goes through `to_ms`, and fastavro writes int millis the same way."""
+    for name in names:
+        value = record.get(name)
+        if value is not None and not isinstance(value, int):
+            record[name] = to_ms(value)
+    return record
+
 
 
 def decode_or_dead_letter(
@@ -118,6 +150,7 @@ def intake_prompt(
     record, dl = decode_or_dead_letter(data, decode, topic, partition, offset)
     if dl is not None:
         return [dl]
+    millis_timestamps(record, PROMPT_TIMESTAMPS)
     outcome = validate_prompt(record, templates)
     if outcome.ok:
         return [Next(PromptIn(outcome.record, outcome.record["prompt"]))]
@@ -135,6 +168,7 @@ def intake_result(
     record, dl = decode_or_dead_letter(data, decode, topic, partition, offset)
     if dl is not None:
         return [dl]
+    millis_timestamps(record, RESULT_TIMESTAMPS)
     if not record.get("request_id"):
         dl = dead_letter(data, stage="correlate", reason="missing_field", error="result without request_id",
                          source_topic=topic, source_partition=partition, source_offset=offset)
@@ -234,6 +268,9 @@ class Slot:
 
     pending: PendingRequest
     features: frozenset[str] = frozenset()
+
+    def __reduce__(self):  # keyed state is pickled on every update: keep it positional
+        return (Slot, (self.pending, self.features))
 
 
 @dataclass
@@ -341,7 +378,7 @@ class Orchestrator:
         content, audit = build_records(state, now_ms, self.job_version, output)
         if timers is None:  # finished before dispatch: keep a tombstone against duplicates all the same
             timers = [now_ms + SETTINGS.limits.dedup_ttl_ms]
-        finished = replace(state, status=content["status"], reason=content["reason"])
+        finished = correlate.evolve(state, status=content["status"], reason=content["reason"])
         return Effects(
             Slot(finished, features),
             sinks=[SinkRecord("content", state.request_id, content), SinkRecord("audit", state.request_id, audit)],
