@@ -88,3 +88,38 @@ def test_orchestrator_timeout_retries_with_backoff_then_fails():
             assert eff.sinks[0].record["attempt"] == attempts
     assert attempts == SETTINGS.limits.max_attempts
     assert eff.sinks[0].record["reason"] == f"timeout_after_{attempts}_attempts"
+
+
+def test_intake_turns_timestamps_into_millis_so_envelopes_pickle_cheaply():
+    from datetime import datetime, timezone
+
+    rec = prompt("r1", "t", "hello", created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc))
+    (out,) = stages.intake_prompt(b"..", _decode_ok(rec), "p", 0, 0, 1_000)
+    assert out.value.record["created_at"] == 1767323045678
+    res = dict(_result(), completed_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=timezone.utc))
+    (r,) = stages.intake_result(b"..", lambda data: dict(res), "r", 0, 0)
+    assert r.value.record["completed_at"] == 1767323046000
+
+
+def test_envelopes_and_state_survive_pickling_unchanged():
+    import pickle
+
+    orch = stages.Orchestrator()
+    eff = orch.on_input(_admitted(), None, 1_000)
+    for value in (_admitted(), stages.PromptIn(prompt("r1", "t", "x"), "x"), stages.ResultIn(_result()),
+                  eff.slot, eff.sinks[0], stages.Finished(eff.slot.pending, frozenset({"echo"}))):
+        assert pickle.loads(pickle.dumps(value)) == value
+
+
+def test_evolve_is_replace_and_rejects_unknown_fields():
+    import dataclasses
+
+    import pytest
+
+    from operators import correlate
+
+    state = stages.Orchestrator().on_input(_admitted(), None, 1_000).slot.pending
+    assert correlate.evolve(state, attempt=2, pool="x") == dataclasses.replace(state, attempt=2, pool="x")
+    assert state.attempt == 1
+    with pytest.raises(TypeError):
+        correlate.evolve(state, no_such_field=1)

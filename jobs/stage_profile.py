@@ -1,0 +1,155 @@
+"""`rscf bench stages`: per-record Python cost of the job's steps, without Kafka or Flink.
+
+Pushes N synthetic prompts and their echo results through `jobs.stages` the way
+`jobs.flink_functions` calls it (decode -> validate -> moderate -> gate ->
+orchestrator dispatch -> encode; result decode -> orchestrator -> audit ->
+encode), with an in-process schema registry, and times each step. It also
+times what the Flink glue adds around them: the pickling of envelopes each time
+a record crosses between Python operators (thread mode passes
+PICKLED_BYTE_ARRAY values to Java as `pickle.dumps` bytes) and the pickling of
+keyed state (`ValueState.value()` / `update()`). `--profile` adds a cProfile
+of the whole loop. The numbers say how many records per second one core can
+push through the Python part of the job, before Flink, Kafka and the JVM.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pickle
+import pstats
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+from jobs import stages
+from jobs.harness import policy_event, prompt
+from operators.quota import policy_from_dict
+from schemas.serde import LocalRegistry, TopicSerde
+
+
+def _serdes() -> dict[str, TopicSerde]:
+    reg = LocalRegistry()
+    names = {"prompt": "prompt_request", "result": "inference_result", "request": "inference_request",
+             "content": "content_result", "audit": "audit_record"}
+    return {role: TopicSerde(f"bench.{role}", "http://unused", schema_name=name, client=reg)
+            for role, name in names.items()}
+
+
+def _result(req: dict, now_ms: int) -> dict:
+    """What the echo worker answers to an InferenceRequest."""
+    return {"request_id": req["request_id"], "attempt": req["attempt"], "pool": req["pool"], "worker_id": "w0",
+            "model_name": req["model_name"], "model_version": req["model_version"], "status": "OK",
+            "output_text": req["prompt"][::-1], "artifact_uris": [], "content_type": "text/plain", "error": None,
+            "retryable": True, "queue_ms": 2, "inference_ms": 1, "batch_size": 8, "tokens_out": None,
+            "completed_at": now_ms}
+
+
+class _Clock:
+    """Accumulates wall time per step name."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        self.total[name] += time.perf_counter() - t
+        return out
+
+
+def _crossing(value: Any) -> Any:
+    """One hop between Python operators in thread mode: pickled out, unpickled in."""
+    return pickle.loads(pickle.dumps(value))
+
+
+def run(n: int = 2000, crossings: dict[str, int] | None = None) -> dict:
+    """Per-record microseconds of each step over `n` prompts (and n results).
+
+    `crossings` says how many operator hops each envelope kind makes in the job
+    as wired (see content_pipeline.build); the hop cost is measured per kind and
+    multiplied, so the summary shows what the wiring costs on top of the logic.
+    """
+    crossings = crossings or {}
+    serdes = _serdes()
+    tenant = "bench-tenant"
+    policy = policy_from_dict(policy_event(tenant, ["echo"], rate_per_s=1e6, burst=1_000_000)["tenant_policy"])
+    moderation = stages.Moderation()
+    orch = stages.Orchestrator(stages.Moderation())
+    clock = _Clock()
+    bucket = None
+    raw_prompts = [serdes["prompt"].encode(prompt(f"b-{i}", tenant, f"benchmark prompt {i}")) for i in range(n)]
+    slots: dict[str, bytes] = {}
+    requests: list[dict] = []
+    now = int(time.time() * 1000)
+    t_all = time.perf_counter()
+    for i, raw in enumerate(raw_prompts):
+        decoded = clock("prompt.decode", serdes["prompt"].decode, raw)
+        outs = clock("prompt.validate", stages.intake_prompt, raw, lambda _b, d=decoded: d, "p", 0, i, now)
+        env = outs[0].value
+        for _ in range(crossings.get("prompt_in", 0)):
+            env = clock("hop.PromptIn", _crossing, env)
+        b = clock("state.bucket.get", lambda: pickle.loads(bucket) if bucket is not None else None)
+        res = clock("gate", stages.gate, env, policy, b, now, moderation, None)
+        bucket = clock("state.bucket.put", pickle.dumps, res.bucket)
+        adm = res.out.value
+        for _ in range(crossings.get("admitted", 0)):
+            adm = clock("hop.Admitted", _crossing, adm)
+        eff = clock("orchestrator.dispatch", orch.on_input, adm, None, now)
+        slots[adm.record["request_id"]] = clock("state.slot.put", pickle.dumps, eff.slot)
+        (sink,) = eff.sinks
+        for _ in range(crossings.get("sink", 0)):
+            sink = clock("hop.SinkRecord", _crossing, sink)
+        clock("request.encode", serdes["request"].encode, sink.record)
+        requests.append(sink.record)
+    for req in requests:
+        raw = serdes["result"].encode(_result(req, now + 5))
+        rec = clock("result.decode", serdes["result"].decode, raw)
+        (out,) = clock("result.intake", stages.intake_result, raw, lambda _b, r=rec: r, "r", 0, 0)
+        env = out.value
+        for _ in range(crossings.get("result_in", 0)):
+            env = clock("hop.ResultIn", _crossing, env)
+        slot = clock("state.slot.get", pickle.loads, slots[req["request_id"]])
+        eff = clock("orchestrator.result+final", orch.on_input, env, slot, now + 10)
+        clock("state.slot.put", pickle.dumps, eff.slot)
+        for sink in eff.sinks:
+            for _ in range(crossings.get("sink", 0)):
+                sink = clock("hop.SinkRecord", _crossing, sink)
+            clock(f"{sink.role}.encode", serdes[sink.role].encode, sink.record)
+    elapsed = time.perf_counter() - t_all
+    steps = {k: round(v / n * 1e6, 1) for k, v in sorted(clock.total.items(), key=lambda kv: -kv[1])}
+    timed = sum(clock.total.values())
+    return {"prompts": n, "us_per_prompt_timed": round(timed / n * 1e6, 1),
+            "us_per_prompt_loop": round(elapsed / n * 1e6, 1),
+            "prompts_per_core_s": round(n / timed), "steps_us": steps, "crossings": crossings}
+
+
+# Pickled hops per envelope kind between Python operators, counted from the job graph
+# (`env.get_execution_plan()`; PyFlink fuses one-input Python operators that follow each other,
+# so a hop is a boundary between fused groups; a fan-out to k filters costs k unpickles).
+# Before: intake fanned out to 3 filter chains, the gate to 2, sinks went filter -> map+Encode.
+HOPS_FILTER_WIRING = {"prompt_in": 3, "admitted": 4, "sink": 2, "result_in": 4}
+# Now: intake+key -> gate -> key (union) -> orchestrator+encode; results: intake -> key -> orchestrator.
+HOPS_LINEAR_WIRING = {"prompt_in": 1, "admitted": 2, "sink": 0, "result_in": 2}
+
+
+def profile(n: int = 2000, top: int = 30) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    run(n, HOPS_LINEAR_WIRING)
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    return s.getvalue()
+
+
+if __name__ == "__main__":  # python -m jobs.stage_profile [N] [--profile]
+    import json
+    import sys
+
+    n = int(next((a for a in sys.argv[1:] if a.isdigit()), 3000))
+    run(300, HOPS_LINEAR_WIRING)  # warm up
+    for name, hops in (("filter wiring", HOPS_FILTER_WIRING), ("linear wiring", HOPS_LINEAR_WIRING)):
+        print(name, json.dumps(run(n, hops)))
+    if "--profile" in sys.argv:
+        print(profile(n))
