@@ -8,6 +8,8 @@ the Web UI and operators' tools use too.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -20,6 +22,8 @@ import httpx
 
 from jobs.config import JobConfig
 from rscf.settings import SETTINGS
+
+log = logging.getLogger("rscf.job")
 
 TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 SUBMITTED = re.compile(r"JobID\s+([0-9a-f]{32})")
@@ -97,6 +101,49 @@ def flink_command(cfg: JobConfig, from_savepoint: str | None = None) -> list[str
     return cmd + cfg.to_args()
 
 
+CODE_DIRS = ("jobs", "operators", "schemas", "rscf")
+
+
+def code_digest() -> str:
+    """Hash of the Python and Avro files a job imports inside the TaskManager."""
+    h = hashlib.sha256()
+    for top in CODE_DIRS:
+        for path in sorted((SETTINGS.paths.repo / top).rglob("*")):
+            if path.suffix in (".py", ".avsc", ".npz") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(SETTINGS.paths.repo)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def ensure_taskmanager_runs_current_code() -> None:
+    """Restart the local TaskManager when the job's code changed since it last imported it.
+
+    In thread mode the TaskManager's embedded interpreter keeps the modules an
+    earlier job imported; a job submitted after a code change would run the old
+    modules (measured). A fresh TaskManager has imported nothing. The local
+    stack's `up` removes the marker whenever it starts a TaskManager.
+    """
+    from deploy.local import stack
+
+    marker = stack.taskmanager_code_marker()
+    digest = code_digest()
+    if marker.exists() and marker.read_text() != digest:
+        others = [j for j in jobs() if j.state not in TERMINAL]
+        if others:
+            log.warning(
+                "job code changed but %d job(s) still run on the TaskManager; not restarting it: "
+                "the new job may run the modules the TaskManager already imported", len(others))
+            return
+        tm = stack.SERVICE_BY_NAME["flink-taskmanager"]
+        stack.stop_recorded(tm.pid_file)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and (_request("GET", "/overview").get("taskmanagers") or 0) > 0:
+            time.sleep(0.5)  # let the JobManager forget the old one before the new one registers
+        stack.up(only=[tm.name])
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest)
+
+
 def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 180.0) -> JobInfo:
     """Submit and wait until every task runs; refuses a second running job of the same name."""
     current = running(cfg.job_name)
@@ -104,6 +151,7 @@ def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 18
         raise ClusterError(f"job {cfg.job_name} already {current.state} as {current.job_id}")
     from deploy.local.stack import flink_env
 
+    ensure_taskmanager_runs_current_code()
     env = {**os.environ, **flink_env()}
     proc = subprocess.run(flink_command(cfg, from_savepoint), capture_output=True, text=True, env=env,
                           timeout=300, cwd=str(SETTINGS.paths.repo))

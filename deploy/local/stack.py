@@ -397,6 +397,15 @@ def _prepare_flink() -> None:
     (d["conf"] / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
 
 
+def taskmanager_code_marker() -> Path:
+    """Digest of the job code the running TaskManager has imported (see jobs.cluster)."""
+    return _flink_dirs()["base"] / "taskmanager-code.sha256"
+
+
+def _prepare_taskmanager() -> None:
+    taskmanager_code_marker().unlink(missing_ok=True)  # a fresh interpreter has imported nothing
+
+
 def _flink_overview() -> dict | None:
     import httpx
 
@@ -602,6 +611,7 @@ SERVICES: tuple[Service, ...] = (
         lambda: _flink_script("taskmanager.sh"),
         _flink_tm_healthy,
         "registers with the JobManager (4 slots)",
+        prepare=_prepare_taskmanager,
         env=flink_env,
         start_timeout_s=90,
     ),
