@@ -164,6 +164,18 @@ class Reader:
         self.c.close()
 
 
+def terminate(proc: subprocess.Popen | None, grace_s: float = 30.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it has not exited after grace_s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class EchoWorker:
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -178,12 +190,7 @@ class EchoWorker:
             stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         self.proc = None
 
 
@@ -213,13 +220,8 @@ class PipelineRun:
         return location
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+        terminate(self.proc)
+        self.proc = None
         if self.job_id is not None:
             try:
                 cluster.stop(self.job_id, with_savepoint=False)

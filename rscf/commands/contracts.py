@@ -160,6 +160,15 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _prompt_serde_if_reachable(args: argparse.Namespace) -> Any:
+    """The prompt serde when Kafka and the registry answer; None (reason printed) otherwise."""
+    why = _kafka_reachable(args.bootstrap)
+    if why:
+        _err(why)
+        return None
+    return _serde_or_exit(args.topic, args.registry_url, "prompt_request")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from schemas.prompt_input import InvalidPrompt, prompt_request
 
@@ -185,11 +194,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except (InvalidPrompt, ValueError) as exc:
         _err(f"invalid request: {exc}")
         return EXIT_BAD_INPUT
-    why = _kafka_reachable(args.bootstrap)
-    if why:
-        _err(why)
-        return EXIT_UNAVAILABLE
-    serde = _serde_or_exit(args.topic, args.registry_url, "prompt_request")
+    serde = _prompt_serde_if_reachable(args)
     if serde is None:
         return EXIT_UNAVAILABLE
     count, errors, where = _produce_records([record], args.topic, args.bootstrap, serde)
@@ -213,11 +218,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if not path.is_file():
         _err(f"no such file: {path}")
         return EXIT_BAD_INPUT
-    why = _kafka_reachable(args.bootstrap)
-    if why:
-        _err(why)
-        return EXIT_UNAVAILABLE
-    serde = _serde_or_exit(args.topic, args.registry_url, "prompt_request")
+    serde = _prompt_serde_if_reachable(args)
     if serde is None:
         return EXIT_UNAVAILABLE
     with path.open(encoding="utf-8", newline="") as fh:

@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs.harness import terminate
+
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -223,13 +225,7 @@ class Run:
 
     def close(self) -> None:
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
+            terminate(self.proc)
         finally:
             self.reader.close()
 
