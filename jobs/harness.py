@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from jobs import cluster
 from jobs.config import ROLE_SCHEMAS, JobConfig
@@ -228,6 +229,30 @@ class PipelineRun:
             except cluster.ClusterError:
                 pass
             self.job_id = None
+
+
+@dataclass
+class IsolatedRun:
+    cfg: JobConfig
+    job: PipelineRun
+    worker: EchoWorker
+    producer: Producer
+    reader: Reader
+
+
+@contextmanager
+def isolated_run(prefix: str, **kw: Any) -> Iterator[IsolatedRun]:
+    """A topic set, job, echo worker, producer and reader of their own; all torn down afterwards."""
+    cfg = isolated_config(prefix, **kw)
+    create_topics(cfg)
+    run = IsolatedRun(cfg, PipelineRun(cfg), EchoWorker(cfg), Producer(cfg), Reader(cfg))
+    try:
+        yield run
+    finally:
+        run.worker.stop()
+        run.job.stop()
+        run.reader.close()
+        delete_topics(cfg)
 
 
 def isolated_config(prefix: str, **kw: Any) -> JobConfig:

@@ -15,24 +15,14 @@ N = 20
 
 @pytest.fixture(scope="module")
 def run(stack):
-    cfg = harness.isolated_config("it")
-    harness.create_topics(cfg)
-    job = harness.PipelineRun(cfg)
-    worker = harness.EchoWorker(cfg)
-    producer = harness.Producer(cfg)
-    reader = harness.Reader(cfg)
-    try:
-        producer.control(harness.policy_event("echo-t", ["echo"]))
-        producer.control(harness.policy_event("tight-t", ["echo"], rate_per_s=0.001, burst=2))
-        producer.flush()
-        job.start()
-        worker.start()
+    with harness.isolated_run("it") as r:
+        r.producer.control(harness.policy_event("echo-t", ["echo"]))
+        r.producer.control(harness.policy_event("tight-t", ["echo"], rate_per_s=0.001, burst=2))
+        r.producer.flush()
+        r.job.start()
+        r.worker.start()
         time.sleep(2)  # policies are read before the prompts below (control replays from the start)
-        yield cfg, producer, reader
-    finally:
-        worker.stop()
-        job.stop()
-        reader.close()
+        yield r.cfg, r.producer, r.reader
 
 
 def test_every_prompt_gets_one_final_and_one_audit(run):

@@ -51,43 +51,32 @@ def _completed_checkpoints(job_id: str) -> int:
 def test_taskmanager_killed_mid_stream_every_prompt_ends_once(stack):
     from deploy.local import stack as local_stack
 
-    cfg = harness.isolated_config("tm", exactly_once=True, checkpoint_interval_ms=2000)
-    harness.create_topics(cfg)
-    job = harness.PipelineRun(cfg)
-    worker = harness.EchoWorker(cfg)
-    producer = harness.Producer(cfg)
-    reader = harness.Reader(cfg)
-    ids = [f"tm-{i:03d}" for i in range(N)]
-    try:
-        producer.control(harness.policy_event("tm-t", ["echo"]))
-        producer.flush()
-        job.start()
-        worker.start()
+    with harness.isolated_run("tm", exactly_once=True, checkpoint_interval_ms=2000) as run:
+        ids = [f"tm-{i:03d}" for i in range(N)]
+        run.producer.control(harness.policy_event("tm-t", ["echo"]))
+        run.producer.flush()
+        run.job.start()
+        run.worker.start()
         for rid in ids[: N // 2]:
-            producer.prompt(harness.prompt(rid, "tm-t", f"before the crash {rid}"))
+            run.producer.prompt(harness.prompt(rid, "tm-t", f"before the crash {rid}"))
             time.sleep(0.05)
-        producer.flush()
+        run.producer.flush()
         deadline = time.monotonic() + 60
-        while _completed_checkpoints(job.job_id) < 1 and time.monotonic() < deadline:
+        while _completed_checkpoints(run.job.job_id) < 1 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _completed_checkpoints(job.job_id) >= 1, "no checkpoint completed before the crash"
+        assert _completed_checkpoints(run.job.job_id) >= 1, "no checkpoint completed before the crash"
 
         _kill_taskmanager()
         for rid in ids[N // 2 :]:  # keeps arriving while the job is down
-            producer.prompt(harness.prompt(rid, "tm-t", f"after the crash {rid}"))
-        producer.flush()
+            run.producer.prompt(harness.prompt(rid, "tm-t", f"after the crash {rid}"))
+        run.producer.flush()
         local_stack.up()  # starts a new TaskManager in place of the dead one
-        _wait_running(job.job_id, 180)
+        _wait_running(run.job.job_id, 180)
 
-        got = reader.until(lambda g: all(r in g.content for r in ids), 240)
-        got = reader.settle(6)  # a replayed final would show up here
+        got = run.reader.until(lambda g: all(r in g.content for r in ids), 240)
+        got = run.reader.settle(6)  # a replayed final would show up here
         counts = {r: len(got.content.get(r, [])) for r in ids}
         assert counts == {r: 1 for r in ids}, {r: c for r, c in counts.items() if c != 1}
         assert all(got.content[r][0]["status"] == "SUCCEEDED" for r in ids)
         assert {r: len(got.audit.get(r, [])) for r in ids} == {r: 1 for r in ids}
         assert got.dlq == []
-    finally:
-        worker.stop()
-        job.stop()
-        reader.close()
-        harness.delete_topics(cfg)
