@@ -319,11 +319,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fetch_artifact(uri: str) -> bytes:
+def fetch_artifact(uri: str, client=None) -> bytes:
+    """The bytes behind an s3:// URI (the stack's object store unless another client is given)."""
     from deploy.local.stack import s3_client
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    resp = s3_client().get_object(bucket, key)
+    resp = (client or s3_client()).get_object(bucket, key)
     try:
         return resp.read()
     finally:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from jobs.harness import terminate
+from rscf.demo import fetch_artifact
 
 from rscf.settings import SETTINGS
 
@@ -257,13 +258,8 @@ def assert_artifact(private: PrivateStack, result: dict) -> None:
     (uri,) = result["artifact_uris"]
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     assert bucket == SETTINGS.buckets.artifacts
-    obj = private.s3().get_object(bucket, key)
-    try:
-        img = Image.open(io.BytesIO(obj.read()))
-        img.load()
-    finally:
-        obj.close()
-        obj.release_conn()
+    img = Image.open(io.BytesIO(fetch_artifact(uri, private.s3())))
+    img.load()
     assert img.format == "PNG" and img.size == (8, 8)
     assert img.info.get("request_id") == result["request_id"]
 

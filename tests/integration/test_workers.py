@@ -21,6 +21,7 @@ import pytest
 
 from inference_workers.handlers.echo import EchoHandler
 from inference_workers.runtime import Worker, WorkerSettings
+from rscf.demo import fetch_artifact
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -377,11 +378,6 @@ def test_image_pool_stores_a_png_artifact(topics: Topics, tmp_path) -> None:
         bucket, key = uri.removeprefix("s3://").split("/", 1)
         assert bucket == SETTINGS.buckets.artifacts
         assert key.startswith("artifacts/image/") and key.endswith(f"/{res['request_id']}-1.png")
-        obj = s3.get_object(bucket, key)
-        try:
-            img = Image.open(io.BytesIO(obj.read()))
-            img.load()
-        finally:
-            obj.close()
-            obj.release_conn()
+        img = Image.open(io.BytesIO(fetch_artifact(uri, s3)))
+        img.load()
         assert img.format == "PNG" and img.size[0] >= 16
