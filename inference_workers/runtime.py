@@ -343,7 +343,7 @@ class Worker:
                 **common,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 2,
+                "linger.ms": SETTINGS.limits.producer_linger_ms,
                 "message.timeout.ms": self.s.producer_timeout_ms,
             }
         )

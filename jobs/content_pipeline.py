@@ -1,14 +1,16 @@
 """The content pipeline: PyFlink DataStream job wiring (run by `rscf job start`, or `--local`).
 
-    prompts ─▶ PromptIntake ─▶ key_by tenant ─▶ TenantGate ──────────┐ (+ control broadcast)
-    results ─▶ ResultIntake ──────────────────────────────────────────┼─▶ key_by request_id
+    prompts ─▶ PromptIntake ─▶ keyBy tenant ─▶ TenantGate ───────────┐ (+ control broadcast)
+    results ─▶ ResultIntake ──────────────────────────────────────────┼─▶ keyBy request_id
     control ─▶ ControlIntake ─▶ broadcast ─▶ (TenantGate, Orchestrator)│   ─▶ RequestOrchestrator
                             └─▶ dead letters ──────────────────────────┘      (+ Confluent Avro encode)
     ─▶ one Kafka sink (topic per record: requests.<pool>, content, audit, dlq)
 
 Dead letters and early finals ride the same path as everything else (each
 function forwards what it does not handle), so no stream fans out into filters:
-in thread mode every Python operator unpickles each record it receives.
+in thread mode every Python operator unpickles each record it receives. For the
+same reason each function emits Row(key, value) for the next keyBy itself
+(`keyed_stream`), instead of `key_by`'s extra Python operator.
 
 Why these choices (measured on this machine, see jobs/README.md):
 - Kafka sources and the sink are Table-API tables bridged to DataStreams: the
@@ -29,7 +31,8 @@ if __package__ in (None, ""):  # run as a script by `flink run -py`: make the re
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyflink.common import Configuration, Types
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from jobs import flink_functions as ff
@@ -37,6 +40,7 @@ from jobs.config import JobConfig, parse, python_executable, python_path
 from rscf.settings import SETTINGS
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
+KEYED = Types.ROW([Types.STRING(), PICKLED])  # Row(key, value): what key_by's extra operator would emit
 SINK_ROW = Types.ROW_NAMED(
     ["topic", "k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
 )
@@ -103,13 +107,27 @@ CREATE TABLE `outputs` (
   'connector' = 'kafka',
   'topic' = '{";".join(cfg.output_topics())}',
   'properties.bootstrap.servers' = '{cfg.bootstrap}',
-  'properties.linger.ms' = '2',
+  'properties.linger.ms' = '{SETTINGS.limits.producer_linger_ms}',
   'key.format' = 'raw',
   'key.fields' = 'k',
   'value.format' = 'raw',
   'value.fields-include' = 'EXCEPT_KEY',
   'sink.delivery-guarantee' = '{guarantee}'{extra}
 )"""
+
+
+def keyed_stream(stream: DataStream) -> KeyedStream:
+    """Key a stream of Row(key, value) that its own function emitted (`ff.keyed`).
+
+    `DataStream.key_by` adds one more Python operator per record (it unpickles the
+    value, calls the key selector and pickles it again): 3 of the 8 Python calls a
+    prompt and its result made. Here the upstream function emits the same
+    Row(key, value) that operator would, and only the Java keyBy remains, exactly as
+    `key_by` builds it (pyflink/datastream/data_stream.py).
+    """
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                           Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, PICKLED, stream)
 
 
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnvironment:
@@ -125,23 +143,22 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnviron
     def rows(table: str):
         return t_env.to_data_stream(t_env.from_path(table))
 
-    prompts = rows("prompts_src").flat_map(ff.PromptIntake(cfg), output_type=PICKLED).uid("prompt-intake").name("decode+validate prompts")
-    results = rows("results_src").flat_map(ff.ResultIntake(cfg), output_type=PICKLED).uid("result-intake").name("decode results")
+    prompts = rows("prompts_src").flat_map(ff.PromptIntake(cfg), output_type=KEYED).uid("prompt-intake").name("decode+validate prompts")
+    results = rows("results_src").flat_map(ff.ResultIntake(cfg), output_type=KEYED).uid("result-intake").name("decode results")
     control = rows("control_src").flat_map(ff.ControlIntake(cfg), output_type=PICKLED).uid("control-intake").name("decode control")
     control_events = control.filter(ff.is_next).map(ff.payload, output_type=PICKLED).set_parallelism(1)
-    control_dead_letters = control.filter(ff.is_sink).map(ff.payload, output_type=PICKLED)
+    control_dead_letters = control.filter(ff.is_sink).map(ff.keyed_dead_letter, output_type=KEYED)
     broadcast = control_events.broadcast(ff.control_descriptor())
 
     # Linear paths, no fan-out: each function forwards what it does not handle (see ff.untag).
     gated = (
-        prompts.key_by(ff.TenantKey(), key_type=Types.STRING())
+        keyed_stream(prompts)
         .connect(broadcast)
-        .process(ff.TenantGate(cfg), output_type=PICKLED)
+        .process(ff.TenantGate(cfg), output_type=KEYED)
         .uid("tenant-gate").name("moderate+admit+enrich (by tenant)")
     )
     to_sink = (
-        gated.union(results, control_dead_letters)
-        .key_by(ff.RequestKey(), key_type=Types.STRING())
+        keyed_stream(gated.union(results, control_dead_letters))
         .connect(broadcast)
         .process(ff.RequestOrchestrator(cfg), output_type=SINK_ROW)
         .uid("orchestrator").name("route+correlate+finalize+encode (by request)")
