@@ -169,7 +169,13 @@ def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 18
             break
         time.sleep(1.0)
     else:
-        raise ClusterError(f"job {job_id} not running after {wait_s:.0f} s")
+        # A job that never gets running (failing in open(), restarting in a loop) is cancelled,
+        # not left behind: it would hold slots and keep the TaskManager from reloading code.
+        try:
+            stop(job_id, with_savepoint=False)
+        except ClusterError as exc:
+            log.warning("could not cancel job %s that never got running: %s", job_id, exc)
+        raise ClusterError(f"job {job_id} not running after {wait_s:.0f} s (cancelled; see the TaskManager log)")
     return next(j for j in jobs(cfg.job_name) if j.job_id == job_id)
 
 

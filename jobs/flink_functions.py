@@ -15,12 +15,14 @@ from typing import Any, Callable
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, KeySelector, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.common.time import Time
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from jobs import stages
 from jobs.config import JobConfig, ROLE_SCHEMAS
 from operators import routing
 from operators.dead_letters import dead_letter
+from rscf.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,28 @@ CONTROL_STATE = "control"  # broadcast MapState: "tenant:<id>" -> TenantPolicy d
 
 def control_descriptor() -> MapStateDescriptor:
     return MapStateDescriptor(CONTROL_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+
+
+def slot_descriptor() -> ValueStateDescriptor:
+    """The orchestrator's per-request state; a finished request's tombstone expires by state TTL.
+
+    TTL (dedup_ttl_ms, refreshed on every write) replaces a cleanup timer per request:
+    in-flight slots are written at every attempt and their own timers fire long before.
+
+    The default background cleanup cannot be used in thread mode: PyFlink builds its RocksDB
+    compaction-filter default with a py4j `Duration` and the TaskManager has no gateway
+    (measured: FileNotFoundError launching one, the job never starts). The heap backend's
+    incremental cleanup is named explicitly instead.
+    """
+    desc = ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY())
+    desc.enable_time_to_live(
+        StateTtlConfig.new_builder(Time.milliseconds(SETTINGS.limits.dedup_ttl_ms))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .disable_cleanup_in_background()
+        .cleanup_incrementally(2, False)  # 3 state accesses per request: keeps pace with 1 tombstone each
+        .build())
+    return desc
 
 
 def now_ms(ctx=None) -> int:
@@ -258,6 +282,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
 
             self.enricher = stages.rag_enricher(shared_embedder(), RedisVectorSetIndex(_redis(self.cfg)))
         self.policies: dict[str, dict] | None = None
+        self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)
 
     def _policies(self, ctx) -> dict[str, dict]:
         """Tenant policies mirrored from broadcast state, loaded once after (re)start.
@@ -277,9 +302,13 @@ class TenantGate(KeyedBroadcastProcessFunction):
         tenant = value.record["tenant_id"]
         raw = self._policies(ctx).get(tenant)
         policy = stages.policy_for(tenant, {tenant: raw} if raw else {})
-        result = stages.gate(value, policy, self.bucket.value(), now_ms(), self.moderation, self.enricher)
+        bucket = self.buckets.get(tenant)
+        if bucket is None:
+            bucket = self.bucket.value()
+        result = stages.gate(value, policy, bucket, now_ms(), self.moderation, self.enricher)
         if result.bucket is not None:
             self.bucket.update(result.bucket)
+            self.buckets[tenant] = result.bucket
         for name in result.counters:
             self.counters.inc(name)
         out = untag(result.out)
@@ -313,9 +342,14 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
-        self.slot = ctx.get_state(ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY()))
+        self.slot = ctx.get_state(slot_descriptor())
+        # Write-through mirror of in-flight slots (this subtask is the only writer of its keys):
+        # a result finds its request here instead of crossing into Java state and unpickling it.
+        # Finished slots (tombstones) are not mirrored; after a restore the mirror starts empty.
+        self.inflight: dict[str, stages.Slot] = {}
         self.counters = Counters(ctx)
-        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()))
+        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()),
+                                         tombstone_timers=False)
         self.encoder = Encoder(self.cfg, self.counters)
         self._rollouts_loaded = False
 
@@ -328,13 +362,27 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             if key.startswith("rollout:"):
                 self.logic.on_control({"rollout": entry}, now_ms())
 
-    def _run(self, effects: stages.Effects, ctx):
-        if effects.slot is None:
+    def _current(self, key: str) -> stages.Slot | None:
+        slot = self.inflight.get(key)
+        return slot if slot is not None else self.slot.value()
+
+    def _run(self, effects: stages.Effects, ctx, key: str):
+        slot = effects.slot
+        if slot is None:
             self.slot.clear()
+            self.inflight.pop(key, None)
         else:
-            self.slot.update(effects.slot)
-        for ts in effects.timers:
-            ctx.timer_service().register_processing_time_timer(ts)
+            self.slot.update(slot)
+            if slot.pending.finished:
+                self.inflight.pop(key, None)
+            else:
+                self.inflight[key] = slot
+        if effects.timers or effects.cancel_timers:
+            timers = ctx.timer_service()
+            for ts in effects.cancel_timers:
+                timers.delete_processing_time_timer(ts)
+            for ts in effects.timers:
+                timers.register_processing_time_timer(ts)
         for name in effects.counters:
             self.counters.inc(name)
         for sink in effects.sinks:
@@ -345,8 +393,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             yield from self.encoder.rows(value)
             return
         self._load_rollouts(ctx)
-        effects = self.logic.on_input(value, self.slot.value(), now_ms())
-        yield from self._run(effects, ctx)
+        key = stages.request_key(value)
+        effects = self.logic.on_input(value, self._current(key), now_ms())
+        yield from self._run(effects, ctx, key)
 
     def process_broadcast_element(self, value: dict, ctx):
         state = ctx.get_broadcast_state(control_descriptor())
@@ -356,8 +405,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
 
     def on_timer(self, timestamp: int, ctx):
         self._load_rollouts(ctx)
-        effects = self.logic.on_timer(self.slot.value(), now_ms())
-        yield from self._run(effects, ctx)
+        key = ctx.get_current_key()
+        effects = self.logic.on_timer(self._current(key), now_ms())
+        yield from self._run(effects, ctx, key)
 
 
 # ----------------------------------------------------------------------------- encode

@@ -281,6 +281,7 @@ class Effects:
     sinks: list[SinkRecord] = field(default_factory=list)
     timers: list[int] = field(default_factory=list)
     counters: list[str] = field(default_factory=list)
+    cancel_timers: list[int] = field(default_factory=list)  # timers that can no longer do anything
 
 
 @dataclass(frozen=True)
@@ -297,12 +298,15 @@ class Orchestrator:
     """
 
     def __init__(self, moderation: Moderation | None = None, job_version: str = JOB_VERSION,
-                 breaker_cfg: routing.BreakerConfig = routing.BreakerConfig()):
+                 breaker_cfg: routing.BreakerConfig = routing.BreakerConfig(), tombstone_timers: bool = True):
+        """`tombstone_timers=False` when the state backend expires tombstones itself (state TTL =
+        dedup_ttl_ms): one timer registration and one timer callback less per request."""
         self.rollouts: dict[str, routing.Rollout] = dict(routing.DEFAULT_ROLLOUTS)
         self.breakers: dict[str, routing.CircuitBreaker] = {}
         self.moderation = moderation or Moderation()
         self.job_version = job_version
         self.breaker_cfg = breaker_cfg
+        self.tombstone_timers = tombstone_timers
 
     # -- control
     def on_control(self, event: Mapping[str, Any], now_ms: int) -> None:
@@ -334,7 +338,11 @@ class Orchestrator:
     def on_result(self, result: Mapping[str, Any], slot: Slot | None, now_ms: int) -> Effects:
         pending = slot.pending if slot else None
         features = slot.features if slot else frozenset()
-        return self._apply(correlate.on_result(pending, result, now_ms, self._fallback(now_ms)), features, now_ms)
+        eff = self._apply(correlate.on_result(pending, result, now_ms, self._fallback(now_ms)), features, now_ms)
+        deadline = pending.deadline_ms if pending is not None else None
+        if deadline is not None and (eff.slot is None or eff.slot.pending.deadline_ms != deadline):
+            eff.cancel_timers.append(deadline)  # answered: its timeout timer would only find nothing to do
+        return eff
 
     def on_timer(self, slot: Slot | None, now_ms: int) -> Effects:
         if slot is None:
@@ -376,7 +384,9 @@ class Orchestrator:
         if state.status == "SUCCEEDED" and (state.result or {}).get("output_text"):
             output = self.moderation.output(state.result["output_text"], features)
         content, audit = build_records(state, now_ms, self.job_version, output)
-        if timers is None:  # finished before dispatch: keep a tombstone against duplicates all the same
+        if not self.tombstone_timers:
+            timers = []
+        elif timers is None:  # finished before dispatch: keep a tombstone against duplicates all the same
             timers = [now_ms + SETTINGS.limits.dedup_ttl_ms]
         finished = correlate.evolve(state, status=content["status"], reason=content["reason"])
         return Effects(

@@ -239,6 +239,10 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=72
+# 2-core machine: the defaults (3 network, 8 I/O, 10 background threads) only add context switches
+num.network.threads=2
+num.io.threads=2
+background.threads=2
 """
     (conf / "server.properties").write_text(props)
     (conf / "log4j2.properties").write_text(

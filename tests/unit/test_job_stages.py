@@ -123,3 +123,25 @@ def test_evolve_is_replace_and_rejects_unknown_fields():
     assert state.attempt == 1
     with pytest.raises(TypeError):
         correlate.evolve(state, no_such_field=1)
+
+
+def test_answered_request_cancels_its_timeout_and_ttl_mode_sets_no_tombstone_timer():
+    ttl = stages.Orchestrator(tombstone_timers=False)
+    eff = ttl.on_input(_admitted(), None, 1_000)
+    deadline = 1_000 + SETTINGS.limits.request_timeout_ms
+    assert eff.timers == [deadline]
+    done = ttl.on_input(stages.ResultIn(_result()), eff.slot, 1_500)
+    assert done.cancel_timers == [deadline]
+    assert done.timers == [] and done.slot.pending.finished  # the tombstone stays, state TTL expires it
+    # with tombstone timers (the model without state TTL) the final keeps its cleanup timer
+    plain = stages.Orchestrator()
+    kept = plain.on_input(stages.ResultIn(_result()), plain.on_input(_admitted(), None, 1_000).slot, 1_500)
+    assert kept.timers == [1_500 + SETTINGS.limits.dedup_ttl_ms] and kept.cancel_timers == [deadline]
+
+
+def test_error_result_retry_replaces_the_deadline_timer():
+    orch = stages.Orchestrator(tombstone_timers=False)
+    eff = orch.on_input(_admitted(), None, 1_000)
+    retry = orch.on_input(stages.ResultIn(_result(status="ERROR")), eff.slot, 1_200)
+    assert retry.cancel_timers == [1_000 + SETTINGS.limits.request_timeout_ms]
+    assert retry.timers and retry.timers[0] > 1_200 and not retry.slot.pending.finished
