@@ -395,6 +395,9 @@ def _prepare_flink() -> None:
         "metrics.reporter.promgateway.filter.excludes": [
             "*:*PerSecond*", "*:*Watermark*,*watermark*", "*:mailboxLatencyMs", "*:accumulated*Ms",
         ],
+        # A job with parallelism > 1 gets a slot on each TaskManager: thread-mode operators in one
+        # TaskManager share one Python interpreter lock, so a second TaskManager is a second lock.
+        "cluster.evenly-spread-out-slots": True,
         "web.submit.enable": True,
         "web.cancel.enable": True,
         "restart-strategy.type": "fixed-delay",

@@ -91,7 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import run_bench
 
     try:
-        result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json)
+        result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json,
+                           parallelism=args.parallelism, warmup_s=args.warmup)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -148,4 +149,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=int, default=500, help="prompts per second offered")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     p.add_argument("--local", action="store_true", help="run the job in a local MiniCluster, not the cluster")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds of load at --rate before measuring (JIT of a fresh TaskManager), then drained")
+    p.add_argument("--parallelism", "-p", type=int, default=1,
+                   help="job parallelism (and partitions per topic); thread-mode subtasks in one TaskManager "
+                        "share one Python interpreter lock")
     p.set_defaults(func=cmd_bench)

@@ -88,3 +88,16 @@ def test_quota_and_moderation_rejections_are_finals_with_reasons(run):
     assert mod["status"] == "REJECTED" and mod["reason"] == "moderation:injection"
     assert got.audit["mod-1"][0]["reason"] == "moderation:injection"
     assert any(v["check"] == "injection" and v["action"] == "BLOCK" for v in mod["verdicts"])
+
+
+def test_bench_pipeline_reports_throughput_latency_and_cpu_per_process(stack):
+    """`rscf bench pipeline` at a small rate: every prompt answered once, figures and CPU split present."""
+    from jobs.bench import run_bench
+
+    out = run_bench(rate=50, duration_s=2, progress=False, warmup_s=0)
+    assert out["prompts"] == 100 and out["finals"] == 100 and out["succeeded"] == 100
+    assert out["duplicates"] == 0
+    assert 0 < out["overhead_ms"]["p50"] <= out["overhead_ms"]["p99"]
+    cpu = out["cpu"]["us_per_prompt"]
+    assert cpu["flink-taskmanager"] > 0 and cpu["kafka"] > 0 and cpu["echo-worker"] > 0
+    assert out["cpu"]["total_us_per_prompt"] == sum(cpu.values())
