@@ -251,12 +251,18 @@ class ControlIntake(FlatMapFunction):
 
 
 def control_updates(event: dict) -> list[tuple[str, Any]]:
-    """Broadcast-state entries a control event sets (breaker commands are applied, not stored)."""
+    """Broadcast-state entries a control event sets.
+
+    A breaker command is kept as the pool's last command, so a FORCE_OPEN survives a
+    restore (the control source resumes from its checkpointed offset and does not replay it).
+    """
     updates = []
     if event.get("tenant_policy"):
         updates.append(("tenant:" + event["tenant_policy"]["tenant_id"], dict(event["tenant_policy"])))
     if event.get("rollout"):
         updates.append(("rollout:" + event["rollout"]["pool"], dict(event["rollout"])))
+    if event.get("breaker"):
+        updates.append(("breaker:" + event["breaker"]["pool"], dict(event["breaker"])))
     return updates
 
 
@@ -333,9 +339,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
     Dead letters from upstream pass through to the encoder unchanged.
 
     The pending request lives in ValueState (checkpointed, survives stop-with-savepoint).
-    Circuit breakers are per-subtask soft state held in this instance (`Orchestrator.breakers`):
-    not checkpointed, rebuilt from traffic after a restart; rollouts are mirrored from
-    broadcast state, which is checkpointed.
+    Circuit breakers' health counts are per-subtask soft state held in this instance
+    (`Orchestrator.breakers`), rebuilt from traffic after a restart; rollouts and the last
+    manual breaker command per pool are in broadcast state (checkpointed) and re-applied.
     """
 
     def __init__(self, cfg: JobConfig):
@@ -351,16 +357,14 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()),
                                          tombstone_timers=False)
         self.encoder = Encoder(self.cfg, self.counters)
-        self._rollouts_loaded = False
+        self._control_loaded = False
 
-    def _load_rollouts(self, ctx) -> None:
-        """After a restore the broadcast state is back but this instance is new: mirror it once."""
-        if self._rollouts_loaded:
+    def _load_control(self, ctx) -> None:
+        """After a restore the broadcast state is back but this instance is new: apply it once."""
+        if self._control_loaded:
             return
-        self._rollouts_loaded = True
-        for key, entry in ctx.get_broadcast_state(control_descriptor()).items():
-            if key.startswith("rollout:"):
-                self.logic.on_control({"rollout": entry}, now_ms())
+        self._control_loaded = True
+        self.logic.restore_control(ctx.get_broadcast_state(control_descriptor()).items(), now_ms())
 
     def _current(self, key: str) -> stages.Slot | None:
         slot = self.inflight.get(key)
@@ -392,7 +396,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         if isinstance(value, stages.SinkRecord):
             yield from self.encoder.rows(value)
             return
-        self._load_rollouts(ctx)
+        self._load_control(ctx)
         key = stages.request_key(value)
         effects = self.logic.on_input(value, self._current(key), now_ms())
         yield from self._run(effects, ctx, key)
@@ -404,7 +408,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.logic.on_control(value, now_ms())  # broadcast contexts have no timer service
 
     def on_timer(self, timestamp: int, ctx):
-        self._load_rollouts(ctx)
+        self._load_control(ctx)
         key = ctx.get_current_key()
         effects = self.logic.on_timer(self._current(key), now_ms())
         yield from self._run(effects, ctx, key)

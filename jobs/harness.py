@@ -82,6 +82,11 @@ def policy_event(tenant: str, features: Iterable[str], rate_per_s: float = 10_00
     }
 
 
+def breaker_event(pool: str, action: str = "FORCE_OPEN") -> dict:
+    return {"event_id": str(uuid.uuid4()), "issued_at": datetime.now(timezone.utc), "rollout": None,
+            "tenant_policy": None, "breaker": {"pool": pool, "action": action}}
+
+
 class Producer:
     def __init__(self, cfg: JobConfig, linger_ms: float = 1):  # tests: 1 ms; the benchmark: the hot-path linger
         from confluent_kafka import Producer as KafkaProducer

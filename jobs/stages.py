@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 from operators import correlate, routing
 from operators.audit import build_records
@@ -312,6 +312,14 @@ class Orchestrator:
     def on_control(self, event: Mapping[str, Any], now_ms: int) -> None:
         self.rollouts = routing.apply_rollout_event(self.rollouts, event)
         self.breakers = routing.apply_breaker_command(self.breakers, event, now_ms)
+
+    def restore_control(self, entries: Iterable[tuple[str, Any]], now_ms: int) -> None:
+        """Re-apply checkpointed control state (broadcast-state entries) to a fresh instance."""
+        for key, entry in entries:
+            if key.startswith("rollout:"):
+                self.on_control({"rollout": entry}, now_ms)
+            elif key.startswith("breaker:") and entry.get("action") == "FORCE_OPEN":
+                self.on_control({"breaker": entry}, now_ms)
 
     # -- inputs
     def on_input(self, value: Any, slot: Slot | None, now_ms: int) -> Effects:

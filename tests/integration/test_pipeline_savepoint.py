@@ -1,4 +1,4 @@
-"""Stop-with-savepoint keeps pending requests: they finish after a restart from the savepoint."""
+"""Stop-with-savepoint keeps pending requests and operator commands across a restart from the savepoint."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ N = 10
 def test_pending_requests_survive_stop_with_savepoint(stack):
     with harness.isolated_run("sp") as run:
         run.producer.control(harness.policy_event("sp-t", ["echo"]))
+        run.producer.control(harness.policy_event("sp-img", []))
+        run.producer.control(harness.breaker_event("image", "FORCE_OPEN"))  # no image worker runs here
         run.producer.flush()
         run.job.start()
         time.sleep(2)
@@ -34,3 +36,11 @@ def test_pending_requests_survive_stop_with_savepoint(stack):
         got = run.reader.settle(5)
         assert {r: len(got.content.get(r, [])) for r in ids} == {r: 1 for r in ids}
         assert all(got.content[r][0]["status"] == "SUCCEEDED" for r in ids)
+        # The forced-open image breaker came back from the savepoint (the control topic is not
+        # replayed on a restore): an image prompt fails at once instead of waiting for a worker.
+        run.producer.prompt(harness.prompt("sp-image", "sp-img", "a red circle", modality="IMAGE"))
+        run.producer.flush()
+        got = run.reader.until(lambda g: "sp-image" in g.content, 60)
+        final = got.content.get("sp-image", [None])[0]
+        assert final is not None, "the image prompt was dispatched: the FORCE_OPEN command was lost"
+        assert (final["status"], final["reason"]) == ("FAILED", "no_healthy_pool")

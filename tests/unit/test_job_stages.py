@@ -145,3 +145,22 @@ def test_error_result_retry_replaces_the_deadline_timer():
     retry = orch.on_input(stages.ResultIn(_result(status="ERROR")), eff.slot, 1_200)
     assert retry.cancel_timers == [1_000 + SETTINGS.limits.request_timeout_ms]
     assert retry.timers and retry.timers[0] > 1_200 and not retry.slot.pending.finished
+
+
+def test_restored_control_keeps_forced_breakers_and_rollouts_but_not_reset_ones():
+    from jobs.flink_functions import control_updates
+    from operators import routing
+
+    entries = dict(control_updates({"breaker": {"pool": "image", "action": "FORCE_OPEN"}}))
+    entries.update(control_updates({"breaker": {"pool": "speech", "action": "FORCE_OPEN"}}))
+    entries.update(control_updates({"breaker": {"pool": "speech", "action": "RESET"}}))  # last one wins
+    assert set(entries) == {"breaker:image", "breaker:speech"}
+    fresh = stages.Orchestrator()
+    fresh.restore_control(entries.items(), 1_000)
+    assert not fresh.breakers["image"].allows(10**12, routing.BreakerConfig())  # forced: no cooldown
+    assert "speech" not in fresh.breakers
+    img = stages.Admitted(prompt("i1", "t", "a red circle", modality="IMAGE"), "a red circle", [], "STANDARD",
+                          frozenset(), 1_000)
+    eff = fresh.on_input(img, None, 2_000)
+    assert [s.role for s in eff.sinks] == ["content", "audit"]
+    assert eff.sinks[0].record["reason"] == routing.NO_HEALTHY_POOL
