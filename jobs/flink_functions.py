@@ -273,6 +273,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
     """Keyed by tenant_id: input moderation, token bucket (ValueState), RAG enrichment.
 
     Inputs other than PromptIn (early finals, dead letters) pass through unchanged.
+
+    For `policy_wait_ms` after it opens, a prompt whose tenant has no policy yet is held
+    (keyed state) until then, and so are the tenant's later prompts, in order: a job that
+    starts on a backlog reads the control topic from its start alongside the prompts, and
+    without the wait a prompt could overtake its tenant's policy and get the default tier,
+    features and quota. Held prompts are checkpointed with their timer.
     """
 
     def __init__(self, cfg: JobConfig):
@@ -289,6 +295,9 @@ class TenantGate(KeyedBroadcastProcessFunction):
             self.enricher = stages.rag_enricher(shared_embedder(), RedisVectorSetIndex(_redis(self.cfg)))
         self.policies: dict[str, dict] | None = None
         self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)
+        self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
+        self.hold_until = now_ms() + SETTINGS.limits.policy_wait_ms
+        self.holding = SETTINGS.limits.policy_wait_ms > 0
 
     def _policies(self, ctx) -> dict[str, dict]:
         """Tenant policies mirrored from broadcast state, loaded once after (re)start.
@@ -306,6 +315,30 @@ class TenantGate(KeyedBroadcastProcessFunction):
             yield keyed(stages.request_key(value), value)
             return
         tenant = value.record["tenant_id"]
+        if self.holding and self._hold(value, tenant, ctx):
+            return
+        yield from self._admit(value, tenant, ctx)
+
+    def _hold(self, value: stages.PromptIn, tenant: str, ctx) -> bool:
+        """Keep `value` back while the start-up wait for its tenant's policy lasts."""
+        if now_ms() >= self.hold_until:
+            self.holding = False  # from here on a prompt costs no extra state access
+            return False
+        held = self.held.value()
+        if not held and tenant in self._policies(ctx):
+            return False
+        self.held.update([*(held or []), value])
+        ctx.timer_service().register_processing_time_timer(self.hold_until)
+        self.counters.inc("held_for_policy")
+        return True
+
+    def on_timer(self, timestamp: int, ctx):
+        held = self.held.value() or []
+        self.held.clear()
+        for value in held:
+            yield from self._admit(value, value.record["tenant_id"], ctx)
+
+    def _admit(self, value: stages.PromptIn, tenant: str, ctx):
         raw = self._policies(ctx).get(tenant)
         policy = stages.policy_for(tenant, {tenant: raw} if raw else {})
         bucket = self.buckets.get(tenant)

@@ -144,6 +144,8 @@ class Limits:
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
+    # After the job (re)starts, a prompt of a tenant without a known policy waits this long for it.
+    policy_wait_ms: int = _env_int("POLICY_WAIT_MS", 3_000)
 
 
 @dataclass(frozen=True)
