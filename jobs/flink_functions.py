@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from pyflink.common import Row, Types
-from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, KeySelector, RuntimeContext
+from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.common.time import Time
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
@@ -56,7 +56,7 @@ def slot_descriptor() -> ValueStateDescriptor:
     return desc
 
 
-def now_ms(ctx=None) -> int:
+def now_ms() -> int:
     """Flink's processing time is the wall clock (System.currentTimeMillis): read it here, not over pemja."""
     return time.time_ns() // 1_000_000
 
@@ -75,37 +75,65 @@ def untag(out: stages.Out) -> Any:
 class Counters:
     """Flink metric counters under group `rscf`, with label groups (shown as Prometheus labels).
 
-    Increments add up in a Python dict and reach the Java counters at most every
-    `FLUSH_S` (Flink reports every few seconds anyway): each Java counter call is a
-    pemja crossing, and per-record `inc()` was ~40 us per prompt at 1000/s (py-spy).
+    The success path's per-prompt counters (`BATCHED`, name and labels) add up in Python
+    and reach the Java counters at most every `FLUSH_S`: each Java counter call is a pemja
+    crossing, and per-record `inc()` was ~40 us per prompt at 1000/s (py-spy). They are
+    only counted in keyed functions, which call `schedule_flush` after each input, so the
+    tail of a burst is flushed by a processing-time timer `FLUSH_S` later (the function's
+    `on_timer` calls `on_timer`). Everything else (dead letters, rejections, duplicates,
+    retries) counts at once. (A gauge read by Flink's reporter thread could flush the tail
+    too, but registering a new counter while that thread waits on the interpreter lock can
+    deadlock.)
     """
 
     FLUSH_S = 0.5
+    BATCHED = frozenset({("prompts_in",), ("results_in",), ("dispatched",), ("rag_enriched",), ("final_latency_ms",),
+                         ("finals", ("status", "SUCCEEDED")), ("records_out", ("role", "request")),
+                         ("records_out", ("role", "content")), ("records_out", ("role", "audit"))})
 
     def __init__(self, ctx: RuntimeContext):
         self._group = ctx.get_metrics_group().add_group("rscf")
         self._counters: dict[tuple, Any] = {}
         self._pending: dict[tuple, int] = {}
         self._flush_at = 0.0
+        self._flush_timer: int | None = None
 
     def inc(self, name: str, n: int = 1, **labels: str) -> None:
         key = (name, *sorted(labels.items())) if labels else (name,)
+        if key not in self.BATCHED:
+            self._counter(key).inc(n)
+            return
         self._pending[key] = self._pending.get(key, 0) + n
         now = time.monotonic()
         if now >= self._flush_at:
             self.flush(now)
 
+    def schedule_flush(self, ctx) -> None:
+        """Make sure a timer will flush what is pending if no further input does."""
+        if self._pending and self._flush_timer is None:
+            self._flush_timer = now_ms() + int(self.FLUSH_S * 1000)
+            ctx.timer_service().register_processing_time_timer(self._flush_timer)
+
+    def on_timer(self, timestamp: int) -> None:
+        if self._flush_timer is not None and timestamp >= self._flush_timer:
+            self._flush_timer = None
+        if self._pending:
+            self.flush()
+
     def flush(self, now: float | None = None) -> None:
         self._flush_at = (now if now is not None else time.monotonic()) + self.FLUSH_S
         pending, self._pending = self._pending, {}
         for key, n in pending.items():
-            counter = self._counters.get(key)
-            if counter is None:
-                group = self._group
-                for k, v in key[1:]:
-                    group = group.add_group(k, str(v))
-                counter = self._counters[key] = group.counter(key[0])
-            counter.inc(n)
+            self._counter(key).inc(n)
+
+    def _counter(self, key: tuple):
+        counter = self._counters.get(key)
+        if counter is None:
+            group = self._group
+            for k, v in key[1:]:
+                group = group.add_group(k, str(v))
+            counter = self._counters[key] = group.counter(key[0])
+        return counter
 
     def count_sinks(self, outs) -> None:
         for value in outs:
@@ -206,7 +234,6 @@ class PromptIntake(FlatMapFunction):
     def flat_map(self, row):
         outs = [untag(o) for o in stages.intake_prompt(row[0], self.serde.decode, row[1], row[2], row[3],
                                                      now_ms(), self.templates)]
-        self.counters.inc("prompts_in")
         self.counters.count_sinks(outs)
         for o in outs:
             if isinstance(o, stages.Finished):
@@ -224,7 +251,6 @@ class ResultIntake(FlatMapFunction):
 
     def flat_map(self, row):
         outs = [untag(o) for o in stages.intake_result(row[0], self.serde.decode, row[1], row[2], row[3])]
-        self.counters.inc("results_in")
         self.counters.count_sinks(outs)
         for o in outs:
             yield keyed(stages.request_key(o), o)
@@ -311,13 +337,14 @@ class TenantGate(KeyedBroadcastProcessFunction):
         return self.policies
 
     def process_element(self, value, ctx):
+        self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
         if not isinstance(value, stages.PromptIn):
             yield keyed(stages.request_key(value), value)
-            return
-        tenant = value.record["tenant_id"]
-        if self.holding and self._hold(value, tenant, ctx):
-            return
-        yield from self._admit(value, tenant, ctx)
+        else:
+            tenant = value.record["tenant_id"]
+            if not (self.holding and self._hold(value, tenant, ctx)):
+                yield from self._admit(value, tenant, ctx)
+        self.counters.schedule_flush(ctx)
 
     def _hold(self, value: stages.PromptIn, tenant: str, ctx) -> bool:
         """Keep `value` back while the start-up wait for its tenant's policy lasts."""
@@ -333,10 +360,13 @@ class TenantGate(KeyedBroadcastProcessFunction):
         return True
 
     def on_timer(self, timestamp: int, ctx):
+        self.counters.on_timer(timestamp)
         held = self.held.value() or []
-        self.held.clear()
-        for value in held:
-            yield from self._admit(value, value.record["tenant_id"], ctx)
+        if held:
+            self.held.clear()
+            for value in held:
+                yield from self._admit(value, value.record["tenant_id"], ctx)
+            self.counters.schedule_flush(ctx)
 
     def _admit(self, value: stages.PromptIn, tenant: str, ctx):
         raw = self._policies(ctx).get(tenant)
@@ -421,18 +451,27 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             for ts in effects.timers:
                 timers.register_processing_time_timer(ts)
         for name in effects.counters:
-            self.counters.inc(name)
+            if name.startswith("final_"):
+                self.counters.inc("finals", status=name[len("final_"):])
+            else:
+                self.counters.inc(name)
         for sink in effects.sinks:
+            if sink.role == "content":  # mean end-to-end latency = rate(final_latency_ms) / rate(finals)
+                self.counters.inc("final_latency_ms", int((sink.record.get("latency") or {}).get("total_ms") or 0))
             yield from self.encoder.rows(sink)
 
     def process_element(self, value, ctx):
         if isinstance(value, stages.SinkRecord):
             yield from self.encoder.rows(value)
+            self.counters.schedule_flush(ctx)
             return
         self._load_control(ctx)
+        if isinstance(value, stages.ResultIn):
+            self.counters.inc("results_in")
         key = stages.request_key(value)
         effects = self.logic.on_input(value, self._current(key), now_ms())
         yield from self._run(effects, ctx, key)
+        self.counters.schedule_flush(ctx)
 
     def process_broadcast_element(self, value: dict, ctx):
         state = ctx.get_broadcast_state(control_descriptor())
@@ -441,10 +480,12 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.logic.on_control(value, now_ms())  # broadcast contexts have no timer service
 
     def on_timer(self, timestamp: int, ctx):
+        self.counters.on_timer(timestamp)  # a flush timer may share the key of a request's timers: run both
         self._load_control(ctx)
         key = ctx.get_current_key()
         effects = self.logic.on_timer(self._current(key), now_ms())
         yield from self._run(effects, ctx, key)
+        self.counters.schedule_flush(ctx)
 
 
 # ----------------------------------------------------------------------------- encode

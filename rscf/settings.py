@@ -72,7 +72,6 @@ class Ports:
     redis: int = _env_int("REDIS_PORT", 6379)
     prometheus: int = _env_int("PROMETHEUS_PORT", 9090)
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
-    pipeline_metrics: int = _env_int("PIPELINE_METRICS_PORT", 9398)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
 
 

@@ -101,3 +101,35 @@ def test_bench_pipeline_reports_throughput_latency_and_cpu_per_process(stack):
     cpu = out["cpu"]["us_per_prompt"]
     assert cpu["flink-taskmanager"] > 0 and cpu["kafka"] > 0 and cpu["echo-worker"] > 0
     assert out["cpu"]["total_us_per_prompt"] == sum(cpu.values())
+
+
+def test_job_counters_reach_prometheus(run, stack):
+    """The job's own counters travel TaskManager -> Pushgateway -> Prometheus with their labels.
+
+    Dead letters count at once; the batched success-path counters are flushed by a timer, so
+    the finals counted equal the finals written, with no traffic after the last one.
+    """
+    import httpx
+
+    cfg, _, reader = run
+    finals_written = len(reader.settle(2).content)
+    job = cfg.job_name.replace("-", "_")  # the reporter's label values keep [a-zA-Z0-9_] only
+    metric = "flink_taskmanager_job_task_operator_rscf_"
+    queries = {
+        "dead": f'sum by (reason) ({metric}reason_stage_dead_letters{{job_name="{job}"}})',
+        "finals": f'sum({metric}status_finals{{job_name="{job}"}})',
+    }
+    deadline = time.monotonic() + 75  # Flink pushes and Prometheus scrapes every 15 s
+    by_reason: dict[str, float] = {}
+    finals = 0.0
+    while time.monotonic() < deadline:
+        res = {k: httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": q}, timeout=5).json()
+               ["data"]["result"] for k, q in queries.items()}
+        by_reason = {r["metric"].get("reason", ""): float(r["value"][1]) for r in res["dead"]}
+        finals = float(res["finals"][0]["value"][1]) if res["finals"] else 0.0
+        if by_reason.get("not_confluent_framed") == 1 and by_reason.get("unknown_schema_id") == 1 \
+                and finals == finals_written:
+            break
+        time.sleep(3)
+    assert by_reason.get("not_confluent_framed") == 1 and by_reason.get("unknown_schema_id") == 1, by_reason
+    assert finals_written > 0 and finals == finals_written

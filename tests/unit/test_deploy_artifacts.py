@@ -130,7 +130,7 @@ def test_compose_publishes_ports_on_loopback_only():
         lo, _, hi = hp.partition("-")
         host_ports |= set(range(int(lo), int(hi or lo) + 1))
     p = SETTINGS.ports
-    need = {p.kafka, p.registry, p.s3, p.redis, p.flink_rest, p.prometheus, p.pipeline_metrics}
+    need = {p.kafka, p.registry, p.s3, p.redis, p.flink_rest, p.prometheus}
     assert need <= host_ports, f"not published: {sorted(need - host_ports)}"
 
 
@@ -168,7 +168,6 @@ def test_compose_prometheus_scrapes_every_exporter_and_loads_rules():
     }
     p = SETTINGS.ports
     assert targets["flink"] == {f"127.0.0.1:{n}" for n in range(p.flink_metrics_first, p.flink_metrics_last + 1)}
-    assert targets["rscf-pipeline"] == {f"127.0.0.1:{p.pipeline_metrics}"}
     assert targets["rscf-workers"] == {f"127.0.0.1:{metrics_port(pool)}" for pool in POOLS}
     echo_health = doc["services"]["worker-echo"]["healthcheck"]["test"]
     assert f"http://127.0.0.1:{metrics_port('echo')}/readyz" in echo_health
@@ -229,7 +228,7 @@ def test_flink_deployment_required_keys():
     assert container["name"] == "flink-main-container"
     assert {"configMapRef": {"name": "rscf-settings"}} in container["envFrom"]
     ports = {p["containerPort"] for p in container["ports"]}
-    assert {int(conf["metrics.reporter.prom.port"]), SETTINGS.ports.pipeline_metrics} <= ports
+    assert int(conf["metrics.reporter.prom.port"]) in ports
 
 
 def test_k8s_configmap_sets_only_known_settings():
@@ -272,7 +271,8 @@ def test_rules_structure():
     for needed in (
         "rscf_pool_consumer_lag",
         "rscf_worker_requests_total",
-        "rscf_dead_letters_total",
+        "flink_taskmanager_job_task_operator_rscf_reason_stage_dead_letters",
+        "flink_taskmanager_job_task_operator_rscf_status_finals",
         "flink_jobmanager_job_numRestarts",
         "flink_jobmanager_job_numberOfFailedCheckpoints",
         "rscf_worker_inference_ms_bucket",
