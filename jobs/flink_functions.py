@@ -114,6 +114,10 @@ class Counters:
             self._flush_timer = now_ms() + int(self.FLUSH_S * 1000)
             ctx.timer_service().register_processing_time_timer(self._flush_timer)
 
+    @property
+    def flush_timer(self) -> int | None:
+        return self._flush_timer
+
     def on_timer(self, timestamp: int) -> None:
         if self._flush_timer is not None and timestamp >= self._flush_timer:
             self._flush_timer = None
@@ -447,7 +451,8 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         if effects.timers or effects.cancel_timers:
             timers = ctx.timer_service()
             for ts in effects.cancel_timers:
-                timers.delete_processing_time_timer(ts)
+                if ts != self.counters.flush_timer:  # the same (key, time) may also be the flush timer
+                    timers.delete_processing_time_timer(ts)
             for ts in effects.timers:
                 timers.register_processing_time_timer(ts)
         for name in effects.counters:
