@@ -1,21 +1,27 @@
 """The content pipeline: PyFlink DataStream job wiring (run by `rscf job start`, or `--local`).
 
-    prompts ─▶ PromptIntake ─▶ keyBy tenant ─▶ TenantGate ───────────┐ (+ control broadcast)
-    results ─▶ ResultIntake ──────────────────────────────────────────┼─▶ keyBy request_id
+    prompts ─▶ keyBy Kafka key (tenant_id) ─▶ TenantGate ─────────────┐ (+ control broadcast)
+    results ──────────────────────────────────────────────────────────┼─▶ keyBy key (request_id)
     control ─▶ ControlIntake ─▶ broadcast ─▶ (TenantGate, Orchestrator)│   ─▶ RequestOrchestrator
                             └─▶ dead letters ──────────────────────────┘      (+ Confluent Avro encode)
-    ─▶ one Kafka sink (topic per record: requests.<pool>, content, audit, dlq)
+    ─▶ one Kafka sink (topic per record: requests.<pool>, content, audit, dlq; prompts/results
+       for a record that came under the wrong Kafka key)
 
-Dead letters and early finals ride the same path as everything else (each
-function forwards what it does not handle), so no stream fans out into filters:
-in thread mode every Python operator unpickles each record it receives. For the
-same reason each function emits Row(key, value) for the next keyBy itself
-(`keyed_stream`), instead of `key_by`'s extra Python operator.
+Three Python calls per prompt and its result: the gate, and the orchestrator twice.
+Prompts and results are keyed in Java by their Kafka key (producers key prompts by
+tenant_id, workers key results by request_id), so no decode operator runs ahead of
+a keyBy; the keyed function decodes, and a record whose key does not match its
+payload is written back under the right key (`stages.Republish`). Dead letters and
+early finals ride the same path as everything else (each function forwards what it
+does not handle), so no stream fans out into filters: in thread mode every Python
+operator unpickles each record it receives, and all of them take turns on one
+interpreter lock.
 
 Why these choices (measured on this machine, see jobs/README.md):
 - Kafka sources and the sink are Table-API tables bridged to DataStreams: the
-  table source exposes topic/partition/offset metadata (dead letters say where
-  a poison record came from) and the table sink writes a raw key (request_id)
+  table source exposes the raw Kafka key (the keyBy key, without Python) and
+  topic/partition/offset metadata (dead letters say where a poison record came
+  from), and the table sink writes a raw key (request_id)
   plus a raw value to a per-record topic (writable `topic` metadata). The
   DataStream KafkaSource in PyFlink only offers value-only deserializers.
 - `python.execution-mode: thread`: keyed state and timers at 500 prompts/s give
@@ -40,9 +46,13 @@ from jobs.config import JobConfig, parse, python_executable, python_path
 from rscf.settings import SETTINGS
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
-KEYED = Types.ROW([Types.STRING(), PICKLED])  # Row(key, value): what key_by's extra operator would emit
+PRIMITIVE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+# Row(key, Row(kafka key, value, topic, partition, offset)): what a keyed Python function takes
+# (key_by's own operator would emit Row(key, value)), built by SQL from a Kafka source.
+WIRE = Types.ROW([Types.STRING(), Types.ROW([Types.STRING(), PRIMITIVE_BYTES, Types.STRING(), Types.INT(), Types.LONG()])])
+KEYED_BY_KAFKA_KEY = """SELECT COALESCE(`k`, '') AS `key`, ROW(`k`, `v`, `topic`, `part`, `off`) AS `rec` FROM `{}`"""
 SINK_ROW = Types.ROW_NAMED(
-    ["topic", "k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+    ["topic", "k", "v"], [Types.STRING(), PRIMITIVE_BYTES, PRIMITIVE_BYTES]
 )
 
 
@@ -74,6 +84,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
 def _source_ddl(name: str, topic: str, cfg: JobConfig, startup: str) -> str:
     return f"""
 CREATE TABLE `{name}` (
+  `k` STRING,
   `v` BYTES,
   `topic` STRING METADATA VIRTUAL,
   `part` INT METADATA FROM 'partition' VIRTUAL,
@@ -87,7 +98,10 @@ CREATE TABLE `{name}` (
   'properties.isolation.level' = 'read_committed',
   'scan.startup.mode' = '{startup}',
   'scan.topic-partition-discovery.interval' = '30 s',
-  'format' = 'raw'
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
 )"""
 
 
@@ -105,7 +119,7 @@ CREATE TABLE `outputs` (
   `v` BYTES
 ) WITH (
   'connector' = 'kafka',
-  'topic' = '{";".join(cfg.output_topics())}',
+  'topic' = '{";".join([*cfg.output_topics(), cfg.prompts, cfg.results])}',
   'properties.bootstrap.servers' = '{cfg.bootstrap}',
   'properties.linger.ms' = '{SETTINGS.limits.producer_linger_ms}',
   'key.format' = 'raw',
@@ -117,13 +131,13 @@ CREATE TABLE `outputs` (
 
 
 def keyed_stream(stream: DataStream) -> KeyedStream:
-    """Key a stream of Row(key, value) that its own function emitted (`ff.keyed`).
+    """Key a stream of Row(key, value) by its first field, in Java only.
 
     `DataStream.key_by` adds one more Python operator per record (it unpickles the
-    value, calls the key selector and pickles it again): 3 of the 8 Python calls a
-    prompt and its result made. Here the upstream function emits the same
-    Row(key, value) that operator would, and only the Java keyBy remains, exactly as
-    `key_by` builds it (pyflink/datastream/data_stream.py).
+    value, calls the key selector and pickles it again). Here the rows already carry
+    their key (from SQL over the Kafka key, or emitted by the upstream function:
+    `ff.wire`), and only the Java keyBy remains, exactly as `key_by` builds it
+    (pyflink/datastream/data_stream.py).
     """
     j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
                                            Types.ROW([Types.STRING()]).get_java_type_info())
@@ -140,28 +154,35 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnviron
     t_env.execute_sql(_source_ddl("control_src", cfg.control, cfg, "earliest-offset"))
     t_env.execute_sql(_sink_ddl(cfg))
 
-    def rows(table: str):
-        return t_env.to_data_stream(t_env.from_path(table))
+    def by_kafka_key(table: str) -> DataStream:
+        stream = t_env.to_data_stream(t_env.sql_query(KEYED_BY_KAFKA_KEY.format(table)))
+        # The same Row objects, declared with a RowTypeInfo: PyFlink's keyed operators require one
+        # (they read the key's type from it), where the Table bridge declares an ExternalTypeInfo.
+        stream._j_data_stream.getTransformation().setOutputType(WIRE.get_java_type_info())
+        return DataStream(stream._j_data_stream)
 
-    prompts = rows("prompts_src").flat_map(ff.PromptIntake(cfg), output_type=KEYED).uid("prompt-intake").name("decode+validate prompts")
-    results = rows("results_src").flat_map(ff.ResultIntake(cfg), output_type=KEYED).uid("result-intake").name("decode results")
-    control = rows("control_src").flat_map(ff.ControlIntake(cfg), output_type=PICKLED).uid("control-intake").name("decode control")
+    # Prompts (keyed by tenant_id) and results (keyed by request_id) reach their keyed
+    # function without a Python operator in front: the Kafka key is the key.
+    prompts = by_kafka_key("prompts_src")
+    results = by_kafka_key("results_src")
+    control = (t_env.to_data_stream(t_env.sql_query("SELECT `v`, `topic`, `part`, `off` FROM `control_src`"))
+               .flat_map(ff.ControlIntake(cfg), output_type=PICKLED).uid("control-intake").name("decode control"))
     control_events = control.filter(ff.is_next).map(ff.payload, output_type=PICKLED).set_parallelism(1)
-    control_dead_letters = control.filter(ff.is_sink).map(ff.keyed_dead_letter, output_type=KEYED)
+    control_dead_letters = control.filter(ff.is_sink).map(ff.wired_dead_letter, output_type=WIRE)
     broadcast = control_events.broadcast(ff.control_descriptor())
 
     # Linear paths, no fan-out: each function forwards what it does not handle (see ff.untag).
     gated = (
         keyed_stream(prompts)
         .connect(broadcast)
-        .process(ff.TenantGate(cfg), output_type=KEYED)
-        .uid("tenant-gate").name("moderate+admit+enrich (by tenant)")
+        .process(ff.TenantGate(cfg), output_type=WIRE)
+        .uid("tenant-gate").name("decode+validate+moderate+admit+enrich (by tenant)")
     )
     to_sink = (
         keyed_stream(gated.union(results, control_dead_letters))
         .connect(broadcast)
         .process(ff.RequestOrchestrator(cfg), output_type=SINK_ROW)
-        .uid("orchestrator").name("route+correlate+finalize+encode (by request)")
+        .uid("orchestrator").name("decode results+route+correlate+finalize+encode (by request)")
     )
     statements = t_env.create_statement_set()
     statements.add_insert("outputs", t_env.from_data_stream(to_sink))

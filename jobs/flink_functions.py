@@ -10,6 +10,7 @@ classes (operators.*, jobs.stages) must be importable where the job restores.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from typing import Any, Callable
 
@@ -62,14 +63,14 @@ def now_ms() -> int:
 
 
 def untag(out: stages.Out) -> Any:
-    """What a function emits: the envelope of a `Next`, or the SinkRecord itself.
+    """What a function emits: the envelope of a `Next`, or the SinkRecord / Republish itself.
 
     The prompt and result paths are linear (intake -> gate -> orchestrator + encode):
     each keyed function handles its own envelope kind and forwards the others untouched,
     so no record is split by filters (each filter is one more Python operator that
     unpickles every record it sees, measured in jobs/README.md).
     """
-    return out if isinstance(out, stages.SinkRecord) else out.value
+    return out.value if isinstance(out, stages.Next) else out
 
 
 class Counters:
@@ -186,19 +187,22 @@ def shared_classifier() -> Callable[[], Any]:
     return lambda: classifier if embedder.available() else None
 
 
-# ----------------------------------------------------------------------------- key selectors and filters
+# ----------------------------------------------------------------------------- wire rows
 
 
-def tenant_key(value) -> str:
-    """Prompts by tenant; what the gate only forwards (early finals, dead letters) by its request key."""
-    if isinstance(value, stages.PromptIn):
-        return value.record.get("tenant_id") or ""
-    return stages.request_key(value)
+def wire(key: str, envelope: Any) -> Row:
+    """An envelope for the orchestrator, in the row type of the results source (`content_pipeline.WIRE`).
+
+    Row(key, Row(kafka key, value, topic, partition, offset)): results arrive in this shape
+    straight from Kafka (topic set), envelopes from the gate pickled in `value` (topic None).
+    Both inputs share one type so they can be unioned ahead of the Java keyBy.
+    """
+    return Row(key, Row(None, pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL), None, None, None))
 
 
-def keyed(key: str, value) -> Row:
-    """What `key_by` would make of `value`: emitted by the function itself (see content_pipeline.keyed_stream)."""
-    return Row(key, value)
+def unwire(value) -> tuple[str | None, bytes | None, str | None, int, int]:
+    """The five fields of a wire row's record part, in order: key, value, topic, partition, offset."""
+    return value[0], value[1], value[2], value[3], value[4]
 
 
 def is_next(value) -> bool:
@@ -213,51 +217,11 @@ def payload(value):
     return value[1]
 
 
-def keyed_dead_letter(value) -> Row:
-    return keyed(stages.request_key(value[1]), value[1])
+def wired_dead_letter(value) -> Row:
+    return wire(stages.request_key(value[1]), value[1])
 
 
 # ----------------------------------------------------------------------------- intake
-
-
-class PromptIntake(FlatMapFunction):
-    """Row(v, topic, part, off) of the prompts topic -> PromptIn | Finished | dead letter."""
-
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-
-    def open(self, ctx: RuntimeContext):
-        self.serde = _serde(self.cfg, self.cfg.prompts, "prompt")
-        self.templates = None
-        if self.cfg.use_redis:
-            from operators.templates import RedisTemplateStore
-
-            self.templates = RedisTemplateStore(_redis(self.cfg))
-        self.counters = Counters(ctx)
-
-    def flat_map(self, row):
-        outs = [untag(o) for o in stages.intake_prompt(row[0], self.serde.decode, row[1], row[2], row[3],
-                                                     now_ms(), self.templates)]
-        self.counters.count_sinks(outs)
-        for o in outs:
-            if isinstance(o, stages.Finished):
-                self.counters.inc("rejected_invalid")
-            yield keyed(tenant_key(o), o)
-
-
-class ResultIntake(FlatMapFunction):
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-
-    def open(self, ctx: RuntimeContext):
-        self.serde = _serde(self.cfg, self.cfg.results, "result")
-        self.counters = Counters(ctx)
-
-    def flat_map(self, row):
-        outs = [untag(o) for o in stages.intake_result(row[0], self.serde.decode, row[1], row[2], row[3])]
-        self.counters.count_sinks(outs)
-        for o in outs:
-            yield keyed(stages.request_key(o), o)
 
 
 class ControlIntake(FlatMapFunction):
@@ -300,9 +264,14 @@ def control_updates(event: dict) -> list[tuple[str, Any]]:
 
 
 class TenantGate(KeyedBroadcastProcessFunction):
-    """Keyed by tenant_id: input moderation, token bucket (ValueState), RAG enrichment.
+    """Keyed by tenant_id (the prompt's Kafka key): decode and validate, input moderation, token
+    bucket (ValueState), RAG enrichment.
 
-    Inputs other than PromptIn (early finals, dead letters) pass through unchanged.
+    Its input comes straight from the prompts source, keyed in Java by the Kafka key: a separate
+    decode operator ahead of the keyBy was one more Python call and pickled hop per prompt, and one
+    more thread taking turns on the interpreter lock (jobs/README.md). A prompt whose key is not its
+    tenant_id is written back under the right key (`stages.Republish`). Early finals and dead
+    letters go on to the orchestrator.
 
     For `policy_wait_ms` after it opens, a prompt whose tenant has no policy yet is held
     (keyed state) until then, and so are the tenant's later prompts, in order: a job that
@@ -315,6 +284,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
+        self.serde = _serde(self.cfg, self.cfg.prompts, "prompt")
+        self.templates = None
+        if self.cfg.use_redis:
+            from operators.templates import RedisTemplateStore
+
+            self.templates = RedisTemplateStore(_redis(self.cfg))
         self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
         self.moderation = stages.Moderation(classifier_source=shared_classifier())
@@ -341,13 +316,22 @@ class TenantGate(KeyedBroadcastProcessFunction):
         return self.policies
 
     def process_element(self, value, ctx):
-        self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
-        if not isinstance(value, stages.PromptIn):
-            yield keyed(stages.request_key(value), value)
-        else:
-            tenant = value.record["tenant_id"]
-            if not (self.holding and self._hold(value, tenant, ctx)):
-                yield from self._admit(value, tenant, ctx)
+        key, data, topic, partition, offset = unwire(value)
+        outs = [untag(o) for o in stages.keyed_prompt(key, data, self.serde.decode, topic, partition, offset,
+                                                    now_ms(), self.templates)]
+        self.counters.count_sinks(outs)
+        for out in outs:
+            if isinstance(out, stages.Republish):  # counted where it is written, in the orchestrator
+                yield wire(out.key, out)
+                continue
+            self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
+            if isinstance(out, stages.PromptIn):
+                if not (self.holding and self._hold(out, key, ctx)):
+                    yield from self._admit(out, key, ctx)
+            else:
+                if isinstance(out, stages.Finished):
+                    self.counters.inc("rejected_invalid")
+                yield wire(stages.request_key(out), out)
         self.counters.schedule_flush(ctx)
 
     def _hold(self, value: stages.PromptIn, tenant: str, ctx) -> bool:
@@ -385,7 +369,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
         for name in result.counters:
             self.counters.inc(name)
         out = untag(result.out)
-        yield keyed(stages.request_key(out), out)
+        yield wire(stages.request_key(out), out)
 
     def process_broadcast_element(self, value: dict, ctx):
         state = ctx.get_broadcast_state(control_descriptor())
@@ -415,6 +399,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
+        self.serde = _serde(self.cfg, self.cfg.results, "result")
         self.slot = ctx.get_state(slot_descriptor())
         # Write-through mirror of in-flight slots (this subtask is the only writer of its keys):
         # a result finds its request here instead of crossing into Java state and unpickling it.
@@ -466,16 +451,24 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             yield from self.encoder.rows(sink)
 
     def process_element(self, value, ctx):
-        if isinstance(value, stages.SinkRecord):
-            yield from self.encoder.rows(value)
-            self.counters.schedule_flush(ctx)
-            return
-        self._load_control(ctx)
-        if isinstance(value, stages.ResultIn):
-            self.counters.inc("results_in")
-        key = stages.request_key(value)
-        effects = self.logic.on_input(value, self._current(key), now_ms())
-        yield from self._run(effects, ctx, key)
+        key, data, topic, partition, offset = unwire(value)
+        if topic is None:  # an envelope from the gate (or a control dead letter)
+            outs = [pickle.loads(data)]
+        else:  # a result, straight from Kafka: keyed by its Kafka key, the request_id
+            outs = [untag(o) for o in stages.keyed_result(key, data, self.serde.decode, topic, partition, offset)]
+            self.counters.count_sinks(outs)
+        for out in outs:
+            if isinstance(out, (stages.SinkRecord, stages.Republish)):
+                if isinstance(out, stages.Republish):
+                    self.counters.inc("republished", role=out.role)
+                yield from self.encoder.rows(out)
+                continue
+            self._load_control(ctx)
+            if isinstance(out, stages.ResultIn):
+                self.counters.inc("results_in")
+            key = stages.request_key(out)
+            effects = self.logic.on_input(out, self._current(key), now_ms())
+            yield from self._run(effects, ctx, key)
         self.counters.schedule_flush(ctx)
 
     def process_broadcast_element(self, value: dict, ctx):
@@ -504,13 +497,18 @@ class Encoder:
         self.counters = counters
         self.serdes: dict[str, Any] = {}
 
-    def _topic(self, rec: stages.SinkRecord) -> str:
+    def _topic(self, rec: stages.SinkRecord | stages.Republish) -> str:
+        if isinstance(rec, stages.Republish):
+            return self.cfg.prompts if rec.role == "prompt" else self.cfg.results
         if rec.role == "request":
             return self.cfg.requests(rec.pool or routing.ECHO)
         return {"content": self.cfg.content, "audit": self.cfg.audit, "dlq": self.cfg.dlq}[rec.role]
 
-    def rows(self, rec: stages.SinkRecord):
+    def rows(self, rec: stages.SinkRecord | stages.Republish):
         topic = self._topic(rec)
+        if isinstance(rec, stages.Republish):
+            yield Row(topic, rec.key.encode("utf-8"), rec.data)
+            return
         serde = self.serdes.get(topic)
         if serde is None:
             serde = self.serdes[topic] = _serde(self.cfg, topic, rec.role)

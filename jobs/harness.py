@@ -103,7 +103,7 @@ class Producer:
         self.p.poll(0)
 
     def prompt(self, rec: dict) -> None:
-        self.send(self.cfg.prompts, "prompt", rec, rec["request_id"])
+        self.send(self.cfg.prompts, "prompt", rec, rec["tenant_id"])  # the job keys prompts by tenant
 
     def control(self, event: dict) -> None:
         self.send(self.cfg.control, "control", event)

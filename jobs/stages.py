@@ -96,11 +96,28 @@ class ResultIn:
 
 
 @dataclass(frozen=True)
+class Republish:
+    """An input read under the wrong Kafka key, written back to its topic under the right one.
+
+    The job keys prompts by their Kafka key (the tenant_id) and results by theirs (the
+    request_id) without a Python operator in front: a record whose key does not match its
+    payload would reach the wrong keyed state, so it takes one more trip through Kafka instead.
+    """
+
+    role: str  # "prompt" | "result": the topic it goes back to
+    key: str
+    data: bytes
+
+    def __reduce__(self):
+        return (Republish, (self.role, self.key, self.data))
+
+
+@dataclass(frozen=True)
 class Next:
     value: Union[PromptIn, Admitted, Finished, ResultIn]
 
 
-Out = Union[Next, SinkRecord]
+Out = Union[Next, SinkRecord, Republish]
 
 
 def request_key(value: Any) -> str:
@@ -174,6 +191,34 @@ def intake_result(
                          source_topic=topic, source_partition=partition, source_offset=offset)
         return [SinkRecord("dlq", None, dl)]
     return [Next(ResultIn(record))]
+
+
+def keyed_prompt(
+    key: str | None, data: bytes | None, decode: Callable[[bytes], dict], topic: str, partition: int, offset: int,
+    now_ms: int, templates=None,
+) -> list[Out]:
+    """`intake_prompt` for a prompt read under Kafka key `key`: a valid prompt whose tenant_id is
+    not its key goes back to the prompts topic under its tenant_id (`Republish`)."""
+    outs = intake_prompt(data, decode, topic, partition, offset, now_ms, templates)
+    for i, out in enumerate(outs):
+        if isinstance(out, Next) and isinstance(out.value, PromptIn):
+            tenant = out.value.record["tenant_id"]
+            if tenant != key:
+                outs[i] = Republish("prompt", tenant, bytes(data))
+    return outs
+
+
+def keyed_result(
+    key: str | None, data: bytes | None, decode: Callable[[bytes], dict], topic: str, partition: int, offset: int,
+) -> list[Out]:
+    """`intake_result` for a result read under Kafka key `key` (the request_id, as workers write it)."""
+    outs = intake_result(data, decode, topic, partition, offset)
+    for i, out in enumerate(outs):
+        if isinstance(out, Next) and isinstance(out.value, ResultIn):
+            request_id = str(out.value.record["request_id"])
+            if request_id != key:
+                outs[i] = Republish("result", request_id, bytes(data))
+    return outs
 
 
 # ----------------------------------------------------------------------------- tenant gate

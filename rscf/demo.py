@@ -153,7 +153,7 @@ def produce_prompts(requests: list[dict]) -> None:
     serde = serde_for(SETTINGS.topics.prompts)
     producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "acks": "all", "enable.idempotence": True})
     for r in requests:
-        producer.produce(SETTINGS.topics.prompts, key=r["request_id"].encode(), value=serde.encode(r))
+        producer.produce(SETTINGS.topics.prompts, key=r["tenant_id"].encode(), value=serde.encode(r))
         producer.poll(0)
     if producer.flush(30) != 0:
         raise DemoError("prompts were not acknowledged by Kafka")

@@ -74,6 +74,55 @@ def test_duplicate_result_yields_one_final(run):
     assert got.content["dup-1"][0]["output_text"] == "ecno"
 
 
+def test_records_under_the_wrong_kafka_key_still_end_once(run):
+    """Prompts are keyed by tenant and results by request_id in Java, from the Kafka key.
+
+    A prompt keyed otherwise (by request_id, or not at all) and a result keyed otherwise take one
+    more trip through Kafka under the right key and end exactly like the rest.
+    """
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from rscf.settings import POOLS
+
+    cfg, producer, reader = run
+    for rid, key in (("wk-rid", "wk-rid"), ("wk-none", None)):
+        producer.send(cfg.prompts, "prompt", harness.prompt(rid, "echo-t", f"key {rid}"), key)
+    # A tenant without the echo feature: its prompt waits on a model pool with no worker here,
+    # and this test answers it, under the tenant's key instead of the request_id.
+    requests = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"it-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest"})
+    requests.subscribe([cfg.requests(p) for p in POOLS if p != "echo"])
+    producer.prompt(harness.prompt("wk-result", "plain-t", "answered by hand"))
+    producer.flush()
+    request = None
+    request_serde = harness.serde(cfg, cfg.requests("text-small"), "request")
+    deadline = time.monotonic() + 120
+    while request is None and time.monotonic() < deadline:
+        msg = requests.poll(1.0)
+        if msg is not None and not msg.error():
+            request = request_serde.decode(msg.value())
+    requests.close()
+    assert request is not None and request["request_id"] == "wk-result"
+    result = {
+        "request_id": "wk-result", "attempt": request["attempt"], "pool": request["pool"], "worker_id": "test",
+        "model_name": "by-hand", "model_version": "1", "status": "OK", "output_text": "by hand",
+        "artifact_uris": [], "content_type": None, "error": None, "retryable": True, "queue_ms": 0,
+        "inference_ms": 0, "batch_size": 1, "tokens_out": None, "completed_at": harness.now_ms(),
+    }
+    producer.send(cfg.results, "result", result, "plain-t")
+    producer.flush()
+    ids = ["wk-rid", "wk-none", "wk-result"]
+    reader.until(lambda g: all(r in g.content and r in g.audit for r in ids), 120)
+    got = reader.settle(3)
+    for rid in ids:
+        assert len(got.content[rid]) == 1 and len(got.audit[rid]) == 1, rid
+        assert got.content[rid][0]["status"] == "SUCCEEDED", got.content[rid]
+    assert got.content["wk-rid"][0]["output_text"] == "key wk-rid"[::-1]
+    assert got.content["wk-result"][0]["output_text"] == "by hand"
+
+
 def test_quota_and_moderation_rejections_are_finals_with_reasons(run):
     cfg, producer, reader = run
     for i in range(4):

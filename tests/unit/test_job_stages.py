@@ -101,13 +101,38 @@ def test_intake_turns_timestamps_into_millis_so_envelopes_pickle_cheaply():
     assert r.value.record["completed_at"] == 1767323046000
 
 
+def test_prompt_under_its_tenant_key_goes_on_and_under_another_key_is_republished():
+    rec = prompt("r1", "acme", "hello")
+    (ok,) = stages.keyed_prompt("acme", b"raw", _decode_ok(rec), "p", 0, 7, 1_000)
+    assert isinstance(ok.value, stages.PromptIn)
+    for wrong_key in ("r1", None, ""):
+        (out,) = stages.keyed_prompt(wrong_key, b"raw", _decode_ok(rec), "p", 0, 7, 1_000)
+        assert out == stages.Republish("prompt", "acme", b"raw")
+    # What cannot reach the gate's state (poison, invalid) is decided whatever the key.
+    (dead,) = stages.keyed_prompt("acme", b"nope", _decode_bad, "p", 0, 8, 1_000)
+    assert dead.role == "dlq"
+    invalid = prompt("r2", "acme", "x" * (SETTINGS.limits.max_prompt_chars + 1))
+    (rejected,) = stages.keyed_prompt(None, b"..", _decode_ok(invalid), "p", 0, 9, 1_000)
+    assert isinstance(rejected.value, stages.Finished)
+
+
+def test_result_under_another_key_is_republished_under_its_request_id():
+    (ok,) = stages.keyed_result("r1", b"raw", lambda data: dict(_result()), "r", 0, 0)
+    assert isinstance(ok.value, stages.ResultIn)
+    (out,) = stages.keyed_result("tenant-key", b"raw", lambda data: dict(_result()), "r", 0, 0)
+    assert out == stages.Republish("result", "r1", b"raw")
+    (missing,) = stages.keyed_result(None, b"raw", lambda data: dict(_result(), request_id=""), "r", 0, 0)
+    assert missing.role == "dlq" and missing.record["reason"] == "missing_field"
+
+
 def test_envelopes_and_state_survive_pickling_unchanged():
     import pickle
 
     orch = stages.Orchestrator()
     eff = orch.on_input(_admitted(), None, 1_000)
     for value in (_admitted(), stages.PromptIn(prompt("r1", "t", "x"), "x"), stages.ResultIn(_result()),
-                  eff.slot, eff.sinks[0], stages.Finished(eff.slot.pending, frozenset({"echo"}))):
+                  eff.slot, eff.sinks[0], stages.Finished(eff.slot.pending, frozenset({"echo"})),
+                  stages.Republish("prompt", "t", b"raw")):
         assert pickle.loads(pickle.dumps(value)) == value
 
 
