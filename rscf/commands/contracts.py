@@ -316,7 +316,6 @@ def cmd_results(args: argparse.Namespace) -> int:
     consumer.subscribe([args.topic])
     timeout = args.timeout if args.timeout is not None else (None if args.follow else 30.0)
     deadline = None if timeout is None else time.monotonic() + timeout
-    want_key = args.request_id.encode() if args.request_id else None
     shown, undecodable = 0, 0
     at_eof: set[int] = set()
     try:
@@ -334,8 +333,6 @@ def cmd_results(args: argparse.Namespace) -> int:
                 _err(f"consumer error: {msg.error()}")
                 continue
             at_eof.discard(msg.partition())
-            if want_key is not None and msg.key() is not None and msg.key() != want_key:
-                continue
             try:
                 record = serde.decode(msg.value())
             except DecodeError as exc:

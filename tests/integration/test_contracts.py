@@ -199,7 +199,7 @@ def test_rscf_produce_keeps_good_lines_and_exits_2(stack, tmp_path):
     serde = TopicSerde(topic, stack.registry_url, schema_name="prompt_request")
     records = [serde.decode(m.value()) for m in msgs]
     assert [r["request_id"] for r in records] == ["p-1", "p-2", "p-4"]
-    assert [m.key() for m in msgs] == [b"p-1", b"p-2", b"p-4"]
+    assert [m.key() for m in msgs] == [b"acme", b"acme", b"acme"]  # the job keys prompts by tenant
     assert records[1]["params"]["width"] == 32 and records[2]["modality"] == "AUDIO"
 
 
