@@ -89,7 +89,7 @@ def all_tasks_running(job_id: str) -> bool:
     return detail.get("state") == "RUNNING" and bool(vertices) and all(v["status"] == "RUNNING" for v in vertices)
 
 
-def flink_command(cfg: JobConfig, from_savepoint: str | None = None) -> list[str]:
+def flink_command(cfg: JobConfig, from_savepoint: str | None = None, allow_non_restored: bool = False) -> list[str]:
     from deploy.local.stack import flink_home
 
     script = SETTINGS.paths.repo / "jobs" / "content_pipeline.py"
@@ -98,6 +98,8 @@ def flink_command(cfg: JobConfig, from_savepoint: str | None = None) -> list[str
            "-pyclientexec", str(SETTINGS.paths.venv / "bin" / "python")]
     if from_savepoint:
         cmd += ["-s", from_savepoint]
+        if allow_non_restored:  # an upgrade that removed or re-wired operators (the Web UI's checkbox)
+            cmd.append("--allowNonRestoredState")
     return cmd + cfg.to_args()
 
 
@@ -144,7 +146,8 @@ def ensure_taskmanager_runs_current_code() -> None:
     marker.write_text(digest)
 
 
-def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 180.0) -> JobInfo:
+def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 180.0,
+           allow_non_restored: bool = False) -> JobInfo:
     """Submit and wait until every task runs; refuses a second running job of the same name."""
     current = running(cfg.job_name)
     if current is not None:
@@ -153,7 +156,7 @@ def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 18
 
     ensure_taskmanager_runs_current_code()
     env = {**os.environ, **flink_env()}
-    proc = subprocess.run(flink_command(cfg, from_savepoint), capture_output=True, text=True, env=env,
+    proc = subprocess.run(flink_command(cfg, from_savepoint, allow_non_restored), capture_output=True, text=True, env=env,
                           timeout=300, cwd=str(SETTINGS.paths.repo))
     match = SUBMITTED.search(proc.stdout + proc.stderr)
     if proc.returncode != 0 or match is None:

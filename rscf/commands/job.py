@@ -31,7 +31,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg = JobConfig(job_name=args.name, topic_suffix=args.topic_suffix, parallelism=args.parallelism,
                     exactly_once=args.exactly_once)
     try:
-        job = cluster.submit(cfg, args.from_savepoint, wait_s=args.wait)
+        job = cluster.submit(cfg, args.from_savepoint, wait_s=args.wait,
+                             allow_non_restored=args.allow_non_restored_state)
     except cluster.ClusterError as exc:
         return _fail(exc)
     data = {**job.to_dict(), "exactly_once": cfg.exactly_once, "from_savepoint": args.from_savepoint,
@@ -125,6 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--parallelism", "-p", type=int, default=1)
     p.add_argument("--from-savepoint", default=None, metavar="PATH")
+    p.add_argument("--allow-non-restored-state", action="store_true",
+                   help="with --from-savepoint: skip savepoint state no operator of this version claims "
+                        "(an upgrade that removed operators or changed the sources' wiring)")
     p.add_argument("--exactly-once", action="store_true",
                    help="transactional sinks: readers see output after each checkpoint (read_committed)")
     p.add_argument("--topic-suffix", default="", help="isolated topic set <topic>.<suffix> (tests)")
