@@ -160,6 +160,9 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "duplicates": sum(1 for r in ids if len(got.content.get(r, [])) > 1),
             "send_rate": round(n / offered_s, 1),
             "throughput_per_s": round(len(finals) / done_s, 1),
+            # how long after the last prompt was sent the last final arrived: small and not growing with
+            # the duration when the pipeline keeps up; a backlog shows here as seconds
+            "drain_s": round(done_s - offered_s, 2),
             "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95), "p99": _pct(overhead, 0.99),
                             "mean": round(statistics.fmean(overhead), 1) if overhead else None},
             "job_pipeline_ms_p50": _pct(pipeline_ms, 0.5),

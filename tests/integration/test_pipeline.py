@@ -147,6 +147,7 @@ def test_bench_pipeline_reports_throughput_latency_and_cpu_per_process(stack):
     assert out["prompts"] == 100 and out["finals"] == 100 and out["succeeded"] == 100
     assert out["duplicates"] == 0
     assert 0 < out["overhead_ms"]["p50"] <= out["overhead_ms"]["p99"]
+    assert 0 <= out["drain_s"] < 60
     cpu = out["cpu"]["us_per_prompt"]
     assert cpu["flink-taskmanager"] > 0 and cpu["kafka"] > 0 and cpu["echo-worker"] > 0
     assert out["cpu"]["total_us_per_prompt"] == sum(cpu.values())
