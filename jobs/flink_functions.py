@@ -65,7 +65,7 @@ def now_ms() -> int:
 def untag(out: stages.Out) -> Any:
     """What a function emits: the envelope of a `Next`, or the SinkRecord / Republish itself.
 
-    The prompt and result paths are linear (intake -> gate -> orchestrator + encode):
+    The prompt and result paths are linear (gate -> orchestrator + encode):
     each keyed function handles its own envelope kind and forwards the others untouched,
     so no record is split by filters (each filter is one more Python operator that
     unpickles every record it sees, measured in jobs/README.md).
@@ -200,11 +200,6 @@ def wire(key: str, envelope: Any) -> Row:
     return Row(key, Row(None, pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL), None, None, None))
 
 
-def unwire(value) -> tuple[str | None, bytes | None, str | None, int, int]:
-    """The five fields of a wire row's record part, in order: key, value, topic, partition, offset."""
-    return value[0], value[1], value[2], value[3], value[4]
-
-
 def is_next(value) -> bool:
     return value[0] == NEXT
 
@@ -316,12 +311,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
         return self.policies
 
     def process_element(self, value, ctx):
-        key, data, topic, partition, offset = unwire(value)
+        key, data, topic, partition, offset = value  # the record part of a wire row
         outs = [untag(o) for o in stages.keyed_prompt(key, data, self.serde.decode, topic, partition, offset,
                                                     now_ms(), self.templates)]
         self.counters.count_sinks(outs)
         for out in outs:
-            if isinstance(out, stages.Republish):  # counted where it is written, in the orchestrator
+            if isinstance(out, stages.Republish):  # counted where it is written (`Encoder`)
                 yield wire(out.key, out)
                 continue
             self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
@@ -451,7 +446,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             yield from self.encoder.rows(sink)
 
     def process_element(self, value, ctx):
-        key, data, topic, partition, offset = unwire(value)
+        key, data, topic, partition, offset = value  # the record part of a wire row
         if topic is None:  # an envelope from the gate (or a control dead letter)
             outs = [pickle.loads(data)]
         else:  # a result, straight from Kafka: keyed by its Kafka key, the request_id
@@ -459,8 +454,6 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             self.counters.count_sinks(outs)
         for out in outs:
             if isinstance(out, (stages.SinkRecord, stages.Republish)):
-                if isinstance(out, stages.Republish):
-                    self.counters.inc("republished", role=out.role)
                 yield from self.encoder.rows(out)
                 continue
             self._load_control(ctx)
@@ -507,6 +500,7 @@ class Encoder:
     def rows(self, rec: stages.SinkRecord | stages.Republish):
         topic = self._topic(rec)
         if isinstance(rec, stages.Republish):
+            self.counters.inc("republished", role=rec.role)
             yield Row(topic, rec.key.encode("utf-8"), rec.data)
             return
         serde = self.serdes.get(topic)

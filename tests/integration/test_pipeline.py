@@ -168,18 +168,22 @@ def test_job_counters_reach_prometheus(run, stack):
     queries = {
         "dead": f'sum by (reason) ({metric}reason_stage_dead_letters{{job_name="{job}"}})',
         "finals": f'sum({metric}status_finals{{job_name="{job}"}})',
+        "republished": f'sum by (role) ({metric}role_republished{{job_name="{job}"}})',
     }
     deadline = time.monotonic() + 75  # Flink pushes and Prometheus scrapes every 15 s
     by_reason: dict[str, float] = {}
+    republished: dict[str, float] = {}
     finals = 0.0
     while time.monotonic() < deadline:
         res = {k: httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": q}, timeout=5).json()
                ["data"]["result"] for k, q in queries.items()}
         by_reason = {r["metric"].get("reason", ""): float(r["value"][1]) for r in res["dead"]}
         finals = float(res["finals"][0]["value"][1]) if res["finals"] else 0.0
+        republished = {r["metric"].get("role", ""): float(r["value"][1]) for r in res["republished"]}
         if by_reason.get("not_confluent_framed") == 1 and by_reason.get("unknown_schema_id") == 1 \
-                and finals == finals_written:
+                and finals == finals_written and republished == {"prompt": 2, "result": 1}:
             break
         time.sleep(3)
     assert by_reason.get("not_confluent_framed") == 1 and by_reason.get("unknown_schema_id") == 1, by_reason
     assert finals_written > 0 and finals == finals_written
+    assert republished == {"prompt": 2, "result": 1}, republished  # test_records_under_the_wrong_kafka_key_...
