@@ -1,4 +1,4 @@
-"""`rscf bench stages`: per-record Python cost of the job's steps, without Kafka or Flink.
+"""`python -m jobs.stage_profile [N] [--profile]`: per-record Python cost of the job's steps, without Kafka or Flink.
 
 Pushes N synthetic prompts and their echo results through `jobs.stages` the way
 `jobs.flink_functions` calls it (decode -> validate -> moderate -> gate ->
@@ -129,14 +129,21 @@ def run(n: int = 2000, crossings: dict[str, int] | None = None) -> dict:
 # so a hop is a boundary between fused groups; a fan-out to k filters costs k unpickles).
 # Before: intake fanned out to 3 filter chains, the gate to 2, sinks went filter -> map+Encode.
 HOPS_FILTER_WIRING = {"prompt_in": 3, "admitted": 4, "sink": 2, "result_in": 4}
-# Now: intake+key -> gate -> key (union) -> orchestrator+encode; results: intake -> key -> orchestrator.
+# First pass: intake -> key_by -> gate -> key_by (union) -> orchestrator+encode; results: intake -> key_by -> orchestrator.
 HOPS_LINEAR_WIRING = {"prompt_in": 1, "admitted": 2, "sink": 0, "result_in": 2}
+# Second pass: the functions emit Row(key, value) themselves, so no key_by operator (one hop less each).
+HOPS_KEY_ROW_WIRING = {"prompt_in": 1, "admitted": 1, "sink": 0, "result_in": 1}
+# Now: prompts and results keyed in Java by their Kafka key; the gate and the orchestrator decode
+# them, so only the gate's Admitted crosses between Python operators.
+HOPS_KAFKA_KEY_WIRING = {"prompt_in": 0, "admitted": 1, "sink": 0, "result_in": 0}
+WIRINGS = {"filter wiring": HOPS_FILTER_WIRING, "linear wiring": HOPS_LINEAR_WIRING,
+           "key-row wiring": HOPS_KEY_ROW_WIRING, "kafka-key wiring (now)": HOPS_KAFKA_KEY_WIRING}
 
 
 def profile(n: int = 2000, top: int = 30) -> str:
     prof = cProfile.Profile()
     prof.enable()
-    run(n, HOPS_LINEAR_WIRING)
+    run(n, HOPS_KAFKA_KEY_WIRING)
     prof.disable()
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
@@ -148,8 +155,8 @@ if __name__ == "__main__":  # python -m jobs.stage_profile [N] [--profile]
     import sys
 
     n = int(next((a for a in sys.argv[1:] if a.isdigit()), 3000))
-    run(300, HOPS_LINEAR_WIRING)  # warm up
-    for name, hops in (("filter wiring", HOPS_FILTER_WIRING), ("linear wiring", HOPS_LINEAR_WIRING)):
+    run(300, HOPS_KAFKA_KEY_WIRING)  # warm up
+    for name, hops in WIRINGS.items():
         print(name, json.dumps(run(n, hops)))
     if "--profile" in sys.argv:
         print(profile(n))
