@@ -49,7 +49,8 @@ PICKLED = Types.PICKLED_BYTE_ARRAY()
 PRIMITIVE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Row(key, Row(kafka key, value, topic, partition, offset)): what a keyed Python function takes
 # (key_by's own operator would emit Row(key, value)), built by SQL from a Kafka source.
-WIRE = Types.ROW([Types.STRING(), Types.ROW([Types.STRING(), PRIMITIVE_BYTES, Types.STRING(), Types.INT(), Types.LONG()])])
+RECORD = Types.ROW([Types.STRING(), PRIMITIVE_BYTES, Types.STRING(), Types.INT(), Types.LONG()])
+WIRE = Types.ROW([Types.STRING(), RECORD])
 KEYED_BY_KAFKA_KEY = """SELECT COALESCE(`k`, '') AS `key`, ROW(`k`, `v`, `topic`, `part`, `off`) AS `rec` FROM `{}`"""
 SINK_ROW = Types.ROW_NAMED(
     ["topic", "k", "v"], [Types.STRING(), PRIMITIVE_BYTES, PRIMITIVE_BYTES]
@@ -141,7 +142,7 @@ def keyed_stream(stream: DataStream) -> KeyedStream:
     """
     j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
                                            Types.ROW([Types.STRING()]).get_java_type_info())
-    return KeyedStream(j_keyed, PICKLED, stream)
+    return KeyedStream(j_keyed, RECORD, stream)  # what the keyed functions receive
 
 
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnvironment:
@@ -159,7 +160,7 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnviron
         # The same Row objects, declared with a RowTypeInfo: PyFlink's keyed operators require one
         # (they read the key's type from it), where the Table bridge declares an ExternalTypeInfo.
         stream._j_data_stream.getTransformation().setOutputType(WIRE.get_java_type_info())
-        return DataStream(stream._j_data_stream)
+        return stream
 
     # Prompts (keyed by tenant_id) and results (keyed by request_id) reach their keyed
     # function without a Python operator in front: the Kafka key is the key.

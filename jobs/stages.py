@@ -193,6 +193,14 @@ def intake_result(
     return [Next(ResultIn(record))]
 
 
+def _republish_mismatched(outs: list[Out], envelope: type, key_of: Callable[[Any], str], role: str,
+                          key: str | None, data: bytes | None) -> list[Out]:
+    """Replace each `envelope` whose own key is not the Kafka `key` by a `Republish` of `data`."""
+    return [Republish(role, key_of(out.value), bytes(data))
+            if isinstance(out, Next) and isinstance(out.value, envelope) and key_of(out.value) != key else out
+            for out in outs]
+
+
 def keyed_prompt(
     key: str | None, data: bytes | None, decode: Callable[[bytes], dict], topic: str, partition: int, offset: int,
     now_ms: int, templates=None,
@@ -200,12 +208,7 @@ def keyed_prompt(
     """`intake_prompt` for a prompt read under Kafka key `key`: a valid prompt whose tenant_id is
     not its key goes back to the prompts topic under its tenant_id (`Republish`)."""
     outs = intake_prompt(data, decode, topic, partition, offset, now_ms, templates)
-    for i, out in enumerate(outs):
-        if isinstance(out, Next) and isinstance(out.value, PromptIn):
-            tenant = out.value.record["tenant_id"]
-            if tenant != key:
-                outs[i] = Republish("prompt", tenant, bytes(data))
-    return outs
+    return _republish_mismatched(outs, PromptIn, lambda p: p.record["tenant_id"], "prompt", key, data)
 
 
 def keyed_result(
@@ -213,12 +216,7 @@ def keyed_result(
 ) -> list[Out]:
     """`intake_result` for a result read under Kafka key `key` (the request_id, as workers write it)."""
     outs = intake_result(data, decode, topic, partition, offset)
-    for i, out in enumerate(outs):
-        if isinstance(out, Next) and isinstance(out.value, ResultIn):
-            request_id = str(out.value.record["request_id"])
-            if request_id != key:
-                outs[i] = Republish("result", request_id, bytes(data))
-    return outs
+    return _republish_mismatched(outs, ResultIn, lambda r: str(r.record["request_id"]), "result", key, data)
 
 
 # ----------------------------------------------------------------------------- tenant gate
