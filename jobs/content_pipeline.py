@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _default_connector_jar() -> Path:
-    from deploy.local.stack import connector_jar
-
-    return connector_jar()
+    return SETTINGS.paths.connector_jar
 
 
 if __name__ == "__main__":

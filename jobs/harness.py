@@ -218,10 +218,8 @@ class PipelineRun:
 
     def start(self, from_savepoint: str | None = None) -> None:
         if self.local:
-            from deploy.local.stack import connector_jar
-
             args = [sys.executable, str(SETTINGS.paths.repo / "jobs" / "content_pipeline.py"),
-                    *JobConfig(**{**self.cfg.__dict__, "local": True, "connector_jar": str(connector_jar())}).to_args()]
+                    *JobConfig(**{**self.cfg.__dict__, "local": True, "connector_jar": str(SETTINGS.paths.connector_jar)}).to_args()]
             log = _log(f"{self.cfg.group_id}.log")
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         else:

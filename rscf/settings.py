@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rscf.pools import POOLS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,6 +46,12 @@ class Paths:
     @property
     def pids(self) -> Path:
         return self.data / "pids"
+
+    @property
+    def connector_jar(self) -> Path:
+        """Flink's Kafka SQL connector, downloaded by deploy/local/install.sh."""
+        return (self.cache / "jars" / "flink-connectors"
+                / f"flink-sql-connector-kafka-{Versions.flink_kafka_connector}.jar")
 
     @property
     def models(self) -> Path:
@@ -97,8 +105,10 @@ class Topics:
     def requests(self, pool: str) -> str:
         return f"{self.request_prefix}{pool}"
 
-
-POOLS: tuple[str, ...] = ("text-small", "text-large", "image", "speech", "echo")
+    def all(self) -> tuple[str, ...]:
+        """Every topic of the pipeline: the one list the stack, the harness and the benches create."""
+        return (self.prompts, self.control, self.results, self.content, self.audit, self.dlq,
+                *(self.requests(p) for p in POOLS))
 
 
 @dataclass(frozen=True)

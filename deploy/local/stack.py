@@ -139,12 +139,7 @@ def kafka_jars() -> Path:
 
 
 def connector_jar() -> Path:
-    return (
-        SETTINGS.paths.cache
-        / "jars"
-        / "flink-connectors"
-        / f"flink-sql-connector-kafka-{SETTINGS.versions.flink_kafka_connector}.jar"
-    )
+    return SETTINGS.paths.connector_jar
 
 
 def apicurio_jar() -> Path:
