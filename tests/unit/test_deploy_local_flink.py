@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from deploy.local import flink
+from rscf.settings import SETTINGS
 
 
 def _flat(conf: dict, prefix: str = "") -> dict:
@@ -38,8 +39,9 @@ def test_cluster_config_leaves_the_jobs_keys_to_the_job(monkeypatch):
 
 def test_cluster_config_binds_loopback_and_pushes_metrics_per_role():
     conf = _cluster_keys()
-    host = flink.SETTINGS.host
+    host = SETTINGS.host
     assert conf["jobmanager.bind-host"] == conf["taskmanager.bind-host"] == conf["rest.bind-address"] == host
     assert conf["metrics.reporter.promgateway.randomJobNameSuffix"] is False
     assert "env.java.opts.all" in conf  # the wheel's JVM options survive
-    assert flink.flink_script("taskmanager.sh", "taskmanager")[-1] == "metrics.reporter.promgateway.jobName=flink-taskmanager"
+    argv = flink.flink_script("taskmanager.sh", "taskmanager")
+    assert argv[-1] == "metrics.reporter.promgateway.jobName=flink-taskmanager"
