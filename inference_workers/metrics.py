@@ -98,7 +98,7 @@ class WorkerMetrics:
 
 
 def scrape_target_file(name: str):
-    """file_sd target file the local Prometheus reads (deploy/local/stack.py: job rscf-workers)."""
+    """file_sd target file the local Prometheus reads (deploy/local/services.py: job rscf-workers)."""
     return SETTINGS.paths.data / "prometheus" / "targets" / f"{name}.json"
 
 

@@ -29,7 +29,8 @@ class CpuMeter:
     """
 
     def __init__(self, extra: dict[str, int | None]):
-        from deploy.local.stack import SERVICES, recorded_process
+        from deploy.local.processes import recorded_process
+        from deploy.local.services import SERVICES
 
         self.procs: dict[str, psutil.Process] = {}
         for svc in SERVICES:

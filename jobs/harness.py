@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from jobs import cluster
+from deploy.local import flink_jobs as cluster
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from rscf.settings import SETTINGS
 

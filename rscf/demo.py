@@ -321,7 +321,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def fetch_artifact(uri: str, client=None) -> bytes:
     """The bytes behind an s3:// URI (the stack's object store unless another client is given)."""
-    from deploy.local.stack import s3_client
+    from rscf.s3 import s3_client
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     resp = (client or s3_client()).get_object(bucket, key)

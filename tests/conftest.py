@@ -24,10 +24,11 @@ def pytest_configure(config):
 def stack():
     """The running local stack (started here if needed, left running for the next session)."""
     from deploy.local import stack as local_stack
+    from deploy.local.processes import StackError
 
     try:
         local_stack.up()
-    except local_stack.StackError as exc:
+    except StackError as exc:
         pytest.fail(f"the local stack did not come up: {exc}")
     _IDLE_SNAPSHOT.update(_idle_snapshot(local_stack))
     return SETTINGS

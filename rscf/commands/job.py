@@ -18,22 +18,22 @@ def _emit(args: argparse.Namespace, data: dict, text: str) -> None:
 
 
 def _fail(exc: Exception) -> int:
-    from jobs.cluster import ClusterError
+    from deploy.local.flink_jobs import ClusterError
 
     print(f"error: {exc}", file=sys.stderr)
     return EXIT_UNAVAILABLE if isinstance(exc, ClusterError) and exc.unavailable else EXIT_FAILED
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from jobs import cluster
+    from deploy.local import flink_jobs
     from jobs.config import JobConfig
 
     cfg = JobConfig(job_name=args.name, topic_suffix=args.topic_suffix, parallelism=args.parallelism,
                     exactly_once=args.exactly_once)
     try:
-        job = cluster.submit(cfg, args.from_savepoint, wait_s=args.wait,
+        job = flink_jobs.submit(cfg, args.from_savepoint, wait_s=args.wait,
                              allow_non_restored=args.allow_non_restored_state)
-    except cluster.ClusterError as exc:
+    except flink_jobs.ClusterError as exc:
         return _fail(exc)
     data = {**job.to_dict(), "exactly_once": cfg.exactly_once, "from_savepoint": args.from_savepoint,
             "web_ui": f"{SETTINGS.flink_url}/#/job/running/{job.job_id}/overview"}
@@ -42,21 +42,21 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace):
-    from jobs import cluster
+    from deploy.local import flink_jobs
 
-    job = cluster.running(args.name)
+    job = flink_jobs.running(args.name)
     if job is None:
-        raise cluster.ClusterError(f"no running job named {args.name}")
+        raise flink_jobs.ClusterError(f"no running job named {args.name}")
     return job
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from jobs import cluster
+    from deploy.local import flink_jobs
 
     try:
         job = _target(args)
-        location = cluster.stop(job.job_id, args.savepoint, wait_s=args.wait)
-    except cluster.ClusterError as exc:
+        location = flink_jobs.stop(job.job_id, args.savepoint, wait_s=args.wait)
+    except flink_jobs.ClusterError as exc:
         return _fail(exc)
     data = {"job_id": job.job_id, "name": job.name, "stopped": True, "savepoint": location}
     _emit(args, data, location or f"{job.name} ({job.job_id}) cancelled without a savepoint")
@@ -64,23 +64,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
-    from jobs import cluster
+    from deploy.local import flink_jobs
 
     try:
         job = _target(args)
-        location = cluster.savepoint(job.job_id, wait_s=args.wait)
-    except cluster.ClusterError as exc:
+        location = flink_jobs.savepoint(job.job_id, wait_s=args.wait)
+    except flink_jobs.ClusterError as exc:
         return _fail(exc)
     _emit(args, {"job_id": job.job_id, "name": job.name, "savepoint": location}, location)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from jobs import cluster
+    from deploy.local import flink_jobs
 
     try:
-        found = cluster.jobs(None if args.all else args.name)
-    except cluster.ClusterError as exc:
+        found = flink_jobs.jobs(None if args.all else args.name)
+    except flink_jobs.ClusterError as exc:
         return _fail(exc)
     data = {"jobs": [j.to_dict() for j in found], "running": any(j.state == "RUNNING" for j in found)}
     lines = [f"{j.state:<10} {j.job_id} {j.name} ({j.duration_ms // 1000} s)" for j in found]

@@ -18,10 +18,11 @@ def _say(args: argparse.Namespace):
 
 def cmd_up(args: argparse.Namespace) -> int:
     from deploy.local import stack
+    from deploy.local.processes import StackError
 
     try:
         result = stack.up(_say(args), only=args.only)
-    except stack.StackError as exc:
+    except StackError as exc:
         print(f"rscf up failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     states = stack.status()

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from jobs import cluster, harness
+from deploy.local import flink_jobs
+from jobs import harness
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ def test_pending_requests_survive_stop_with_savepoint(stack):
         assert not run.reader.settle(2).content, "nothing can finish without a worker"
         location = run.job.stop_with_savepoint()
         assert location and location.startswith("file:")
-        assert cluster.running(run.cfg.job_name) is None
+        assert flink_jobs.running(run.cfg.job_name) is None
         run.job.start(from_savepoint=location)
         run.worker.start()
         got = run.reader.until(lambda g: all(r in g.content for r in ids), 180)

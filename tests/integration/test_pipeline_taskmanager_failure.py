@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from jobs import cluster, harness
+from deploy.local import flink_jobs
+from jobs import harness
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +21,10 @@ N = 60
 
 
 def _kill_taskmanager() -> int:
-    from deploy.local import stack as local_stack
+    from deploy.local.processes import recorded_process
+    from deploy.local.services import SERVICE_BY_NAME
 
-    proc = local_stack.recorded_process(local_stack.SERVICE_BY_NAME["flink-taskmanager"].pid_file)
+    proc = recorded_process(SERVICE_BY_NAME["flink-taskmanager"].pid_file)
     assert proc is not None, "the stack's TaskManager is not running"
     for p in [proc] + proc.children(recursive=True):
         p.send_signal(signal.SIGKILL)
@@ -33,7 +35,7 @@ def _kill_taskmanager() -> int:
 def _wait_running(job_id: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if cluster.all_tasks_running(job_id):
+        if flink_jobs.all_tasks_running(job_id):
             return
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not run again within {timeout_s} s")

@@ -46,7 +46,7 @@ def _free(port: int) -> bool:
 
 def _port_block() -> dict[str, int]:
     """Ports for one private Kafka + SeaweedFS + Apicurio. SeaweedFS also binds each port + 10000
-    (gRPC) and the master port + 1000 (metrics, see deploy/local/stack.py), so those must be free too."""
+    (gRPC) and the master port + 1000 (metrics, see deploy/local/services.py), so those must be free too."""
     for base in range(31_000, 39_000, 20):
         ports = {
             "KAFKA_PORT": base, "KAFKA_CONTROLLER_PORT": base + 1, "S3_PORT": base + 2,
@@ -96,14 +96,14 @@ class PrivateStack:
 
     def stop(self, service: str) -> float:
         """Stop one private service by its PID file (what `rscf down` does for all of them)."""
-        from deploy.local.stack import stop_recorded
+        from deploy.local.processes import stop_recorded
 
         t0 = time.monotonic()
         assert stop_recorded(self.pid_file(service)), f"private {service} was not running"
         return time.monotonic() - t0
 
     def down(self) -> None:
-        from deploy.local.stack import stop_recorded
+        from deploy.local.processes import stop_recorded
 
         try:
             self.rscf("down", timeout=120)
@@ -112,7 +112,7 @@ class PrivateStack:
                 stop_recorded(pid_file)
 
     def log(self, service: str, lines: int = 25) -> str:
-        from deploy.local.stack import log_tail
+        from deploy.local.processes import log_tail
 
         return log_tail(self.data / "logs" / f"{service}.log", lines)
 
@@ -189,7 +189,7 @@ class Run:
             raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.worker_tail()}")
 
     def worker_tail(self, lines: int = 40) -> str:
-        from deploy.local.stack import log_tail
+        from deploy.local.processes import log_tail
 
         return log_tail(self.worker_log, lines)
 

@@ -143,7 +143,7 @@ def test_compose_rscf_env_and_commands():
             if key.startswith("RSCF_"):
                 assert key in known, f"{name}: {key} is not read by rscf/settings.py"
     provision = doc["services"]["provision"]["command"]
-    assert "from deploy.local.stack import provision" in provision[-1]
+    assert "from deploy.local.provision import provision" in provision[-1]
     compile(provision[-1], "provision", "exec")  # the inline Python is valid
     job = doc["services"]["job"]["command"][-1]
     assert "-py jobs/content_pipeline.py" in job

@@ -1,4 +1,4 @@
-"""The local platform: every service real, reached with the clients the pipeline uses."""
+"""The local stack (deploy/local): every service real, reached with the clients the pipeline uses."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_kafka_produce_consume(stack):
     from confluent_kafka import Consumer, Producer
 
-    from deploy.local.stack import create_topics
+    from rscf.kafka_clients import create_topics
 
     topic = f"test.platform.{uuid.uuid4().hex[:8]}"
     create_topics([topic], partitions=1)
@@ -60,7 +60,7 @@ def test_registry_avro_round_trip(stack):
 
 
 def test_object_store_put_get_list(stack):
-    from deploy.local.stack import s3_client
+    from rscf.s3 import s3_client
 
     client = s3_client()
     key = f"tests/{uuid.uuid4().hex}.txt"
@@ -136,9 +136,10 @@ def test_every_stack_socket_listens_on_loopback_only(stack):
 
 def test_status_reports_every_service_healthy(stack):
     from deploy.local import stack as local_stack
+    from deploy.local.services import SERVICES
 
     states = local_stack.status()
-    assert {s.name for s in states} == {s.name for s in local_stack.SERVICES}
+    assert {s.name for s in states} == {s.name for s in SERVICES}
     assert all(s.healthy for s in states), [(s.name, s.healthy) for s in states]
 
 
@@ -165,46 +166,48 @@ def test_port_taken_gives_clear_error_and_no_half_start(stack, tmp_path, monkeyp
     import socket
 
     from deploy.local import stack as local_stack
+    from deploy.local.processes import Service, StackError, recorded_process
 
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
-    svc = local_stack.Service(
+    svc = Service(
         "probe", (port,), lambda: ["sleep", "30"], lambda: True, "n/a", start_timeout_s=5
     )
     monkeypatch.setattr(local_stack, "SERVICES", (svc,))
-    with pytest.raises(local_stack.StackError, match=rf"probe: port {port}"):
+    with pytest.raises(StackError, match=rf"probe: port {port}"):
         local_stack.up()
     blocker.close()
-    assert local_stack.recorded_process(svc.pid_file) is None
+    assert recorded_process(svc.pid_file) is None
 
 
 def test_service_dying_during_start_names_its_log(stack):
-    from deploy.local import stack as local_stack
+    from deploy.local import processes
 
-    svc = local_stack.Service(
+    svc = processes.Service(
         "doomed", (), lambda: ["bash", "-c", "echo boom-marker; exit 3"], lambda: False, "n/a", start_timeout_s=10
     )
-    proc = local_stack._start(svc)
-    with pytest.raises(local_stack.StackError) as err:
-        local_stack._wait_healthy(svc, proc, time.monotonic() + 10)
+    proc = processes.start(svc)
+    with pytest.raises(processes.StackError) as err:
+        processes.wait_healthy(svc, proc, time.monotonic() + 10)
     assert "doomed: the process exited during start" in str(err.value)
     assert str(svc.log) in str(err.value) and "boom-marker" in str(err.value)
-    local_stack.stop_recorded(svc.pid_file)
+    processes.stop_recorded(svc.pid_file)
 
 
 @pytest.mark.stack_lifecycle
 def test_down_leaves_no_process_then_up_again(stack):
     from deploy.local import stack as local_stack
+    from deploy.local.services import SERVICES
 
     pids = local_stack.stack_pids()
-    assert len(pids) == len(local_stack.SERVICES)
+    assert len(pids) == len(SERVICES)
     family = set(pids)
     for pid in pids:
         family |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
     stopped = local_stack.down()
-    assert {s.name for s in local_stack.SERVICES} <= set(stopped)
+    assert {s.name for s in SERVICES} <= set(stopped)
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     # leave the machine as the session found it: the stack running

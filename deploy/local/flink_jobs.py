@@ -1,9 +1,9 @@
-"""Talk to the Flink cluster: submit the pipeline with `flink run`, and REST for status and savepoints.
+"""The pipeline job on the local Flink cluster: submit with `flink run`, REST for status, stop and savepoints.
 
 Submission goes through the wheel's `flink` script with the local stack's
-FLINK_CONF_DIR (so the client sees the cluster's address, Java options and
-Python settings); everything after submission is the REST API, which is what
-the Web UI and operators' tools use too.
+FLINK_CONF_DIR (so the client sees the cluster's address and Java options);
+everything after submission is the REST API, which is what the Web UI and
+operators' tools use too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from typing import Any
 
 import httpx
 
+from deploy.local import stack
+from deploy.local.flink import flink_dirs, flink_env, flink_home, taskmanager_code_marker
+from deploy.local.processes import stop_recorded
+from deploy.local.services import SERVICE_BY_NAME
 from jobs.config import JobConfig
 from rscf.settings import SETTINGS
 
@@ -51,7 +55,7 @@ class JobInfo:
 
 
 def savepoint_dir() -> Path:
-    return SETTINGS.paths.data / "flink" / "savepoints"
+    return flink_dirs()["savepoints"]
 
 
 def _request(method: str, path: str, **kw) -> Any:
@@ -90,8 +94,6 @@ def all_tasks_running(job_id: str) -> bool:
 
 
 def flink_command(cfg: JobConfig, from_savepoint: str | None = None, allow_non_restored: bool = False) -> list[str]:
-    from deploy.local.stack import flink_home
-
     script = SETTINGS.paths.repo / "jobs" / "content_pipeline.py"
     cmd = ["bash", str(flink_home() / "bin" / "flink"), "run", "-d", "-p", str(cfg.parallelism),
            "-py", str(script), "-pyexec", str(SETTINGS.paths.venv / "bin" / "python"),
@@ -125,9 +127,7 @@ def ensure_taskmanager_runs_current_code() -> None:
     modules (measured). A fresh TaskManager has imported nothing. The local
     stack's `up` removes the marker whenever it starts a TaskManager.
     """
-    from deploy.local import stack
-
-    marker = stack.taskmanager_code_marker()
+    marker = taskmanager_code_marker()
     digest = code_digest()
     if marker.exists() and marker.read_text() != digest:
         others = [j for j in jobs() if j.state not in TERMINAL]
@@ -136,8 +136,8 @@ def ensure_taskmanager_runs_current_code() -> None:
                 "job code changed but %d job(s) still run on the TaskManager; not restarting it: "
                 "the new job may run the modules the TaskManager already imported", len(others))
             return
-        tm = stack.SERVICE_BY_NAME["flink-taskmanager"]
-        stack.stop_recorded(tm.pid_file)
+        tm = SERVICE_BY_NAME["flink-taskmanager"]
+        stop_recorded(tm.pid_file)
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline and (_request("GET", "/overview").get("taskmanagers") or 0) > 0:
             time.sleep(0.5)  # let the JobManager forget the old one before the new one registers
@@ -152,8 +152,6 @@ def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 18
     current = running(cfg.job_name)
     if current is not None:
         raise ClusterError(f"job {cfg.job_name} already {current.state} as {current.job_id}")
-    from deploy.local.stack import flink_env
-
     ensure_taskmanager_runs_current_code()
     env = {**os.environ, **flink_env()}
     proc = subprocess.run(flink_command(cfg, from_savepoint, allow_non_restored), capture_output=True, text=True, env=env,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.cluster import flink_command
+from deploy.local.flink_jobs import flink_command
 from jobs.config import JobConfig
 
 

@@ -1,0 +1,148 @@
+"""The local Flink cluster: the wheel's distribution, our conf and lib, the cluster config, the code marker.
+
+Configuration keys have one owner each. This writer sets what the cluster's
+processes read (addresses, memory, slots, directories, metrics reporter, Web UI,
+heartbeats). What the job sets on its own Configuration (`python.*`, checkpoint
+interval, mode and directory, state backend, restart strategy, see
+`jobs/content_pipeline.flink_configuration`) is not repeated here: the job's
+value is the one that applies, on this cluster and in a local MiniCluster alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rscf.settings import SETTINGS
+
+H = SETTINGS.host
+P = SETTINGS.ports
+
+
+def flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+def flink_dirs() -> dict[str, Path]:
+    base = SETTINGS.paths.data / "flink"
+    return {
+        "base": base,
+        "conf": base / "conf",
+        "lib": base / "lib",
+        "checkpoints": base / "checkpoints",
+        "savepoints": base / "savepoints",
+        "tmp": base / "tmp",
+    }
+
+
+def flink_env() -> dict[str, str]:
+    """Environment for every Flink script (cluster and `flink run`): our conf and lib, the wheel's code."""
+    d = flink_dirs()
+    return {
+        "FLINK_HOME": str(flink_home()),
+        "FLINK_CONF_DIR": str(d["conf"]),
+        "FLINK_LIB_DIR": str(d["lib"]),
+        "FLINK_LOG_DIR": str(SETTINGS.paths.logs),
+        "FLINK_PLUGINS_DIR": str(flink_home() / "plugins"),
+    }
+
+
+def cluster_config(d: dict[str, Path], conf: dict) -> dict:
+    """The cluster's config.yaml: the wheel's `conf` (it keeps env.java.opts.all), updated with ours."""
+    conf["jobmanager"]["bind-host"] = H
+    conf["jobmanager"]["rpc"]["address"] = H
+    conf["jobmanager"]["rpc"]["port"] = P.flink_rpc
+    conf["jobmanager"]["memory"]["process"]["size"] = "768m"
+    conf["taskmanager"]["bind-host"] = H
+    conf["taskmanager"]["host"] = H
+    conf["taskmanager"]["numberOfTaskSlots"] = 4
+    conf["taskmanager"]["memory"]["process"]["size"] = "2048m"
+    conf["rest"] = {"address": H, "bind-address": H, "port": P.flink_rest}
+    flat = {
+        "taskmanager.memory.managed.fraction": 0.2,
+        # the default target of a savepoint triggered without one (Web UI); `rscf job` always names it
+        "execution.checkpointing.savepoint-dir": f"file://{d['savepoints']}",
+        "io.tmp.dirs": str(d["tmp"]),
+        "env.pid.dir": str(SETTINGS.paths.pids),
+        # The pull reporter cannot bind to loopback only; push to the loopback Pushgateway instead.
+        "metrics.reporter.promgateway.factory.class": (
+            "org.apache.flink.metrics.prometheus.PrometheusPushGatewayReporterFactory"
+        ),
+        "metrics.reporter.promgateway.hostUrl": f"http://{H}:{P.pushgateway}",
+        # One Pushgateway group per process role (jobName is set per process, see flink_script):
+        # random group names piled up a stale group for every TaskManager that was killed
+        # (8 MB scraped every 5 s, ~6 % of a core at idle, measured).
+        "metrics.reporter.promgateway.randomJobNameSuffix": False,
+        "metrics.reporter.promgateway.deleteOnShutdown": True,
+        "metrics.reporter.promgateway.interval": "15 SECONDS",
+        # Prometheus derives rates from the counters; watermarks mean nothing to this processing-time job.
+        "metrics.reporter.promgateway.filter.excludes": [
+            "*:*PerSecond*", "*:*Watermark*,*watermark*", "*:mailboxLatencyMs", "*:accumulated*Ms",
+        ],
+        # A job with parallelism > 1 gets a slot on each TaskManager: thread-mode operators in one
+        # TaskManager share one Python interpreter lock, so a second TaskManager is a second lock.
+        "cluster.evenly-spread-out-slots": True,
+        "web.submit.enable": True,
+        "web.cancel.enable": True,
+        "heartbeat.timeout": 30000,
+        "rest.flamegraph.enabled": True,
+    }
+    conf.update(flat)
+    return conf
+
+
+def write_cluster_config() -> None:
+    """Our conf dir (the wheel's files, our config.yaml) and lib dir (the wheel's jars, flink-python, the connector)."""
+    import yaml
+
+    d = flink_dirs()
+    for key in ("conf", "lib", "checkpoints", "savepoints", "tmp"):
+        d[key].mkdir(parents=True, exist_ok=True)
+    home = flink_home()
+    for src in (home / "conf").iterdir():
+        if src.name != "config.yaml":
+            shutil.copy2(src, d["conf"] / src.name)
+    # lib = the wheel's jars + the Kafka connector; the wheel itself stays untouched.
+    for old in d["lib"].iterdir():
+        old.unlink()
+    # flink-python on the cluster classpath (not only in the job's jar) keeps pemja loaded once per
+    # TaskManager: otherwise a second thread-mode job on the same TaskManager fails (FLINK-37727).
+    python_jar = next((home / "opt").glob("flink-python-*.jar"))
+    for jar in list((home / "lib").glob("*.jar")) + [python_jar, SETTINGS.paths.connector_jar]:
+        (d["lib"] / jar.name).symlink_to(jar)
+
+    conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
+    (d["conf"] / "config.yaml").write_text(yaml.safe_dump(cluster_config(d, conf), sort_keys=False))
+
+
+def taskmanager_code_marker() -> Path:
+    """Digest of the job code the running TaskManager has imported (see deploy.local.flink_jobs)."""
+    return flink_dirs()["base"] / "taskmanager-code.sha256"
+
+
+def forget_taskmanager_code() -> None:
+    taskmanager_code_marker().unlink(missing_ok=True)  # a fresh interpreter has imported nothing
+
+
+def flink_script(script: str, role: str) -> list[str]:
+    """A cluster process in the foreground (so its PID file names it), pushing metrics as flink-<role>."""
+    return ["bash", str(flink_home() / "bin" / script), "start-foreground",
+            "-D", f"metrics.reporter.promgateway.jobName=flink-{role}"]
+
+
+def overview() -> dict | None:
+    """The JobManager's /overview, or None while it does not answer."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{SETTINGS.flink_url}/overview", timeout=2)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def taskmanager_registered() -> bool:
+    ov = overview()
+    return bool(ov and ov.get("taskmanagers", 0) >= 1)

@@ -1,0 +1,52 @@
+"""What the pipeline needs inside the running services: topics, buckets, schema subjects, Prometheus' config."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from deploy.local.processes import StackError, recorded_process
+from deploy.local.services import SERVICE_BY_NAME, write_prometheus_config
+from rscf.settings import SETTINGS
+
+
+def running(name: str) -> bool:
+    """Whether the stack's service `name` runs (its PID file names a live process rscf started)."""
+    return recorded_process(SERVICE_BY_NAME[name].pid_file) is not None
+
+
+def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
+    """Topics, buckets and schema subjects the pipeline needs; each step is idempotent.
+
+    A step is skipped when its service is not running, so `up --only` a subset (a private
+    Kafka + S3 for a fault test, say) provisions just that subset.
+    """
+    if running("kafka"):
+        from rscf.kafka_clients import TopicCreationError, create_topics
+
+        try:
+            create_topics(SETTINGS.topics.all())
+        except TopicCreationError as exc:
+            raise StackError(str(exc)) from exc
+        progress("topics: ready")
+    if running("s3"):
+        from rscf.s3 import s3_client
+
+        client = s3_client()
+        for bucket in SETTINGS.buckets.all():
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+        progress("buckets: ready")
+    write_prometheus_config()  # a config change reaches a running Prometheus without a restart
+    if running("prometheus"):
+        import httpx
+
+        httpx.post(f"{SETTINGS.prometheus_url}/-/reload", timeout=5)
+    if not running("registry"):
+        return
+    try:
+        from schemas.registry import register_all
+    except ImportError:
+        progress("schemas: registration module not present, skipped")
+        return
+    ids = register_all(SETTINGS.registry_url)
+    progress(f"schemas: {len(ids)} subjects registered")

@@ -1,0 +1,47 @@
+"""The local Flink cluster's config (no cluster needed): each configuration key has one owner."""
+
+from __future__ import annotations
+
+import yaml
+
+from deploy.local import flink
+from rscf.settings import SETTINGS
+
+
+def _flat(conf: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in conf.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _cluster_keys() -> dict:
+    wheel = yaml.safe_load((flink.flink_home() / "conf" / "config.yaml").read_text())
+    return _flat(flink.cluster_config(flink.flink_dirs(), wheel))
+
+
+def test_cluster_config_leaves_the_jobs_keys_to_the_job(monkeypatch):
+    from jobs import content_pipeline
+    from jobs.config import JobConfig
+
+    class Recorded(dict):
+        def set_string(self, key, value):
+            self[key] = value
+
+    monkeypatch.setattr(content_pipeline, "Configuration", Recorded)
+    job_keys = set(content_pipeline.flink_configuration(JobConfig(job_name="j")))
+    assert "python.executable" in job_keys and "restart-strategy.type" in job_keys
+    assert job_keys & set(_cluster_keys()) == set()
+
+
+def test_cluster_config_binds_loopback_and_pushes_metrics_per_role():
+    conf = _cluster_keys()
+    host = SETTINGS.host
+    assert conf["jobmanager.bind-host"] == conf["taskmanager.bind-host"] == conf["rest.bind-address"] == host
+    assert conf["metrics.reporter.promgateway.randomJobNameSuffix"] is False
+    assert "env.java.opts.all" in conf  # the wheel's JVM options survive
+    argv = flink.flink_script("taskmanager.sh", "taskmanager")
+    assert argv[-1] == "metrics.reporter.promgateway.jobName=flink-taskmanager"

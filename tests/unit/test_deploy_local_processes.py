@@ -1,0 +1,30 @@
+"""PID files of the local stack (no services needed): a recorded PID counts only while it is the same process."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psutil
+
+from deploy.local.processes import recorded_process, stop_recorded
+
+
+def test_recorded_process_is_the_one_started_not_a_reused_pid(tmp_path):
+    me = psutil.Process(os.getpid())
+    pid_file = tmp_path / "svc.pid"
+    pid_file.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    assert recorded_process(pid_file).pid == me.pid
+    pid_file.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 3600}))
+    assert recorded_process(pid_file) is None  # same PID, another start time: not ours
+    pid_file.write_text("not json")
+    assert recorded_process(pid_file) is None
+    assert recorded_process(tmp_path / "missing.pid") is None
+
+
+def test_stop_recorded_removes_a_stale_pid_file_and_stops_nothing(tmp_path):
+    pid_file = tmp_path / "svc.pid"
+    me = psutil.Process(os.getpid())
+    pid_file.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 3600}))
+    assert stop_recorded(pid_file) is False
+    assert not pid_file.exists() and me.is_running()
