@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Hashable, Iterable
 
+from rscf.clock import now_ms
+
 PRIORITY_RANK: dict[str, int] = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
@@ -100,7 +102,7 @@ class MicroBatcher:
         max_wait_ms: float,
         batch_key: Callable[[dict], Hashable] = lambda _r: None,
         clock: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_ms: Callable[[], int] = now_ms,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")

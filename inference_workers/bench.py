@@ -119,7 +119,7 @@ def run_bench(
     from confluent_kafka import Consumer, Producer
     from tqdm import tqdm
 
-    from inference_workers.runtime import Worker, WorkerSettings
+    from inference_workers.worker import Worker, WorkerSettings
     from schemas.serde import serde_for
 
     run_id = uuid.uuid4().hex[:8]

@@ -16,7 +16,8 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from rscf.settings import POOLS, SETTINGS
+from rscf.pools import POOLS
+from rscf.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 

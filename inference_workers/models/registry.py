@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rscf.s3 import s3_client
 from rscf.settings import SETTINGS
 
 PREFIX = "models"
@@ -74,13 +75,6 @@ def version_sort_key(version: str) -> tuple:
     for chunk in version.replace("-", ".").split("."):
         parts.append((0, int(chunk), "") if chunk.isdigit() else (1, 0, chunk))
     return tuple(parts)
-
-
-def s3_client():
-    from minio import Minio
-
-    return Minio(SETTINGS.s3_endpoint, access_key=SETTINGS.s3.access_key,
-                 secret_key=SETTINGS.s3.secret_key, secure=False)
 
 
 class ModelRegistry:

@@ -21,7 +21,7 @@ def build_handler(pool: str, model: str | None = None, version: str | None = Non
     else:
         handler = _registry_load_handler()(pool, model=model, version=version)
     if delay_ms > 0:
-        from inference_workers.runtime import DelayedHandler
+        from tests.helpers.handlers import DelayedHandler
 
         handler = DelayedHandler(handler, delay_ms)
     return handler
@@ -47,7 +47,7 @@ def cmd_worker_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(SETTINGS.limits.torch_threads)
     except ImportError:
         pass
-    from inference_workers.runtime import Worker, WorkerSettings
+    from inference_workers.worker import Worker, WorkerSettings
 
     try:
         handler = build_handler(args.pool, args.model, args.version, args.delay_ms)

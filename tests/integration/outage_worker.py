@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from inference_workers.handlers.base import InferenceOutput, ModelHandler
-from inference_workers.runtime import Worker, WorkerSettings
+from inference_workers.worker import Worker, WorkerSettings
 
 
 def png_for(request_id: str, prompt: str) -> bytes:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from inference_workers.handlers.echo import EchoHandler
-from inference_workers.runtime import Worker, WorkerSettings
+from inference_workers.worker import Worker, WorkerSettings
 from rscf.demo import fetch_artifact
 from rscf.settings import SETTINGS
 
@@ -347,7 +347,7 @@ def test_image_pool_stores_a_png_artifact(topics: Topics, tmp_path) -> None:
     from PIL import Image
 
     from inference_workers.models import load_handler
-    from inference_workers.models.tiny import build_tiny_image_pipeline
+    from tests.helpers.tiny_models import build_tiny_image_pipeline
 
     torch.set_num_threads(1)
     model_dir = build_tiny_image_pipeline(tmp_path / "tiny-unet", sample_size=16)

@@ -11,7 +11,7 @@ from PIL import Image
 from inference_workers.handlers import ImageHandler, RequestRejected
 from inference_workers.handlers.device import forget_models
 from inference_workers.handlers.image import prompt_label
-from inference_workers.models.tiny import build_tiny_image_pipeline
+from tests.helpers.tiny_models import build_tiny_image_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tiny randomly initialised models built in-process, for fast tests and pipeline smoke runs.
+"""Tiny randomly initialised models built in-process, for fast tests.
 
 They exercise the real load/generate code paths (save_pretrained directories, chat
 templates, padding, schedulers) in about a second; their output is noise by design.
@@ -78,7 +78,7 @@ def build_tiny_image_pipeline(out: Path | str, seed: int = 0, sample_size: int =
     """An untrained class-conditioned UNet in the same layout `train_image` produces."""
     import torch
 
-    from .train_image import build_scheduler, build_unet, save_pipeline
+    from inference_workers.models.train_image import build_scheduler, build_unet, save_pipeline
 
     torch.manual_seed(seed)
     unet = build_unet(sample_size=sample_size, channels=(8, 16))

@@ -1,0 +1,82 @@
+"""The artifact store: generated images and audio go to S3, never on Kafka; results carry their URIs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from datetime import datetime, timezone
+
+from inference_workers.metrics import WorkerMetrics
+from rscf.clock import backoff_delays, now_ms
+from rscf.s3 import s3_client
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/mpeg": "mp3",
+    "text/plain": "txt",
+    "application/json": "json",
+}
+
+
+def artifact_key(pool: str, request_id: str, attempt: int, content_type: str | None, at_ms: int) -> str:
+    """``artifacts/<pool>/<yyyy-mm-dd>/<request_id>-<attempt>.<ext>``: one object per attempt, so a
+    duplicate run of the same attempt overwrites rather than piles up."""
+    day = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    ext = _EXTENSIONS.get((content_type or "").split(";")[0].strip().lower(), "bin")
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in request_id)
+    return f"artifacts/{pool}/{day}/{safe_id}-{attempt}.{ext}"
+
+
+class ArtifactStore:
+    """Uploads artifacts to S3 with exponential backoff; counts outages.
+
+    The S3 client fails fast (``rscf.s3.fail_fast_http_client``), so this backoff is the only retry loop."""
+
+    def __init__(self, bucket: str, metrics: WorkerMetrics, max_retry_s: float, endpoint: str | None = None) -> None:
+        self.bucket = bucket
+        self.metrics = metrics
+        self.max_retry_s = max_retry_s
+        self.client = s3_client(endpoint, fail_fast=True)
+        self._bucket_checked = False
+
+    def _ensure_bucket(self) -> None:
+        if not self._bucket_checked:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+            self._bucket_checked = True
+
+    def put_artifact(self, pool: str, request: dict, data: bytes, content_type: str | None) -> str:
+        """Store one request's artifact under its ``artifact_key``; returns ``s3://bucket/key``."""
+        key = artifact_key(pool, str(request["request_id"]), int(request.get("attempt") or 0), content_type, now_ms())
+        return self.put(key, data, content_type)
+
+    def put(self, key: str, data: bytes, content_type: str | None) -> str:
+        """Store and return ``s3://bucket/key``; raises after ``max_retry_s`` of failures."""
+        deadline = time.monotonic() + self.max_retry_s
+        down = False
+        for delay in backoff_delays():
+            try:
+                self._ensure_bucket()
+                self.client.put_object(
+                    self.bucket, key, io.BytesIO(data), len(data),
+                    content_type=content_type or "application/octet-stream",
+                )
+                if down:
+                    log.info("artifact upload succeeded again after the outage")
+                return f"s3://{self.bucket}/{key}"
+            except Exception as exc:  # noqa: BLE001 - S3 down, throttled, DNS...: retry
+                if not down:
+                    down = True
+                    self.metrics.outages.labels(self.metrics.pool, "s3").inc()
+                    log.warning("artifact upload failed, retrying: %s", exc)
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+        raise RuntimeError("unreachable")

@@ -1,0 +1,112 @@
+"""Worker intake: a request record from Kafka becomes a request for the batcher.
+
+A record that cannot be decoded is answered at once: with an error result when its Kafka key
+names the request (the pipeline is waiting for that answer), else with a dead letter (stage
+``decode``). The schema registry being down is not the record's fault: decoding waits it out,
+bounded by ``registry_retry_max_s``, rather than failing good records.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from inference_workers.kafka_io import Outgoing
+from inference_workers.metrics import WorkerMetrics
+from inference_workers.results import ResultBuilder
+from rscf.clock import backoff_delays
+
+#: answer(request, (topic, partition, offset), result): count, encode and send one result.
+AnswerFn = Callable[[dict, tuple[str, int, int], dict], None]
+
+
+def request_id_of(key: Any) -> str | None:
+    """The request_id a record's Kafka key names, if any."""
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8") if isinstance(key, bytes) else str(key)
+    except UnicodeDecodeError:
+        return None
+
+
+def decode_dead_letter(original: bytes, topic: str, partition: int, offset: int, reason: str, error: str) -> dict:
+    """DeadLetter record through the contracts engineer's helper (one shape for all stages)."""
+    from operators.dead_letters import dead_letter
+
+    return dead_letter(
+        original=original,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        stage="decode",
+        reason=reason,
+        error=error,
+        request_id=None,
+    )
+
+
+class Intake:
+    """Decodes request records; answers or dead-letters the ones that cannot be decoded."""
+
+    def __init__(
+        self,
+        request_serde: Any,
+        dlq_serde: Any,
+        dlq_topic: str,
+        results: ResultBuilder,
+        metrics: WorkerMetrics,
+        registry_retry_max_s: float,
+        *,
+        answer: AnswerFn,
+        send: Callable[[Outgoing], None],
+    ) -> None:
+        self.request_serde = request_serde
+        self.dlq_serde = dlq_serde
+        self.dlq_topic = dlq_topic
+        self.results = results
+        self.metrics = metrics
+        self.registry_retry_max_s = registry_retry_max_s
+        self.answer = answer
+        self.send = send
+
+    def decode(self, msg) -> dict | None:
+        """The request a record carries, or None when it cannot be decoded (then it is answered here)."""
+        try:
+            return self._decode(msg.value())
+        except Exception as exc:  # noqa: BLE001 - DecodeError or anything else: never crash
+            self._undecodable(msg, exc)
+            return None
+
+    def _decode(self, value: bytes) -> dict:
+        """Decode, waiting out a registry outage (bounded) rather than failing good records."""
+        deadline = time.monotonic() + self.registry_retry_max_s
+        down = False
+        for delay in backoff_delays():
+            try:
+                return self.request_serde.decode(value)
+            except Exception as exc:  # noqa: BLE001
+                if getattr(exc, "reason", None) != "registry_unavailable" or time.monotonic() + delay > deadline:
+                    raise
+                if not down:
+                    down = True
+                    self.metrics.outages.labels(self.metrics.pool, "registry").inc()
+                time.sleep(delay)
+        raise RuntimeError("unreachable")
+
+    def _undecodable(self, msg, exc: Exception) -> None:
+        reason = getattr(exc, "reason", None) or "avro_decode_failed"
+        detail = getattr(exc, "detail", None) or str(exc)
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        request_id = request_id_of(msg.key())
+        if request_id:
+            stub = {"request_id": request_id, "attempt": 0}
+            # The registry being down is not the record's fault: let the pipeline retry it.
+            retryable = reason == "registry_unavailable"
+            result = self.results.error(stub, f"decode_failed: {reason}: {detail}"[:1000], retryable=retryable)
+            self.answer(stub, (topic, partition, offset), result)
+            return
+        self.metrics.errors.labels(self.metrics.pool, "dead_letter").inc()
+        record = decode_dead_letter(msg.value() or b"", topic, partition, offset, str(reason), str(detail)[:1000])
+        self.send(Outgoing(key=b"", value=self.dlq_serde.encode(record), topic=self.dlq_topic,
+                           offsets=[(topic, partition, offset)]))

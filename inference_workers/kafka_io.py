@@ -1,0 +1,341 @@
+"""The worker's Kafka side: client configuration, polling, rebalances, and the outbox that sends
+answers and commits only what the broker acknowledged.
+
+Delivery: at-least-once. Offsets are committed by hand, and only up to the first
+request whose result the broker has not yet acknowledged (idempotent producer,
+acks=all). A crash anywhere means redelivery, never loss; Flink drops duplicate
+results by request_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from inference_workers.batching import OffsetTracker
+from inference_workers.metrics import WorkerMetrics
+from rscf.clock import backoff, backoff_delays
+from rscf.kafka_clients import producer_config
+
+log = logging.getLogger(__name__)
+
+_BROKERS_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+# Commit failures worth retrying: the broker or the group coordinator is away for a moment.
+_RETRIABLE_COMMIT = (
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+)
+
+
+# ----------------------------------------------------------------------------- client config
+def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
+                    max_poll_interval_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
+    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "max.poll.interval.ms": max_poll_interval_ms,
+        **(extra or {}),
+    }
+
+
+def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int) -> dict[str, Any]:
+    """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
+    return producer_config(bootstrap, **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
+
+
+class KafkaOutage:
+    """Whether Kafka was last found down; each outage is counted once (rscf_worker_outages{service="kafka"})."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.down = False
+
+    def found_down(self) -> bool:
+        """Note Kafka down; True the first time in an outage (the caller logs why, once)."""
+        if self.down:
+            return False
+        self.down = True
+        self.metrics.outages.labels(self.metrics.pool, "kafka").inc()
+        return True
+
+    def found_up(self) -> None:
+        self.down = False
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's ``error_cb``: it keeps retrying by itself; we count and say so."""
+        if err.code() in _BROKERS_DOWN:
+            if self.found_down():
+                log.warning("kafka unreachable: %s (retrying)", err)
+        else:
+            log.warning("kafka error: %s", err)
+
+
+# ----------------------------------------------------------------------------- outbox
+@dataclass
+class Outgoing:
+    """A record (result or dead letter) waiting for broker acknowledgement, with the offsets it answers."""
+
+    key: bytes
+    value: bytes
+    topic: str
+    offsets: list[tuple[str, int, int]]
+    sent: bool = False
+    delivered: bool = False
+    error: Any = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class Outbox:
+    """Answers from send to broker acknowledgement, and the commits they allow.
+
+    A request's offset is done in the offset tracker only once its answer is acknowledged;
+    commits go up to the first offset still open. ``send`` is called from both threads,
+    ``settle``, ``flush`` and ``commit`` from the main (polling) thread only.
+    """
+
+    def __init__(self, tracker: OffsetTracker, metrics: WorkerMetrics, results_topic: str, outage: KafkaOutage) -> None:
+        self.tracker = tracker
+        self.metrics = metrics
+        self.results_topic = results_topic
+        self.outage = outage
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None  # commits go through the consumer
+        self._lock = threading.Lock()
+        self._records: list[Outgoing] = []
+        self.answered = 0  # results acknowledged by the broker (benchmarks read it)
+        self.last_answer_at: float | None = None  # monotonic
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def records(self) -> list[Outgoing]:
+        """What is waiting for acknowledgement, oldest first."""
+        with self._lock:
+            return list(self._records)
+
+    def send(self, out: Outgoing) -> None:
+        """Queue an answer and hand it to the producer at once (when connected)."""
+        connected = self.producer is not None
+        with self._lock:
+            out.sent = connected  # claimed here, so settle never sends it a second time
+            self._records.append(out)
+        if connected:
+            self._produce(out)
+            self.producer.poll(0)
+
+    def settle(self) -> None:
+        """Serve delivery callbacks, retire acknowledged answers in order, re-send failed ones, commit."""
+        if self.producer is None:
+            return
+        self.producer.poll(0)
+        now = time.monotonic()
+        retired: list[Outgoing] = []
+        with self._lock:
+            keep = []
+            for out in self._records:
+                if out.delivered:
+                    retired.append(out)
+                    continue
+                keep.append(out)
+                if out.error is not None and now >= out.retry_at:
+                    if self.outage.found_down():
+                        log.warning("result not acknowledged (%s); re-sending with backoff", out.error)
+                    out.error, out.sent = None, False
+                    out.retry_at = now + backoff(min(out.failures, 5) + 1, 0.2, 5.0)
+            self._records = keep
+            unsent = [o for o in keep if not o.sent and o.error is None and now >= o.retry_at]
+        for out in unsent:
+            self._produce(out)
+        if not retired:
+            return
+        self.outage.found_up()
+        for out in retired:
+            for topic, partition, offset in out.offsets:
+                self.tracker.done(topic, partition, offset)
+            if out.topic == self.results_topic:
+                self.answered += 1
+        self.last_answer_at = time.monotonic()
+        self.commit()
+
+    def flush(self) -> None:
+        """Block until every queued answer is acknowledged (re-sending failures); for revoke/shutdown."""
+        assert self.producer is not None
+        while True:
+            self.settle()
+            with self._lock:
+                if not self._records:
+                    return
+            self.producer.flush(1.0)
+            time.sleep(0.01)
+
+    def _produce(self, out: Outgoing) -> None:
+        assert self.producer is not None
+
+        def on_delivery(err, _msg, out=out) -> None:
+            if err is None:
+                out.delivered = True
+            else:
+                out.failures += 1
+                out.error = err
+
+        out.sent = True
+        for delay in backoff_delays(0.05, 1.0):
+            try:
+                self.producer.produce(out.topic, key=out.key or None, value=out.value, on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(delay)
+
+    def commit(self, sync: bool = False) -> None:
+        """Commit what the broker has acknowledged. Asynchronous in steady state (a lost async
+        commit is superseded by the next one, or means redelivery: never loss); synchronous
+        when leaving partitions, so the next owner starts exactly after our answers."""
+        assert self.consumer is not None
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        for attempt, delay in enumerate(backoff_delays()):
+            try:
+                self.consumer.commit(offsets=tps, asynchronous=not sync)
+                self.tracker.mark_committed(offsets)
+                self.metrics.commits.labels(self.metrics.pool).inc()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code not in _RETRIABLE_COMMIT or attempt >= 8:
+                    # Lost the partitions (rebalance) or gave up: the next owner redoes the work,
+                    # duplicates are dropped downstream. Never lose, never crash.
+                    log.warning("commit failed (%s); work will be redelivered", exc)
+                    return
+                self.outage.found_down()
+                time.sleep(delay)
+
+    @staticmethod
+    def on_commit(err, partitions) -> None:
+        """The consumer's ``on_commit``: an async commit that failed is covered by the next one."""
+        if err is not None:
+            log.warning("async commit failed (%s); the next commit or a redelivery covers it", err)
+
+
+# ----------------------------------------------------------------------------- consumer side
+class PartitionOwner(Protocol):
+    """What a rebalance asks of the worker holding the partitions' requests."""
+
+    def hold_inference(self) -> None:
+        """Take no new batch; return once the batch in hand is answered."""
+
+    def release_inference(self) -> None:
+        """Take batches again."""
+
+    def drop_requests(self, partitions: set[tuple[str, int]]) -> None:
+        """Forget queued requests of these (topic, partition)s: their next owner redoes them."""
+
+    def assignment_changed(self) -> None:
+        """Partitions were assigned or taken away (readiness may have changed)."""
+
+
+class KafkaIO:
+    """The worker's two Kafka clients: requests in (poll, rebalances), answers out (the outbox)."""
+
+    def __init__(self, topic: str, outbox: Outbox, owner: PartitionOwner,
+                 consumer_conf: dict[str, Any], producer_conf: dict[str, Any]) -> None:
+        self.topic = topic
+        self.outbox = outbox
+        self.owner = owner
+        self.consumer_conf = consumer_conf
+        self.producer_conf = producer_conf
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.assigned: list[TopicPartition] = []
+
+    def connect(self) -> None:
+        """Create both clients and subscribe; the outbox sends and commits through them."""
+        error_cb = self.outbox.outage.on_error
+        self.consumer = Consumer({**self.consumer_conf, "error_cb": error_cb, "on_commit": self.outbox.on_commit})
+        self.producer = Producer({**self.producer_conf, "error_cb": error_cb})
+        self.outbox.consumer, self.outbox.producer = self.consumer, self.producer
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def poll(self, timeout: float, room: int) -> Iterator[Any]:
+        """Up to ``room`` request records, each tracked as open until its answer is acknowledged.
+
+        Back-pressure is the caller not polling while its batcher is full: records wait in
+        librdkafka's bounded fetch queue (see worker.py for why not pause()/resume())."""
+        assert self.consumer is not None
+        msg = self.consumer.poll(timeout)
+        if msg is None:
+            return
+        msgs = [msg]
+        if room > 1:
+            msgs.extend(self.consumer.consume(num_messages=room - 1, timeout=0))
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err)
+                continue
+            self.outbox.outage.found_up()
+            self.outbox.tracker.track(m.topic(), m.partition(), m.offset())
+            yield m
+
+    def close(self) -> None:
+        """Leave the group now (rather than after session.timeout.ms) and flush what is in flight."""
+        try:
+            if self.consumer is not None:
+                self.consumer.close()
+        except Exception:  # noqa: BLE001
+            log.exception("consumer close failed")
+        if self.producer is not None:
+            self.producer.flush(5)
+
+    # ------------------------------------------------------------------------- rebalance
+    def _on_assign(self, consumer, partitions) -> None:
+        self.assigned = list(partitions)
+        self.owner.assignment_changed()
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        """Finish and commit what we hold for these partitions, drop the rest (the new owner redoes it)."""
+        self.owner.hold_inference()
+        try:
+            self.outbox.flush()
+            self.outbox.commit(sync=True)
+            self._forget(partitions)
+        finally:
+            self.owner.release_inference()
+
+    def _on_lost(self, consumer, partitions) -> None:
+        """Partitions lost without a clean revoke: commits would fail, so only drop local state."""
+        self.owner.hold_inference()
+        try:
+            self._forget(partitions)
+        finally:
+            self.owner.release_inference()
+
+    def _forget(self, partitions) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        self.owner.drop_requests(lost)
+        self.outbox.tracker.forget(lost)
+        self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in lost]
+        self.owner.assignment_changed()

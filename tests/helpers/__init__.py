@@ -1,0 +1,1 @@
+"""Test-only handlers and models, shared by unit, integration and end-to-end tests."""
