@@ -10,7 +10,7 @@ import pytest
 from inference_workers.handlers import TextHandler
 from inference_workers.models.catalog import load_handler
 from inference_workers.models.registry import ModelRegistry, RegistryError
-from inference_workers.models.tiny import build_tiny_text_model
+from tests.helpers.tiny_models import build_tiny_text_model
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from jobs import cluster, harness
+from jobs import cluster
+from tools import harness
 
 pytestmark = pytest.mark.integration
 

@@ -94,7 +94,7 @@ def test_pool_model_env_override(monkeypatch):
 
 def test_request_too_big_for_the_guard_errors_alone(tmp_path):
     from inference_workers.handlers import TextHandler
-    from inference_workers.models.tiny import build_tiny_text_model
+    from tests.helpers.tiny_models import build_tiny_text_model
 
     forget_models()
     handler = TextHandler(build_tiny_text_model(tmp_path / "m"), device="cpu", max_batch=4)

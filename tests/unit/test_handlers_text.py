@@ -6,7 +6,7 @@ import pytest
 
 from inference_workers.handlers import RequestRejected, TextHandler
 from inference_workers.handlers.device import forget_models
-from inference_workers.models.tiny import build_tiny_text_model
+from tests.helpers.tiny_models import build_tiny_text_model
 
 
 @pytest.fixture(scope="module")
