@@ -106,7 +106,7 @@ def start_replica(pool: str, index: int, extra_args: list[str] | None = None) ->
         return existing
     SETTINGS.paths.pids.mkdir(parents=True, exist_ok=True)
     SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "rscf.cli", "worker", "run", "--pool", pool, "--replica", str(index)]
+    cmd = [sys.executable, "-m", "cli.main", "worker", "run", "--pool", pool, "--replica", str(index)]
     cmd += extra_args or []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SETTINGS.paths.repo), os.environ.get("PYTHONPATH")]))}
     with open(log_file(pool, index), "ab") as logf:

@@ -2,7 +2,7 @@
 
 Two kinds of pipeline directory are served:
 - the project's class-conditioned shapes UNet (`labels.json` next to a DDPMPipeline
-  layout, see models/train_image.py): prompt words choose shape and colour, sampled
+  layout, see models/shapes_unet.py): prompt words choose shape and colour, sampled
   with our own loop so each request keeps its own noise generator (DDPM, or DDIM
   with eta=1: DDIM eta=0 gives mush at this training level);
 - any other diffusers pipeline that takes `prompt=` (Stable Diffusion and kin on a GPU),

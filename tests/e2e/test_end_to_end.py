@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from rscf import demo
+from cli import demo
 
 RUN = uuid.uuid4().hex[:6]  # token buckets live in Flink state across runs: fresh tenants per run
 

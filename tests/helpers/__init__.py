@@ -1,1 +1,1 @@
-"""Test-only handlers and models, shared by unit, integration and end-to-end tests."""
+"""Test-only handlers, fakes and tiny random models, shared by unit, integration and end-to-end tests."""

@@ -75,10 +75,10 @@ def build_tiny_text_model(out: Path | str, seed: int = 0, hidden: int = 64, laye
 
 
 def build_tiny_image_pipeline(out: Path | str, seed: int = 0, sample_size: int = 16) -> Path:
-    """An untrained class-conditioned UNet in the same layout `train_image` produces."""
+    """An untrained class-conditioned UNet in the layout of `shapes_unet` (smaller), as training saves it."""
     import torch
 
-    from inference_workers.models.train_image import build_scheduler, build_unet, save_pipeline
+    from inference_workers.models.shapes_unet import build_scheduler, build_unet, save_pipeline
 
     torch.manual_seed(seed)
     unet = build_unet(sample_size=sample_size, channels=(8, 16))

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "prompt_request.avsc"
-RSCF = [sys.executable, "-m", "rscf.cli"]
+RSCF = [sys.executable, "-m", "cli.main"]
 
 
 def _topic(kind: str) -> str:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from jobs import harness
+from tools import harness
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_quota_and_moderation_rejections_are_finals_with_reasons(run):
 
 def test_bench_pipeline_reports_throughput_latency_and_cpu_per_process(stack):
     """`rscf bench pipeline` at a small rate: every prompt answered once, figures and CPU split present."""
-    from jobs.bench import run_bench
+    from tools.pipeline_bench import run_bench
 
     out = run_bench(rate=50, duration_s=2, progress=False, warmup_s=0)
     assert out["prompts"] == 100 and out["finals"] == 100 and out["succeeded"] == 100

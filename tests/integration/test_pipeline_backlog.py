@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import harness
+from tools import harness
 
 pytestmark = pytest.mark.integration
 

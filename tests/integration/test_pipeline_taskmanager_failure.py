@@ -13,7 +13,7 @@ import time
 import pytest
 
 from deploy.local import flink_jobs
-from jobs import harness
+from tools import harness
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobs.harness import terminate
-from rscf.demo import fetch_artifact
+from tools.harness import terminate
+from cli.demo import fetch_artifact
 
 from rscf.settings import SETTINGS
 
@@ -79,7 +79,7 @@ class PrivateStack:
         self.s3_endpoint = f"127.0.0.1:{self.ports['S3_PORT']}"
 
     def rscf(self, *args: str, timeout: float = 240) -> str:
-        out = subprocess.run([sys.executable, "-m", "rscf.cli", *args], cwd=SETTINGS.paths.repo, env=self.env,
+        out = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=SETTINGS.paths.repo, env=self.env,
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise AssertionError(f"rscf {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}"
@@ -232,7 +232,7 @@ class Run:
 
 
 def image_requests(prefix: str, n: int) -> list[dict]:
-    from inference_workers.bench import make_request
+    from tools.workers_bench import make_request
 
     now = int(time.time() * 1000)
     out = []

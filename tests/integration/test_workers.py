@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from inference_workers.handlers.echo import EchoHandler
+from cli.demo import fetch_artifact
 from inference_workers.worker import Worker, WorkerSettings
-from rscf.demo import fetch_artifact
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ class Topics:
         self.results = f"rscf.it.results.{run}"
         self.dlq = f"rscf.it.dlq.{run}"
         self.group = f"rscf-it-workers-{run}"
-        from inference_workers.bench import create_topics
+        from rscf.kafka_clients import create_topics
 
         create_topics([self.requests, self.results, self.dlq], partitions)
 
@@ -49,7 +49,7 @@ class Topics:
         return ["--requests-topic", self.requests, "--results-topic", self.results, "--group", self.group]
 
     def cleanup(self) -> None:
-        from inference_workers.bench import delete_topics
+        from rscf.kafka_clients import delete_topics
 
         delete_topics([self.requests, self.results, self.dlq])
 
@@ -62,7 +62,7 @@ def topics(stack):
 
 
 def make_request(rid: str, prompt: str, priority: str = "NORMAL", deadline_in_ms: int = 600_000) -> dict:
-    from inference_workers.bench import make_request as bench_request
+    from tools.workers_bench import make_request as bench_request
 
     now = int(time.time() * 1000)
     r = bench_request("echo", 0, "it", now)
@@ -146,7 +146,7 @@ def free_port_block(n: int) -> int:
 
 def start_worker_process(topics: Topics, port: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo)}
-    cmd = [sys.executable, "-m", "rscf.cli", "worker", "run", "--pool", "echo", *topics.cli_args(),
+    cmd = [sys.executable, "-m", "cli.main", "worker", "run", "--pool", "echo", *topics.cli_args(),
            "--metrics-port", str(port), "--log-level", "warning", *extra]
     return subprocess.Popen(cmd, cwd=SETTINGS.paths.repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -315,7 +315,7 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
            "RSCF_WORKER_METRICS_PORT": str(base)}
 
     def rscf(*args: str) -> dict:
-        out = subprocess.run([sys.executable, "-m", "rscf.cli", *args, "--json"], cwd=SETTINGS.paths.repo,
+        out = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], cwd=SETTINGS.paths.repo,
                              capture_output=True, text=True, timeout=120, env=env)
         return json.loads(out.stdout.strip().splitlines()[-1])
 

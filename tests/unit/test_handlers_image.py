@@ -1,4 +1,4 @@
-"""ImageHandler on a tiny untrained UNet: PNG bytes, sizes, order, seeds, limits; a training smoke run."""
+"""ImageHandler on a tiny untrained UNet: PNG bytes, sizes, order, seeds, limits."""
 
 from __future__ import annotations
 
@@ -85,17 +85,6 @@ def test_batch_key_is_size_and_steps(tiny):
     handler, _ = tiny
     assert handler.batch_key(req("a", width=64, height=32, steps=50)) == (64, 32, 50)
     assert handler.batch_key({"request_id": "b", "prompt": "p", "params": {}}) == (256, 256, 50)
-
-
-def test_training_loop_smoke(tmp_path):
-    from inference_workers.models.train_image import train
-
-    report = train(tmp_path / "m", max_steps=2, batch_size=4, progress=False)
-    assert report.steps == 2 and report.final_loss > 0
-    assert (tmp_path / "m" / "unet" / "config.json").exists() and (tmp_path / "m" / "labels.json").exists()
-    handler = ImageHandler(tmp_path / "m", device="cpu")
-    out = handler.run_inference([req("t", width=32, height=32, steps=2)], handler.load_model())
-    assert Image.open(io.BytesIO(out[0].artifact)).size == (32, 32)
 
 
 def test_classifier_free_guidance_changes_the_image(tiny_dir):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs import stages
-from jobs.harness import prompt
+from tools.harness import prompt
 from operators.quota import TenantPolicy
 from rscf.settings import SETTINGS
 from schemas.serde import DecodeError

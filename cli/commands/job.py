@@ -1,7 +1,4 @@
-"""`rscf job start|stop|savepoint|status`: the content pipeline on the local Flink cluster.
-
-Also `rscf bench pipeline`: throughput and latency of the whole job with an echo worker.
-"""
+"""`rscf job start|stop|savepoint|status`: the content pipeline on the local Flink cluster."""
 
 from __future__ import annotations
 
@@ -9,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rscf.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
 from rscf.settings import SETTINGS
 
 
@@ -88,30 +85,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from jobs.bench import run_bench
-
-    try:
-        result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json,
-                           parallelism=args.parallelism, warmup_s=args.warmup)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    _emit(args, result, json.dumps(result, indent=2))
-    return EXIT_OK
-
-
-def _bench_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The shared `bench` group's subparsers (created here if no other module did first)."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print measured numbers")
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_command", required=True)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from jobs.config import JOB_NAME
 
@@ -147,15 +120,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--all", action="store_true", help="every job, not only --name")
     p.set_defaults(func=cmd_status)
-
-    p = _bench_subparsers(sub).add_parser("pipeline", parents=[json_parent()],
-                                          help="prompts/s and pipeline overhead latency with an echo worker")
-    p.add_argument("--rate", type=int, default=500, help="prompts per second offered")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load")
-    p.add_argument("--local", action="store_true", help="run the job in a local MiniCluster, not the cluster")
-    p.add_argument("--warmup", type=float, default=5.0,
-                   help="seconds of load at --rate before measuring (JIT of a fresh TaskManager), then drained")
-    p.add_argument("--parallelism", "-p", type=int, default=1,
-                   help="job parallelism (and partitions per topic); thread-mode subtasks in one TaskManager "
-                        "share one Python interpreter lock")
-    p.set_defaults(func=cmd_bench)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rscf.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
 
 
 def _say(args: argparse.Namespace):

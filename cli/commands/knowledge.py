@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
 from rscf.settings import SETTINGS
 
 

@@ -1,4 +1,4 @@
-"""`python -m jobs.stage_profile [N] [--profile]`: per-record Python cost of the job's steps, without Kafka or Flink.
+"""`python -m tools.stage_profile [N] [--profile]`: per-record Python cost of the job's steps, without Kafka or Flink.
 
 Pushes N synthetic prompts and their echo results through `jobs.stages` the way
 `jobs.flink_functions` calls it (decode -> validate -> moderate -> gate ->
@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from jobs import stages
-from jobs.harness import policy_event, prompt
+from tools.harness import policy_event, prompt
 from operators.quota import policy_from_dict
 from schemas.serde import LocalRegistry, TopicSerde
 
@@ -150,7 +150,7 @@ def profile(n: int = 2000, top: int = 30) -> str:
     return s.getvalue()
 
 
-if __name__ == "__main__":  # python -m jobs.stage_profile [N] [--profile]
+if __name__ == "__main__":  # python -m tools.stage_profile [N] [--profile]
     import json
     import sys
 

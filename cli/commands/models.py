@@ -1,7 +1,4 @@
-"""`rscf models list|publish|fetch|build-defaults|train-image` and `rscf bench handlers`.
-
-rscf/commands/workers.py calls `register_models(sub)` and `register_bench(sub)`.
-"""
+"""`rscf models list|publish|fetch|build-defaults|train-image`: the model registry and the default models."""
 
 from __future__ import annotations
 
@@ -11,10 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
 from rscf.settings import SETTINGS
-
-KINDS = {"text": "text-small", "image": "image", "speech": "speech", "echo": "echo"}
 
 
 def s3_reachable(timeout: float = 1.0) -> bool:
@@ -27,7 +22,7 @@ def s3_reachable(timeout: float = 1.0) -> bool:
 
 
 def _registry():
-    from .registry import ModelRegistry
+    from inference_workers.models.registry import ModelRegistry
 
     return ModelRegistry()
 
@@ -67,7 +62,7 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def cmd_publish(args) -> int:
-    from .registry import RegistryError
+    from inference_workers.models.registry import RegistryError
 
     if not Path(args.dir).is_dir():
         print(f"{args.dir} is not a directory", file=sys.stderr)
@@ -85,7 +80,7 @@ def cmd_publish(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .registry import RegistryError
+    from inference_workers.models.registry import RegistryError
 
     if not s3_reachable():
         return _unavailable()
@@ -98,14 +93,27 @@ def cmd_fetch(args) -> int:
     return EXIT_OK
 
 
+def _train_missing_shapes(registry, minutes: float, only: set[str] | None, log) -> None:
+    """Train the shapes UNet when build-defaults is to publish it and no trained one exists (the catalog never trains)."""
+    from inference_workers.models.catalog import build_dir, trained_shapes
+
+    if (only and "shapes-ddpm" not in only) or registry.versions("shapes-ddpm") or trained_shapes() is not None:
+        return
+    from tools.train_image import train
+
+    log("training shapes-ddpm ...")
+    train(build_dir("shapes-ddpm"), minutes=minutes)
+
+
 def cmd_build_defaults(args) -> int:
-    from .catalog import build_defaults
+    from inference_workers.models.catalog import build_defaults
 
     if not s3_reachable():
         return _unavailable()
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = build_defaults(_registry(), image_minutes=args.image_minutes,
-                            only=set(args.only) if args.only else None, log=say)
+    registry, only = _registry(), set(args.only) if args.only else None
+    _train_missing_shapes(registry, args.image_minutes, only, say)
+    report = build_defaults(registry, image_minutes=args.image_minutes, only=only, log=say)
     text = "\n".join(f"{r['name']:<14} {r['action']:<10} {r.get('version') or ''} {r.get('reason', '')}"
                      for r in report)
     _print(args, {"models": report}, text)
@@ -113,8 +121,8 @@ def cmd_build_defaults(args) -> int:
 
 
 def cmd_train_image(args) -> int:
-    from .catalog import build_dir
-    from .train_image import train
+    from inference_workers.models.catalog import build_dir
+    from tools.train_image import train
 
     out = Path(args.out) if args.out else build_dir("shapes-ddpm")
     report = train(out, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
@@ -124,7 +132,7 @@ def cmd_train_image(args) -> int:
     return EXIT_OK
 
 
-def register_models(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="model registry in object storage; default model builds")
     msub = models.add_subparsers(dest="models_command", required=True)
     p = msub.add_parser("list", parents=[json_parent()], help="published models and versions")
@@ -155,82 +163,3 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_train_image)
-
-
-# -- bench handlers ----------------------------------------------------------------------------
-def bench_handler_for(kind: str, model: str | None, device: str | None, max_batch: int):
-    """The handler to benchmark: --model, else the registry's pool model, else a local build."""
-    from inference_workers.handlers import EchoHandler, ImageHandler, SpeechHandler, TextHandler
-
-    from . import catalog
-
-    overrides = {"device": device, "max_batch": max_batch} if device else {"max_batch": max_batch}
-    if kind == "echo":
-        return EchoHandler(max_batch=max_batch)
-    if model:
-        return catalog.load_handler(model, **overrides)
-    if s3_reachable():
-        from .registry import RegistryError
-
-        try:
-            return catalog.load_handler(KINDS[kind], **overrides)
-        except RegistryError:
-            pass
-    if kind == "text":
-        return TextHandler(catalog.build_smollm2(), model_name="smollm2-135m", model_version="local", **overrides)
-    if kind == "image":
-        return ImageHandler(catalog.build_shapes(), model_name="shapes-ddpm", model_version="local", **overrides)
-    return SpeechHandler(model_name="piper-joe", model_version="local", max_batch=max_batch)
-
-
-def cmd_bench_handlers(args) -> int:
-    from .handler_bench import bench_handler, format_table, rows_as_dicts
-
-    try:
-        batches = sorted({int(b) for b in args.batches.split(",")})
-    except ValueError:
-        print("--batches wants comma-separated integers", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    kinds = [args.handler] if args.handler else ["echo", "text", "image", "speech"]
-    results = []
-    for kind in kinds:
-        # max_batch = the largest size, so each batch is one generate call
-        handler = bench_handler_for(kind, args.model, args.device, max(batches))
-        kwargs = {"max_tokens": args.max_tokens} if kind == "text" else (
-            {"steps": args.steps, "size": args.size} if kind == "image" else {})
-        rows = bench_handler(kind, handler, batches, min_seconds=args.min_seconds, request_kwargs=kwargs,
-                             log=(lambda m: print(m, file=sys.stderr)) if not args.json else None)
-        desc = handler.describe()
-        results.append({"handler": kind, "describe": desc, "rows": rows_as_dicts(rows), "request": kwargs})
-        if not args.json:
-            print(format_table(rows, desc))
-            print()
-    if args.json:
-        print(json.dumps({"results": results}, default=str))
-    return EXIT_OK
-
-
-def _bench_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The `bench` command's subparsers, shared with other modules' benchmarks."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print measured numbers")
-        return bench.add_subparsers(dest="bench_command", required=True)
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_command", required=True)
-
-
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    p = _bench_subparsers(sub).add_parser("handlers", parents=[json_parent()],
-                                          help="offline handler throughput per batch size")
-    p.add_argument("--handler", choices=sorted(KINDS), help="default: all")
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--model", default=None, help="registry name, local directory or hub id")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--max-tokens", type=int, default=32, help="text: new tokens per request")
-    p.add_argument("--steps", type=int, default=50, help="image: denoising steps")
-    p.add_argument("--size", type=int, default=64, help="image: output width and height")
-    p.add_argument("--min-seconds", type=float, default=0.0, help="repeat each batch size at least this long")
-    p.set_defaults(func=cmd_bench_handlers)

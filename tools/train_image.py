@@ -5,7 +5,9 @@ No pretrained image model can be installed here, so we train one: a ~0.7M-parame
 a few colours on a plain background). The class label is (shape, colour); prompt words
 pick it at inference time, and a spare "null" label (used for 10% of training samples)
 serves prompts that name neither. The result is saved as a diffusers `DDPMPipeline`
-directory (unet + scheduler) plus `labels.json`, small enough to commit.
+directory (unet + scheduler) plus `labels.json`, small enough to commit. The architecture and
+the label vocabulary are the runtime's (`inference_workers/models/shapes_unet.py`); this is the
+training loop and its data.
 
 Reproduce the committed artifact with:
     rscf models train-image --minutes 8 --seed 0 --out inference_workers/models/artifacts/shapes-ddpm
@@ -24,15 +26,17 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 210, 40),
-    "purple": (150, 60, 190),
-    "orange": (245, 140, 30),
-}
+from inference_workers.models.shapes_unet import (
+    COLOURS,
+    IMAGE_SIZE,
+    SHAPES,
+    build_scheduler,
+    build_unet,
+    label_for,
+    null_label,
+    save_pipeline,
+)
+
 # Backgrounds are muted so every shape colour stands out.
 BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
     (245, 245, 240),
@@ -41,23 +45,6 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
     (170, 190, 210),
     (215, 200, 170),
 )
-IMAGE_SIZE = 32
-
-
-def num_labels() -> int:
-    """Shape x colour classes plus one unconditional label (the last index)."""
-    return len(SHAPES) * len(COLOURS) + 1
-
-
-def null_label() -> int:
-    return num_labels() - 1
-
-
-def label_for(shape: str | None, colour: str | None) -> int:
-    """Class index for a (shape, colour) pair; unknown parts fall back to the null label."""
-    if shape not in SHAPES or colour not in COLOURS:
-        return null_label()
-    return SHAPES.index(shape) * len(COLOURS) + list(COLOURS).index(colour)
 
 
 def draw_shape(shape: str, colour: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
@@ -93,49 +80,6 @@ def make_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         images[i] = arr.transpose(2, 0, 1) / 127.5 - 1.0
         labels[i] = label_for(shape, colour)
     return images, labels
-
-
-def build_unet(sample_size: int = IMAGE_SIZE, channels: tuple[int, ...] = (16, 32, 64)):
-    """The small UNet: three resolutions, attention only at the lowest one."""
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(
-        sample_size=sample_size,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=channels,
-        down_block_types=("DownBlock2D",) * (len(channels) - 1) + ("AttnDownBlock2D",),
-        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(channels) - 1),
-        norm_num_groups=8,
-        num_class_embeds=num_labels(),
-    )
-
-
-def build_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-
-
-def write_labels(out: Path) -> None:
-    (out / "labels.json").write_text(
-        json.dumps(
-            {"shapes": list(SHAPES), "colours": list(COLOURS), "null_label": null_label(),
-             "image_size": IMAGE_SIZE},
-            indent=2,
-        )
-    )
-
-
-def save_pipeline(unet, scheduler, out: Path) -> Path:
-    """A DDPMPipeline directory (loadable by diffusers) plus the label vocabulary."""
-    from diffusers import DDPMPipeline
-
-    out.mkdir(parents=True, exist_ok=True)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(out))
-    write_labels(out)
-    return out
 
 
 @dataclass
@@ -230,7 +174,7 @@ def train(
     return report
 
 
-if __name__ == "__main__":  # `python -m inference_workers.models.train_image 5 OUT`
+if __name__ == "__main__":  # `python -m tools.train_image 5 OUT`
     import sys
 
     mins = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0

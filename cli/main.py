@@ -17,12 +17,15 @@ EXIT_UNAVAILABLE = 3
 
 # Each module has `register(subparsers)`; a command sets `func(args) -> int`.
 COMMAND_MODULES = (
-    "rscf.commands.stack",
-    "rscf.commands.contracts",
-    "rscf.commands.job",
-    "rscf.commands.workers",
-    "rscf.commands.demo",
-    "rscf.commands.knowledge",
+    "cli.commands.stack",
+    "cli.commands.schemas",
+    "cli.commands.prompts",
+    "cli.commands.bench",
+    "cli.commands.job",
+    "cli.commands.models",
+    "cli.commands.workers",
+    "cli.commands.demo",
+    "cli.commands.knowledge",
 )
 
 

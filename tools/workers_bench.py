@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rscf.clock import now_ms
+from rscf.kafka_clients import create_topics, delete_topics, producer_config
 from rscf.settings import SETTINGS
 
 
@@ -79,26 +81,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1])
 
 
-def create_topics(names: list[str], partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=15)
-    for f in futures.values():
-        f.result(30)
-
-
-def delete_topics(names: list[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap})
-    for f in admin.delete_topics(names, operation_timeout=15).values():
-        try:
-            f.result(30)
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
-
-
 def offline_throughput(handler, model, requests: list[dict], max_batch: int) -> float:
     """Requests per second of the handler alone, batches of ``max_batch`` in arrival order."""
     t0 = time.perf_counter()
@@ -129,7 +111,7 @@ def run_bench(
     try:
         progress("loading model")
         model = handler.load_model()
-        base = int(time.time() * 1000)
+        base = now_ms()
         requests = [make_request(pool, i, run_id, base) for i in range(n)]
         # Warm-up batch (lazy init, allocator) outside both measurements.
         handler.run_inference(requests[:max_batch], model)
@@ -138,8 +120,8 @@ def run_bench(
 
         progress(f"producing {n} requests to {req_topic}")
         req_serde = serde_for(SETTINGS.topics.requests(pool))
-        producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
-        created = int(time.time() * 1000)
+        producer = Producer(producer_config(linger_ms=20))
+        created = now_ms()
         for r in tqdm(requests, desc="produce", disable=not use_tqdm):
             r["created_at"] = created
             r["deadline"] = created + 3_600_000

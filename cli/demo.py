@@ -20,13 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rscf.kafka_clients import producer_config
+from rscf.pools import DEMO_POOLS
 from rscf.settings import SETTINGS
 
 DEMO_DIR = SETTINGS.paths.repo / "deploy" / "demo"
 SAMPLE_PROMPTS = DEMO_DIR / "prompts.jsonl"
 SAMPLE_TENANTS = DEMO_DIR / "tenants.jsonl"
 KNOWLEDGE_BASE = SETTINGS.paths.repo / "operators" / "data" / "knowledge_base.jsonl"
-DEMO_POOLS = ("text-small", "text-large", "image", "speech")
 
 Progress = Callable[[str], None]
 
@@ -109,7 +110,7 @@ def send_tenant_policies(tenants: list[dict]) -> None:
     from schemas.serde import serde_for
 
     serde = serde_for(SETTINGS.topics.control)
-    producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "acks": "all", "enable.idempotence": True})
+    producer = Producer(producer_config())
     now = datetime.now(timezone.utc)
     for t in tenants:
         event = {
@@ -151,7 +152,7 @@ def produce_prompts(requests: list[dict]) -> None:
     from schemas.serde import serde_for
 
     serde = serde_for(SETTINGS.topics.prompts)
-    producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "acks": "all", "enable.idempotence": True})
+    producer = Producer(producer_config())
     for r in requests:
         producer.produce(SETTINGS.topics.prompts, key=r["tenant_id"].encode(), value=serde.encode(r))
         producer.poll(0)

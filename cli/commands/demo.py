@@ -9,11 +9,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from rscf.cli import EXIT_FAILED, EXIT_OK, json_parent
+from cli.main import EXIT_FAILED, EXIT_OK, json_parent
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rscf import demo
+    from cli import demo
     from rscf.settings import SETTINGS
 
     def progress(msg: str) -> None:
@@ -50,7 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from rscf.demo import SAMPLE_PROMPTS, SAMPLE_TENANTS
+    from cli.demo import SAMPLE_PROMPTS, SAMPLE_TENANTS
 
     p = sub.add_parser("demo", parents=[json_parent()], help="bring everything up and run the sample prompts")
     p.add_argument("--prompts", default=str(SAMPLE_PROMPTS))

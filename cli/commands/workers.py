@@ -1,4 +1,4 @@
-"""`rscf worker run`, `rscf workers start|stop|status|scale|autoscale`, `rscf bench workers`."""
+"""`rscf worker run`, `rscf workers start|stop|status|scale|autoscale`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import logging
 import sys
 import time
 
-from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
-from rscf.settings import POOLS, SETTINGS
+from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from rscf.pools import POOLS
+from rscf.settings import SETTINGS
 
 
 def build_handler(pool: str, model: str | None = None, version: str | None = None, delay_ms: float = 0.0):
@@ -215,44 +216,6 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
             server.stop()
 
 
-# ----------------------------------------------------------------------- bench workers
-def cmd_bench_workers(args: argparse.Namespace) -> int:
-    try:
-        import torch
-
-        torch.set_num_threads(SETTINGS.limits.torch_threads)
-    except ImportError:
-        pass
-    from confluent_kafka import KafkaException
-
-    from inference_workers.bench import run_bench
-
-    if args.pool == "echo":
-        from inference_workers.handlers.echo import EchoHandler
-
-        # A model-free handler with a simulated cost profile (fixed per batch + per item), so the
-        # ratio measures runtime overhead against something that batches like a model does.
-        handler = EchoHandler(batch_latency_ms=args.echo_batch_ms, item_latency_ms=args.echo_item_ms)
-    else:
-        handler = build_handler(args.pool)
-    say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    try:
-        res = run_bench(args.pool, handler, n=args.n, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                        progress=say, use_tqdm=not args.json)
-    except KafkaException as exc:
-        print(f"kafka unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    if args.json:
-        print(json.dumps(res.as_dict()))
-    else:
-        print(f"pool {res.pool}: {res.answered}/{res.n} answered, {res.errors} errors, max batch {res.max_batch} (mean {res.mean_batch:.1f})")
-        print(f"offline batched throughput {res.offline_rps:10.1f} req/s")
-        print(f"worker throughput (Kafka)  {res.worker_rps:10.1f} req/s   ratio {res.ratio:.2f} (target >= 0.8)")
-        print(f"queue ms  p50 {res.queue_ms_p50:8.1f}  p95 {res.queue_ms_p95:8.1f}")
-        print(f"e2e ms    p50 {res.e2e_ms_p50:8.1f}  p95 {res.e2e_ms_p95:8.1f}")
-    return EXIT_OK if res.answered == res.n else EXIT_FAILED
-
-
 # ----------------------------------------------------------------------- registration
 def _register_worker(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="run one inference worker in the foreground")
@@ -306,37 +269,6 @@ def _register_workers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_autoscale)
 
 
-def _register_bench_workers(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser("workers", parents=[json_parent()], help="worker throughput through Kafka vs offline batching")
-    p.add_argument("--pool", required=True, choices=("echo", "text-small", "image"))
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--max-batch", type=int, default=SETTINGS.limits.worker_max_batch)
-    p.add_argument("--max-wait-ms", type=float, default=SETTINGS.limits.worker_max_wait_ms)
-    p.add_argument("--echo-batch-ms", type=float, default=10.0, help="echo pool: simulated cost per batch")
-    p.add_argument("--echo-item-ms", type=float, default=0.5, help="echo pool: simulated cost per request")
-    p.set_defaults(func=cmd_bench_workers)
-
-
-def _bench_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The `bench` command's subparsers, creating `bench` if no other module did."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print measured numbers")
-        bench.add_subparsers(dest="bench_command", required=True)
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_command", required=True)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    try:
-        from inference_workers.models import cli as models_cli
-    except ImportError:
-        models_cli = None
-    if models_cli is not None:
-        models_cli.register_models(sub)
-        models_cli.register_bench(sub)
     _register_worker(sub)
     _register_workers(sub)
-    _register_bench_workers(_bench_subparsers(sub))

@@ -19,16 +19,14 @@ from typing import Any, Iterable, Iterator
 
 from deploy.local import flink_jobs as cluster
 from jobs.config import ROLE_SCHEMAS, JobConfig
+from rscf import kafka_clients
+from rscf.clock import now_ms
 from rscf.settings import SETTINGS
 
 
 def _log(name: str):
     SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
     return open(SETTINGS.paths.logs / name, "ab")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def serde(cfg: JobConfig, topic: str, role: str):
@@ -38,27 +36,12 @@ def serde(cfg: JobConfig, topic: str, role: str):
 
 
 def create_topics(cfg: JobConfig, partitions: int = 2) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
-    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in cfg.all_topics()])
-    for topic, fut in futures.items():
-        try:
-            fut.result(timeout=30)
-        except Exception as exc:  # noqa: BLE001 - already existing is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    """The run's topic set, each with ``partitions`` partitions (its control topic too)."""
+    kafka_clients.create_topics(cfg.all_topics(), partitions, cfg.bootstrap, single_partition=())
 
 
 def delete_topics(cfg: JobConfig) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
-    for fut in admin.delete_topics(cfg.all_topics()).values():
-        try:
-            fut.result(timeout=30)
-        except Exception:  # noqa: BLE001 - best effort cleanup
-            pass
+    kafka_clients.delete_topics(cfg.all_topics(), cfg.bootstrap)
 
 
 def prompt(request_id: str, tenant: str, text: str, modality: str = "TEXT", **extra: Any) -> dict:
@@ -92,7 +75,7 @@ class Producer:
         from confluent_kafka import Producer as KafkaProducer
 
         self.cfg = cfg
-        self.p = KafkaProducer({"bootstrap.servers": cfg.bootstrap, "linger.ms": linger_ms, "enable.idempotence": True})
+        self.p = KafkaProducer(kafka_clients.producer_config(cfg.bootstrap, linger_ms))
         self.serdes: dict[str, Any] = {}
 
     def send(self, topic: str, role: str, record: dict | None, key: str | None = None, raw: bytes | None = None):

@@ -17,8 +17,8 @@ import time
 
 import psutil
 
-from jobs import harness
 from rscf.settings import SETTINGS
+from tools import harness
 
 
 class CpuMeter:

@@ -1,21 +1,12 @@
-"""The contracts CLI without services: argument wiring, human output, JSON output, bench plumbing."""
+"""`rscf submit|produce|results` without services: bad input, human output, JSON output."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
 
-from rscf.cli import EXIT_BAD_INPUT, build_parser, main
-from rscf.commands.contracts import bench_serde, dumps, human_line
-
-
-def test_commands_are_registered():
-    parser = build_parser()
-    args = parser.parse_args(["submit", "--tenant", "t", "--modality", "TEXT", "--max-tokens", "5", "hi"])
-    assert (args.modality, args.max_tokens, args.prompt, args.priority) == ("text", 5, "hi", "normal")
-    assert parser.parse_args(["schemas", "check", "x.avsc", "--json"]).json
-    assert parser.parse_args(["bench", "serde", "--n", "10"]).n == 10
-    assert parser.parse_args(["results", "--follow", "--max", "2"]).max == 2
+from cli.commands.prompts import dumps, human_line
+from cli.main import EXIT_BAD_INPUT, main
 
 
 def test_submit_rejects_bad_input_before_touching_kafka(capsys):
@@ -54,12 +45,3 @@ def test_human_line_for_content_and_dead_letters():
 def test_json_output_handles_timestamps_and_bytes():
     out = json.loads(dumps({"t": datetime(2026, 1, 1, tzinfo=timezone.utc), "b": b"\x00\xff"}))
     assert out == {"t": "2026-01-01T00:00:00+00:00", "b": "AP8="}
-
-
-def test_bench_serde_reports_both_paths():
-    result = bench_serde(200)
-    rates = result["records_per_s"]
-    assert set(rates) == {"plain_encode", "serde_encode", "plain_decode", "serde_decode",
-                          "serde_decode_resolving_old_writer"}
-    assert all(v > 0 for v in rates.values())
-    assert result["record_bytes"] > 5 and result["registry"] == "in-process"

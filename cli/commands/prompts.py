@@ -1,4 +1,4 @@
-"""Contracts at the command line: register/check schemas, submit and produce prompts, read results, bench serde."""
+"""`rscf submit|produce|results`: prompts into the pipeline, decoded records out of any of its topics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rscf.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from cli.commands.schemas import registry_args
+from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from rscf.kafka_clients import producer_config
 from rscf.settings import SETTINGS
 
 
@@ -30,10 +32,6 @@ def dumps(record: Any) -> str:
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def _registry_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry-url", default=SETTINGS.registry_url, help="Confluent-compatible registry API")
 
 
 def _kafka_args(p: argparse.ArgumentParser) -> None:
@@ -56,14 +54,7 @@ def _producer(bootstrap: str) -> Any:
     """Idempotent producer: retries never duplicate or reorder a partition's records."""
     from confluent_kafka import Producer
 
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
-    )
+    return Producer(producer_config(bootstrap))
 
 
 def _serde_or_exit(topic: str, registry_url: str, schema_name: str | None = None) -> Any:
@@ -77,44 +68,6 @@ def _serde_or_exit(topic: str, registry_url: str, schema_name: str | None = None
         _err(f"schema registry at {registry_url} refused or unreachable: {type(exc).__name__}: {exc}")
         return None
     return serde
-
-
-# ---------------------------------------------------------------- schemas
-def cmd_schemas_register(args: argparse.Namespace) -> int:
-    from schemas.registry import register_all
-
-    try:
-        ids = register_all(args.registry_url)
-    except Exception as exc:
-        status = getattr(exc, "http_status_code", None)
-        _err(f"registration failed: {type(exc).__name__}: {exc}")
-        return EXIT_FAILED if status and status < 500 else EXIT_UNAVAILABLE
-    if args.json:
-        print(json.dumps({"registry_url": args.registry_url, "subjects": ids}))
-    else:
-        for subject, sid in ids.items():
-            print(f"{subject:45s} id {sid}")
-        print(f"{len(ids)} subjects registered, compatibility BACKWARD")
-    return EXIT_OK
-
-
-def cmd_schemas_check(args: argparse.Namespace) -> int:
-    from schemas.registry import check
-
-    try:
-        ok, messages = check(args.file, args.registry_url, args.subject or None)
-    except ValueError as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-    except Exception as exc:
-        _err(f"schema registry at {args.registry_url} unreachable: {type(exc).__name__}: {exc}")
-        return EXIT_UNAVAILABLE
-    if args.json:
-        print(json.dumps({"file": args.file, "compatible": ok, "messages": messages}))
-    else:
-        for message in messages:
-            print(message)
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 # ---------------------------------------------------------------- submit / produce
@@ -352,150 +305,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     return EXIT_OK if shown or not args.request_id else EXIT_FAILED
 
 
-# ---------------------------------------------------------------- bench
-def sample_prompt_request() -> dict[str, Any]:
-    from schemas.prompt_input import prompt_request
-
-    return prompt_request(
-        {
-            "request_id": "3f1c2a9e-8d4b-4c55-9b1e-0a7d6f2e4c11",
-            "tenant_id": "acme",
-            "modality": "text",
-            "prompt": "Write a short product description for a waterproof hiking boot with a recycled sole.",
-            "params": {"max_tokens": 128, "temperature": 0.7, "top_p": 0.95, "seed": 42},
-            "priority": "high",
-            "template_id": "product-copy-v2",
-            "template_vars": {"tone": "friendly", "audience": "hikers"},
-            "metadata": {"source": "bench", "campaign": "spring"},
-            "trace": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        }
-    )
-
-
-def _rates(n: int, fns: dict[str, Any], repeats: int = 5) -> dict[str, float]:
-    """Best-of-``repeats`` records/s per function, rounds interleaved so a noisy neighbour hits all alike."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn(n)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: n / seconds for name, seconds in best.items()}
-
-
-def bench_serde(n: int, registry_url: str | None = None) -> dict[str, Any]:
-    """Records/s on one core for encode/decode: plain fastavro vs TopicSerde (framing, id cache, resolution)."""
-    import io
-
-    import fastavro
-    from confluent_kafka.schema_registry import Schema
-
-    from schemas.serde import LocalRegistry, TopicSerde, load_schema, parsed_schema
-
-    record = sample_prompt_request()
-    parsed = parsed_schema("prompt_request")
-    client = None if registry_url else LocalRegistry()
-    serde = TopicSerde("bench.prompts", registry_url, schema_name="prompt_request", client=client)
-    framed = serde.encode(record)
-    body = framed[5:]
-    # an older producer's schema (no trace, no metadata) to measure decode with schema resolution
-    old = load_schema("prompt_request")
-    old["fields"] = [f for f in old["fields"] if f["name"] not in ("trace", "metadata")]
-    old_id = serde.client.register_schema("bench.prompts.old-value", Schema(json.dumps(old), "AVRO"))
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), {k: v for k, v in record.items() if k not in ("trace", "metadata")})
-    old_framed = b"\x00" + old_id.to_bytes(4, "big") + buf.getvalue()
-    assert serde.decode(old_framed)["metadata"] == {}
-
-    def plain_encode(k: int) -> None:
-        for _ in range(k):
-            b = io.BytesIO()
-            fastavro.schemaless_writer(b, parsed, record)
-            b.getvalue()
-
-    def plain_decode(k: int) -> None:
-        for _ in range(k):
-            fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
-
-    def serde_encode(k: int) -> None:
-        enc = serde.encode
-        for _ in range(k):
-            enc(record)
-
-    def serde_decode(k: int) -> None:
-        dec = serde.decode
-        for _ in range(k):
-            dec(framed)
-
-    def serde_decode_old(k: int) -> None:
-        dec = serde.decode
-        for _ in range(k):
-            dec(old_framed)
-
-    rates = _rates(
-        n,
-        {
-            "plain_encode": plain_encode,
-            "serde_encode": serde_encode,
-            "plain_decode": plain_decode,
-            "serde_decode": serde_decode,
-            "serde_decode_resolving_old_writer": serde_decode_old,
-        },
-    )
-    return {
-        "n": n,
-        "record_bytes": len(framed),
-        "registry": registry_url or "in-process",
-        "records_per_s": {k: round(v) for k, v in rates.items()},
-        "encode_ratio": round(rates["serde_encode"] / rates["plain_encode"], 3),
-        "decode_ratio": round(rates["serde_decode"] / rates["plain_decode"], 3),
-    }
-
-
-def cmd_bench_serde(args: argparse.Namespace) -> int:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    result = bench_serde(args.n, args.registry_url)
-    if args.json:
-        print(json.dumps(result))
-        return EXIT_OK
-    r = result["records_per_s"]
-    print(f"PromptRequest, {result['record_bytes']} bytes framed, n={args.n}, registry {result['registry']}, best of 5 interleaved rounds, one core")
-    print(f"encode  plain fastavro {r['plain_encode']:>9,}/s   TopicSerde {r['serde_encode']:>9,}/s   ratio {result['encode_ratio']:.3f}")
-    print(f"decode  plain fastavro {r['plain_decode']:>9,}/s   TopicSerde {r['serde_decode']:>9,}/s   ratio {result['decode_ratio']:.3f}")
-    print(f"decode  older writer schema resolved to current: {r['serde_decode_resolving_old_writer']:,}/s")
-    return EXIT_OK
-
-
-# ---------------------------------------------------------------- wiring
-def _bench_subparsers(sub: Any) -> Any:
-    """The `bench` group's subparsers, shared with other areas that add benchmarks to it."""
-    existing = sub.choices.get("bench")
-    if existing is not None:
-        for action in existing._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return action
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
-    return bench.add_subparsers(dest="bench", required=True)
-
-
 def register(sub: Any) -> None:
     jp = json_parent()
-
-    schemas = sub.add_parser("schemas", help="register and check the Avro contracts")
-    ssub = schemas.add_subparsers(dest="schemas_command", required=True)
-    p = ssub.add_parser("register", parents=[jp], help="register every schema, BACKWARD compatibility per subject")
-    _registry_args(p)
-    p.set_defaults(func=cmd_schemas_register)
-    p = ssub.add_parser("check", parents=[jp], help="test a changed .avsc against the registered versions")
-    p.add_argument("file", help="path to the .avsc (its file stem selects the subjects) or a schema name")
-    p.add_argument("--subject", action="append", default=[], help="check against this subject (repeatable)")
-    _registry_args(p)
-    p.set_defaults(func=cmd_schemas_check)
 
     p = sub.add_parser("submit", parents=[jp], help="send one prompt; prints its request_id")
     p.add_argument("prompt")
@@ -516,14 +327,14 @@ def register(sub: Any) -> None:
     p.add_argument("--request-id", help="default: a new uuid4")
     p.add_argument("--topic", default=SETTINGS.topics.prompts)
     _kafka_args(p)
-    _registry_args(p)
+    registry_args(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("produce", parents=[jp], help="produce prompts from a .jsonl or .csv file")
     p.add_argument("file")
     p.add_argument("--topic", default=SETTINGS.topics.prompts)
     _kafka_args(p)
-    _registry_args(p)
+    registry_args(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("results", parents=[jp], help="read and decode a topic (final content by default)")
@@ -535,10 +346,5 @@ def register(sub: Any) -> None:
     p.add_argument("--max", type=int, default=0, help="stop after N records (0: no limit)")
     p.add_argument("--timeout", type=float, help="stop after S seconds (default 30 without --follow)")
     _kafka_args(p)
-    _registry_args(p)
+    registry_args(p)
     p.set_defaults(func=cmd_results)
-
-    p = _bench_subparsers(sub).add_parser("serde", parents=[jp], help="TopicSerde vs plain fastavro throughput")
-    p.add_argument("--n", type=int, default=20000)
-    p.add_argument("--registry-url", default=None, help="use a real registry (default: in-process)")
-    p.set_defaults(func=cmd_bench_serde)
