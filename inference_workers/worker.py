@@ -345,3 +345,15 @@ class Worker:
         for unit, amount in run.units.items():
             self.metrics.units.labels(self.pool, unit).inc(amount)
             self.metrics.units_per_s.labels(self.pool, unit).set(amount / seconds)
+
+
+def serve(pool: str, handler: ModelHandler, settings: WorkerSettings) -> None:
+    """Run one replica until SIGTERM/SIGINT: the process body of `rscf worker run` (and of test workers)."""
+    worker = Worker(pool, handler, settings)
+    worker.install_signal_handlers()
+    port = worker.start_health_server()
+    logging.getLogger("rscf.worker").info("worker %s: %s, health/metrics on %s", worker.worker_id, handler.describe(), port)
+    try:
+        worker.run()
+    finally:
+        worker.close()

@@ -13,19 +13,13 @@ from rscf.pools import POOLS
 from rscf.settings import SETTINGS
 
 
-def build_handler(pool: str, model: str | None = None, version: str | None = None, delay_ms: float = 0.0):
+def build_handler(pool: str, model: str | None = None, version: str | None = None):
     """The pool's handler: EchoHandler for `echo`, otherwise the model registry's `load_handler`."""
     if pool == "echo":
         from inference_workers.handlers.echo import EchoHandler
 
-        handler = EchoHandler(model_name=model, model_version=version)
-    else:
-        handler = _registry_load_handler()(pool, model=model, version=version)
-    if delay_ms > 0:
-        from tests.helpers.handlers import DelayedHandler
-
-        handler = DelayedHandler(handler, delay_ms)
-    return handler
+        return EchoHandler(model_name=model, model_version=version)
+    return _registry_load_handler()(pool, model=model, version=version)
 
 
 def _registry_load_handler():
@@ -40,22 +34,11 @@ def _out(args: argparse.Namespace, data, text: str) -> None:
 
 
 # ----------------------------------------------------------------------- worker run
-def cmd_worker_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import torch
+def worker_settings(args: argparse.Namespace):
+    """WorkerSettings from `rscf worker run`'s options (test workers parse the same options)."""
+    from inference_workers.worker import WorkerSettings
 
-        torch.set_num_threads(SETTINGS.limits.torch_threads)
-    except ImportError:
-        pass
-    from inference_workers.worker import Worker, WorkerSettings
-
-    try:
-        handler = build_handler(args.pool, args.model, args.version, args.delay_ms)
-    except Exception as exc:  # noqa: BLE001
-        print(f"cannot build handler for pool {args.pool}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    settings = WorkerSettings(
+    return WorkerSettings(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         replica=args.replica,
@@ -66,16 +49,24 @@ def cmd_worker_run(args: argparse.Namespace) -> int:
         # Only the real pool's replicas are announced to Prometheus, not test workers on private topics.
         announce=args.requests_topic is None,
     )
-    worker = Worker(args.pool, handler, settings)
-    worker.install_signal_handlers()
-    port = worker.start_health_server()
-    logging.getLogger("rscf.worker").info(
-        "worker %s: %s, health/metrics on %s", worker.worker_id, handler.describe(), port
-    )
+
+
+def cmd_worker_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        worker.run()
-    finally:
-        worker.close()
+        import torch
+
+        torch.set_num_threads(SETTINGS.limits.torch_threads)
+    except ImportError:
+        pass
+    from inference_workers.worker import serve
+
+    try:
+        handler = build_handler(args.pool, args.model, args.version)
+    except Exception as exc:  # noqa: BLE001
+        print(f"cannot build handler for pool {args.pool}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    serve(args.pool, handler, worker_settings(args))
     return EXIT_OK
 
 
@@ -231,7 +222,6 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-topic", default=None, help="override (tests): default genai.inference.results")
     p.add_argument("--group", default=None, help="override (tests): default rscf-workers-<pool>")
     p.add_argument("--metrics-port", type=int, default=None, help="default worker_metrics_first + index; 0 any; -1 none")
-    p.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # chaos tests: slow batches
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_worker_run)
 

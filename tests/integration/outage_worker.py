@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from inference_workers.handlers.base import InferenceOutput, ModelHandler
-from inference_workers.worker import Worker, WorkerSettings
+from inference_workers.worker import WorkerSettings, serve
 
 
 def png_for(request_id: str, prompt: str) -> bytes:
@@ -67,13 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         results_topic=args.results_topic, dlq_topic=args.dlq_topic, group_id=args.group,
         metrics_port=args.metrics_port, s3_retry_max_s=120.0,
     )
-    worker = Worker("image", PngHandler(args.delay_s), settings)
-    worker.install_signal_handlers()
-    worker.start_health_server()
-    try:
-        worker.run()
-    finally:
-        worker.close()
+    serve("image", PngHandler(args.delay_s), settings)
     return 0
 
 

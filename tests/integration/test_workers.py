@@ -144,9 +144,11 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def start_worker_process(topics: Topics, port: int, *extra: str) -> subprocess.Popen:
+def start_worker_process(topics: Topics, port: int, *extra: str, delay_ms: float = 0) -> subprocess.Popen:
+    """`rscf worker run` on the echo pool; with delay_ms, every batch is delayed (tests/helpers/slow_worker.py)."""
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo)}
-    cmd = [sys.executable, "-m", "cli.main", "worker", "run", "--pool", "echo", *topics.cli_args(),
+    program = ["tests.helpers.slow_worker", str(delay_ms)] if delay_ms else ["cli.main", "worker", "run"]
+    cmd = [sys.executable, "-m", *program, "--pool", "echo", *topics.cli_args(),
            "--metrics-port", str(port), "--log-level", "warning", *extra]
     return subprocess.Popen(cmd, cwd=SETTINGS.paths.repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -252,7 +254,7 @@ def test_sigkill_mid_batch_loses_nothing(topics: Topics) -> None:
     reqs = [make_request(f"k-{i}", f"survive {i}") for i in range(24)]
     produce(topics.requests, reqs)
     port = free_port()
-    slow = start_worker_process(topics, port, "--max-batch", "4", "--max-wait-ms", "10", "--delay-ms", "1500")
+    slow = start_worker_process(topics, port, "--max-batch", "4", "--max-wait-ms", "10", delay_ms=1500)
     reader = Reader(topics.results, SETTINGS.topics.results)
     try:
         # Wait until the slow worker has answered something and is inside its next batch.
@@ -283,7 +285,7 @@ def test_sigkill_mid_batch_loses_nothing(topics: Topics) -> None:
 def test_sigterm_finishes_the_batch_in_hand_and_commits(topics: Topics) -> None:
     reqs = [make_request(f"t-{i}", f"graceful {i}") for i in range(4)]
     port = free_port()
-    proc = start_worker_process(topics, port, "--max-batch", "4", "--max-wait-ms", "500", "--delay-ms", "3000")
+    proc = start_worker_process(topics, port, "--max-batch", "4", "--max-wait-ms", "500", delay_ms=3000)
     reader = Reader(topics.results, SETTINGS.topics.results)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", lambda r: r.status_code == 200, timeout=60, proc=proc)
