@@ -37,6 +37,7 @@ from rscf.settings import SETTINGS
 NEXT, SINK = "next", "sink"  # tags of the control stream only (its events and its dead letters part ways)
 CONTROL_STATE = "control"  # broadcast MapState, keys and values: `jobs.intake.control_updates`
 
+
 def control_descriptor() -> MapStateDescriptor:
     return MapStateDescriptor(CONTROL_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
