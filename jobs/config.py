@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rscf.settings import POOLS, SETTINGS
+from rscf.pools import POOLS
+from rscf.settings import SETTINGS
 
 JOB_NAME = "rscf-content-pipeline"
 JOB_VERSION = "content-pipeline/1"

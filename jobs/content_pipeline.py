@@ -11,7 +11,7 @@ Three Python calls per prompt and its result: the gate, and the orchestrator twi
 Prompts and results are keyed in Java by their Kafka key (producers key prompts by
 tenant_id, workers key results by request_id), so no decode operator runs ahead of
 a keyBy; the keyed function decodes, and a record whose key does not match its
-payload is written back under the right key (`stages.Republish`). Dead letters and
+payload is written back under the right key (`envelopes.Republish`). Dead letters and
 early finals ride the same path as everything else (each function forwards what it
 does not handle), so no stream fans out into filters: in thread mode every Python
 operator unpickles each record it receives, and all of them take turns on one
@@ -172,7 +172,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> StreamTableEnviron
     control_dead_letters = control.filter(ff.is_sink).map(ff.wired_dead_letter, output_type=WIRE)
     broadcast = control_events.broadcast(ff.control_descriptor())
 
-    # Linear paths, no fan-out: each function forwards what it does not handle (see ff.untag).
+    # Linear paths, no fan-out: each function forwards what it does not handle (a filter per kind would be
+    # one more Python operator unpickling every record it sees, measured in jobs/README.md).
     gated = (
         keyed_stream(prompts)
         .connect(broadcast)

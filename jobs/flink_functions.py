@@ -1,34 +1,41 @@
-"""PyFlink functions of the content pipeline: state, timers and metrics around `jobs.stages`.
+"""PyFlink functions of the content pipeline: state, timers and metrics around the job's steps
+(`jobs.intake`, `jobs.gate`, `jobs.orchestrate`).
 
 Kept in an importable module (not in the job script, which runs as __main__)
 so cloudpickle ships these classes by reference: a class pickled by value drags
 in module globals, and any that hold py4j objects fail with "cannot pickle
 '_thread.RLock'" (measured). Keyed state holds pickled Python values; their
-classes (operators.*, jobs.stages) must be importable where the job restores.
+classes (`jobs.envelopes`, `operators.*`) must be importable where the job restores.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
-import time
-from typing import Any, Callable
+from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.common.time import Time
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from jobs import stages
-from jobs.config import JobConfig, ROLE_SCHEMAS
-from operators import routing
+from jobs import intake
+from jobs.config import JobConfig
+from jobs.envelopes import PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes
+from jobs.gate import gate, rag_enricher
+from jobs.intake import TENANT, control_updates
+from jobs.metrics import Counters
+from jobs.orchestrate import Orchestrator
+from jobs.services import redis_client, shared_classifier, shared_embedder, topic_serde
+from operators.admit import TenantPolicy, default_policy, policy_from_dict
+from operators.correlate import Effects
 from operators.dead_letters import dead_letter
+from operators.moderate import Moderator
+from rscf.clock import now_ms  # Flink's processing time is the wall clock: read it here, not over pemja
+from rscf.pools import ECHO
 from rscf.settings import SETTINGS
 
-log = logging.getLogger(__name__)
-
 NEXT, SINK = "next", "sink"  # tags of the control stream only (its events and its dead letters part ways)
-CONTROL_STATE = "control"  # broadcast MapState: "tenant:<id>" -> TenantPolicy dict, "rollout:<pool>" -> ModelRollout dict
+CONTROL_STATE = "control"  # broadcast MapState, keys and values: `jobs.intake.control_updates`
 
 
 def control_descriptor() -> MapStateDescriptor:
@@ -57,136 +64,6 @@ def slot_descriptor() -> ValueStateDescriptor:
     return desc
 
 
-def now_ms() -> int:
-    """Flink's processing time is the wall clock (System.currentTimeMillis): read it here, not over pemja."""
-    return time.time_ns() // 1_000_000
-
-
-def untag(out: stages.Out) -> Any:
-    """What a function emits: the envelope of a `Next`, or the SinkRecord / Republish itself.
-
-    The prompt and result paths are linear (gate -> orchestrator + encode):
-    each keyed function handles its own envelope kind and forwards the others untouched,
-    so no record is split by filters (each filter is one more Python operator that
-    unpickles every record it sees, measured in jobs/README.md).
-    """
-    return out.value if isinstance(out, stages.Next) else out
-
-
-class Counters:
-    """Flink metric counters under group `rscf`, with label groups (shown as Prometheus labels).
-
-    The success path's per-prompt counters (`BATCHED`, name and labels) add up in Python
-    and reach the Java counters at most every `FLUSH_S`: each Java counter call is a pemja
-    crossing, and per-record `inc()` was ~40 us per prompt at 1000/s (py-spy). They are
-    only counted in keyed functions, which call `schedule_flush` after each input, so the
-    tail of a burst is flushed by a processing-time timer `FLUSH_S` later (the function's
-    `on_timer` calls `on_timer`). Everything else (dead letters, rejections, duplicates,
-    retries) counts at once. (A gauge read by Flink's reporter thread could flush the tail
-    too, but registering a new counter while that thread waits on the interpreter lock can
-    deadlock.)
-    """
-
-    FLUSH_S = 0.5
-    BATCHED = frozenset({("prompts_in",), ("results_in",), ("dispatched",), ("rag_enriched",), ("final_latency_ms",),
-                         ("finals", ("status", "SUCCEEDED")), ("records_out", ("role", "request")),
-                         ("records_out", ("role", "content")), ("records_out", ("role", "audit"))})
-
-    def __init__(self, ctx: RuntimeContext):
-        self._group = ctx.get_metrics_group().add_group("rscf")
-        self._counters: dict[tuple, Any] = {}
-        self._pending: dict[tuple, int] = {}
-        self._flush_at = 0.0
-        self._flush_timer: int | None = None
-
-    def inc(self, name: str, n: int = 1, **labels: str) -> None:
-        key = (name, *sorted(labels.items())) if labels else (name,)
-        if key not in self.BATCHED:
-            self._counter(key).inc(n)
-            return
-        self._pending[key] = self._pending.get(key, 0) + n
-        now = time.monotonic()
-        if now >= self._flush_at:
-            self.flush(now)
-
-    def schedule_flush(self, ctx) -> None:
-        """Make sure a timer will flush what is pending if no further input does."""
-        if self._pending and self._flush_timer is None:
-            self._flush_timer = now_ms() + int(self.FLUSH_S * 1000)
-            ctx.timer_service().register_processing_time_timer(self._flush_timer)
-
-    @property
-    def flush_timer(self) -> int | None:
-        return self._flush_timer
-
-    def on_timer(self, timestamp: int) -> None:
-        if self._flush_timer is not None and timestamp >= self._flush_timer:
-            self._flush_timer = None
-        if self._pending:
-            self.flush()
-
-    def flush(self, now: float | None = None) -> None:
-        self._flush_at = (now if now is not None else time.monotonic()) + self.FLUSH_S
-        pending, self._pending = self._pending, {}
-        for key, n in pending.items():
-            self._counter(key).inc(n)
-
-    def _counter(self, key: tuple):
-        counter = self._counters.get(key)
-        if counter is None:
-            group = self._group
-            for k, v in key[1:]:
-                group = group.add_group(k, str(v))
-            counter = self._counters[key] = group.counter(key[0])
-        return counter
-
-    def count_sinks(self, outs) -> None:
-        for value in outs:
-            if isinstance(value, stages.SinkRecord) and value.role == "dlq":
-                self.inc("dead_letters", stage=value.record["stage"], reason=value.record["reason"])
-
-
-def _serde(cfg: JobConfig, topic: str, role: str):
-    from schemas.serde import TopicSerde
-
-    return TopicSerde(topic, cfg.registry_url, schema_name=ROLE_SCHEMAS[role])
-
-
-def _redis(cfg: JobConfig):
-    import redis
-
-    return redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
-
-
-_SHARED: dict[str, Any] = {}
-
-
-def shared_embedder() -> Callable[[], Any]:
-    """The embedding service client, or None while the service is marked down.
-
-    The model runs in its own process (inference_workers/embedding_service.py):
-    torch inside a thread-mode operator stalled it and its checkpoints (measured).
-    """
-    if "embedder" not in _SHARED:
-        from operators.embedding import RemoteEmbedder
-
-        _SHARED["embedder"] = RemoteEmbedder()
-    embedder = _SHARED["embedder"]
-    return lambda: embedder if embedder.available() else None
-
-
-def shared_classifier() -> Callable[[], Any]:
-    """The moderation classifier: remote embeddings + the small logistic regression, loaded here."""
-    if "classifier" not in _SHARED:
-        from operators import moderation_model
-        from operators.embedding import RemoteEmbedder
-
-        embedder = RemoteEmbedder()
-        _SHARED["classifier"] = (embedder, moderation_model.load(embedder))
-    embedder, classifier = _SHARED["classifier"]
-    return lambda: classifier if embedder.available() else None
-
-
 # ----------------------------------------------------------------------------- wire rows
 
 
@@ -213,7 +90,7 @@ def payload(value):
 
 
 def wired_dead_letter(value) -> Row:
-    return wire(stages.request_key(value[1]), value[1])
+    return wire(request_key(value[1]), value[1])
 
 
 # ----------------------------------------------------------------------------- intake
@@ -226,46 +103,30 @@ class ControlIntake(FlatMapFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
-        self.serde = _serde(self.cfg, self.cfg.control, "control")
+        self.serde = topic_serde(self.cfg, self.cfg.control, "control")
         self.counters = Counters(ctx)
 
     def flat_map(self, row):
-        record, dl = stages.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
+        record, dl = intake.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
         if dl is not None:
-            self.counters.count_sinks([dl])
+            self.counters.count_dead_letter(dl)
             yield SINK, dl
         else:
             self.counters.inc("control_events")
             yield NEXT, record
 
 
-def control_updates(event: dict) -> list[tuple[str, Any]]:
-    """Broadcast-state entries a control event sets.
-
-    A breaker command is kept as the pool's last command, so a FORCE_OPEN survives a
-    restore (the control source resumes from its checkpointed offset and does not replay it).
-    """
-    updates = []
-    if event.get("tenant_policy"):
-        updates.append(("tenant:" + event["tenant_policy"]["tenant_id"], dict(event["tenant_policy"])))
-    if event.get("rollout"):
-        updates.append(("rollout:" + event["rollout"]["pool"], dict(event["rollout"])))
-    if event.get("breaker"):
-        updates.append(("breaker:" + event["breaker"]["pool"], dict(event["breaker"])))
-    return updates
-
-
 # ----------------------------------------------------------------------------- tenant gate
 
 
 class TenantGate(KeyedBroadcastProcessFunction):
-    """Keyed by tenant_id (the prompt's Kafka key): decode and validate, input moderation, token
-    bucket (ValueState), RAG enrichment.
+    """Keyed by tenant_id (the prompt's Kafka key): intake (decode, validate), then the gate
+    (input moderation, token bucket in ValueState, RAG enrichment).
 
     Its input comes straight from the prompts source, keyed in Java by the Kafka key: a separate
     decode operator ahead of the keyBy was one more Python call and pickled hop per prompt, and one
     more thread taking turns on the interpreter lock (jobs/README.md). A prompt whose key is not its
-    tenant_id is written back under the right key (`stages.Republish`). Early finals and dead
+    tenant_id is written back under the right key (`Republish`). Early finals and dead
     letters go on to the orchestrator.
 
     For `policy_wait_ms` after it opens, a prompt whose tenant has no policy yet is held
@@ -279,57 +140,57 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
-        self.serde = _serde(self.cfg, self.cfg.prompts, "prompt")
+        resolve_retired_state_classes()
+        self.serde = topic_serde(self.cfg, self.cfg.prompts, "prompt")
         self.templates = None
         if self.cfg.use_redis:
             from operators.templates import RedisTemplateStore
 
-            self.templates = RedisTemplateStore(_redis(self.cfg))
+            self.templates = RedisTemplateStore(redis_client(self.cfg))
         self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
-        self.moderation = stages.Moderation(classifier_source=shared_classifier())
+        self.moderator = Moderator(classifier_source=shared_classifier())
         self.enricher = None
         if self.cfg.use_redis:
             from operators.vector_index import RedisVectorSetIndex
 
-            self.enricher = stages.rag_enricher(shared_embedder(), RedisVectorSetIndex(_redis(self.cfg)))
-        self.policies: dict[str, dict] | None = None
+            self.enricher = rag_enricher(shared_embedder(), RedisVectorSetIndex(redis_client(self.cfg)))
+        self.policies: dict[str, TenantPolicy] | None = None
         self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)
         self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
         self.hold_until = now_ms() + SETTINGS.limits.policy_wait_ms
         self.holding = SETTINGS.limits.policy_wait_ms > 0
 
-    def _policies(self, ctx) -> dict[str, dict]:
-        """Tenant policies mirrored from broadcast state, loaded once after (re)start.
+    def _policies(self, ctx) -> dict[str, TenantPolicy]:
+        """Tenant policies from broadcast state, read and parsed once after (re)start.
 
         Reading broadcast state per prompt built a Java state descriptor each time (~18 us).
         """
         if self.policies is None:
-            self.policies = {key[len("tenant:"):]: entry
+            self.policies = {key[len(TENANT):]: policy_from_dict(entry)
                              for key, entry in ctx.get_broadcast_state(control_descriptor()).items()
-                             if key.startswith("tenant:")}
+                             if key.startswith(TENANT)}
         return self.policies
 
     def process_element(self, value, ctx):
         key, data, topic, partition, offset = value  # the record part of a wire row
-        outs = [untag(o) for o in stages.keyed_prompt(key, data, self.serde.decode, topic, partition, offset,
-                                                    now_ms(), self.templates)]
-        self.counters.count_sinks(outs)
-        for out in outs:
-            if isinstance(out, stages.Republish):  # counted where it is written (`Encoder`)
-                yield wire(out.key, out)
-                continue
+        out = intake.keyed_prompt(key, data, self.serde.decode, topic, partition, offset, now_ms(), self.templates)
+        if isinstance(out, Republish):  # counted where it is written (`Encoder`)
+            yield wire(out.key, out)
+        else:
             self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
-            if isinstance(out, stages.PromptIn):
+            if isinstance(out, PromptIn):
                 if not (self.holding and self._hold(out, key, ctx)):
                     yield from self._admit(out, key, ctx)
             else:
-                if isinstance(out, stages.Finished):
+                if isinstance(out, SinkRecord):
+                    self.counters.count_dead_letter(out)
+                else:
                     self.counters.inc("rejected_invalid")
-                yield wire(stages.request_key(out), out)
+                yield wire(request_key(out), out)
         self.counters.schedule_flush(ctx)
 
-    def _hold(self, value: stages.PromptIn, tenant: str, ctx) -> bool:
+    def _hold(self, value: PromptIn, tenant: str, ctx) -> bool:
         """Keep `value` back while the start-up wait for its tenant's policy lasts."""
         if now_ms() >= self.hold_until:
             self.holding = False  # from here on a prompt costs no extra state access
@@ -351,34 +212,33 @@ class TenantGate(KeyedBroadcastProcessFunction):
                 yield from self._admit(value, value.record["tenant_id"], ctx)
             self.counters.schedule_flush(ctx)
 
-    def _admit(self, value: stages.PromptIn, tenant: str, ctx):
-        raw = self._policies(ctx).get(tenant)
-        policy = stages.policy_for(tenant, {tenant: raw} if raw else {})
+    def _admit(self, value: PromptIn, tenant: str, ctx):
+        policy = self._policies(ctx).get(tenant) or default_policy(tenant)
         bucket = self.buckets.get(tenant)
         if bucket is None:
             bucket = self.bucket.value()
-        result = stages.gate(value, policy, bucket, now_ms(), self.moderation, self.enricher)
+        result = gate(value, policy, bucket, now_ms(), self.moderator, self.enricher)
         if result.bucket is not None:
             self.bucket.update(result.bucket)
             self.buckets[tenant] = result.bucket
         for name in result.counters:
             self.counters.inc(name)
-        out = untag(result.out)
-        yield wire(stages.request_key(out), out)
+        yield wire(request_key(result.out), result.out)
 
     def process_broadcast_element(self, value: dict, ctx):
         state = ctx.get_broadcast_state(control_descriptor())
         for key, entry in control_updates(value):
             state.put(key, entry)
-            if self.policies is not None and key.startswith("tenant:"):
-                self.policies[key[len("tenant:"):]] = entry
+            if self.policies is not None and key.startswith(TENANT):
+                self.policies[key[len(TENANT):]] = policy_from_dict(entry)
 
 
 # ----------------------------------------------------------------------------- orchestrator
 
 
 class RequestOrchestrator(KeyedBroadcastProcessFunction):
-    """Keyed by request_id: route, dispatch, correlate results, retry/fallback/timeout, final records.
+    """Keyed by request_id: the orchestrate step (route, dispatch, correlate results and timers,
+    output moderation, audit) with its state, timers and output records.
 
     Emits Kafka rows (topic, key, value) itself through an `Encoder`: encoding here
     instead of in a downstream operator saves a pickled hop per output record.
@@ -394,15 +254,15 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
-        self.serde = _serde(self.cfg, self.cfg.results, "result")
+        resolve_retired_state_classes()
+        self.serde = topic_serde(self.cfg, self.cfg.results, "result")
         self.slot = ctx.get_state(slot_descriptor())
         # Write-through mirror of in-flight slots (this subtask is the only writer of its keys):
         # a result finds its request here instead of crossing into Java state and unpickling it.
         # Finished slots (tombstones) are not mirrored; after a restore the mirror starts empty.
-        self.inflight: dict[str, stages.Slot] = {}
+        self.inflight: dict[str, Slot] = {}
         self.counters = Counters(ctx)
-        self.logic = stages.Orchestrator(stages.Moderation(classifier_source=shared_classifier()),
-                                         tombstone_timers=False)
+        self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False)
         self.encoder = Encoder(self.cfg, self.counters)
         self._control_loaded = False
 
@@ -413,18 +273,20 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self._control_loaded = True
         self.logic.restore_control(ctx.get_broadcast_state(control_descriptor()).items(), now_ms())
 
-    def _current(self, key: str) -> stages.Slot | None:
+    def _current(self, key: str) -> Slot | None:
         slot = self.inflight.get(key)
         return slot if slot is not None else self.slot.value()
 
-    def _run(self, effects: stages.Effects, ctx, key: str):
-        slot = effects.slot
-        if slot is None:
+    def _apply(self, effects: Effects, ctx, key: str):
+        """Keep the state, cancel and set timers, count, emit the records: what `effects` says."""
+        state = effects.state
+        if state is None:
             self.slot.clear()
             self.inflight.pop(key, None)
         else:
+            slot = Slot(state, effects.features)
             self.slot.update(slot)
-            if slot.pending.finished:
+            if state.finished:
                 self.inflight.pop(key, None)
             else:
                 self.inflight[key] = slot
@@ -435,33 +297,35 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
                     timers.delete_processing_time_timer(ts)
             for ts in effects.timers:
                 timers.register_processing_time_timer(ts)
-        for name in effects.counters:
-            if name.startswith("final_"):
-                self.counters.inc("finals", status=name[len("final_"):])
-            else:
-                self.counters.inc(name)
-        for sink in effects.sinks:
-            if sink.role == "content":  # mean end-to-end latency = rate(final_latency_ms) / rate(finals)
-                self.counters.inc("final_latency_ms", int((sink.record.get("latency") or {}).get("total_ms") or 0))
-            yield from self.encoder.rows(sink)
+        if effects.counter is not None:
+            self.counters.inc(effects.counter)
+        if effects.request is not None:
+            self.counters.inc("dispatched")
+            yield from self.encoder.encode("request", state.request_id, effects.request, state.pool)
+        if effects.final is not None:
+            content, audit = effects.final
+            self.counters.inc("finals", status=content["status"])
+            # mean end-to-end latency = rate(final_latency_ms) / rate(finals)
+            self.counters.inc("final_latency_ms", int((content.get("latency") or {}).get("total_ms") or 0))
+            yield from self.encoder.encode("content", state.request_id, content)
+            yield from self.encoder.encode("audit", state.request_id, audit)
 
     def process_element(self, value, ctx):
         key, data, topic, partition, offset = value  # the record part of a wire row
         if topic is None:  # an envelope from the gate (or a control dead letter)
-            outs = [pickle.loads(data)]
+            out = pickle.loads(data)
         else:  # a result, straight from Kafka: keyed by its Kafka key, the request_id
-            outs = [untag(o) for o in stages.keyed_result(key, data, self.serde.decode, topic, partition, offset)]
-            self.counters.count_sinks(outs)
-        for out in outs:
-            if isinstance(out, (stages.SinkRecord, stages.Republish)):
-                yield from self.encoder.rows(out)
-                continue
+            out = intake.keyed_result(key, data, self.serde.decode, topic, partition, offset)
+            if isinstance(out, SinkRecord):
+                self.counters.count_dead_letter(out)
+        if isinstance(out, (SinkRecord, Republish)):
+            yield from self.encoder.rows(out)
+        else:
             self._load_control(ctx)
-            if isinstance(out, stages.ResultIn):
+            if isinstance(out, ResultIn):
                 self.counters.inc("results_in")
-            key = stages.request_key(out)
-            effects = self.logic.on_input(out, self._current(key), now_ms())
-            yield from self._run(effects, ctx, key)
+            key = request_key(out)
+            yield from self._apply(self.logic.on_input(out, self._current(key), now_ms()), ctx, key)
         self.counters.schedule_flush(ctx)
 
     def process_broadcast_element(self, value: dict, ctx):
@@ -474,8 +338,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.counters.on_timer(timestamp)  # a flush timer may share the key of a request's timers: run both
         self._load_control(ctx)
         key = ctx.get_current_key()
-        effects = self.logic.on_timer(self._current(key), now_ms())
-        yield from self._run(effects, ctx, key)
+        yield from self._apply(self.logic.on_timer(self._current(key), now_ms()), ctx, key)
         self.counters.schedule_flush(ctx)
 
 
@@ -483,40 +346,38 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
 
 
 class Encoder:
-    """SinkRecord -> Row(topic, key, value) in the Confluent wire format; unencodable -> dead letter."""
+    """Records -> Row(topic, key, value) in the Confluent wire format; unencodable -> dead letter."""
 
     def __init__(self, cfg: JobConfig, counters: Counters):
         self.cfg = cfg
         self.counters = counters
         self.serdes: dict[str, Any] = {}
+        self.topics = {"content": cfg.content, "audit": cfg.audit, "dlq": cfg.dlq}
 
-    def _topic(self, rec: stages.SinkRecord | stages.Republish) -> str:
-        if isinstance(rec, stages.Republish):
-            return self.cfg.prompts if rec.role == "prompt" else self.cfg.results
-        if rec.role == "request":
-            return self.cfg.requests(rec.pool or routing.ECHO)
-        return {"content": self.cfg.content, "audit": self.cfg.audit, "dlq": self.cfg.dlq}[rec.role]
-
-    def rows(self, rec: stages.SinkRecord | stages.Republish):
-        topic = self._topic(rec)
-        if isinstance(rec, stages.Republish):
+    def rows(self, rec: SinkRecord | Republish):
+        if isinstance(rec, Republish):
             self.counters.inc("republished", role=rec.role)
-            yield Row(topic, rec.key.encode("utf-8"), rec.data)
+            yield Row(self.cfg.prompts if rec.role == "prompt" else self.cfg.results, rec.key.encode("utf-8"), rec.data)
             return
+        yield from self.encode(rec.role, rec.key, rec.record, rec.pool)
+
+    def encode(self, role: str, key: str | None, record: dict, pool: str | None = None):
+        """The row of one record for the topic of `role` (requests: the pool's topic)."""
+        topic = self.cfg.requests(pool or ECHO) if role == "request" else self.topics[role]
         serde = self.serdes.get(topic)
         if serde is None:
-            serde = self.serdes[topic] = _serde(self.cfg, topic, rec.role)
-        key = rec.key.encode("utf-8") if rec.key else None
+            serde = self.serdes[topic] = topic_serde(self.cfg, topic, role)
+        raw_key = key.encode("utf-8") if key else None
         try:
-            value = serde.encode(rec.record)
+            value = serde.encode(record)
         except (ValueError, TypeError, KeyError) as exc:
-            if rec.role == "dlq":
+            if role == "dlq":
                 raise  # a dead letter that cannot be written is a bug: fail loudly, Flink restarts
-            dl = dead_letter(repr(rec.record).encode("utf-8")[:100_000], stage="serialize", reason="encode_failed",
+            dl = dead_letter(repr(record).encode("utf-8")[:100_000], stage="serialize", reason="encode_failed",
                              error=f"{type(exc).__name__}: {exc}", source_topic=topic, source_partition=-1,
-                             source_offset=-1, request_id=rec.key)
+                             source_offset=-1, request_id=key)
             self.counters.inc("dead_letters", stage="serialize", reason="encode_failed")
-            yield from self.rows(stages.SinkRecord("dlq", rec.key, dl))
+            yield from self.encode("dlq", key, dl)
             return
-        self.counters.inc("records_out", role=rec.role)
-        yield Row(topic, key, value)
+        self.counters.inc("records_out", role=role)
+        yield Row(topic, raw_key, value)

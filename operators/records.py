@@ -1,4 +1,4 @@
-"""Small helpers shared by the operators: enum spellings, time conversion, verdict dicts.
+"""Small helpers shared by the operators: moderation actions and verdict dicts, time conversion, params.
 
 Records are plain dicts as fastavro reads and writes them, so these helpers only
 normalise the few fields whose Python shape varies (timestamps come back as
@@ -10,9 +10,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal, TypedDict
 
-MODALITIES = ("TEXT", "IMAGE", "AUDIO", "UNKNOWN")
-PRIORITIES = ("LOW", "NORMAL", "HIGH")
-TIERS = ("FREE", "STANDARD", "PREMIUM")
 ACTIONS = ("ALLOW", "REDACT", "BLOCK")  # ordered by severity
 
 Stage = Literal["INPUT", "OUTPUT"]

@@ -1,9 +1,9 @@
 """`python -m tools.stage_profile [N] [--profile]`: per-record Python cost of the job's steps, without Kafka or Flink.
 
-Pushes N synthetic prompts and their echo results through `jobs.stages` the way
-`jobs.flink_functions` calls it (decode -> validate -> moderate -> gate ->
-orchestrator dispatch -> encode; result decode -> orchestrator -> audit ->
-encode), with an in-process schema registry, and times each step. It also
+Pushes N synthetic prompts and their echo results through the job's steps
+(`jobs.intake`, `jobs.gate`, `jobs.orchestrate`) the way `jobs.flink_functions`
+calls them (decode -> validate -> moderate -> gate -> orchestrator dispatch ->
+encode; result decode -> orchestrator -> audit -> encode), with an in-process schema registry, and times each step. It also
 times what the Flink glue adds around them: the pickling of envelopes each time
 a record crosses between Python operators (thread mode passes
 PICKLED_BYTE_ARRAY values to Java as `pickle.dumps` bytes) and the pickling of
@@ -22,9 +22,13 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
-from jobs import stages
+from jobs import intake
+from jobs.envelopes import SinkRecord, Slot
+from jobs.gate import gate
 from tools.harness import policy_event, prompt
-from operators.quota import policy_from_dict
+from jobs.orchestrate import Orchestrator
+from operators.admit import policy_from_dict
+from operators.moderate import Moderator
 from schemas.serde import LocalRegistry, TopicSerde
 
 
@@ -74,8 +78,8 @@ def run(n: int = 2000, crossings: dict[str, int] | None = None) -> dict:
     serdes = _serdes()
     tenant = "bench-tenant"
     policy = policy_from_dict(policy_event(tenant, ["echo"], rate_per_s=1e6, burst=1_000_000)["tenant_policy"])
-    moderation = stages.Moderation()
-    orch = stages.Orchestrator(stages.Moderation())
+    moderation = Moderator()
+    orch = Orchestrator(Moderator())
     clock = _Clock()
     bucket = None
     raw_prompts = [serdes["prompt"].encode(prompt(f"b-{i}", tenant, f"benchmark prompt {i}")) for i in range(n)]
@@ -85,19 +89,18 @@ def run(n: int = 2000, crossings: dict[str, int] | None = None) -> dict:
     t_all = time.perf_counter()
     for i, raw in enumerate(raw_prompts):
         decoded = clock("prompt.decode", serdes["prompt"].decode, raw)
-        outs = clock("prompt.validate", stages.intake_prompt, raw, lambda _b, d=decoded: d, "p", 0, i, now)
-        env = outs[0].value
+        env = clock("prompt.validate", intake.intake_prompt, raw, lambda _b, d=decoded: d, "p", 0, i, now)
         for _ in range(crossings.get("prompt_in", 0)):
             env = clock("hop.PromptIn", _crossing, env)
         b = clock("state.bucket.get", lambda: pickle.loads(bucket) if bucket is not None else None)
-        res = clock("gate", stages.gate, env, policy, b, now, moderation, None)
+        res = clock("gate", gate, env, policy, b, now, moderation, None)
         bucket = clock("state.bucket.put", pickle.dumps, res.bucket)
-        adm = res.out.value
+        adm = res.out
         for _ in range(crossings.get("admitted", 0)):
             adm = clock("hop.Admitted", _crossing, adm)
         eff = clock("orchestrator.dispatch", orch.on_input, adm, None, now)
-        slots[adm.record["request_id"]] = clock("state.slot.put", pickle.dumps, eff.slot)
-        (sink,) = eff.sinks
+        slots[adm.record["request_id"]] = clock("state.slot.put", lambda: pickle.dumps(Slot(eff.state, eff.features)))
+        sink = SinkRecord("request", eff.state.request_id, eff.request, eff.state.pool)
         for _ in range(crossings.get("sink", 0)):
             sink = clock("hop.SinkRecord", _crossing, sink)
         clock("request.encode", serdes["request"].encode, sink.record)
@@ -105,14 +108,13 @@ def run(n: int = 2000, crossings: dict[str, int] | None = None) -> dict:
     for req in requests:
         raw = serdes["result"].encode(_result(req, now + 5))
         rec = clock("result.decode", serdes["result"].decode, raw)
-        (out,) = clock("result.intake", stages.intake_result, raw, lambda _b, r=rec: r, "r", 0, 0)
-        env = out.value
+        env = clock("result.intake", intake.intake_result, raw, lambda _b, r=rec: r, "r", 0, 0)
         for _ in range(crossings.get("result_in", 0)):
             env = clock("hop.ResultIn", _crossing, env)
         slot = clock("state.slot.get", pickle.loads, slots[req["request_id"]])
         eff = clock("orchestrator.result+final", orch.on_input, env, slot, now + 10)
-        clock("state.slot.put", pickle.dumps, eff.slot)
-        for sink in eff.sinks:
+        clock("state.slot.put", lambda: pickle.dumps(Slot(eff.state, eff.features)))
+        for sink in (SinkRecord(role, eff.state.request_id, record) for role, record in zip(("content", "audit"), eff.final)):
             for _ in range(crossings.get("sink", 0)):
                 sink = clock("hop.SinkRecord", _crossing, sink)
             clock(f"{sink.role}.encode", serdes[sink.role].encode, sink.record)

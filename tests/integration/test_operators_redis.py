@@ -1,4 +1,4 @@
-"""Redis-backed pieces of the content pipeline against the stack's Redis 8: vector set, templates, tenants."""
+"""Redis-backed pieces of the content pipeline against the stack's Redis 8: vector set, templates."""
 
 import uuid
 
@@ -52,9 +52,7 @@ def test_ingest_and_enrich_with_redis(redis_client, prefix):
     assert out["metadata"]["rag_passages"].split(",")[0] == "kb-008"
 
 
-def test_templates_and_tenant_policy_in_redis(redis_client, prefix):
-    from operators.enrich import tenant_features
-    from operators.quota import TenantPolicy, load_tenant_policy, store_tenant_policy
+def test_templates_in_redis(redis_client, prefix):
     from operators.templates import RedisTemplateStore
     from operators.validate import validate_prompt
 
@@ -64,13 +62,3 @@ def test_templates_and_tenant_policy_in_redis(redis_client, prefix):
               "template_id": "greet", "template_vars": {"name": "Ada"}, "params": {}}
     assert validate_prompt(record, store).record["prompt"] == "Say hello to Ada. Be brief."
     assert validate_prompt({**record, "template_id": "nope"}, store).reason == "unknown_template"
-
-    tenant = prefix.replace(":", "-") + "acme"
-    try:
-        store_tenant_policy(redis_client, TenantPolicy(tenant, "PREMIUM", 2.5, 9, frozenset({"rag", "echo"})))
-        policy = load_tenant_policy(redis_client, tenant)
-        assert (policy.tier, policy.rate_per_s, policy.burst) == ("PREMIUM", 2.5, 9)
-        assert tenant_features(redis_client, tenant) == frozenset({"rag", "echo"})
-        assert load_tenant_policy(redis_client, tenant + "-missing") is None
-    finally:
-        redis_client.delete("rscf:tenant:" + tenant)

@@ -9,11 +9,13 @@ from pathlib import Path
 import fastavro
 import pytest
 
+from operators.admit import TokenBucket
 from operators.audit import build_records, cost_units
-from operators.correlate import finished_early, new_pending, on_dispatch, on_result
-from operators.moderation import moderate_input, moderate_output
-from operators.quota import TokenBucket
-from operators.routing import CircuitBreaker, RouteDecision
+from operators.correlate import finished_early, on_dispatch, on_result
+from operators.dispatch import inference_request, new_pending
+from operators.moderate import moderate_input
+from operators.output_moderation import moderate_output, moderated_final
+from operators.route import CircuitBreaker, RouteDecision
 from rscf.settings import SETTINGS
 
 LIM = replace(SETTINGS.limits, request_timeout_ms=10_000)
@@ -36,7 +38,7 @@ def finished_success(output_text="The answer is 42.", modality="TEXT", pool="tex
 def test_success_records():
     st = finished_success()
     out = moderate_output("The answer is 42.")
-    content, audit = build_records(st, 11_005, "job-1.2.3", out)
+    content, audit = build_records(st, 11_005, "job-1.2.3", moderated_final(st, out))
     assert content["status"] == "SUCCEEDED" and content["output_text"] == "The answer is 42."
     assert content["latency"] == {"total_ms": 1_005, "pipeline_ms": 205, "queue_ms": 100, "inference_ms": 700}
     assert audit["prompt_sha256"] == hashlib.sha256(b"question?").hexdigest()
@@ -47,13 +49,13 @@ def test_success_records():
     assert (content["pool"], content["model_version"]) == ("text-small", "v1")
 
 
-def test_output_moderation_rejects_or_redacts():
+def test_records_carry_the_output_moderation():
     st = finished_success("to make a bomb you ...")
-    content, audit = build_records(st, 11_005, "j", moderate_output("to make a bomb you ..."))
+    content, audit = build_records(st, 11_005, "j", moderated_final(st, moderate_output("to make a bomb you ...")))
     assert (content["status"], content["reason"]) == ("REJECTED", "moderation:blocked_terms")
     assert content["output_text"] is None and content["cost_units"] == 0.0 and audit["status"] == "REJECTED"
     st = finished_success("mail me at a@b.org")
-    content, _ = build_records(st, 11_005, "j", moderate_output("mail me at a@b.org"))
+    content, _ = build_records(st, 11_005, "j", moderated_final(st, moderate_output("mail me at a@b.org")))
     assert content["status"] == "SUCCEEDED" and content["output_text"] == "mail me at [EMAIL]"
 
 
@@ -80,7 +82,7 @@ def test_state_objects_pickle():
 @pytest.mark.skipif(not (SCHEMAS / "content_result.avsc").exists(), reason="schemas not in this checkout")
 def test_records_fit_the_avro_contracts():
     st = finished_success()
-    content, audit = build_records(st, 11_005, "j", moderate_output("ok"))
+    content, audit = build_records(st, 11_005, "j", moderated_final(st, moderate_output("ok")))
     for name, record in (("content_result", content), ("audit_record", audit)):
         parsed = fastavro.schema.load_schema(str(SCHEMAS / f"{name}.avsc"))
         buf = io.BytesIO()
@@ -95,7 +97,7 @@ def test_inference_request_fits_the_contract():
     rec = {"request_id": "r1", "tenant_id": "t", "modality": "IMAGE", "priority": "HIGH", "prompt": "a cat",
            "params": {"width": 32, "height": 32, "steps": 50}, "created_at": 1, "trace": None}
     st = new_pending(rec, RouteDecision("image", "ddpm", "v1", None, "t"), 2, limits=LIM)
-    request = on_dispatch(st, 3, LIM).request
+    request = inference_request(on_dispatch(st, 3, LIM).state)
     parsed = fastavro.schema.load_schema(str(SCHEMAS / "inference_request.avsc"))
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, parsed, request)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from operators import moderation_model
-from operators.moderation import BlockedTerms, find_injections, moderate_input, moderate_output
+from operators.admit import TenantPolicy
+from operators.moderate import BlockedTerms, Moderator, find_injections, moderate_input
+from operators.output_moderation import moderate_output
 from operators.pii import find_pii, iban_ok, luhn_ok, redact
-from operators.quota import TenantPolicy
 
 
 # --- PII -------------------------------------------------------------------------------
@@ -174,6 +175,17 @@ def test_classifier_runs_only_with_feature(classifier):
     premium = moderate_input(text, TenantPolicy("t", features=frozenset({"moderation_model"})), classifier)
     assert premium.action == "BLOCK" and premium.reason == "moderation:classifier"
     assert premium.verdicts[-1]["reason"] == "category: violence"
+
+
+def test_moderator_hands_the_classifier_only_to_tenants_with_the_feature_while_it_is_ready():
+    ready = {"classifier": "model"}
+    moderator = Moderator(classifier_source=lambda: ready["classifier"])
+    premium = TenantPolicy("t", features=frozenset({"moderation_model"}))
+    assert moderator.classifier(premium) == "model"
+    assert moderator.classifier(TenantPolicy("t")) is None
+    ready["classifier"] = None  # the embedding service is down
+    assert moderator.classifier(premium) is None
+    assert Moderator().classifier(premium) is None  # no classifier configured
 
 
 def test_fit_is_deterministic_and_separates_toy_data():

@@ -1,9 +1,11 @@
-"""Pick the worker pool and model version for a request; keep per-pool circuit breakers.
+"""Route: pick the worker pool and model version for a request; keep per-pool circuit breakers.
 
 Pool choice: IMAGE -> image, AUDIO -> speech, TEXT -> text-small or text-large
 by an estimated complexity against a threshold that depends on tier and
 priority (FREE and LOW always get text-small); a tenant with the `echo` feature
-goes to the echo pool (benchmarks without model cost).
+goes to the echo pool (benchmarks without model cost). When the chosen pool is
+unhealthy, its fallbacks from the pool table (`rscf.pools`) are tried in order;
+a request that failed on a pool is routed again with `exclude=` that pool.
 
 Canary: each pool has a rollout {version: weight}; the version is chosen by
 hashing (pool, request_id), so retries of a request hit the same version and the
@@ -26,18 +28,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from operators.admit import TenantPolicy
+from rscf.pools import ECHO, IMAGE, POOL_BY_NAME, POOL_TABLE, SPEECH, TEXT_LARGE, TEXT_SMALL
 from rscf.settings import SETTINGS
 
-TEXT_SMALL, TEXT_LARGE, IMAGE, SPEECH, ECHO = "text-small", "text-large", "image", "speech", "echo"
 ECHO_FEATURE = "echo"
-
-FALLBACKS: dict[str, tuple[str, ...]] = {
-    TEXT_LARGE: (TEXT_SMALL,),
-    TEXT_SMALL: (TEXT_LARGE,),
-    IMAGE: (),
-    SPEECH: (),
-    ECHO: (),
-}
 
 
 @dataclass(frozen=True)
@@ -47,13 +42,9 @@ class Rollout:
     weights: Mapping[str, float]
 
 
-# Same names and first version as inference_workers.models.catalog.POOL_MODELS / DEFAULT_VERSION.
+# Each pool's model at its default version until a rollout event says otherwise.
 DEFAULT_ROLLOUTS: dict[str, Rollout] = {
-    TEXT_SMALL: Rollout(TEXT_SMALL, "smollm2-135m", {"1": 1.0}),
-    TEXT_LARGE: Rollout(TEXT_LARGE, "smollm2-135m", {"1": 1.0}),
-    IMAGE: Rollout(IMAGE, "shapes-ddpm", {"1": 1.0}),
-    SPEECH: Rollout(SPEECH, "piper-joe", {"1": 1.0}),
-    ECHO: Rollout(ECHO, "echo", {"1": 1.0}),
+    p.name: Rollout(p.name, p.model, {p.default_version: 1.0}) for p in POOL_TABLE
 }
 
 
@@ -252,28 +243,28 @@ def primary_pool(record: Mapping[str, Any], tier: str, features: frozenset[str])
 
 def route(
     record: Mapping[str, Any],
-    policy,
+    policy: TenantPolicy,
     rollouts: Mapping[str, Rollout] | None,
     breakers: Mapping[str, CircuitBreaker] | None,
     now_ms: int,
     cfg: BreakerConfig = BreakerConfig(),
-    exclude: tuple[str, ...] = (),
+    exclude: str | None = None,
 ) -> RouteDecision:
-    """Route a validated TEXT/IMAGE/AUDIO record; `exclude` skips pools (used when falling back).
+    """Route a validated TEXT/IMAGE/AUDIO record: its primary pool, else the first healthy fallback.
 
+    `exclude` skips a pool: the one a request just failed on, when it falls back.
     The caller should apply DISPATCH to the chosen pool's breaker when it sends
     the request, so half-open probes are counted.
     """
     rollouts = rollouts or DEFAULT_ROLLOUTS
     breakers = breakers or {}
-    tier = getattr(policy, "tier", "STANDARD")
-    features = frozenset(getattr(policy, "features", ()) or ())
-    primary, why, complexity = primary_pool(record, tier, features)
-    candidates = (primary, *FALLBACKS.get(primary, ()))
+    tier = policy.tier
+    primary, why, complexity = primary_pool(record, tier, policy.features)
+    candidates = (primary, *POOL_BY_NAME[primary].fallbacks)
     if tier == "FREE":
         candidates = tuple(p for p in candidates if p != TEXT_LARGE) or candidates
     for pool in candidates:
-        if pool in exclude:
+        if pool == exclude:
             continue
         if not breakers.get(pool, CircuitBreaker()).allows(now_ms, cfg):
             continue
@@ -283,27 +274,3 @@ def route(
         reason = why if fallback_from is None else f"fallback {primary}->{pool}: {why}"
         return RouteDecision(pool, rollout.model_name, version, fallback_from, reason, False, complexity, candidates)
     return RouteDecision(None, None, None, None, NO_HEALTHY_POOL, True, complexity, candidates)
-
-
-def fallback_route(
-    record: Mapping[str, Any],
-    failed_pool: str,
-    policy,
-    rollouts: Mapping[str, Rollout] | None,
-    breakers: Mapping[str, CircuitBreaker] | None,
-    now_ms: int,
-    cfg: BreakerConfig = BreakerConfig(),
-) -> RouteDecision | None:
-    """A healthy fallback for `failed_pool`, or None when it has none."""
-    rollouts = rollouts or DEFAULT_ROLLOUTS
-    breakers = breakers or {}
-    tier = getattr(policy, "tier", "STANDARD")
-    for pool in FALLBACKS.get(failed_pool, ()):
-        if tier == "FREE" and pool == TEXT_LARGE:
-            continue
-        if not breakers.get(pool, CircuitBreaker()).allows(now_ms, cfg):
-            continue
-        rollout = rollouts.get(pool) or DEFAULT_ROLLOUTS[pool]
-        version = choose_version(record["request_id"], pool, rollout.weights)
-        return RouteDecision(pool, rollout.model_name, version, failed_pool, f"fallback {failed_pool}->{pool}")
-    return None

@@ -1,4 +1,5 @@
-"""Input and output moderation: cheap rule checks for everyone, a learned classifier for some.
+"""Moderate: cheap rule checks for everyone, a learned classifier for some (input here; the
+generated text goes through the same checks in `operators.output_moderation`).
 
 Checks, in order, each producing a ModerationVerdict dict:
 - `blocked_terms`: operator-maintained terms, whole-word, case-insensitive (the
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
+from operators.admit import TenantPolicy
 from operators.pii import redact
 from operators.records import ModerationVerdict, Stage, verdict, worst_action
 
@@ -112,24 +114,18 @@ class ModerationOutcome:
         return None
 
 
-def _features(policy) -> frozenset[str]:
-    if policy is None:
-        return frozenset()
-    feats = getattr(policy, "features", policy)
-    return frozenset(feats)
-
-
 _DEFAULT_TERMS = BlockedTerms()
 
 
-def _moderate(
+def check_text(
     text: str,
     stage: Stage,
-    policy,
+    policy: TenantPolicy | None,
     classifier,
     blocked_terms: BlockedTerms | None,
     check_injection: bool,
 ) -> ModerationOutcome:
+    """Every check on one text; the classifier only for a tenant whose policy has the `moderation_model` feature."""
     terms = blocked_terms if blocked_terms is not None else _DEFAULT_TERMS
     verdicts: list[ModerationVerdict] = []
 
@@ -154,7 +150,7 @@ def _moderate(
         verdicts.append(verdict(stage, "pii", "ALLOW", 0.0, "no personal data"))
 
     already_blocked = any(v["action"] == "BLOCK" for v in verdicts)
-    if classifier is not None and MODEL_FEATURE in _features(policy) and not already_blocked:
+    if classifier is not None and policy is not None and MODEL_FEATURE in policy.features and not already_blocked:
         from operators.embedding import EmbedderUnavailable
 
         try:
@@ -175,14 +171,21 @@ def _moderate(
 
 
 def moderate_input(
-    prompt: str, policy=None, classifier=None, blocked_terms: BlockedTerms | None = None
+    prompt: str, policy: TenantPolicy | None = None, classifier=None, blocked_terms: BlockedTerms | None = None
 ) -> ModerationOutcome:
-    """Moderate a sanitised prompt. `policy` is a TenantPolicy (or a set of feature names)."""
-    return _moderate(prompt, "INPUT", policy, classifier, blocked_terms, check_injection=True)
+    """Moderate a sanitised prompt for the tenant of `policy`."""
+    return check_text(prompt, "INPUT", policy, classifier, blocked_terms, check_injection=True)
 
 
-def moderate_output(
-    text: str, policy=None, classifier=None, blocked_terms: BlockedTerms | None = None
-) -> ModerationOutcome:
-    """Moderate generated text: same checks as the input minus injection patterns."""
-    return _moderate(text or "", "OUTPUT", policy, classifier, blocked_terms, check_injection=False)
+@dataclass
+class Moderator:
+    """What the job moderates with: the blocked terms, and the learned classifier once loaded."""
+
+    blocked_terms: BlockedTerms = field(default_factory=BlockedTerms)
+    classifier_source: Callable[[], Any] | None = None  # returns the classifier or None (not ready)
+
+    def classifier(self, policy: TenantPolicy):
+        """The classifier for this tenant: None without the feature or while it is not ready."""
+        if MODEL_FEATURE not in policy.features or self.classifier_source is None:
+            return None
+        return self.classifier_source()

@@ -1,11 +1,11 @@
-"""Per-tenant admission with a token bucket, and the tenant policies that size it.
+"""Admit: per-tenant admission with a token bucket, and the tenant policies that size it.
 
 The bucket is two numbers (tokens, last_ms) so Flink keyed state keyed by
 tenant_id holds it cheaply; `admit` is a pure function of (state, policy, now_ms)
 so replays after a restore decide the same way. A tenant without an explicit
 policy gets its tier's defaults. Policies arrive as ControlEvent `tenant_policy`
-events (broadcast state) and are mirrored in Redis hash `rscf:tenant:<id>` for
-operators and tools that look them up directly.
+events, kept in the job's broadcast state; routing and moderation read the same
+`TenantPolicy`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
-
-TENANT_KEY_PREFIX = "rscf:tenant:"
 
 
 @dataclass(frozen=True)
@@ -24,18 +22,6 @@ class TenantPolicy:
     rate_per_s: float = 10.0
     burst: int = 20
     features: frozenset[str] = field(default_factory=frozenset)
-
-    def has(self, feature: str) -> bool:
-        return feature in self.features
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tenant_id": self.tenant_id,
-            "tier": self.tier,
-            "rate_per_s": self.rate_per_s,
-            "burst": self.burst,
-            "features": sorted(self.features),
-        }
 
 
 # Defaults when a tenant has no policy of its own.
@@ -52,58 +38,16 @@ def default_policy(tenant_id: str, tier: str = "STANDARD") -> TenantPolicy:
 
 
 def policy_from_dict(data: Mapping[str, Any]) -> TenantPolicy:
-    """A TenantPolicy from the Avro `TenantPolicy` record (or its Redis/JSON mirror)."""
+    """A TenantPolicy from the Avro `TenantPolicy` record of a control event; unset fields take the tier's defaults."""
     tier = data.get("tier") or "STANDARD"
     base = default_policy(str(data["tenant_id"]), tier)
     features = data.get("features")
-    if isinstance(features, str):
-        features = [f for f in features.split(",") if f]
     return replace(
         base,
         rate_per_s=float(data["rate_per_s"]) if data.get("rate_per_s") is not None else base.rate_per_s,
         burst=int(data["burst"]) if data.get("burst") is not None else base.burst,
         features=frozenset(features) if features is not None else base.features,
     )
-
-
-def apply_control_event(policies: dict[str, TenantPolicy], event: Mapping[str, Any]) -> dict[str, TenantPolicy]:
-    """New policy table after a ControlEvent; events without `tenant_policy` leave it unchanged."""
-    tp = event.get("tenant_policy")
-    if not tp:
-        return policies
-    policy = policy_from_dict(tp)
-    updated = dict(policies)
-    updated[policy.tenant_id] = policy
-    return updated
-
-
-def policy_for(tenant_id: str, policies: Mapping[str, TenantPolicy]) -> TenantPolicy:
-    return policies.get(tenant_id) or default_policy(tenant_id)
-
-
-def store_tenant_policy(client, policy: TenantPolicy) -> None:
-    client.hset(
-        TENANT_KEY_PREFIX + policy.tenant_id,
-        mapping={
-            "tier": policy.tier,
-            "rate_per_s": repr(policy.rate_per_s),
-            "burst": str(policy.burst),
-            "features": ",".join(sorted(policy.features)),
-        },
-    )
-
-
-def load_tenant_policy(client, tenant_id: str) -> TenantPolicy | None:
-    """The policy mirrored in Redis hash `rscf:tenant:<id>`, or None when the tenant has none."""
-    raw = client.hgetall(TENANT_KEY_PREFIX + tenant_id)
-    if not raw:
-        return None
-    data = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    data["tenant_id"] = tenant_id
-    return policy_from_dict(data)
 
 
 @dataclass(frozen=True)

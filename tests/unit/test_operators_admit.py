@@ -1,13 +1,6 @@
 """Token bucket admission and tenant policies."""
 
-from operators.quota import (
-    TenantPolicy,
-    TokenBucket,
-    admit,
-    apply_control_event,
-    default_policy,
-    policy_for,
-)
+from operators.admit import TenantPolicy, TokenBucket, admit, default_policy, policy_from_dict
 
 
 def test_burst_then_refill():
@@ -55,13 +48,7 @@ def test_tier_defaults_and_control_events():
     assert default_policy("a", "FREE").rate_per_s < default_policy("a", "PREMIUM").rate_per_s
     assert "moderation_model" in default_policy("a", "PREMIUM").features
     assert default_policy("a", "BOGUS").tier == "STANDARD"
-    policies = apply_control_event({}, {"event_id": "e", "tenant_policy": None})
-    assert policies == {}
-    policies = apply_control_event(
-        policies,
-        {"event_id": "e1", "tenant_policy": {"tenant_id": "acme", "tier": "PREMIUM", "rate_per_s": 3.5,
-                                              "burst": 7, "features": ["echo"]}},
-    )
-    p = policy_for("acme", policies)
+    p = policy_from_dict({"tenant_id": "acme", "tier": "PREMIUM", "rate_per_s": 3.5, "burst": 7, "features": ["echo"]})
     assert (p.tier, p.rate_per_s, p.burst, p.features) == ("PREMIUM", 3.5, 7, frozenset({"echo"}))
-    assert policy_for("other", policies).tier == "STANDARD"
+    unset = policy_from_dict({"tenant_id": "other", "tier": None, "rate_per_s": None, "burst": None, "features": None})
+    assert unset == default_policy("other")

@@ -2,9 +2,10 @@
 
 from collections import Counter
 
-from operators.quota import TenantPolicy
-from operators.routing import (
+from operators.admit import TenantPolicy
+from operators.route import (
     CLOSED,
+    DEFAULT_ROLLOUTS,
     HALF_OPEN,
     OPEN,
     BreakerConfig,
@@ -14,9 +15,9 @@ from operators.routing import (
     apply_rollout_event,
     choose_version,
     estimate_complexity,
-    fallback_route,
     route,
 )
+from rscf.pools import POOL_TABLE
 
 CFG = BreakerConfig(window_s=10, min_requests=4, error_rate=0.5, cooldown_ms=5_000, half_open_probes=2)
 STD = TenantPolicy("t", tier="STANDARD")
@@ -134,11 +135,21 @@ def test_fallback_when_primary_open_and_no_healthy_pool():
     assert img.failed
 
 
-def test_fallback_route_respects_tier_and_health():
-    r = rec("hi")
-    assert fallback_route(r, "text-large", STD, None, None, 0).pool == "text-small"
-    assert fallback_route(r, "text-small", FREE, None, None, 0) is None
-    assert fallback_route(r, "image", STD, None, None, 0) is None
+def test_route_excluding_the_failed_pool_respects_tier_and_health():
+    hard = rec(HARD, max_tokens=512)
+    d = route(hard, STD, None, None, 0, exclude="text-large")
+    assert (d.pool, d.fallback_from) == ("text-small", "text-large")
+    assert route(rec("hi"), FREE, None, None, 0, exclude="text-small").failed  # FREE never gets text-large
+    assert route(rec(modality="IMAGE"), STD, None, None, 0, exclude="image").failed  # no fallback pool
+    opened = {"text-small": trip(CircuitBreaker(), 0)}
+    assert route(hard, STD, None, opened, 1000, CFG, exclude="text-large").failed
+    # a request that was sent to its fallback at dispatch falls back to its primary
+    assert route(hard, STD, None, None, 0, exclude="text-small").pool == "text-large"
     rollouts = {"text-small": Rollout("text-small", "s", {"v1": 1, "v2": 1})}
-    a = fallback_route(r, "text-large", STD, rollouts, None, 0)
-    assert a.model_version == fallback_route(r, "text-large", STD, rollouts, None, 99).model_version
+    a = route(hard, STD, rollouts, None, 0, exclude="text-large")
+    assert a.model_version == route(hard, STD, rollouts, None, 99, exclude="text-large").model_version
+
+
+def test_default_rollouts_come_from_the_pool_table():
+    assert {name: (r.model_name, dict(r.weights)) for name, r in DEFAULT_ROLLOUTS.items()} == {
+        p.name: (p.model, {p.default_version: 1.0}) for p in POOL_TABLE}

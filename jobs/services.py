@@ -1,0 +1,49 @@
+"""Clients of the stack's services for the job's Flink functions: schema registry, Redis, the
+embedding service and the moderation classifier (one per process where they can be shared)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from jobs.config import JobConfig, ROLE_SCHEMAS
+
+
+def topic_serde(cfg: JobConfig, topic: str, role: str):
+    from schemas.serde import TopicSerde
+
+    return TopicSerde(topic, cfg.registry_url, schema_name=ROLE_SCHEMAS[role])
+
+
+def redis_client(cfg: JobConfig):
+    import redis
+
+    return redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def shared_embedder() -> Callable[[], Any]:
+    """The embedding service client, or None while the service is marked down.
+
+    The model runs in its own process (inference_workers/embedding_service.py):
+    torch inside a thread-mode operator stalled it and its checkpoints (measured).
+    """
+    if "embedder" not in _SHARED:
+        from operators.embedding import RemoteEmbedder
+
+        _SHARED["embedder"] = RemoteEmbedder()
+    embedder = _SHARED["embedder"]
+    return lambda: embedder if embedder.available() else None
+
+
+def shared_classifier() -> Callable[[], Any]:
+    """The moderation classifier: remote embeddings + the small logistic regression, loaded here."""
+    if "classifier" not in _SHARED:
+        from operators import moderation_model
+        from operators.embedding import RemoteEmbedder
+
+        embedder = RemoteEmbedder()
+        _SHARED["classifier"] = (embedder, moderation_model.load(embedder))
+    embedder, classifier = _SHARED["classifier"]
+    return lambda: classifier if embedder.available() else None

@@ -1,0 +1,146 @@
+"""The orchestrate step without Flink: route, dispatch, correlate, output moderation, audit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jobs.envelopes import Admitted, Finished, ResultIn
+from tools.harness import prompt
+from jobs.intake import control_updates
+from jobs.orchestrate import Orchestrator
+from operators import correlate, route
+from operators.correlate import EffectKind
+from rscf.settings import SETTINGS
+
+
+def _admitted(rid="r1", text="hello", features=frozenset({"echo"}), tier="STANDARD", **extra):
+    rec = prompt(rid, "t", text, **extra)
+    return Admitted(rec, text, [], tier, features, 1_000)
+
+
+def _result(rid="r1", attempt=1, status="OK", output_text="olleh", pool="echo"):
+    return {"request_id": rid, "attempt": attempt, "pool": pool, "worker_id": "w", "model_name": "echo",
+            "model_version": "1", "status": status, "output_text": output_text if status == "OK" else None,
+            "artifact_uris": [], "content_type": None, "error": None if status == "OK" else "boom",
+            "retryable": True, "queue_ms": 3, "inference_ms": 2, "batch_size": 1, "tokens_out": None,
+            "completed_at": 2_000}
+
+
+def _slot(effects):
+    from jobs.envelopes import Slot
+
+    return None if effects.state is None else Slot(effects.state, effects.features)
+
+
+def test_orchestrator_dispatch_result_final_and_duplicate():
+    orch = Orchestrator()
+    eff = orch.on_input(_admitted(), None, 1_000)
+    assert eff.kind is EffectKind.EMIT_REQUEST and eff.final is None
+    req = eff.request
+    assert req["pool"] == "echo" and req["attempt"] == 1 and eff.state.pool == "echo"
+    assert eff.timers == (1_000 + SETTINGS.limits.request_timeout_ms,)
+    done = orch.on_input(ResultIn(_result()), _slot(eff), 1_500)
+    assert done.kind is EffectKind.EMIT_FINAL and done.request is None
+    content, audit = done.final
+    assert content["status"] == "SUCCEEDED" and audit["request_id"] == "r1"
+    dup = orch.on_input(ResultIn(_result()), _slot(done), 1_600)
+    assert dup.final is None and dup.request is None and dup.counter == "duplicate_results"
+    again = orch.on_input(_admitted(), _slot(done), 1_700)
+    assert again.final is None and again.request is None and again.counter == "duplicate_prompts"
+    assert again.state is done.state and again.features == done.features
+
+
+def test_orchestrator_timeout_retries_with_backoff_then_fails():
+    orch = Orchestrator()
+    eff = orch.on_input(_admitted(), None, 0)
+    now = 0
+    attempts = 1
+    while True:
+        now = max(eff.timers)
+        eff = orch.on_timer(_slot(eff), now)
+        if eff.final is not None:
+            break
+        if eff.request is not None:
+            attempts += 1
+            assert eff.request["attempt"] == attempts
+    assert attempts == SETTINGS.limits.max_attempts
+    assert eff.final[0]["reason"] == f"timeout_after_{attempts}_attempts"
+
+
+def test_early_final_keeps_a_tombstone_against_duplicates():
+    state = correlate.finished_early(prompt("r1", "t", "x"), "REJECTED", "quota_exceeded", 1_000)
+    eff = Orchestrator().on_input(Finished(state, frozenset({"echo"})), None, 1_000)
+    assert eff.kind is EffectKind.EMIT_FINAL and eff.final[0]["reason"] == "quota_exceeded"
+    assert eff.timers == (1_000 + SETTINGS.limits.dedup_ttl_ms,) and eff.state.finished
+
+
+def test_evolve_is_replace_and_rejects_unknown_fields():
+    state = Orchestrator().on_input(_admitted(), None, 1_000).state
+    assert correlate.evolve(state, attempt=2, pool="x") == dataclasses.replace(state, attempt=2, pool="x")
+    assert state.attempt == 1
+    with pytest.raises(TypeError):
+        correlate.evolve(state, no_such_field=1)
+
+
+def test_answered_request_cancels_its_timeout_and_ttl_mode_sets_no_tombstone_timer():
+    ttl = Orchestrator(tombstone_timers=False)
+    eff = ttl.on_input(_admitted(), None, 1_000)
+    deadline = 1_000 + SETTINGS.limits.request_timeout_ms
+    assert eff.timers == (deadline,)
+    done = ttl.on_input(ResultIn(_result()), _slot(eff), 1_500)
+    assert done.cancel_timers == (deadline,)
+    assert done.timers == () and done.state.finished  # the tombstone stays, state TTL expires it
+    # with tombstone timers (the model without state TTL) the final keeps its cleanup timer
+    plain = Orchestrator()
+    kept = plain.on_input(ResultIn(_result()), _slot(plain.on_input(_admitted(), None, 1_000)), 1_500)
+    assert kept.timers == (1_500 + SETTINGS.limits.dedup_ttl_ms,) and kept.cancel_timers == (deadline,)
+
+
+def test_error_result_retry_replaces_the_deadline_timer():
+    orch = Orchestrator(tombstone_timers=False)
+    eff = orch.on_input(_admitted(), None, 1_000)
+    retry = orch.on_input(ResultIn(_result(status="ERROR")), _slot(eff), 1_200)
+    assert retry.cancel_timers == (1_000 + SETTINGS.limits.request_timeout_ms,)
+    assert retry.timers and retry.timers[0] > 1_200 and not retry.state.finished
+
+
+def test_restored_control_keeps_forced_breakers_and_rollouts_but_not_reset_ones():
+    entries = dict(control_updates({"breaker": {"pool": "image", "action": "FORCE_OPEN"}}))
+    entries.update(control_updates({"breaker": {"pool": "speech", "action": "FORCE_OPEN"}}))
+    entries.update(control_updates({"breaker": {"pool": "speech", "action": "RESET"}}))  # last one wins
+    assert set(entries) == {"breaker:image", "breaker:speech"}
+    fresh = Orchestrator()
+    fresh.restore_control(entries.items(), 1_000)
+    assert not fresh.breakers["image"].allows(10**12, route.BreakerConfig())  # forced: no cooldown
+    assert "speech" not in fresh.breakers
+    img = Admitted(prompt("i1", "t", "a red circle", modality="IMAGE"), "a red circle", [], "STANDARD",
+                   frozenset(), 1_000)
+    eff = fresh.on_input(img, None, 2_000)
+    assert eff.request is None and eff.counter == "no_healthy_pool"
+    assert eff.final[0]["reason"] == route.NO_HEALTHY_POOL
+
+
+def test_exhausted_pool_falls_back_once_to_another_pool():
+    orch = Orchestrator(tombstone_timers=False)
+    hard = ("Explain step by step why the algorithm is correct, compare it with the alternative design, "
+            "analyze the trade-offs and write a report with code. " * 3)
+    eff = orch.on_input(_admitted(text=hard, features=frozenset(), params={"max_tokens": 512}), None, 0)
+    assert eff.request["pool"] == "text-large"
+    for attempt in range(1, SETTINGS.limits.max_attempts + 1):
+        eff = orch.on_input(ResultIn(_result(attempt=attempt, status="ERROR", pool="text-large")), _slot(eff), 10)
+        if eff.kind is EffectKind.SCHEDULE_RETRY:
+            eff = orch.on_timer(_slot(eff), eff.timers[0])
+    assert eff.counter == "fallbacks" and eff.request["pool"] == "text-small"
+    assert eff.state.fallback_from == "text-large" and eff.request["attempt"] == SETTINGS.limits.max_attempts + 1
+
+
+def test_output_moderation_decides_the_final_and_the_tombstone():
+    orch = Orchestrator(tombstone_timers=False)
+    eff = orch.on_input(_admitted(), None, 1_000)
+    blocked = orch.on_input(ResultIn(_result(output_text="to make a bomb you ...")), _slot(eff), 1_500)
+    content, audit = blocked.final
+    assert (content["status"], content["reason"]) == ("REJECTED", "moderation:blocked_terms")
+    assert (blocked.state.status, blocked.state.reason) == ("REJECTED", "moderation:blocked_terms")
+    assert [v["stage"] for v in audit["verdicts"]] == ["OUTPUT", "OUTPUT"]
