@@ -25,7 +25,7 @@ from jobs.gate import gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
 from jobs.orchestrate import Orchestrator
-from jobs.services import redis_client, shared_classifier, shared_embedder, topic_serde
+from jobs.clients import redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
 from operators.correlate import Effects
 from operators.dead_letters import dead_letter

@@ -15,6 +15,8 @@ from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 from rscf.settings import SETTINGS
 
+from .base import ModelHandler
+
 T = TypeVar("T")
 
 
@@ -132,3 +134,23 @@ def param(request: dict, name: str, default: Any = None) -> Any:
     """A GenerationParams field, treating null as absent."""
     value = (request.get("params") or {}).get(name)
     return default if value is None else value
+
+
+class TorchModelHandler(ModelHandler[T]):
+    """A handler of a torch model on the planned device: the constructor arguments every such
+    handler shares, and one loaded copy per (kind, path, device, dtype) per process."""
+
+    def __init__(self, model_path: str, model_name: str | None = None, model_version: str | None = None,
+                 device: str | None = None, dtype: str | None = None, max_batch: int | None = None) -> None:
+        self.model_path = str(model_path)
+        self.model_name = model_name or self.model_name
+        self.model_version = model_version or self.model_version
+        self.plan: DevicePlan = plan_device(device, dtype, max_batch)
+        self.guard = MemoryGuard(self.plan)
+
+    def load_model(self) -> T:
+        key = (self.modality, self.model_path, self.plan.device, str(self.plan.dtype))
+        return shared_model(key, self._load)
+
+    def _load(self) -> T:
+        raise NotImplementedError

@@ -23,8 +23,8 @@ from typing import Any, Hashable, Sequence
 
 from rscf.settings import SETTINGS
 
-from .base import InferenceOutput, ModelHandler, RequestRejected
-from .device import DevicePlan, MemoryGuard, param, plan_device, shared_model, split_to_fit, stable_seed
+from .base import InferenceOutput, RequestRejected
+from .device import TorchModelHandler, param, split_to_fit, stable_seed
 
 _SYNONYMS = {
     "circles": "circle", "round": "circle", "disc": "circle", "disk": "circle", "ball": "circle",
@@ -71,7 +71,7 @@ def to_png(pixels, width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-class ImageHandler(ModelHandler[ImageModel]):
+class ImageHandler(TorchModelHandler[ImageModel]):
     model_name = "shapes-ddpm"
     model_version = "0"
     modality = "IMAGE"
@@ -92,20 +92,12 @@ class ImageHandler(ModelHandler[ImageModel]):
     ):
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {sampler!r} (ddpm or ddim)")
-        self.model_path = str(model_path)
-        self.model_name = model_name or self.model_name
-        self.model_version = model_version or self.model_version
-        self.plan: DevicePlan = plan_device(device, dtype, max_batch)
-        self.guard = MemoryGuard(self.plan)
+        super().__init__(model_path, model_name, model_version, device, dtype, max_batch)
         self.default_size = default_size
         self.default_steps = default_steps
         self.sampler = sampler
         # classifier-free guidance for the shapes model (trained with 10% null labels); 1.0 = off
         self.guidance_scale = guidance_scale
-
-    def load_model(self) -> ImageModel:
-        key = ("image", self.model_path, self.plan.device, str(self.plan.dtype))
-        return shared_model(key, self._load)
 
     def _load(self) -> ImageModel:
         root = Path(self.model_path)

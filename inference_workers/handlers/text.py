@@ -17,8 +17,8 @@ from typing import Any, Hashable, Sequence
 
 from rscf.settings import SETTINGS
 
-from .base import InferenceOutput, ModelHandler, RequestRejected
-from .device import DevicePlan, MemoryGuard, param, plan_device, shared_model, split_to_fit, stable_seed
+from .base import InferenceOutput, RequestRejected
+from .device import TorchModelHandler, param, split_to_fit, stable_seed
 
 TOKEN_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -78,7 +78,7 @@ class PerRowSampler:
         return forced
 
 
-class TextHandler(ModelHandler[TextModel]):
+class TextHandler(TorchModelHandler[TextModel]):
     model_name = "smollm2-135m"
     model_version = "0"
     modality = "TEXT"
@@ -99,11 +99,7 @@ class TextHandler(ModelHandler[TextModel]):
         use_chat_template: bool | None = None,
         **_: Any,
     ):
-        self.model_path = str(model_path)
-        self.model_name = model_name or self.model_name
-        self.model_version = model_version or self.model_version
-        self.plan: DevicePlan = plan_device(device, dtype, max_batch)
-        self.guard = MemoryGuard(self.plan)
+        super().__init__(model_path, model_name, model_version, device, dtype, max_batch)
         self.max_new_tokens = max_new_tokens or SETTINGS.limits.max_text_tokens
         self.default_max_tokens = min(default_max_tokens, self.max_new_tokens)
         self.max_prompt_tokens = max_prompt_tokens
@@ -113,10 +109,6 @@ class TextHandler(ModelHandler[TextModel]):
         self._kv_bytes_per_token: int | None = None
 
     # -- loading -------------------------------------------------------------------------------
-    def load_model(self) -> TextModel:
-        key = ("text", self.model_path, self.plan.device, str(self.plan.dtype))
-        return shared_model(key, self._load)
-
     def _load(self) -> TextModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
