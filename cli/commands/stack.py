@@ -29,19 +29,39 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result, "services": [s.__dict__ for s in states]}))
     else:
+        from rscf.settings import SETTINGS
+
         print(f"stack healthy in {result['seconds']} s")
         _print_table(states)
-        print("\nFlink Web UI: http://127.0.0.1:8081   Prometheus: http://127.0.0.1:9090   stop: rscf down")
+        print(f"\nFlink Web UI: {SETTINGS.flink_url}   Prometheus: {SETTINGS.prometheus_url}   stop: rscf down")
     return EXIT_OK
 
 
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def _print_table(states) -> None:
-    print(f"{'service':<18} {'state':<9} {'pid':>7} {'rss MB':>7}  where / log")
+    """Health, supervisord's state of the program, PID, memory, restarts (exits it did not ask for), uptime."""
+    print(f"{'service':<18} {'health':<9} {'supervisor':<12} {'pid':>7} {'rss MB':>7} {'restarts':>8} "
+          f"{'uptime':>7}  where / log")
     for s in states:
-        state = "healthy" if s.healthy else ("starting" if s.running else "down")
+        health = "healthy" if s.healthy else ("unhealthy" if s.running else "down")
         rss = f"{s.rss_mb:.0f}" if s.rss_mb is not None else "-"
-        print(f"{s.name:<18} {state:<9} {s.pid or '-':>7} {rss:>7}  {s.url}")
-        print(f"{'':<45}log: {s.log}")
+        print(f"{s.name:<18} {health:<9} {s.state:<12} {s.pid or '-':>7} {rss:>7} {s.restarts:>8} "
+              f"{_uptime(s.uptime_s):>7}  {s.url}")
+        print(f"{'':<68}log: {s.log}")
+    if any(s.state == "FATAL" for s in states):
+        print("\nFATAL: the program kept exiting right after its start and supervisord gave up; "
+              "see its log, then `rscf up` starts it again.")
+    if any(s.state == "UNSUPERVISED" for s in states):
+        print("\nUNSUPERVISED: running, but nothing restarts it if it dies (started before supervision, "
+              "or its supervisord is gone): `rscf down` then `rscf up`.")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -72,7 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", parents=[json_parent()], help="install-checked start of the local stack (idempotent)")
     p.add_argument("--only", nargs="+", help="start only these services")
     p.set_defaults(func=cmd_up)
-    p = sub.add_parser("status", parents=[json_parent()], help="health, PID, memory and log of each service")
+    p = sub.add_parser("status", parents=[json_parent()],
+                       help="health, supervisor state, PID, memory, restarts, uptime and log of each service")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("down", parents=[json_parent()], help="stop exactly the processes `up` started")
+    p = sub.add_parser("down", parents=[json_parent()],
+                       help="stop the services `up` started (reverse order), then their supervisord")
     p.set_defaults(func=cmd_down)

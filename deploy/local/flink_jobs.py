@@ -9,6 +9,7 @@ operators' tools use too.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import httpx
 
 from deploy.local import stack
 from deploy.local.flink import flink_dirs, flink_env, flink_home, taskmanager_code_marker
-from deploy.local.processes import stop_recorded
+from deploy.local.processes import recorded_process
 from deploy.local.services import SERVICE_BY_NAME
 from jobs.config import JobConfig
 from rscf.settings import SETTINGS
@@ -119,17 +120,35 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+def _taskmanager_identity() -> dict | None:
+    """PID and start time of the running TaskManager (from its PID file), None if none runs."""
+    proc = recorded_process(SERVICE_BY_NAME["flink-taskmanager"].pid_file)
+    return {"pid": proc.pid, "create_time": proc.create_time()} if proc is not None else None
+
+
 def ensure_taskmanager_runs_current_code() -> None:
     """Restart the local TaskManager when the job's code changed since it last imported it.
 
     In thread mode the TaskManager's embedded interpreter keeps the modules an
     earlier job imported; a job submitted after a code change would run the old
-    modules (measured). A fresh TaskManager has imported nothing. The local
-    stack's `up` removes the marker whenever it starts a TaskManager.
+    modules (measured). A fresh TaskManager has imported nothing: the marker
+    names the TaskManager process it was written for, so one that supervisord
+    restarted after a crash (or `up` started) does not count as stale.
+    The restart goes through supervisord (stop, then `up` of that one service).
     """
     marker = taskmanager_code_marker()
     digest = code_digest()
-    if marker.exists() and marker.read_text() != digest:
+    current_tm = _taskmanager_identity()
+    try:
+        text = marker.read_text()
+    except FileNotFoundError:
+        text = None
+    try:
+        recorded = json.loads(text) if text is not None else None
+    except ValueError:  # a bare digest, written before supervision: it was about the TaskManager running now
+        recorded = {"digest": text.strip(), "taskmanager": current_tm}
+    same_tm = isinstance(recorded, dict) and recorded.get("taskmanager") == current_tm
+    if same_tm and recorded.get("digest") != digest:
         others = [j for j in jobs() if j.state not in TERMINAL]
         if others:
             log.warning(
@@ -137,13 +156,14 @@ def ensure_taskmanager_runs_current_code() -> None:
                 "the new job may run the modules the TaskManager already imported", len(others))
             return
         tm = SERVICE_BY_NAME["flink-taskmanager"]
-        stop_recorded(tm.pid_file)
+        stack.stop_service(tm.name)
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline and (_request("GET", "/overview").get("taskmanagers") or 0) > 0:
             time.sleep(0.5)  # let the JobManager forget the old one before the new one registers
         stack.up(only=[tm.name])
+        current_tm = _taskmanager_identity()
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(digest)
+    marker.write_text(json.dumps({"digest": digest, "taskmanager": current_tm}))
 
 
 def submit(cfg: JobConfig, from_savepoint: str | None = None, wait_s: float = 180.0,

