@@ -1,8 +1,8 @@
 """Worker intake: a request record from Kafka becomes a request for the batcher.
 
 A record that cannot be decoded is answered at once: with an error result when its Kafka key
-names the request (the pipeline is waiting for that answer), else with a dead letter (stage
-``decode``). The schema registry being down is not the record's fault: decoding waits it out,
+names the request (tenant_id, U+001F, request_id, or the request_id alone: the pipeline is
+waiting for that answer), else with a dead letter (stage ``decode``). The schema registry being down is not the record's fault: decoding waits it out,
 bounded by ``registry_retry_max_s``, rather than failing good records.
 """
 
@@ -15,19 +15,10 @@ from inference_workers.kafka_io import Outgoing
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.results import ResultBuilder
 from rscf.clock import backoff_delays
+from schemas.keys import split_identity_key
 
 #: answer(request, (topic, partition, offset), result): count, encode and send one result.
 AnswerFn = Callable[[dict, tuple[str, int, int], dict], None]
-
-
-def request_id_of(key: Any) -> str | None:
-    """The request_id a record's Kafka key names, if any."""
-    if not key:
-        return None
-    try:
-        return key.decode("utf-8") if isinstance(key, bytes) else str(key)
-    except UnicodeDecodeError:
-        return None
 
 
 def decode_dead_letter(original: bytes, topic: str, partition: int, offset: int, reason: str, error: str) -> dict:
@@ -98,9 +89,9 @@ class Intake:
         reason = getattr(exc, "reason", None) or "avro_decode_failed"
         detail = getattr(exc, "detail", None) or str(exc)
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        request_id = request_id_of(msg.key())
-        if request_id:
-            stub = {"request_id": request_id, "attempt": 0}
+        identity = split_identity_key(msg.key())
+        if identity and identity[1]:
+            stub = {"request_id": identity[1], "tenant_id": identity[0], "attempt": 0}
             # The registry being down is not the record's fault: let the pipeline retry it.
             retryable = reason == "registry_unavailable"
             result = self.results.error(stub, f"decode_failed: {reason}: {detail}"[:1000], retryable=retryable)

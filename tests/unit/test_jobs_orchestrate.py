@@ -182,3 +182,33 @@ def test_output_moderation_decides_the_final_and_the_tombstone():
     assert (content["status"], content["reason"]) == ("REJECTED", "moderation:blocked_terms")
     assert (blocked.state.status, blocked.state.reason) == ("REJECTED", "moderation:blocked_terms")
     assert [v["stage"] for v in audit["verdicts"]] == ["OUTPUT", "OUTPUT"]
+
+
+class Unreachable:
+    block_threshold = 0.5
+
+    def classify(self, text):
+        from operators.embedding import EmbedderUnavailable
+
+        raise EmbedderUnavailable("embedding service marked down")
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_output_moderation_with_the_classifier_down_follows_the_tenants_policy(closed):
+    from operators.moderate import Moderator
+
+    orch = Orchestrator(Moderator(classifier_source=Unreachable))
+    skipped = ({"stage": "rag", "outcome": "skipped", "dependency": "redis", "reason": "refused"},)
+    value = dataclasses.replace(_admitted(features=frozenset({"echo", "moderation_model"})), degraded=skipped,
+                                moderation_fail_closed=closed)
+    eff = orch.on_input(value, None, 1_000)
+    assert eff.state.moderation_fail_closed is closed and eff.state.degraded == skipped
+    content, audit = orch.on_input(ResultIn(_result()), _slot(eff), 1_500).final
+    stages = [(d["stage"], d["outcome"]) for d in content["degraded"]]
+    assert stages == [("rag", "skipped"), ("output_classifier", "failed_closed" if closed else "skipped")]
+    assert audit["degraded"] == content["degraded"]
+    if closed:
+        assert (content["status"], content["reason"], content["output_text"]) == \
+            ("REJECTED", "moderation_unavailable", None)
+    else:
+        assert (content["status"], content["output_text"]) == ("SUCCEEDED", "olleh")
