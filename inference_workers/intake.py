@@ -2,7 +2,8 @@
 
 A record that cannot be decoded is answered at once: with an error result when its Kafka key
 names the request (tenant_id, U+001F, request_id, or the request_id alone: the pipeline is
-waiting for that answer), else with a dead letter (stage ``decode``). The schema registry being down is not the record's fault: decoding waits it out,
+waiting for that answer), else with a dead letter (stage ``decode``; a payload too large for Kafka
+is kept in object storage and referenced, `operators.dead_letters.with_claim_check`). The schema registry being down is not the record's fault: decoding waits it out,
 bounded by ``registry_retry_max_s``, rather than failing good records.
 """
 
@@ -14,6 +15,8 @@ from typing import Any, Callable
 from inference_workers.kafka_io import Outgoing
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.results import ResultBuilder
+from operators.dead_letters import with_claim_check
+from operators.record_size import too_large
 from rscf.clock import backoff_delays
 from schemas.keys import split_identity_key
 
@@ -37,6 +40,18 @@ def decode_dead_letter(original: bytes, topic: str, partition: int, offset: int,
     )
 
 
+_OBJECT_STORE: list[Any] = []
+
+
+def _object_store():
+    """The process's object store for claim checks, built on first use."""
+    if not _OBJECT_STORE:
+        from rscf.s3 import ObjectStorePayloads
+
+        _OBJECT_STORE.append(ObjectStorePayloads())
+    return _OBJECT_STORE[0]
+
+
 class Intake:
     """Decodes request records; answers or dead-letters the ones that cannot be decoded."""
 
@@ -51,6 +66,7 @@ class Intake:
         *,
         answer: AnswerFn,
         send: Callable[[Outgoing], None],
+        payload_store: Callable[[], Any] | None = None,
     ) -> None:
         self.request_serde = request_serde
         self.dlq_serde = dlq_serde
@@ -60,6 +76,7 @@ class Intake:
         self.registry_retry_max_s = registry_retry_max_s
         self.answer = answer
         self.send = send
+        self.payload_store = payload_store or _object_store  # claim checks of dead letters too large for Kafka
 
     def decode(self, msg) -> dict | None:
         """The request a record carries, or None when it cannot be decoded (then it is answered here)."""
@@ -99,5 +116,11 @@ class Intake:
             return
         self.metrics.errors.labels(self.metrics.pool, "dead_letter").inc()
         record = decode_dead_letter(msg.value() or b"", topic, partition, offset, str(reason), str(detail)[:1000])
-        self.send(Outgoing(key=b"", value=self.dlq_serde.encode(record), topic=self.dlq_topic,
-                           offsets=[(topic, partition, offset)]))
+        value = self.dlq_serde.encode(record)
+        if too_large(b"", value):  # the producer would refuse it, and the poll loop with it
+            try:
+                store = self.payload_store()
+            except Exception:  # noqa: BLE001 - no store: the dead letter says its payload was not kept
+                store = None
+            value = self.dlq_serde.encode(with_claim_check(record, store))
+        self.send(Outgoing(key=b"", value=value, topic=self.dlq_topic, offsets=[(topic, partition, offset)]))

@@ -55,34 +55,10 @@ def shared_classifier() -> Callable[[], Any]:
     return lambda: classifier
 
 
-class ObjectStorePayloads:
-    """Payloads of dead letters too large for Kafka, in object storage (`operators.dead_letters.PayloadStore`).
-
-    The S3 client fails fast (`rscf.s3.fail_fast_http_client`): with object storage down a
-    dead letter waits for one refused connection, not minio's retries.
-    """
-
-    def __init__(self, bucket: str | None = None, endpoint: str | None = None):
-        from rscf.s3 import s3_client
-        from rscf.settings import SETTINGS
-
-        self.bucket = bucket or SETTINGS.buckets.audit
-        self.client = s3_client(endpoint, fail_fast=True)
-        self._bucket_checked = False
-
-    def put(self, key: str, data: bytes) -> str:
-        import io
-
-        if not self._bucket_checked:
-            if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket)
-            self._bucket_checked = True
-        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream")
-        return f"s3://{self.bucket}/{key}"
-
-
-def payload_store() -> ObjectStorePayloads:
-    """One object store client per process for claim checks (built when the first one is needed)."""
+def payload_store():
+    """One object store client per process for claim checks of dead letters (`rscf.s3.ObjectStorePayloads`)."""
     if "payloads" not in _SHARED:
+        from rscf.s3 import ObjectStorePayloads
+
         _SHARED["payloads"] = ObjectStorePayloads()
     return _SHARED["payloads"]

@@ -99,3 +99,21 @@ def test_an_undecodable_request_under_a_key_of_the_version_before_is_answered_un
     assert stub == {"request_id": "req-7", "tenant_id": "", "attempt": 0} and result_key(res) == b"req-7"
     assert intake.decode(Msg(b"\x07garbage", b"\xff\xfe", offset=6)) is None  # no usable key: a dead letter
     assert len(rec.answers) == 1 and len(rec.sent) == 1
+
+
+def test_an_undecodable_request_too_large_for_a_dead_letter_is_claim_checked(parts) -> None:
+    intake, rec, s, _ = parts
+    kept = {}
+
+    class Store:
+        def put(self, key, data):
+            kept[key] = data
+            return f"s3://rscf-audit/{key}"
+
+    intake.payload_store = Store
+    poison = b"\x07" * 1_000_000
+    assert intake.decode(Msg(poison, None, offset=8)) is None
+    (out,) = rec.sent
+    dl = s["dlq_serde"].decode(out.value)
+    assert len(out.value) < 10_000 and dl["payload_status"] == "claim_check" and dl["original_size"] == len(poison)
+    assert kept[dl["payload_uri"].removeprefix("s3://rscf-audit/")] == poison
