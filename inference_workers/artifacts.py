@@ -25,13 +25,19 @@ _EXTENSIONS = {
 }
 
 
-def artifact_key(pool: str, request_id: str, attempt: int, content_type: str | None, at_ms: int) -> str:
-    """``artifacts/<pool>/<yyyy-mm-dd>/<request_id>-<attempt>.<ext>``: one object per attempt, so a
-    duplicate run of the same attempt overwrites rather than piles up."""
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def artifact_key(pool: str, request_id: str, attempt: int, content_type: str | None, at_ms: int,
+                 tenant_id: str | None = None) -> str:
+    """``artifacts/<pool>/<yyyy-mm-dd>/<tenant_id>/<request_id>-<attempt>.<ext>``: one object per attempt, so
+    a duplicate run of the same attempt overwrites rather than piles up; request ids are unique per
+    tenant only, so the tenant is part of the key (a request without one: no tenant segment)."""
     day = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
     ext = _EXTENSIONS.get((content_type or "").split(";")[0].strip().lower(), "bin")
-    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in request_id)
-    return f"artifacts/{pool}/{day}/{safe_id}-{attempt}.{ext}"
+    tenant = f"{_safe(tenant_id)}/" if tenant_id else ""
+    return f"artifacts/{pool}/{day}/{tenant}{_safe(request_id)}-{attempt}.{ext}"
 
 
 class ArtifactStore:
@@ -54,7 +60,8 @@ class ArtifactStore:
 
     def put_artifact(self, pool: str, request: dict, data: bytes, content_type: str | None) -> str:
         """Store one request's artifact under its ``artifact_key``; returns ``s3://bucket/key``."""
-        key = artifact_key(pool, str(request["request_id"]), int(request.get("attempt") or 0), content_type, now_ms())
+        key = artifact_key(pool, str(request["request_id"]), int(request.get("attempt") or 0), content_type, now_ms(),
+                           request.get("tenant_id"))
         return self.put(key, data, content_type)
 
     def put(self, key: str, data: bytes, content_type: str | None) -> str:

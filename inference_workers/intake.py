@@ -1,8 +1,9 @@
 """Worker intake: a request record from Kafka becomes a request for the batcher.
 
 A record that cannot be decoded is answered at once: with an error result when its Kafka key
-names the request (the pipeline is waiting for that answer), else with a dead letter (stage
-``decode``). The schema registry being down is not the record's fault: decoding waits it out,
+names the request (tenant_id, U+001F, request_id, or the request_id alone: the pipeline is
+waiting for that answer), else with a dead letter (stage ``decode``; a payload too large for Kafka
+is kept in object storage and referenced, `operators.dead_letters.with_claim_check`). The schema registry being down is not the record's fault: decoding waits it out,
 bounded by ``registry_retry_max_s``, rather than failing good records.
 """
 
@@ -14,20 +15,13 @@ from typing import Any, Callable
 from inference_workers.kafka_io import Outgoing
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.results import ResultBuilder
+from operators.dead_letters import with_claim_check
+from operators.record_size import too_large
 from rscf.clock import backoff_delays
+from schemas.keys import split_identity_key
 
 #: answer(request, (topic, partition, offset), result): count, encode and send one result.
 AnswerFn = Callable[[dict, tuple[str, int, int], dict], None]
-
-
-def request_id_of(key: Any) -> str | None:
-    """The request_id a record's Kafka key names, if any."""
-    if not key:
-        return None
-    try:
-        return key.decode("utf-8") if isinstance(key, bytes) else str(key)
-    except UnicodeDecodeError:
-        return None
 
 
 def decode_dead_letter(original: bytes, topic: str, partition: int, offset: int, reason: str, error: str) -> dict:
@@ -46,6 +40,18 @@ def decode_dead_letter(original: bytes, topic: str, partition: int, offset: int,
     )
 
 
+_OBJECT_STORE: list[Any] = []
+
+
+def _object_store():
+    """The process's object store for claim checks, built on first use."""
+    if not _OBJECT_STORE:
+        from rscf.s3 import ObjectStorePayloads
+
+        _OBJECT_STORE.append(ObjectStorePayloads())
+    return _OBJECT_STORE[0]
+
+
 class Intake:
     """Decodes request records; answers or dead-letters the ones that cannot be decoded."""
 
@@ -60,6 +66,7 @@ class Intake:
         *,
         answer: AnswerFn,
         send: Callable[[Outgoing], None],
+        payload_store: Callable[[], Any] | None = None,
     ) -> None:
         self.request_serde = request_serde
         self.dlq_serde = dlq_serde
@@ -69,6 +76,7 @@ class Intake:
         self.registry_retry_max_s = registry_retry_max_s
         self.answer = answer
         self.send = send
+        self.payload_store = payload_store or _object_store  # claim checks of dead letters too large for Kafka
 
     def decode(self, msg) -> dict | None:
         """The request a record carries, or None when it cannot be decoded (then it is answered here)."""
@@ -98,9 +106,9 @@ class Intake:
         reason = getattr(exc, "reason", None) or "avro_decode_failed"
         detail = getattr(exc, "detail", None) or str(exc)
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        request_id = request_id_of(msg.key())
-        if request_id:
-            stub = {"request_id": request_id, "attempt": 0}
+        identity = split_identity_key(msg.key())
+        if identity and identity[1]:
+            stub = {"request_id": identity[1], "tenant_id": identity[0], "attempt": 0}
             # The registry being down is not the record's fault: let the pipeline retry it.
             retryable = reason == "registry_unavailable"
             result = self.results.error(stub, f"decode_failed: {reason}: {detail}"[:1000], retryable=retryable)
@@ -108,5 +116,11 @@ class Intake:
             return
         self.metrics.errors.labels(self.metrics.pool, "dead_letter").inc()
         record = decode_dead_letter(msg.value() or b"", topic, partition, offset, str(reason), str(detail)[:1000])
-        self.send(Outgoing(key=b"", value=self.dlq_serde.encode(record), topic=self.dlq_topic,
-                           offsets=[(topic, partition, offset)]))
+        value = self.dlq_serde.encode(record)
+        if too_large(b"", value):  # the producer would refuse it, and the poll loop with it
+            try:
+                store = self.payload_store()
+            except Exception:  # noqa: BLE001 - no store: the dead letter says its payload was not kept
+                store = None
+            value = self.dlq_serde.encode(with_claim_check(record, store))
+        self.send(Outgoing(key=b"", value=value, topic=self.dlq_topic, offsets=[(topic, partition, offset)]))

@@ -47,7 +47,7 @@ from inference_workers.metrics import (
     register_scrape_target,
     unregister_scrape_target,
 )
-from inference_workers.results import ResultBuilder, error_code
+from inference_workers.results import ResultBuilder, error_code, fit_to_kafka, result_key
 from rscf.clock import now_ms
 from rscf.settings import SETTINGS
 
@@ -260,13 +260,19 @@ class Worker:
         if status != "OK":
             self.metrics.errors.labels(self.pool, error_code(result.get("error"))).inc()
         try:
-            value = self.result_serde.encode(result)
+            result, value = fit_to_kafka(result, self.result_serde.encode, self._store_text(request))
         except Exception as exc:  # noqa: BLE001 - e.g. a handler put a non-string in output_text
-            fallback = self.results.error(request, f"serialize_failed: {exc}"[:1000], retryable=False)
+            result = self.results.error(request, f"serialize_failed: {exc}"[:1000], retryable=False)
             self.metrics.errors.labels(self.pool, "serialize_failed").inc()
-            value = self.result_serde.encode(fallback)
-        key = str(result["request_id"]).encode("utf-8")
-        self.outbox.send(Outgoing(key=key, value=value, topic=self.results_topic, offsets=[meta]))
+            value = self.result_serde.encode(result)
+        self.outbox.send(Outgoing(key=result_key(result), value=value, topic=self.results_topic, offsets=[meta]))
+
+    def _store_text(self, request: dict):
+        """Where a text too large for Kafka goes: an artifact of its request (None before `run`)."""
+        store = self._store
+        if store is None:
+            return None
+        return lambda data: store.put_artifact(self.pool, request, data, "text/plain")
 
     # ----------------------------------------------------------------- rebalance (kafka_io.PartitionOwner)
     def hold_inference(self) -> None:

@@ -1,5 +1,6 @@
 """Clients of the stack's services for the job's Flink functions: schema registry, Redis, the
-embedding service and the moderation classifier (one per process where they can be shared)."""
+embedding service, the moderation classifier and object storage for claim checks (one per
+process where they can be shared)."""
 
 from __future__ import annotations
 
@@ -24,26 +25,40 @@ _SHARED: dict[str, Any] = {}
 
 
 def shared_embedder() -> Callable[[], Any]:
-    """The embedding service client, or None while the service is marked down.
+    """The embedding service client.
 
     The model runs in its own process (inference_workers/embedding_service.py):
     torch inside a thread-mode operator stalled it and its checkpoints (measured).
+    While the service is marked down, `embed` raises at once (`EmbedderUnavailable`)
+    and the caller records what it skipped: answering None instead hid the outage
+    from every final but the first of each backoff window (issue #13).
     """
     if "embedder" not in _SHARED:
         from operators.embedding import RemoteEmbedder
 
         _SHARED["embedder"] = RemoteEmbedder()
     embedder = _SHARED["embedder"]
-    return lambda: embedder if embedder.available() else None
+    return lambda: embedder
 
 
 def shared_classifier() -> Callable[[], Any]:
-    """The moderation classifier: remote embeddings + the small logistic regression, loaded here."""
+    """The moderation classifier: remote embeddings + the small logistic regression, loaded here.
+
+    Always the classifier, the embedding service down or not (see `shared_embedder`)."""
     if "classifier" not in _SHARED:
         from operators import moderation_model
         from operators.embedding import RemoteEmbedder
 
         embedder = RemoteEmbedder()
         _SHARED["classifier"] = (embedder, moderation_model.load(embedder))
-    embedder, classifier = _SHARED["classifier"]
-    return lambda: classifier if embedder.available() else None
+    _embedder, classifier = _SHARED["classifier"]
+    return lambda: classifier
+
+
+def payload_store():
+    """One object store client per process for claim checks of dead letters (`rscf.s3.ObjectStorePayloads`)."""
+    if "payloads" not in _SHARED:
+        from rscf.s3 import ObjectStorePayloads
+
+        _SHARED["payloads"] = ObjectStorePayloads()
+    return _SHARED["payloads"]

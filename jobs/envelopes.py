@@ -4,14 +4,15 @@ Envelopes cross Flink operators pickled, one per record, so each pickles
 positionally (`__reduce__`: no field names in the bytes, no dataclass __init__
 keyword parsing when unpickled):
 - `PromptIn`: a validated prompt on its way to the tenant gate (keyed by tenant),
-- `Admitted`, `Finished`, `ResultIn`: inputs of the orchestrator (keyed by request_id),
+- `Admitted`, `Finished`, `ResultIn`: inputs of the orchestrator (keyed by the request's
+  (tenant_id, request_id), `schemas.keys.identity_key`),
 - `SinkRecord`: a record for a Kafka topic, `Republish`: raw bytes for their own topic
   under the right key.
 Every final record leaves through the orchestrator, even refusals decided
 earlier, so the per-request tombstone drops a duplicated prompt or result
 whatever stage it reaches.
 
-Keyed state: `Slot` (per request_id), a list of held `PromptIn` and an
+Keyed state: `Slot` (per request identity), a list of held `PromptIn` and an
 `operators.admit.TokenBucket` (per tenant). Their pickles name these classes, so
 restoring a savepoint needs them importable under the names they were written with
 (`RETIRED_STATE_CLASSES`).
@@ -26,6 +27,7 @@ from typing import Any, Union
 
 from operators import admit
 from operators.correlate import PendingRequest
+from schemas.keys import identity_key
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,10 @@ class SinkRecord:
 class PromptIn:
     record: dict[str, Any]  # validated, sanitised PromptRequest
     sanitized_prompt: str
+    source: tuple[int, int] | None = None  # (partition, offset) it was read from: a replay reads the same
 
     def __reduce__(self):
-        return (PromptIn, (self.record, self.sanitized_prompt))
+        return (PromptIn, (self.record, self.sanitized_prompt, self.source))
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,13 @@ class Admitted:
     tier: str
     features: frozenset[str]
     accepted_at_ms: int
+    degraded: tuple[dict[str, Any], ...] = ()  # steps the gate skipped (classifier, RAG) and why
+    moderation_fail_closed: bool = False  # the tenant's policy, for output moderation
+    source: tuple[int, int] | None = None  # PromptIn.source
 
     def __reduce__(self):
         return (Admitted, (self.record, self.sanitized_prompt, self.verdicts, self.tier, self.features,
-                           self.accepted_at_ms))
+                           self.accepted_at_ms, self.degraded, self.moderation_fail_closed, self.source))
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,10 @@ class ResultIn:
 class Republish:
     """An input read under the wrong Kafka key, written back to its topic under the right one.
 
-    The job keys prompts by their Kafka key (the tenant_id) and results by theirs (the
-    request_id) without a Python operator in front: a record whose key does not match its
-    payload would reach the wrong keyed state, so it takes one more trip through Kafka instead.
+    The job keys prompts by their Kafka key (the tenant_id) and results by theirs (tenant_id,
+    U+001F, request_id: `schemas.keys`) without a Python operator in front: a record whose key
+    does not match its payload would reach the wrong keyed state, so it takes one more trip
+    through Kafka instead.
     """
 
     role: str  # "prompt" | "result": the topic it goes back to
@@ -103,16 +110,19 @@ class Republish:
 OrchestratorInput = Union[Admitted, Finished, ResultIn]
 
 
-def request_key(value: OrchestratorInput | SinkRecord) -> str:
-    """Key of what goes to the orchestrator: its inputs, and dead letters passing through ("")."""
+def request_key(value: OrchestratorInput | SinkRecord | Republish) -> str:
+    """Key of what goes to the orchestrator: the request's (tenant_id, request_id) as `schemas.keys`
+    writes it for its inputs, "" for dead letters and records to republish passing through."""
+    if isinstance(value, (SinkRecord, Republish)):
+        return ""
     if isinstance(value, Finished):
-        return value.state.request_id
-    return str(value.record.get("request_id") or "")
+        return identity_key(value.state.tenant_id, value.state.request_id)
+    return identity_key(value.record.get("tenant_id"), str(value.record.get("request_id") or ""))
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Keyed state of one request_id: the correlate state and the tenant features output moderation needs."""
+    """Keyed state of one request identity: the correlate state and the tenant features output moderation needs."""
 
     pending: PendingRequest
     features: frozenset[str] = frozenset()

@@ -6,63 +6,47 @@ so cloudpickle ships these classes by reference: a class pickled by value drags
 in module globals, and any that hold py4j objects fail with "cannot pickle
 '_thread.RLock'" (measured). Keyed state holds pickled Python values; their
 classes (`jobs.envelopes`, `operators.*`) must be importable where the job restores.
+
+No record can stop the job: every function runs its step for one input inside a guard,
+and a record a step crashes on (decode, a step, serialisation) becomes a dead letter with
+reason `internal_error` (and, for a prompt, a FAILED final), instead of failing the task
+and putting the job in a restart loop (`jobs.failures`). Output size limits are the
+`Encoder`'s (`jobs.encoder`).
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, RuntimeContext
-from pyflink.common.time import Time
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs import intake
 from jobs.config import JobConfig
-from jobs.envelopes import PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes
+from jobs.encoder import Encoder
+from jobs.envelopes import (
+    Admitted, Finished, PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes,
+)
+from jobs.failures import crashed_envelope, failed_effects, failure_dead_letter, prompt_failure
 from jobs.gate import gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
 from jobs.orchestrate import Orchestrator
-from jobs.clients import redis_client, shared_classifier, shared_embedder, topic_serde
+from jobs.state import control_descriptor, slot_descriptor
+from jobs.clients import payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
-from operators.correlate import Effects
-from operators.dead_letters import dead_letter
+from operators.correlate import Effects, PendingRequest
 from operators.moderate import Moderator
 from rscf.clock import now_ms  # Flink's processing time is the wall clock: read it here, not over pemja
-from rscf.pools import ECHO
 from rscf.settings import SETTINGS
+from schemas.keys import identity_key
+
+log = logging.getLogger(__name__)
 
 NEXT, SINK = "next", "sink"  # tags of the control stream only (its events and its dead letters part ways)
-CONTROL_STATE = "control"  # broadcast MapState, keys and values: `jobs.intake.control_updates`
-
-
-def control_descriptor() -> MapStateDescriptor:
-    return MapStateDescriptor(CONTROL_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
-
-
-def slot_descriptor() -> ValueStateDescriptor:
-    """The orchestrator's per-request state; a finished request's tombstone expires by state TTL.
-
-    TTL (dedup_ttl_ms, refreshed on every write) replaces a cleanup timer per request:
-    in-flight slots are written at every attempt and their own timers fire long before.
-
-    The default background cleanup cannot be used in thread mode: PyFlink builds its RocksDB
-    compaction-filter default with a py4j `Duration` and the TaskManager has no gateway
-    (measured: FileNotFoundError launching one, the job never starts). The heap backend's
-    incremental cleanup is named explicitly instead.
-    """
-    desc = ValueStateDescriptor("pending_request", Types.PICKLED_BYTE_ARRAY())
-    desc.enable_time_to_live(
-        StateTtlConfig.new_builder(Time.milliseconds(SETTINGS.limits.dedup_ttl_ms))
-        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        .disable_cleanup_in_background()
-        .cleanup_incrementally(2, False)  # 3 state accesses per request: keeps pace with 1 tombstone each
-        .build())
-    return desc
-
 
 # ----------------------------------------------------------------------------- wire rows
 
@@ -107,7 +91,12 @@ class ControlIntake(FlatMapFunction):
         self.counters = Counters(ctx)
 
     def flat_map(self, row):
-        record, dl = intake.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
+        try:
+            record, dl = intake.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
+            if dl is None:
+                record, dl = intake.checked_control(record, row[0], row[1], row[2], row[3])
+        except Exception as exc:  # noqa: BLE001 - no control event can stop the job
+            record, dl = None, failure_dead_letter(exc, "control", row[0], row[1], row[2], row[3])
         if dl is not None:
             self.counters.count_dead_letter(dl)
             yield SINK, dl
@@ -174,6 +163,14 @@ class TenantGate(KeyedBroadcastProcessFunction):
 
     def process_element(self, value, ctx):
         key, data, topic, partition, offset = value  # the record part of a wire row
+        try:
+            rows = list(self._process(key, data, topic, partition, offset, ctx))
+        except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
+            rows = self._failed(exc, data, topic, partition, offset)
+        yield from rows
+        self.counters.schedule_flush(ctx)
+
+    def _process(self, key, data, topic, partition, offset, ctx):
         out = intake.keyed_prompt(key, data, self.serde.decode, topic, partition, offset, now_ms(), self.templates)
         if isinstance(out, Republish):  # counted where it is written (`Encoder`)
             yield wire(out.key, out)
@@ -188,7 +185,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
                 else:
                     self.counters.inc("rejected_invalid")
                 yield wire(request_key(out), out)
-        self.counters.schedule_flush(ctx)
+
+    def _failed(self, exc: Exception, data, topic, partition, offset, record=None, source=None) -> list[Row]:
+        """The dead letter of a prompt the gate crashed on, and its FAILED final when it names its request."""
+        out = prompt_failure(exc, data, self.serde.decode, topic, partition, offset, now_ms(), record, source)
+        self.counters.count_dead_letter(out[0])
+        return [wire(request_key(value), value) for value in out]
 
     def _hold(self, value: PromptIn, tenant: str, ctx) -> bool:
         """Keep `value` back while the start-up wait for its tenant's policy lasts."""
@@ -209,7 +211,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
         if held:
             self.held.clear()
             for value in held:
-                yield from self._admit(value, value.record["tenant_id"], ctx)
+                try:
+                    rows = list(self._admit(value, value.record["tenant_id"], ctx))
+                except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
+                    rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
+                                        value.source)
+                yield from rows
             self.counters.schedule_flush(ctx)
 
     def _admit(self, value: PromptIn, tenant: str, ctx):
@@ -226,19 +233,24 @@ class TenantGate(KeyedBroadcastProcessFunction):
         yield wire(request_key(result.out), result.out)
 
     def process_broadcast_element(self, value: dict, ctx):
-        state = ctx.get_broadcast_state(control_descriptor())
-        for key, entry in control_updates(value):
-            state.put(key, entry)
-            if self.policies is not None and key.startswith(TENANT):
-                self.policies[key[len(TENANT):]] = policy_from_dict(entry)
+        try:  # `ControlIntake` dead-letters events that break these; this guard is for what it cannot foresee
+            state = ctx.get_broadcast_state(control_descriptor())
+            for key, entry in control_updates(value):
+                state.put(key, entry)
+                if self.policies is not None and key.startswith(TENANT):
+                    self.policies[key[len(TENANT):]] = policy_from_dict(entry)
+        except Exception:  # noqa: BLE001 - a broadcast reaches every subtask: log and count, no dead letter each
+            log.exception("control event not applied by the gate: %r", value)
+            self.counters.inc("control_events_failed")
 
 
 # ----------------------------------------------------------------------------- orchestrator
 
 
 class RequestOrchestrator(KeyedBroadcastProcessFunction):
-    """Keyed by request_id: the orchestrate step (route, dispatch, correlate results and timers,
-    output moderation, audit) with its state, timers and output records.
+    """Keyed by request identity (tenant_id, U+001F, request_id: `schemas.keys`): the orchestrate step
+    (route, dispatch, correlate results and timers, output moderation, audit) with its state, timers
+    and output records.
 
     Emits Kafka rows (topic, key, value) itself through an `Encoder`: encoding here
     instead of in a downstream operator saves a pickled hop per output record.
@@ -263,7 +275,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.inflight: dict[str, Slot] = {}
         self.counters = Counters(ctx)
         self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False)
-        self.encoder = Encoder(self.cfg, self.counters)
+        self.encoder = Encoder(self.cfg, self.counters, topic_serde, payload_store)
         self._control_loaded = False
 
     def _load_control(self, ctx) -> None:
@@ -301,83 +313,86 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             self.counters.inc(effects.counter)
         if effects.request is not None:
             self.counters.inc("dispatched")
-            yield from self.encoder.encode("request", state.request_id, effects.request, state.pool)
+            yield from self.encoder.encode("request", identity_key(state.tenant_id, state.request_id),
+                                           effects.request, state.pool)
         if effects.final is not None:
-            content, audit = effects.final
+            content, audit = effects.final  # a duplicate's final is not the state's: key it by its own record
+            out_key = identity_key(content["tenant_id"], content["request_id"])
             self.counters.inc("finals", status=content["status"])
             # mean end-to-end latency = rate(final_latency_ms) / rate(finals)
             self.counters.inc("final_latency_ms", int((content.get("latency") or {}).get("total_ms") or 0))
-            yield from self.encoder.encode("content", state.request_id, content)
-            yield from self.encoder.encode("audit", state.request_id, audit)
+            yield from self.encoder.encode("content", out_key, content)
+            yield from self.encoder.encode("audit", out_key, audit)
 
     def process_element(self, value, ctx):
         key, data, topic, partition, offset = value  # the record part of a wire row
+        try:
+            rows = list(self._process(key, data, topic, partition, offset, ctx))
+        except Exception as exc:  # noqa: BLE001 - no record can stop the job
+            envelope, original = crashed_envelope(data) if topic is None else (None, data)
+            if envelope is not None:
+                key = request_key(envelope)
+            rows = list(self._failed(exc, ctx, key, original, topic or self.cfg.prompts, partition, offset, envelope))
+        yield from rows
+        self.counters.schedule_flush(ctx)
+
+    def _process(self, key, data, topic, partition, offset, ctx):
         if topic is None:  # an envelope from the gate (or a control dead letter)
             out = pickle.loads(data)
-        else:  # a result, straight from Kafka: keyed by its Kafka key, the request_id
+            key = request_key(out)
+        else:  # a result, straight from Kafka: keyed by its Kafka key, the request's identity key
             out = intake.keyed_result(key, data, self.serde.decode, topic, partition, offset)
             if isinstance(out, SinkRecord):
                 self.counters.count_dead_letter(out)
         if isinstance(out, (SinkRecord, Republish)):
             yield from self.encoder.rows(out)
-        else:
-            self._load_control(ctx)
-            if isinstance(out, ResultIn):
-                self.counters.inc("results_in")
-            key = request_key(out)
-            yield from self._apply(self.logic.on_input(out, self._current(key), now_ms()), ctx, key)
-        self.counters.schedule_flush(ctx)
+            return
+        self._load_control(ctx)
+        slot = self._current(key)
+        if isinstance(out, ResultIn):
+            self.counters.inc("results_in")
+            if slot is None:
+                onward = intake.to_legacy_key(key, out, data)
+                if onward is not None:  # a request kept under its request_id alone may be waiting for it
+                    yield from self.encoder.rows(onward)
+                    return
+        yield from self._apply(self.logic.on_input(out, slot, now_ms()), ctx, key)
+
+    def _failed(self, exc: Exception, ctx, key: str, original: bytes | None, topic: str | None = None,
+                partition: int | None = -1, offset: int | None = -1, value: Any = None):
+        """A dead letter for what this function crashed on, and a FAILED final for a request that would
+        otherwise wait forever: a prompt with no request yet, or a pending request whose timer crashed
+        (a result's request keeps its timer: retried or timed out as usual)."""
+        dl = failure_dead_letter(exc, "orchestrate", original, topic, partition, offset, key)
+        self.counters.count_dead_letter(dl)
+        yield from self.encoder.rows(dl)
+        try:
+            if (isinstance(value, (Admitted, Finished)) and self._current(key) is None) or (
+                    isinstance(value, PendingRequest) and not value.finished):
+                yield from self._apply(failed_effects(value, now_ms(), self.logic.job_version), ctx, key)
+        except Exception:  # noqa: BLE001 - the dead letter is out; nothing more can be done for it
+            log.exception("no FAILED final for a request the orchestrator crashed on")
 
     def process_broadcast_element(self, value: dict, ctx):
-        state = ctx.get_broadcast_state(control_descriptor())
-        for key, entry in control_updates(value):
-            state.put(key, entry)
-        self.logic.on_control(value, now_ms())  # broadcast contexts have no timer service
+        try:  # `ControlIntake` dead-letters events that break these; this guard is for what it cannot foresee
+            state = ctx.get_broadcast_state(control_descriptor())
+            for key, entry in control_updates(value):
+                state.put(key, entry)
+            self.logic.on_control(value, now_ms())  # broadcast contexts have no timer service
+        except Exception:  # noqa: BLE001 - a broadcast reaches every subtask: log and count, no dead letter each
+            log.exception("control event not applied by the orchestrator: %r", value)
+            self.counters.inc("control_events_failed")
 
     def on_timer(self, timestamp: int, ctx):
         self.counters.on_timer(timestamp)  # a flush timer may share the key of a request's timers: run both
-        self._load_control(ctx)
         key = ctx.get_current_key()
-        yield from self._apply(self.logic.on_timer(self._current(key), now_ms()), ctx, key)
-        self.counters.schedule_flush(ctx)
-
-
-# ----------------------------------------------------------------------------- encode
-
-
-class Encoder:
-    """Records -> Row(topic, key, value) in the Confluent wire format; unencodable -> dead letter."""
-
-    def __init__(self, cfg: JobConfig, counters: Counters):
-        self.cfg = cfg
-        self.counters = counters
-        self.serdes: dict[str, Any] = {}
-        self.topics = {"content": cfg.content, "audit": cfg.audit, "dlq": cfg.dlq}
-
-    def rows(self, rec: SinkRecord | Republish):
-        if isinstance(rec, Republish):
-            self.counters.inc("republished", role=rec.role)
-            yield Row(self.cfg.prompts if rec.role == "prompt" else self.cfg.results, rec.key.encode("utf-8"), rec.data)
-            return
-        yield from self.encode(rec.role, rec.key, rec.record, rec.pool)
-
-    def encode(self, role: str, key: str | None, record: dict, pool: str | None = None):
-        """The row of one record for the topic of `role` (requests: the pool's topic)."""
-        topic = self.cfg.requests(pool or ECHO) if role == "request" else self.topics[role]
-        serde = self.serdes.get(topic)
-        if serde is None:
-            serde = self.serdes[topic] = topic_serde(self.cfg, topic, role)
-        raw_key = key.encode("utf-8") if key else None
+        slot = None
         try:
-            value = serde.encode(record)
-        except (ValueError, TypeError, KeyError) as exc:
-            if role == "dlq":
-                raise  # a dead letter that cannot be written is a bug: fail loudly, Flink restarts
-            dl = dead_letter(repr(record).encode("utf-8")[:100_000], stage="serialize", reason="encode_failed",
-                             error=f"{type(exc).__name__}: {exc}", source_topic=topic, source_partition=-1,
-                             source_offset=-1, request_id=key)
-            self.counters.inc("dead_letters", stage="serialize", reason="encode_failed")
-            yield from self.encode("dlq", key, dl)
-            return
-        self.counters.inc("records_out", role=role)
-        yield Row(topic, raw_key, value)
+            self._load_control(ctx)
+            slot = self._current(key)
+            rows = list(self._apply(self.logic.on_timer(slot, now_ms()), ctx, key))
+        except Exception as exc:  # noqa: BLE001 - a request whose timer crashes would wait forever: fail it
+            pending = slot.pending if slot is not None else None
+            rows = list(self._failed(exc, ctx, key, repr(pending).encode("utf-8"), value=pending))
+        yield from rows
+        self.counters.schedule_flush(ctx)

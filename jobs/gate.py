@@ -3,8 +3,12 @@
 Input moderation runs first, so a blocked prompt costs no token; then the tenant's
 token bucket (`operators.admit`, kept by the Flink glue in state keyed by tenant);
 then RAG enrichment for tenants with the `rag` feature, which degrades to no
-context when the embedding service is down. A refusal is a REJECTED final
+context when the embedding service or Redis is down. A refusal is a REJECTED final
 (`Finished`) that goes on to the orchestrator like any other input.
+
+What a prompt went without travels with it to its final and audit records (`degraded`):
+the classifier skipped (or, for a tenant whose moderation fails closed, the prompt
+REJECTED with reason `moderation_unavailable`) and RAG skipped, each with why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from operators import correlate
 from operators.admit import TenantPolicy, TokenBucket, admit
 from operators.enrich import RAG_FEATURE, enrich
 from operators.moderate import Moderator, moderate_input
+from operators.records import degradation
 
 Enricher = Callable[[dict, frozenset[str]], dict]
 
@@ -36,28 +41,43 @@ def gate(
     record = prompt.record
     mod = moderate_input(record["prompt"], policy, moderator.classifier(policy), moderator.blocked_terms)
     verdicts = list(mod.verdicts)
+    degraded = mod.degraded
+    classifier_counters = ("classifier_unavailable",) if degraded else ()
     if mod.blocked:
         state = correlate.finished_early(record, "REJECTED", mod.reason or "moderation", now_ms,
-                                         prompt.sanitized_prompt, verdicts)
-        return GateResult(bucket, Finished(state, policy.features), ("rejected_moderation",))
+                                         prompt.sanitized_prompt, verdicts, degraded, prompt.source)
+        return GateResult(bucket, Finished(state, policy.features), ("rejected_moderation", *classifier_counters))
     ok, new_bucket, _retry_after = admit(bucket, policy, now_ms)
     if not ok:
         state = correlate.finished_early(record, "REJECTED", "quota_exceeded", now_ms,
-                                         prompt.sanitized_prompt, verdicts)
-        return GateResult(new_bucket, Finished(state, policy.features), ("rejected_quota",))
+                                         prompt.sanitized_prompt, verdicts, degraded, prompt.source)
+        return GateResult(new_bucket, Finished(state, policy.features), ("rejected_quota", *classifier_counters))
     record = dict(record, prompt=mod.prompt)
-    counters: tuple[str, ...] = ()
+    counters: tuple[str, ...] = classifier_counters
     if enricher is not None and RAG_FEATURE in policy.features and record.get("modality") == "TEXT":
         try:
             record = enricher(record, policy.features)
-            counters = ("rag_enriched",)
+            counters += ("rag_enriched",)
         except Exception as exc:  # noqa: BLE001 - RAG is an improvement, not a requirement: go on without it
             metadata = dict(record.get("metadata") or {})
             metadata["rag_error"] = f"{type(exc).__name__}: {exc}"[:200]
             record = dict(record, metadata=metadata)
-            counters = ("rag_failed",)
-    admitted = Admitted(record, prompt.sanitized_prompt, verdicts, policy.tier, policy.features, now_ms)
+            degraded += (degradation("rag", "skipped", rag_dependency(exc), f"{type(exc).__name__}: {exc}"),)
+            counters += ("rag_failed",)
+    admitted = Admitted(record, prompt.sanitized_prompt, verdicts, policy.tier, policy.features, now_ms,
+                        degraded, policy.moderation_fail_closed, prompt.source)
     return GateResult(new_bucket, admitted, counters)
+
+
+def rag_dependency(exc: Exception) -> str:
+    """Which dependency a RAG failure came from: the embedding service, or Redis (the vector index)."""
+    from operators.embedding import EmbedderUnavailable
+
+    if isinstance(exc, (EnricherNotReady, EmbedderUnavailable)):
+        return "embedding_service"
+    if type(exc).__module__.split(".")[0] == "redis":
+        return "redis"
+    return "rag"
 
 
 class EnricherNotReady(RuntimeError):

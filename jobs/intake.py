@@ -13,15 +13,19 @@ from typing import Any, Callable
 
 from jobs.envelopes import Finished, PromptIn, Republish, ResultIn, SinkRecord
 from operators import correlate
+from operators.admit import policy_from_dict
 from operators.dead_letters import dead_letter
-from operators.records import to_ms
+from operators.records import degradation, to_ms
 from operators.validate import validate_prompt
+from schemas.keys import identity_key, is_legacy_key
 from schemas.serde import DecodeError
 
 Decode = Callable[[bytes], dict]
 
 PROMPT_TIMESTAMPS = ("created_at",)
 RESULT_TIMESTAMPS = ("completed_at",)
+
+TEMPLATES_UNAVAILABLE = "templates_unavailable"  # the template store (Redis) is down
 
 # Broadcast-state keys of control events: "tenant:<id>" -> TenantPolicy dict,
 # "rollout:<pool>" -> ModelRollout dict, "breaker:<pool>" -> the pool's last breaker command.
@@ -63,12 +67,18 @@ def intake_prompt(
     millis_timestamps(record, PROMPT_TIMESTAMPS)
     outcome = validate_prompt(record, templates)
     if outcome.ok:
-        return PromptIn(outcome.record, outcome.record["prompt"])
+        return PromptIn(outcome.record, outcome.record["prompt"], (partition, offset))
     if not isinstance(record.get("request_id"), str) or not record["request_id"].strip():
+        tenant = record.get("tenant_id") if isinstance(record.get("tenant_id"), str) else None
         dl = dead_letter(data, stage="validate", reason=outcome.reason, error=outcome.detail,
-                         source_topic=topic, source_partition=partition, source_offset=offset)
+                         source_topic=topic, source_partition=partition, source_offset=offset, tenant_id=tenant)
         return SinkRecord("dlq", None, dl)
-    return Finished(correlate.finished_early(record, "REJECTED", f"invalid:{outcome.reason}", now_ms))
+    if outcome.reason == TEMPLATES_UNAVAILABLE:  # the store is down, not the prompt wrong: FAILED, and why
+        down = degradation("templates", "failed", "redis", outcome.detail or "")
+        return Finished(correlate.finished_early(record, "FAILED", TEMPLATES_UNAVAILABLE, now_ms, degraded=(down,),
+                                                 source=(partition, offset)))
+    return Finished(correlate.finished_early(record, "REJECTED", f"invalid:{outcome.reason}", now_ms,
+                                             source=(partition, offset)))
 
 
 def intake_result(
@@ -100,11 +110,52 @@ def keyed_prompt(
 def keyed_result(
     key: str | None, data: bytes | None, decode: Decode, topic: str, partition: int, offset: int,
 ) -> ResultIn | SinkRecord | Republish:
-    """`intake_result` for a result read under Kafka key `key` (the request_id, as workers write it)."""
+    """`intake_result` for a result read under Kafka key `key`: workers write its identity key
+    (tenant_id, U+001F, request_id; the request_id alone before results had a tenant).
+
+    A result under its request_id alone is taken as it is: its request may be one a job before
+    identity keys kept under that key (an upgrade from its savepoint; `to_legacy_key`). Any other
+    key: back to the topic under the right one.
+    """
     out = intake_result(data, decode, topic, partition, offset)
-    if isinstance(out, ResultIn) and str(out.record["request_id"]) != key:
-        return Republish("result", str(out.record["request_id"]), bytes(data))
+    if isinstance(out, ResultIn):
+        request_id = str(out.record["request_id"])
+        right = identity_key(out.record.get("tenant_id"), request_id)
+        if key != right and key != request_id:
+            return Republish("result", right, bytes(data))
     return out
+
+
+def to_legacy_key(key: str, result: ResultIn, data: bytes) -> Republish | None:
+    """Where a result goes next when no request is kept under its Kafka key `key`: None (it is late)
+    or, under its identity key, one more trip to the request_id alone.
+
+    A request in flight in a savepoint of the version before identity keys is kept under its
+    request_id alone, and a worker of this version answers it (or a retry of it) under the
+    identity key. The trip is one way: under the request_id alone a result with no request is
+    late, so nothing loops. A result without a tenant (a worker older than the field) is only
+    matched under the request_id alone, where only requests from before identity keys are: for
+    newer ones it is late and its request is retried after its timeout (jobs/README.md).
+    """
+    if is_legacy_key(key) or not result.record.get("tenant_id"):
+        return None
+    return Republish("result", str(result.record["request_id"]), bytes(data))
+
+
+def checked_control(
+    record: dict, data: bytes, topic: str, partition: int, offset: int
+) -> tuple[dict | None, SinkRecord | None]:
+    """(event, None) when its broadcast-state entries can be built and its policy read, else (None, dead
+    letter): a bad event is refused once here, not by every subtask that receives the broadcast."""
+    try:
+        for key, entry in control_updates(record):
+            if key.startswith(TENANT):
+                policy_from_dict(entry)
+        return record, None
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed event breaks, it is the event's fault
+        dl = dead_letter(data, stage="control", reason="invalid_control_event", error=f"{type(exc).__name__}: {exc}",
+                         source_topic=topic, source_partition=partition, source_offset=offset)
+        return None, SinkRecord("dlq", None, dl)
 
 
 def control_updates(event: dict) -> list[tuple[str, Any]]:

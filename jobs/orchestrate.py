@@ -1,4 +1,10 @@
-"""Orchestrate: route, dispatch, correlate, output moderation and audit, for one request_id.
+"""Orchestrate: route, dispatch, correlate, output moderation and audit, for one request.
+
+A request is known by (tenant_id, request_id): request ids are unique per tenant only, and the
+orchestrator is keyed by both (`schemas.keys.identity_key`), so two tenants never share state.
+A tenant that sends another prompt under a request id it is still using (pending, or finished
+within the dedup TTL) gets a REJECTED final for it, reason `duplicate_request_id`
+(`Orchestrator.on_duplicate`).
 
 `Orchestrator.on_input` takes what reaches the orchestrator function (an `Admitted`
 prompt, a `Finished` refusal, a `ResultIn`) with the request's `Slot`, and
@@ -68,24 +74,46 @@ class Orchestrator:
     def on_input(self, value: OrchestratorInput, slot: Slot | None, now_ms: int) -> Effects:
         if isinstance(value, ResultIn):
             return self.on_result(value.record, slot, now_ms)
-        if slot is not None:  # the same request_id again (producer retry, replay): one final only
-            return Effects(EffectKind.DROP_DUPLICATE, slot.pending, counter="duplicate_prompts",
-                           features=slot.features)
+        if slot is not None:  # the same (tenant_id, request_id) again, pending or within the dedup TTL
+            return self.on_duplicate(value, slot, now_ms)
         if isinstance(value, Finished):
             return self._settle(correlate.on_finished(value.state, now_ms), value.features, now_ms)
         return self.on_admitted(value, now_ms)
+
+    def on_duplicate(self, value: Admitted | Finished, slot: Slot, now_ms: int) -> Effects:
+        """A prompt under a (tenant_id, request_id) that already has a request, pending or finished.
+
+        The same Kafka record read again (same partition and offset: a replay, e.g. after an upgrade
+        that dropped a source's state) is the same request: dropped, it has or will get its one
+        final. Any other prompt under the id, a client's re-send included, gets a final of its own,
+        REJECTED with reason `duplicate_request_id`, and its audit record; the first request and
+        its state are untouched.
+        """
+        if same_record(value, slot.pending):
+            return Effects(EffectKind.DROP_DUPLICATE, slot.pending, counter="duplicate_prompts",
+                           features=slot.features)
+        if isinstance(value, Finished):
+            dup = evolve(value.state, status="REJECTED", reason=DUPLICATE_REQUEST_ID, finished_at_ms=now_ms)
+        else:
+            dup = correlate.finished_early(value.record, "REJECTED", DUPLICATE_REQUEST_ID, now_ms,
+                                           value.sanitized_prompt, value.verdicts, value.degraded, value.source)
+        effects = Effects(EffectKind.REJECT_DUPLICATE, slot.pending, counter="duplicate_request_ids",
+                          features=slot.features)
+        effects.final = build_records(dup, now_ms, self.job_version)
+        return effects
 
     def on_admitted(self, value: Admitted, now_ms: int) -> Effects:
         policy = TenantPolicy(value.record["tenant_id"], value.tier, features=value.features)
         decision = route(value.record, policy, self.rollouts, self.breakers, now_ms, self.breaker_cfg)
         if decision.failed:
             state = correlate.finished_early(value.record, "FAILED", decision.reason, now_ms,
-                                             value.sanitized_prompt, value.verdicts)
+                                             value.sanitized_prompt, value.verdicts, value.degraded, value.source)
             effects = correlate.on_finished(state, now_ms)
             effects.counter = "no_healthy_pool"
             return self._settle(effects, value.features, now_ms)
         pending = new_pending(value.record, decision, value.accepted_at_ms, value.sanitized_prompt,
-                              value.verdicts, tier=value.tier)
+                              value.verdicts, tier=value.tier, degraded=value.degraded,
+                              moderation_fail_closed=value.moderation_fail_closed, source=value.source)
         return self._settle(correlate.on_dispatch(pending, now_ms), value.features, now_ms)
 
     def on_result(self, result: Mapping[str, Any], slot: Slot | None, now_ms: int) -> Effects:
@@ -116,7 +144,8 @@ class Orchestrator:
         text = text_to_moderate(state)
         if text is None:
             return moderated_final(state)
-        policy = TenantPolicy(state.tenant_id, state.tier, features=features)  # as admitted (Slot.features)
+        policy = TenantPolicy(state.tenant_id, state.tier, features=features,  # as admitted (Slot.features)
+                              moderation_fail_closed=state.moderation_fail_closed)
         outcome = moderate_output(text, policy, self.moderator.classifier(policy), self.moderator.blocked_terms)
         return moderated_final(state, outcome)
 
@@ -153,3 +182,12 @@ class Orchestrator:
         if pool:
             current = self.breakers.get(pool, CircuitBreaker())
             self.breakers[pool] = current.on_event(event, now_ms, self.breaker_cfg)
+
+
+DUPLICATE_REQUEST_ID = "duplicate_request_id"
+
+
+def same_record(value: Admitted | Finished, pending: PendingRequest) -> bool:
+    """Whether `value` comes from the Kafka record `pending` was made from (read again)."""
+    source = value.state.source if isinstance(value, Finished) else value.source
+    return source is not None and source == pending.source

@@ -5,7 +5,8 @@ tenant_id holds it cheaply; `admit` is a pure function of (state, policy, now_ms
 so replays after a restore decide the same way. A tenant without an explicit
 policy gets its tier's defaults. Policies arrive as ControlEvent `tenant_policy`
 events, kept in the job's broadcast state; routing and moderation read the same
-`TenantPolicy`.
+`TenantPolicy`, including whether the tenant's moderation fails open (the default:
+rule checks only while the classifier is unavailable) or closed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class TenantPolicy:
     rate_per_s: float = 10.0
     burst: int = 20
     features: frozenset[str] = field(default_factory=frozenset)
+    # When the classifier the `moderation_model` feature asks for is unavailable: refuse the prompt or
+    # output (REJECTED, reason moderation_unavailable) instead of going on with the rule checks only.
+    moderation_fail_closed: bool = False
 
 
 # Defaults when a tenant has no policy of its own.
@@ -47,6 +51,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> TenantPolicy:
         rate_per_s=float(data["rate_per_s"]) if data.get("rate_per_s") is not None else base.rate_per_s,
         burst=int(data["burst"]) if data.get("burst") is not None else base.burst,
         features=frozenset(features) if features is not None else base.features,
+        moderation_fail_closed=bool(data.get("moderation_fail_closed") or False),
     )
 
 

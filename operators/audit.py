@@ -9,6 +9,9 @@ images for image, audio seconds for speech (estimated at 15 characters of
 prompt per second, as the result carries no duration), plus a per-request fee.
 Only SUCCEEDED requests cost anything; the status, reason, text and verdicts are
 those after output moderation (`operators.output_moderation.ModeratedFinal`).
+`degraded` lists every step skipped or refused because a dependency was down
+(classifier, RAG, templates from the request's state and its output moderation;
+artifact uploads from its attempts' errors), in both records.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from operators.correlate import PendingRequest
 from operators.output_moderation import ModeratedFinal, moderated_final
+from operators.records import degradation
 from rscf.pools import POOL_BY_NAME, PoolPrice
 
 AUDIO_CHARS_PER_SECOND = 15.0
@@ -55,6 +59,25 @@ def latency(state: PendingRequest, completed_ms: int) -> dict[str, int]:
     }
 
 
+# Worker errors that say a dependency of the worker was down rather than the model failing.
+ATTEMPT_DEPENDENCIES = {"artifact_upload_failed": ("artifacts", "object_storage")}
+
+
+def attempt_degradations(state: PendingRequest) -> list[dict[str, Any]]:
+    """For a request that did not succeed, a `degraded` entry per dependency its attempts failed on
+    (object storage down for an artifact: the final's reason only says `error_after_<n>_attempts`)."""
+    if state.status == "SUCCEEDED":
+        return []
+    out, seen = [], set()
+    for entry in state.history:
+        code = str(entry.get("error") or "").split(":", 1)[0].strip()
+        if code in ATTEMPT_DEPENDENCIES and code not in seen:
+            seen.add(code)
+            stage, dependency = ATTEMPT_DEPENDENCIES[code]
+            out.append(degradation(stage, "failed", dependency, f"attempt {entry.get('attempt')}: {entry.get('error')}"))
+    return out
+
+
 def build_records(
     state: PendingRequest,
     now_ms: int,
@@ -64,7 +87,8 @@ def build_records(
     """(ContentResult, AuditRecord) for a finished state; `final`: its output moderation (none: unmoderated)."""
     if not state.finished:
         raise ValueError(f"request {state.request_id} is still pending")
-    status, reason, output_text, verdicts = final if final is not None else moderated_final(state)
+    status, reason, output_text, verdicts, degraded = final if final is not None else moderated_final(state)
+    degraded = [*degraded, *attempt_degradations(state)]
     result = state.result or {}
     succeeded = status == "SUCCEEDED"
     lat = latency(state, now_ms)
@@ -83,6 +107,7 @@ def build_records(
         "pool": state.pool if dispatched else None,
         "attempts": state.attempt,
         "verdicts": verdicts,
+        "degraded": degraded,
         "latency": lat,
         "cost_units": cost,
         "created_at": state.created_at_ms,
@@ -98,6 +123,7 @@ def build_records(
         "model_version": content["model_version"],
         "pool": content["pool"],
         "verdicts": verdicts,
+        "degraded": degraded,
         "attempts": state.attempt,
         "latency": lat,
         "cost_units": cost,

@@ -44,6 +44,7 @@ class EffectKind(str, Enum):
     SCHEDULE_RETRY = "SCHEDULE_RETRY"  # a retry is due at timers[0] (after delay_ms)
     EMIT_FINAL = "EMIT_FINAL"  # the state is finished: emit the final records
     DROP_DUPLICATE = "DROP_DUPLICATE"
+    REJECT_DUPLICATE = "REJECT_DUPLICATE"  # another prompt under a request id in use: emit its REJECTED final
     DROP_LATE = "DROP_LATE"
     WAIT = "WAIT"  # nothing to do (a stale timer)
     CLEAR = "CLEAR"  # dedup tombstone expired: clear state
@@ -51,7 +52,7 @@ class EffectKind(str, Enum):
 
 @dataclass
 class PendingRequest:
-    """Keyed state for one request_id: small, picklable, with everything audit needs."""
+    """Keyed state for one request (tenant_id, request_id): small, picklable, with everything audit needs."""
 
     request_id: str
     tenant_id: str
@@ -82,6 +83,11 @@ class PendingRequest:
     finished_at_ms: int | None = None
     duplicates: int = 0
     late: int = 0
+    # Added by issue #13. Immutable defaults are class attributes, so a state pickled before they
+    # existed (a savepoint of the previous version) reads them as these defaults.
+    degraded: tuple[dict[str, Any], ...] = ()  # steps skipped or refused for want of a dependency
+    moderation_fail_closed: bool = False  # the tenant's policy when the classifier is unavailable
+    source: tuple[int, int] | None = None  # (partition, offset) of the prompt: the same record read again matches
 
     @property
     def finished(self) -> bool:
@@ -140,8 +146,11 @@ def finished_early(
     now_ms: int,
     sanitized_prompt: str | None = None,
     input_verdicts: list[dict[str, Any]] | None = None,
+    degraded: tuple[dict[str, Any], ...] = (),
+    source: tuple[int, int] | None = None,
 ) -> PendingRequest:
-    """A finished state for requests that end before dispatch (invalid, quota, moderation, no pool)."""
+    """A finished state for requests that end before dispatch (invalid, quota, moderation, no pool,
+    a duplicate request id)."""
     prompt = sanitized_prompt if sanitized_prompt is not None else str(record.get("prompt") or "")
     created = record.get("created_at")
     return PendingRequest(
@@ -159,6 +168,8 @@ def finished_early(
         status=status,
         reason=reason,
         finished_at_ms=now_ms,
+        degraded=tuple(degraded),
+        source=source,
     )
 
 

@@ -3,7 +3,7 @@
 `new_pending` turns a route decision into the request's pending state, the value
 `operators.correlate` tracks until a final; `inference_request` is the
 InferenceRequest record of the state's current attempt, which the job writes to
-`genai.inference.requests.<pool>` keyed by request_id. The record names its
+`genai.inference.requests.<pool>` keyed by (tenant_id, request_id) (`schemas.keys`). The record names its
 attempt, so a result says which attempt it answers (correlate drops late and
 duplicate ones), and its deadline, so a worker skips a request nobody waits for.
 """
@@ -26,6 +26,9 @@ def new_pending(
     input_verdicts: list[dict[str, Any]] | None = None,
     tier: str = "STANDARD",
     limits: Limits | None = None,
+    degraded: tuple[dict[str, Any], ...] = (),
+    moderation_fail_closed: bool = False,
+    source: tuple[int, int] | None = None,
 ) -> PendingRequest:
     """State for a routed record (not yet dispatched). `record.prompt` is the final prompt."""
     limits = limits or SETTINGS.limits
@@ -47,6 +50,9 @@ def new_pending(
         max_attempts=limits.max_attempts,
         trace=record.get("trace"),
         input_verdicts=list(input_verdicts or []),
+        degraded=tuple(degraded),
+        moderation_fail_closed=moderation_fail_closed,
+        source=source,
     )
 
 

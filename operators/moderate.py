@@ -10,6 +10,10 @@ Checks, in order, each producing a ModerationVerdict dict:
 - `pii`: e-mail, phone, Luhn-valid cards, mod-97-valid IBANs, US SSNs; the
   verdict is REDACT and the outcome carries the redacted text.
 - `classifier`: MiniLM embedding + logistic regression (operators.moderation_model).
+  When it cannot run (the embedding service is down), every text it skipped says so: an
+  ALLOW verdict "classifier unavailable" and a `degraded` entry, or, for a tenant whose
+  policy fails closed (`TenantPolicy.moderation_fail_closed`), a BLOCK with reason
+  `moderation_unavailable`.
 
 Trade-off: the rule checks cost microseconds per prompt; the classifier costs
 one embedding, ~12 ms per prompt on one CPU thread (~3 ms each when batched),
@@ -28,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from operators.admit import TenantPolicy
 from operators.pii import redact
-from operators.records import ModerationVerdict, Stage, verdict, worst_action
+from operators.records import Degradation, ModerationVerdict, Stage, degradation, verdict, worst_action
 
 MODEL_FEATURE = "moderation_model"
 
@@ -93,11 +97,16 @@ def find_injections(text: str) -> list[str]:
     return [name for name, pattern in INJECTION_PATTERNS if pattern.search(text) is not None]
 
 
+UNAVAILABLE = "moderation_unavailable"  # reason of a refusal by a tenant whose moderation fails closed
+
+
 @dataclass(frozen=True)
 class ModerationOutcome:
     action: str  # ALLOW, REDACT, BLOCK
     prompt: str  # the text to continue with (redacted when action is REDACT)
     verdicts: list[ModerationVerdict] = field(default_factory=list)
+    degraded: tuple[Degradation, ...] = ()  # the classifier skipped (fail open) or refusing (fail closed)
+    failed_closed: bool = False  # blocked only because the classifier was unavailable
 
     @property
     def blocked(self) -> bool:
@@ -105,9 +114,12 @@ class ModerationOutcome:
 
     @property
     def reason(self) -> str | None:
-        """`moderation:<check>` of the first verdict with the outcome's action, for ContentResult.reason."""
+        """`moderation:<check>` of the first verdict with the outcome's action, for ContentResult.reason;
+        `moderation_unavailable` when the tenant's moderation failed closed."""
         if self.action == "ALLOW":
             return None
+        if self.failed_closed and self.action == "BLOCK":
+            return UNAVAILABLE
         for v in self.verdicts:
             if v["action"] == self.action:
                 return f"moderation:{v['check']}"
@@ -150,24 +162,44 @@ def check_text(
         verdicts.append(verdict(stage, "pii", "ALLOW", 0.0, "no personal data"))
 
     already_blocked = any(v["action"] == "BLOCK" for v in verdicts)
+    degraded: tuple[Degradation, ...] = ()
+    failed_closed = False
     if classifier is not None and policy is not None and MODEL_FEATURE in policy.features and not already_blocked:
-        from operators.embedding import EmbedderUnavailable
-
         try:
             label, score, _ = classifier.classify(redacted)
-        except EmbedderUnavailable as exc:
-            # The model is an addition to the rule checks above, which already ran: record the gap, go on.
-            label, score = None, 0.0
-            verdicts.append(verdict(stage, "classifier", "ALLOW", 0.0, f"classifier unavailable: {exc}"[:200]))
-        if label is None:
-            pass
-        elif score >= classifier.block_threshold:
-            verdicts.append(verdict(stage, "classifier", "BLOCK", score, f"category: {label}"))
+        except Exception as exc:  # noqa: BLE001 - the service down (EmbedderUnavailable) or the model failing
+            # Recorded on every text it could not check, in the verdicts and in `degraded`; the
+            # tenant's policy says whether the rule checks above are enough meanwhile.
+            verdicts.append(unavailable_verdict(stage, exc, policy.moderation_fail_closed))
+            degraded = (classifier_degradation(stage, exc, policy.moderation_fail_closed),)
+            failed_closed = policy.moderation_fail_closed
         else:
-            verdicts.append(verdict(stage, "classifier", "ALLOW", score, f"highest: {label}"))
+            if score >= classifier.block_threshold:
+                verdicts.append(verdict(stage, "classifier", "BLOCK", score, f"category: {label}"))
+            else:
+                verdicts.append(verdict(stage, "classifier", "ALLOW", score, f"highest: {label}"))
 
     action = worst_action([v["action"] for v in verdicts])
-    return ModerationOutcome(action=action, prompt=redacted if matches else text, verdicts=verdicts)
+    return ModerationOutcome(action=action, prompt=redacted if matches else text, verdicts=verdicts,
+                             degraded=degraded, failed_closed=failed_closed)
+
+
+def _dependency(exc: Exception) -> str:
+    from operators.embedding import EmbedderUnavailable
+
+    return "embedding_service" if isinstance(exc, EmbedderUnavailable) else "classifier"
+
+
+def unavailable_verdict(stage: Stage, exc: Exception, fail_closed: bool) -> ModerationVerdict:
+    """The classifier's verdict when it could not run: ALLOW (fail open) or BLOCK (fail closed), score 0."""
+    if fail_closed:
+        return verdict(stage, "classifier", "BLOCK", 0.0, f"classifier unavailable, tenant fails closed: {exc}"[:200])
+    return verdict(stage, "classifier", "ALLOW", 0.0, f"classifier unavailable: {exc}"[:200])
+
+
+def classifier_degradation(stage: Stage, exc: Exception, fail_closed: bool) -> Degradation:
+    return degradation("input_classifier" if stage == "INPUT" else "output_classifier",
+                       "failed_closed" if fail_closed else "skipped", _dependency(exc), f"{type(exc).__name__}: {exc}")
 
 
 def moderate_input(
@@ -185,7 +217,12 @@ class Moderator:
     classifier_source: Callable[[], Any] | None = None  # returns the classifier or None (not ready)
 
     def classifier(self, policy: TenantPolicy):
-        """The classifier for this tenant: None without the feature or while it is not ready."""
+        """The classifier for this tenant: None without the feature or without a source.
+
+        The source must not answer None while the embedding service is down: the classifier raises
+        then (fast, while the service is marked down) and `check_text` records the gap on every
+        text. Answering None skipped the classifier with no trace (issue #13: 18 of 21 finals
+        during an outage had no record of it, only the one that found the service down did)."""
         if MODEL_FEATURE not in policy.features or self.classifier_source is None:
             return None
         return self.classifier_source()

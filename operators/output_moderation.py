@@ -3,8 +3,9 @@
 The same checks as the input (`operators.moderate`: blocked terms, PII, the classifier for
 tenants with the `moderation_model` feature) minus the injection patterns, which describe
 prompts, not answers. A BLOCK turns the success into REJECTED with reason
-`moderation:<check>` and no text (so it costs nothing); a REDACT delivers the redacted
-text. The output's verdicts follow the input's in the final records.
+`moderation:<check>` (or `moderation_unavailable` for a tenant whose moderation fails
+closed while the classifier is down) and no text (so it costs nothing); a REDACT delivers
+the redacted text. The output's verdicts follow the input's in the final records.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import NamedTuple
 from operators.admit import TenantPolicy
 from operators.correlate import PendingRequest
 from operators.moderate import BlockedTerms, ModerationOutcome, check_text
-from operators.records import ModerationVerdict
+from operators.records import Degradation, ModerationVerdict
 
 
 class ModeratedFinal(NamedTuple):
@@ -24,6 +25,7 @@ class ModeratedFinal(NamedTuple):
     reason: str | None
     output_text: str | None
     verdicts: list[ModerationVerdict]  # the input's, then the output's
+    degraded: tuple[Degradation, ...] = ()  # the input's steps, then the output classifier's
 
 
 def moderate_output(
@@ -45,10 +47,12 @@ def moderated_final(state: PendingRequest, outcome: ModerationOutcome | None = N
     status, reason = state.status, state.reason
     output_text = (state.result or {}).get("output_text")
     verdicts = list(state.input_verdicts)
+    degraded = tuple(state.degraded)
     if outcome is not None:
         verdicts.extend(outcome.verdicts)
+        degraded += outcome.degraded
         if status == "SUCCEEDED" and outcome.action == "BLOCK":
             status, reason, output_text = "REJECTED", outcome.reason, None
         elif outcome.action == "REDACT":
             output_text = outcome.prompt
-    return ModeratedFinal(status, reason, output_text, verdicts)
+    return ModeratedFinal(status, reason, output_text, verdicts, degraded)

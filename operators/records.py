@@ -1,4 +1,4 @@
-"""Small helpers shared by the operators: moderation actions and verdict dicts, time conversion, params.
+"""Small helpers shared by the operators: moderation verdicts, degradations, time conversion, params.
 
 Records are plain dicts as fastavro reads and writes them, so these helpers only
 normalise the few fields whose Python shape varies (timestamps come back as
@@ -28,6 +28,19 @@ class ModerationVerdict(TypedDict):
 
 def verdict(stage: Stage, check: str, action: Action, score: float, reason: str) -> ModerationVerdict:
     return {"stage": stage, "check": check, "action": action, "score": float(score), "reason": reason}
+
+
+class Degradation(TypedDict):
+    """A step skipped, replaced or refused because a dependency was down (the `degraded` list of finals)."""
+
+    stage: str  # input_classifier, output_classifier, rag, templates, artifacts
+    outcome: str  # skipped, fallback, failed_closed, failed
+    dependency: str  # embedding_service, redis, object_storage, classifier
+    reason: str
+
+
+def degradation(stage: str, outcome: str, dependency: str, reason: str) -> Degradation:
+    return {"stage": stage, "outcome": outcome, "dependency": dependency, "reason": str(reason)[:200]}
 
 
 def worst_action(actions: list[str] | tuple[str, ...]) -> Action:

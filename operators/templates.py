@@ -5,7 +5,9 @@ request itself; every other placeholder must be supplied in `template_vars`,
 and every supplied variable must be used: a typo in a variable name is a client
 error we report (`template_variables`) rather than a silently odd prompt.
 Templates live in Redis (hash `rscf:templates`, field = template id) so they can
-change without a job redeploy; an in-memory store serves tests and demos.
+change without a job redeploy; an in-memory store serves tests and demos. While Redis
+is down a prompt naming a template FAILS (`templates_unavailable`): sending it without
+its template would change what the tenant asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ class TemplateError(ValueError):
         self.detail = detail
 
 
+class TemplateStoreUnavailable(TemplateError):
+    """The store could not be read (Redis down): not the client's fault, the request FAILS with
+    reason `templates_unavailable` and its final says so in `degraded`."""
+
+    def __init__(self, detail: str):
+        super().__init__("templates_unavailable", detail)
+
+
 class TemplateStore(Protocol):
     def get(self, template_id: str) -> str | None: ...
 
@@ -48,12 +58,19 @@ class InMemoryTemplateStore:
 
 
 class RedisTemplateStore:
-    """Templates in a Redis hash, with a short local cache: templates change rarely, prompts arrive often."""
+    """Templates in a Redis hash, with a short local cache: templates change rarely, prompts arrive often.
 
-    def __init__(self, client, key: str = TEMPLATES_KEY, cache_ttl_s: float = 5.0):
+    While Redis is down, `get` raises `TemplateStoreUnavailable`; after a failure it does not try
+    again for `backoff_s`, so an outage costs one connection timeout, not one per prompt.
+    """
+
+    def __init__(self, client, key: str = TEMPLATES_KEY, cache_ttl_s: float = 5.0, backoff_s: float = 5.0):
         self._client = client
         self._key = key
         self._ttl = cache_ttl_s
+        self._backoff_s = backoff_s
+        self._down_until = 0.0
+        self._down_reason = ""
         self._cache: dict[str, tuple[float, str | None]] = {}
 
     def get(self, template_id: str) -> str | None:
@@ -61,7 +78,14 @@ class RedisTemplateStore:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        raw = self._client.hget(self._key, template_id)
+        if now < self._down_until:
+            raise TemplateStoreUnavailable(f"template store marked down: {self._down_reason}")
+        try:
+            raw = self._client.hget(self._key, template_id)
+        except Exception as exc:  # noqa: BLE001 - redis ConnectionError, TimeoutError...: the store, not the request
+            self._down_until = now + self._backoff_s
+            self._down_reason = f"{type(exc).__name__}: {exc}"[:200]
+            raise TemplateStoreUnavailable(self._down_reason) from exc
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         self._cache[template_id] = (now, text)
         return text

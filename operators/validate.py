@@ -7,9 +7,10 @@ template (if any) is expanded and the per-modality limits of `SETTINGS.limits`
 are checked. A refusal carries a stable `reason` code for ContentResult/metrics
 and a human `detail`.
 
-Reason codes: missing_field, unknown_modality, empty_prompt, prompt_too_long,
-param_out_of_range, param_not_multiple_of_8, invalid_voice, unknown_template,
-template_variables.
+Reason codes: missing_field, invalid_tenant_id, unknown_modality, empty_prompt,
+prompt_too_long, param_out_of_range, param_not_multiple_of_8, invalid_voice,
+unknown_template, template_variables; templates_unavailable when the template store
+is down (the job FAILS such a request rather than rejecting it as invalid).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from operators.records import full_params
 from operators.templates import TemplateError, TemplateStore, expand
+from schemas.keys import SEP
 from rscf.settings import SETTINGS, Limits
 
 _KEEP_CONTROLS = {"\n", "\t"}
@@ -127,6 +129,8 @@ def validate_prompt(
     for name in ("request_id", "tenant_id"):
         if not isinstance(record.get(name), str) or not record[name].strip():
             return ValidationOutcome.refuse("missing_field", f"{name} is required")
+    if SEP in record["tenant_id"]:
+        return ValidationOutcome.refuse("invalid_tenant_id", "tenant_id contains U+001F, the Kafka key separator")
     modality = record.get("modality") or "UNKNOWN"
     if modality not in ("TEXT", "IMAGE", "AUDIO"):
         return ValidationOutcome.refuse("unknown_modality", f"modality {modality!r} is not served")

@@ -1,4 +1,5 @@
-"""The one S3 client factory: the artifact store, the model registry, the stack and the demo use it."""
+"""The one S3 client factory: the artifact store, the model registry, the stack and the demo use it;
+and `ObjectStorePayloads`, where dead letters too large for Kafka keep their payload (claim check)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,30 @@ def s3_client(endpoint: str | None = None, fail_fast: bool = False) -> Any:
         secure=False,
         http_client=fail_fast_http_client() if fail_fast else None,
     )
+
+
+class ObjectStorePayloads:
+    """Payloads kept in object storage by key (`put(key, data) -> "s3://bucket/key"`), raising when it is down.
+
+    For claim checks of dead letters too large for Kafka (the job's and the workers'), in the audit
+    bucket by default. The client fails fast: a dead letter waits for one refused connection, not
+    minio's retries.
+    """
+
+    def __init__(self, bucket: str | None = None, endpoint: str | None = None):
+        self.bucket = bucket or SETTINGS.buckets.audit
+        self.endpoint = endpoint
+        self._client: Any = None
+        self._bucket_checked = False
+
+    def put(self, key: str, data: bytes) -> str:
+        import io
+
+        if self._client is None:
+            self._client = s3_client(self.endpoint, fail_fast=True)
+        if not self._bucket_checked:
+            if not self._client.bucket_exists(self.bucket):
+                self._client.make_bucket(self.bucket)
+            self._bucket_checked = True
+        self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream")
+        return f"s3://{self.bucket}/{key}"

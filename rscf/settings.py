@@ -155,6 +155,11 @@ class Limits:
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
     # After the job (re)starts, a prompt of a tenant without a known policy waits this long for it.
     policy_wait_ms: int = _env_int("POLICY_WAIT_MS", 3_000)
+    # Largest key + value any RSCF producer writes: the job's Java producer refuses a request above
+    # max.request.size (1 MiB) and librdkafka a message above message.max.bytes (1 000 000); the
+    # margin covers headers and batch overhead. Larger dead letters, finals and worker results are
+    # cut down or kept in object storage (claim check) instead of failing their producer.
+    max_record_bytes: int = 900_000
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                 continue
             if args.request_id and record.get("request_id") != args.request_id:
                 continue
+            if args.tenant and record.get("tenant_id") != args.tenant:
+                continue
             print(dumps(record) if args.json else human_line(args.topic, record), flush=True)
             shown += 1
             if args.max and shown >= args.max:
@@ -343,6 +345,7 @@ def register(sub: Any) -> None:
     p.add_argument("--follow", action="store_true", help="keep waiting for new records")
     p.add_argument("--from-end", action="store_true", help="only records produced after start")
     p.add_argument("--request-id")
+    p.add_argument("--tenant", help="only this tenant's records (request ids are unique per tenant only)")
     p.add_argument("--max", type=int, default=0, help="stop after N records (0: no limit)")
     p.add_argument("--timeout", type=float, help="stop after S seconds (default 30 without --follow)")
     _kafka_args(p)

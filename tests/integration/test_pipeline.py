@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from schemas.keys import identity_key
 from tools import harness
 
 pytestmark = pytest.mark.integration
@@ -61,13 +62,14 @@ def test_duplicate_result_yields_one_final(run):
     producer.flush()
     reader.until(lambda g: "dup-1" in g.content, 120)
     result = {
-        "request_id": "dup-1", "attempt": 1, "pool": "echo", "worker_id": "test", "model_name": "echo",
+        "request_id": "dup-1", "tenant_id": "echo-t", "attempt": 1, "pool": "echo", "worker_id": "test", "model_name": "echo",
         "model_version": "1", "status": "OK", "output_text": "twice", "artifact_uris": [], "content_type": None,
         "error": None, "retryable": True, "queue_ms": 0, "inference_ms": 0, "batch_size": 1, "tokens_out": None,
         "completed_at": harness.now_ms(),
     }
-    producer.send(cfg.results, "result", result, "dup-1")
-    producer.send(cfg.results, "result", result, "dup-1")
+    key = identity_key("echo-t", "dup-1")  # workers key results by the request's (tenant, request id)
+    producer.send(cfg.results, "result", result, key)
+    producer.send(cfg.results, "result", result, key)
     producer.flush()
     got = reader.settle(5)
     assert len(got.content["dup-1"]) == 1
@@ -75,7 +77,7 @@ def test_duplicate_result_yields_one_final(run):
 
 
 def test_records_under_the_wrong_kafka_key_still_end_once(run):
-    """Prompts are keyed by tenant and results by request_id in Java, from the Kafka key.
+    """Prompts are keyed by tenant and results by (tenant, request id) in Java, from the Kafka key.
 
     A prompt keyed otherwise (by request_id, or not at all) and a result keyed otherwise take one
     more trip through Kafka under the right key and end exactly like the rest.
@@ -90,7 +92,7 @@ def test_records_under_the_wrong_kafka_key_still_end_once(run):
     for rid, key in (("wk-rid", "wk-rid"), ("wk-none", None)):
         producer.send(cfg.prompts, "prompt", harness.prompt(rid, "echo-t", f"key {rid}"), key)
     # A tenant without the echo feature: its prompt waits on a model pool with no worker here,
-    # and this test answers it, under the tenant's key instead of the request_id.
+    # and this test answers it, under the tenant's key instead of its identity key.
     requests = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"it-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest"})
     requests.subscribe([cfg.requests(p) for p in POOLS if p != "echo"])
@@ -106,7 +108,8 @@ def test_records_under_the_wrong_kafka_key_still_end_once(run):
     requests.close()
     assert request is not None and request["request_id"] == "wk-result"
     result = {
-        "request_id": "wk-result", "attempt": request["attempt"], "pool": request["pool"], "worker_id": "test",
+        "request_id": "wk-result", "tenant_id": request["tenant_id"], "attempt": request["attempt"],
+        "pool": request["pool"], "worker_id": "test",
         "model_name": "by-hand", "model_version": "1", "status": "OK", "output_text": "by hand",
         "artifact_uris": [], "content_type": None, "error": None, "retryable": True, "queue_ms": 0,
         "inference_ms": 0, "batch_size": 1, "tokens_out": None, "completed_at": harness.now_ms(),

@@ -45,3 +45,11 @@ def test_human_line_for_content_and_dead_letters():
 def test_json_output_handles_timestamps_and_bytes():
     out = json.loads(dumps({"t": datetime(2026, 1, 1, tzinfo=timezone.utc), "b": b"\x00\xff"}))
     assert out == {"t": "2026-01-01T00:00:00+00:00", "b": "AP8="}
+
+
+def test_results_filters_by_tenant_too():
+    """Request ids are unique per tenant only: `rscf results --request-id R --tenant T` names one request."""
+    from cli.main import build_parser
+
+    args = build_parser().parse_args(["results", "--request-id", "r1", "--tenant", "acme"])
+    assert (args.request_id, args.tenant) == ("r1", "acme")

@@ -17,6 +17,9 @@ def test_artifact_key_layout() -> None:
     assert artifact_key("image", "abc", 2, "image/png", at) == "artifacts/image/2025-03-04/abc-2.png"
     assert artifact_key("speech", "a/b", 0, "audio/wav", at) == "artifacts/speech/2025-03-04/a_b-0.wav"
     assert artifact_key("x", "id", 0, None, at).endswith("id-0.bin")
+    # request ids are unique per tenant only: two tenants' artifacts never share an object
+    assert artifact_key("image", "abc", 2, "image/png", at, "acme") == "artifacts/image/2025-03-04/acme/abc-2.png"
+    assert artifact_key("image", "abc", 2, "image/png", at, "beta") != artifact_key("image", "abc", 2, "image/png", at, "acme")
 
 
 def test_artifact_store_reports_a_refused_s3_at_once_and_gives_up_after_its_budget() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference_workers.intake import Intake, request_id_of
+from inference_workers.intake import Intake
 from inference_workers.metrics import WorkerMetrics
 from inference_workers.results import ResultBuilder
 from rscf.settings import SETTINGS
@@ -44,10 +44,11 @@ def test_a_good_record_is_decoded(parts) -> None:
 
 def test_undecodable_with_key_gets_error_result_without_key_goes_to_dlq(parts) -> None:
     intake, rec, s, metrics = parts
-    assert intake.decode(Msg(b"\x07garbage", b"req-42", offset=3)) is None
+    assert intake.decode(Msg(b"\x07garbage", b"acme\x1freq-42", offset=3)) is None
     assert intake.decode(Msg(b"\x00\x00\x00\x00\x01\xff\xff", None, offset=4)) is None
     (stub, meta, res), = rec.answers
-    assert stub == {"request_id": "req-42", "attempt": 0} and meta == ("genai.inference.requests.echo", 0, 3)
+    assert stub == {"request_id": "req-42", "tenant_id": "acme", "attempt": 0}
+    assert meta == ("genai.inference.requests.echo", 0, 3) and res["tenant_id"] == "acme"
     assert res["status"] == "ERROR" and res["error"].startswith("decode_failed: not_confluent_framed")
     assert res["retryable"] is False
     (out,) = rec.sent
@@ -88,7 +89,31 @@ def test_a_registry_outage_past_its_budget_is_a_retryable_answer(parts, monkeypa
     assert res["error"].startswith("decode_failed: registry_unavailable") and res["retryable"] is True
 
 
-def test_request_id_of_a_key() -> None:
-    assert request_id_of(b"abc") == "abc"
-    assert request_id_of(None) is None and request_id_of(b"") is None
-    assert request_id_of(b"\xff\xfe") is None
+def test_an_undecodable_request_under_a_key_of_the_version_before_is_answered_under_it(parts) -> None:
+    """A request the job wrote before identity keys (the request_id alone): answered under that key."""
+    from inference_workers.results import result_key
+
+    intake, rec, _, _ = parts
+    assert intake.decode(Msg(b"\x07garbage", b"req-7", offset=5)) is None
+    (stub, _, res), = rec.answers
+    assert stub == {"request_id": "req-7", "tenant_id": "", "attempt": 0} and result_key(res) == b"req-7"
+    assert intake.decode(Msg(b"\x07garbage", b"\xff\xfe", offset=6)) is None  # no usable key: a dead letter
+    assert len(rec.answers) == 1 and len(rec.sent) == 1
+
+
+def test_an_undecodable_request_too_large_for_a_dead_letter_is_claim_checked(parts) -> None:
+    intake, rec, s, _ = parts
+    kept = {}
+
+    class Store:
+        def put(self, key, data):
+            kept[key] = data
+            return f"s3://rscf-audit/{key}"
+
+    intake.payload_store = Store
+    poison = b"\x07" * 1_000_000
+    assert intake.decode(Msg(poison, None, offset=8)) is None
+    (out,) = rec.sent
+    dl = s["dlq_serde"].decode(out.value)
+    assert len(out.value) < 10_000 and dl["payload_status"] == "claim_check" and dl["original_size"] == len(poison)
+    assert kept[dl["payload_uri"].removeprefix("s3://rscf-audit/")] == poison

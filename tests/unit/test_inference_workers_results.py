@@ -41,3 +41,21 @@ def test_a_failure_the_handler_reports_is_an_error_result() -> None:
     results = ResultBuilder("echo", "w", ScriptedHandler())
     res = results.ok(make_request("s", "x"), InferenceOutput(error="nsfw_output", retryable=False), 0, 1, 1)
     assert res["status"] == "ERROR" and res["error"] == "nsfw_output" and res["retryable"] is False
+
+
+def test_results_carry_their_requests_tenant_and_are_keyed_by_its_identity() -> None:
+    from inference_workers.results import result_key
+
+    results = ResultBuilder("echo", "w", ScriptedHandler())
+    ok = results.ok(make_request("r1", "x", tenant_id="acme"), InferenceOutput(text="y"), 0, 1, 1)
+    assert ok["tenant_id"] == "acme" and result_key(ok) == b"acme\x1fr1"
+    assert result_key(results.error({"request_id": "old"}, "boom", True)) == b"old"  # no tenant: the id alone
+
+
+def test_fit_to_kafka_leaves_small_results_alone() -> None:
+    from inference_workers.results import fit_to_kafka
+
+    serde = serdes()["result_serde"]
+    res = ResultBuilder("echo", "w", ScriptedHandler()).ok(make_request("r1", "x"), InferenceOutput(text="y"), 0, 1, 1)
+    calls = []
+    assert fit_to_kafka(res, serde.encode, lambda data: calls.append(data)) == (res, serde.encode(res)) and not calls

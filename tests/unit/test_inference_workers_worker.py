@@ -26,9 +26,10 @@ def test_results_encode_to_the_contract_and_answer_their_offsets(worker: Worker)
     (p, res), = worker._run_batch(batch_of(req))
     worker._answer(p.request, p.meta, res)
     (out,) = worker.outbox.records()
-    assert out.key == b"enc" and out.topic == SETTINGS.topics.results and out.offsets == [("t", 0, 0)]
+    assert out.key == b"t\x1fenc" and out.topic == SETTINGS.topics.results and out.offsets == [("t", 0, 0)]
     rec = worker.result_serde.decode(out.value)
     assert rec["status"] == "OK" and rec["output_text"] == "HELLO" and rec["tokens_out"] == 2
+    assert rec["tenant_id"] == "t"  # copied from the request: the job keys its state by (tenant, request id)
     assert isinstance(rec["completed_at"], datetime)
     assert worker.metrics.batch_size.labels("echo")._sum.get() == 1
     assert worker.metrics.units.labels("echo", "tokens")._value.get() == 2
@@ -39,6 +40,35 @@ def test_a_result_that_does_not_serialize_is_answered_as_an_error(worker: Worker
     worker._answer(req, ("t", 0, 0), {**worker.results.base(req), "output_text": 42})
     rec = worker.result_serde.decode(worker.outbox.records()[0].value)
     assert rec["status"] == "ERROR" and rec["error"].startswith("serialize_failed") and rec["retryable"] is False
+
+
+class TextStore:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.kept = fail, []
+
+    def put_artifact(self, pool, request, data, content_type):
+        if self.fail:
+            raise ConnectionError("object storage down")
+        self.kept.append((request["request_id"], data, content_type))
+        return f"s3://rscf-artifacts/{request['request_id']}.txt"
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_a_result_too_large_for_kafka_keeps_its_text_as_an_artifact(worker: Worker, down: bool) -> None:
+    req = make_request("huge", "x")
+    worker._store = TextStore(fail=down)
+    text = "word " * 300_000  # 1.5 MB: the producer would refuse it and the request would never be answered
+    worker._answer(req, ("t", 0, 0), {**worker.results.base(req), "output_text": text})
+    (out,) = worker.outbox.records()
+    assert len(out.key) + len(out.value) <= SETTINGS.limits.max_record_bytes
+    rec = worker.result_serde.decode(out.value)
+    if down:
+        assert rec["status"] == "ERROR" and rec["error"].startswith("result_too_large") and rec["retryable"] is False
+    else:
+        (kept,) = worker._store.kept
+        assert kept == ("huge", text.encode(), "text/plain") and rec["status"] == "OK"
+        assert rec["artifact_uris"] == ["s3://rscf-artifacts/huge.txt"] and rec["output_text"].startswith("word word")
+        assert len(rec["output_text"]) < 3000
 
 
 def test_undecodable_records_are_answered_not_batched(worker: Worker) -> None:

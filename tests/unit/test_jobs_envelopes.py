@@ -41,3 +41,20 @@ def test_state_pickled_under_retired_class_paths_restores():
         assert b"jobs.envelopes" not in data and b"operators.admit" not in data
         assert pickle.loads(data) == value
     assert "jobs.stages" in sys.modules and not hasattr(sys.modules["jobs.stages"], "Orchestrator")
+
+
+def test_envelopes_and_state_pickled_before_issue_13_still_load():
+    """Held prompts (PromptIn) and slots (PendingRequest) in a savepoint of the version before: the fields
+    issue #13 added read as their defaults."""
+    from operators import correlate
+
+    eff = Orchestrator().on_input(_admitted(), None, 1_000)
+    old_state = correlate.evolve(eff.state)
+    for name in ("degraded", "moderation_fail_closed", "source"):
+        old_state.__dict__.pop(name)  # as a pickle of the version before holds it
+    restored = pickle.loads(pickle.dumps(Slot(old_state, eff.features))).pending
+    assert (restored.degraded, restored.moderation_fail_closed, restored.source) == ((), False, None)
+    # positional pickles of the version before call the class with the fields it had
+    assert PromptIn(*(prompt("r1", "t", "x"), "x")).source is None
+    old_admitted = Admitted(*(prompt("r1", "t", "x"), "x", [], "STANDARD", frozenset(), 1))
+    assert (old_admitted.degraded, old_admitted.moderation_fail_closed, old_admitted.source) == ((), False, None)

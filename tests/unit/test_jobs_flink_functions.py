@@ -9,9 +9,11 @@ import pytest
 from jobs import flink_functions as ff
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from tools.harness import policy_event, prompt
+from schemas.keys import identity_key
 from schemas.serde import LocalRegistry, TopicSerde
 
 REGISTRY = LocalRegistry()
+KEY = identity_key("acme", "r1")
 
 
 class Counter:
@@ -120,29 +122,29 @@ def test_prompt_dispatch_result_and_final_through_the_glue(functions):
     raw = _serde(cfg, cfg.prompts, "prompt").encode(prompt("r1", "acme", "hello there"))
     gate_ctx.key = "acme"
     (wired,) = list(gate_fn.process_element(("acme", raw, cfg.prompts, 0, 5), gate_ctx))
-    assert wired[0] == "r1" and gate_ctx.states["token_bucket"].values["acme"]
+    assert wired[0] == KEY and gate_ctx.states["token_bucket"].values["acme"]
 
     (request_row,) = _to_orchestrator(orch_fn, orch_ctx, wired)
-    assert (request_row[0], request_row[1]) == (cfg.requests("echo"), b"r1")
+    assert (request_row[0], request_row[1]) == (cfg.requests("echo"), KEY.encode())
     request = _serde(cfg, request_row[0], "request").decode(request_row[2])
-    assert (request["attempt"], request["pool"]) == (1, "echo")
-    pending = orch_fn.inflight["r1"].pending
-    assert orch_fn.inflight["r1"].features == {"echo"} and pending.deadline_ms in orch_ctx.timers.registered
+    assert (request["attempt"], request["pool"], request["tenant_id"]) == (1, "echo", "acme")
+    pending = orch_fn.inflight[KEY].pending
+    assert orch_fn.inflight[KEY].features == {"echo"} and pending.deadline_ms in orch_ctx.timers.registered
 
-    result = {"request_id": "r1", "attempt": 1, "pool": "echo", "worker_id": "w", "model_name": request["model_name"],
+    result = {"request_id": "r1", "tenant_id": "acme", "attempt": 1, "pool": "echo", "worker_id": "w", "model_name": request["model_name"],
               "model_version": request["model_version"], "status": "OK", "output_text": "ereht olleh",
               "artifact_uris": [], "content_type": "text/plain", "error": None, "retryable": True, "queue_ms": 1,
               "inference_ms": 1, "batch_size": 1, "tokens_out": None, "completed_at": pending.sent_at_ms + 5}
     raw_result = _serde(cfg, cfg.results, "result").encode(result)
-    orch_ctx.key = "r1"
-    rows = list(orch_fn.process_element(("r1", raw_result, cfg.results, 0, 9), orch_ctx))
-    assert [r[0] for r in rows] == [cfg.content, cfg.audit]
+    orch_ctx.key = KEY
+    rows = list(orch_fn.process_element((KEY, raw_result, cfg.results, 0, 9), orch_ctx))
+    assert [r[0] for r in rows] == [cfg.content, cfg.audit] and {r[1] for r in rows} == {KEY.encode()}
     content = _serde(cfg, cfg.content, "content").decode(rows[0][2])
     assert (content["status"], content["output_text"]) == ("SUCCEEDED", "ereht olleh")
-    assert pending.deadline_ms in orch_ctx.timers.deleted and "r1" not in orch_fn.inflight
+    assert pending.deadline_ms in orch_ctx.timers.deleted and KEY not in orch_fn.inflight
     assert orch_fn.slot.value().pending.status == "SUCCEEDED"  # the tombstone
 
-    again = list(orch_fn.process_element(("r1", raw_result, cfg.results, 0, 10), orch_ctx))
+    again = list(orch_fn.process_element((KEY, raw_result, cfg.results, 0, 10), orch_ctx))
     assert again == [] and orch_ctx.count("duplicate_results") == 1
     orch_fn.counters.flush()
     assert orch_ctx.count("finals", "status", "SUCCEEDED") == 1 and orch_ctx.count("dispatched") == 1
@@ -162,3 +164,178 @@ def test_wrong_key_and_poison_take_their_own_ways(functions):
     assert row[0] == cfg.dlq and (dead["stage"], dead["source_offset"]) == ("decode", 7)
     assert gate_ctx.count("dead_letters", "reason", dead["reason"], "stage", "decode") == 1
 
+
+
+# ----------------------------------------------------------------------------- issue #13
+
+
+class FakeStore:
+    """Object storage for claim checks; `fail` plays it down."""
+
+    def __init__(self, fail=False):
+        self.objects, self.fail = {}, fail
+
+    def put(self, key, data):
+        if self.fail:
+            raise ConnectionError("connection refused")
+        self.objects[key] = bytes(data)
+        return f"s3://rscf-audit/{key}"
+
+
+def _result(rid, tenant, attempt=1, text="done"):
+    return {"request_id": rid, "tenant_id": tenant, "attempt": attempt, "pool": "echo", "worker_id": "w",
+            "model_name": "echo", "model_version": "1", "status": "OK", "output_text": text, "artifact_uris": [],
+            "content_type": "text/plain", "error": None, "retryable": True, "queue_ms": 1, "inference_ms": 1,
+            "batch_size": 1, "tokens_out": None, "completed_at": 1}
+
+
+def _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, rec, offset):
+    """A prompt through the gate and the orchestrator: the orchestrator's rows."""
+    raw = _serde(cfg, cfg.prompts, "prompt").encode(rec)
+    gate_ctx.key = rec["tenant_id"]
+    rows = []
+    for wired in gate_fn.process_element((rec["tenant_id"], raw, cfg.prompts, 0, offset), gate_ctx):
+        rows += _to_orchestrator(orch_fn, orch_ctx, wired)
+    return rows
+
+
+def _decode(cfg, row):
+    role = {cfg.content: "content", cfg.audit: "audit", cfg.dlq: "dlq"}.get(row[0], "request")
+    return _serde(cfg, row[0], role).decode(row[2])
+
+
+def test_two_tenants_with_the_same_request_id_each_get_their_own_final(functions):
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    beta = policy_event("beta", ["echo"])
+    gate_fn.process_broadcast_element(beta, gate_ctx)
+    orch_fn.process_broadcast_element(beta, orch_ctx)
+    requests = {}
+    for offset, tenant in enumerate(("acme", "beta")):
+        (row,) = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("same", tenant, f"hi {tenant}"), offset)
+        assert row[1] == identity_key(tenant, "same").encode()
+        requests[tenant] = _decode(cfg, row)
+        assert requests[tenant]["tenant_id"] == tenant
+    assert set(orch_fn.inflight) == {identity_key("acme", "same"), identity_key("beta", "same")}
+    for tenant in ("acme", "beta"):
+        key = identity_key(tenant, "same")
+        orch_ctx.key = key
+        raw = _serde(cfg, cfg.results, "result").encode(_result("same", tenant, text=f"for {tenant}"))
+        content, audit = (_decode(cfg, r) for r in orch_fn.process_element((key, raw, cfg.results, 0, 1), orch_ctx))
+        assert (content["tenant_id"], content["status"], content["output_text"]) == (tenant, "SUCCEEDED", f"for {tenant}")
+        assert audit["tenant_id"] == tenant
+
+
+def test_a_tenant_reusing_its_request_id_gets_a_rejected_duplicate_final(functions):
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    (request,) = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r9", "acme", "first"), 1)
+    assert request[0] == cfg.requests("echo")
+    content, audit = (_decode(cfg, r) for r in _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx,
+                                                         prompt("r9", "acme", "second"), 2))
+    assert (content["status"], content["reason"], audit["reason"]) == ("REJECTED", "duplicate_request_id",
+                                                                        "duplicate_request_id")
+    assert orch_fn.inflight[identity_key("acme", "r9")].pending.status is None  # the first one goes on
+    # the first prompt's record read again (a replay): dropped, its request has its one final coming
+    assert _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r9", "acme", "first"), 1) == []
+
+
+def test_results_find_requests_kept_under_the_request_id_alone(functions):
+    """An upgrade from a savepoint before identity keys: a request in flight is kept under 'r5'."""
+    from jobs.envelopes import Slot
+
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    key = identity_key("acme", "r5")
+    _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r5", "acme", "old"), 3)
+    orch_ctx.key = key
+    slot = orch_fn.slot.value()
+    orch_fn.slot.clear()
+    orch_fn.inflight.clear()
+    orch_ctx.key = "r5"  # as the version before wrote it
+    orch_fn.slot.update(Slot(slot.pending, slot.features))
+    raw = _serde(cfg, cfg.results, "result").encode(_result("r5", "acme", text="late but fine"))
+    orch_ctx.key = key
+    (onward,) = orch_fn.process_element((key, raw, cfg.results, 0, 4), orch_ctx)  # a new worker's answer
+    assert (onward[0], onward[1], onward[2]) == (cfg.results, b"r5", raw)
+    orch_ctx.key = "r5"
+    content, audit = (_decode(cfg, r) for r in orch_fn.process_element(("r5", raw, cfg.results, 0, 5), orch_ctx))
+    assert (content["status"], content["output_text"]) == ("SUCCEEDED", "late but fine")
+    # a result under the request_id alone with nothing there is late: no further trip (nothing loops)
+    orch_ctx.key = "nothing"
+    raw = _serde(cfg, cfg.results, "result").encode(_result("nothing", "acme"))
+    assert list(orch_fn.process_element(("nothing", raw, cfg.results, 0, 6), orch_ctx)) == []
+    assert orch_ctx.count("late_results") == 1
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_a_megabyte_of_poison_is_one_small_dead_letter_with_a_claim_check(functions, down):
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    store = FakeStore(fail=down)
+    orch_fn.encoder.payload_store = lambda: store
+    poison = b"\x01" + bytes(range(256)) * 4096  # ~1 MB, not Confluent-framed
+    gate_ctx.key = "acme"
+    (wired,) = gate_fn.process_element(("acme", poison, cfg.prompts, 2, 77), gate_ctx)
+    (row,) = _to_orchestrator(orch_fn, orch_ctx, wired)
+    assert row[0] == cfg.dlq and len(row[2]) < 10_000
+    dead = _decode(cfg, row)
+    assert (dead["stage"], dead["reason"], dead["source_offset"]) == ("decode", "not_confluent_framed", 77)
+    assert dead["original"] == poison[:4096] and dead["original_size"] == len(poison)
+    if down:
+        assert dead["payload_status"] == "not_kept" and dead["payload_uri"] is None
+        assert "not kept: object storage unavailable" in dead["error"]
+    else:
+        assert dead["payload_status"] == "claim_check"
+        (key, kept), = store.objects.items()
+        assert dead["payload_uri"] == f"s3://rscf-audit/{key}" and kept == poison
+        assert key.startswith("dead-letters/") and "-2-77-" in key
+
+
+def test_an_oversize_final_is_cut_down_with_a_reason(functions):
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    orch_fn.encoder.limit = 20_000
+    _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("big", "acme", "a lot"), 8)
+    key = identity_key("acme", "big")
+    orch_ctx.key = key
+    raw = _serde(cfg, cfg.results, "result").encode(_result("big", "acme", text="word " * 10_000))
+    content_row, audit_row = orch_fn.process_element((key, raw, cfg.results, 0, 9), orch_ctx)
+    content = _decode(cfg, content_row)
+    assert len(content_row[1]) + len(content_row[2]) <= 20_000
+    assert content["status"] == "SUCCEEDED" and content["reason"] == "record_truncated"
+    assert content["output_text"].endswith("...[truncated]") and _decode(cfg, audit_row)["reason"] is None
+
+
+def test_a_step_that_crashes_makes_a_dead_letter_and_a_failed_final_not_a_job_failure(functions, monkeypatch):
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ff, "gate", boom)
+    rows = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash", "acme", "x"), 11)
+    dead, content, audit = (_decode(cfg, r) for r in rows)
+    assert (dead["stage"], dead["reason"], dead["source_offset"]) == ("gate", "internal_error", 11)
+    assert "RuntimeError: a bug" in dead["error"]
+    assert (content["request_id"], content["status"], content["reason"]) == ("crash", "FAILED", "internal_error")
+    monkeypatch.undo()
+    monkeypatch.setattr(ff, "topic_serde", _serde)
+    _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash3", "acme", "z"), 13)  # dispatched
+    monkeypatch.setattr(orch_fn.logic, "on_input", boom)
+    rows = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash2", "acme", "y"), 12)
+    dead, content, audit = (_decode(cfg, r) for r in rows)
+    assert (dead["stage"], dead["reason"]) == ("orchestrate", "internal_error")
+    assert (content["request_id"], content["status"], content["reason"]) == ("crash2", "FAILED", "internal_error")
+    raw = _serde(cfg, cfg.results, "result").encode(_result("crash3", "acme"))  # a result: dead letter only
+    orch_ctx.key = identity_key("acme", "crash3")
+    (row,) = orch_fn.process_element((orch_ctx.key, raw, cfg.results, 1, 14), orch_ctx)
+    assert row[0] == cfg.dlq and _decode(cfg, row)["source_offset"] == 14 and _decode(cfg, row)["original"] == raw
+    assert orch_fn.inflight[orch_ctx.key].pending.status is None  # still pending: its timer retries it
+
+
+def test_a_control_event_that_breaks_the_policy_reader_is_a_dead_letter(functions, monkeypatch):
+    from jobs import intake
+
+    cfg = functions[0]
+    fn = ff.ControlIntake(cfg)
+    fn.open(Ctx(BroadcastState()))
+    raw = _serde(cfg, cfg.control, "control").encode(policy_event("acme", ["echo"]))
+    monkeypatch.setattr(intake, "policy_from_dict", lambda entry: 1 / 0)
+    ((tag, dl),) = fn.flat_map((raw, cfg.control, 0, 3))
+    assert tag == ff.SINK and (dl.record["stage"], dl.record["reason"]) == ("control", "invalid_control_event")

@@ -64,10 +64,37 @@ def test_prompt_under_its_tenant_key_goes_on_and_under_another_key_is_republishe
     assert isinstance(rejected, Finished)
 
 
-def test_result_under_another_key_is_republished_under_its_request_id():
-    ok = intake.keyed_result("r1", b"raw", lambda data: dict(_result()), "r", 0, 0)
+def test_result_under_another_key_is_republished_under_its_identity_key():
+    with_tenant = lambda data: dict(_result(), tenant_id="acme")  # noqa: E731
+    ok = intake.keyed_result("acme\x1fr1", b"raw", with_tenant, "r", 0, 0)
     assert isinstance(ok, ResultIn)
-    out = intake.keyed_result("tenant-key", b"raw", lambda data: dict(_result()), "r", 0, 0)
-    assert out == Republish("result", "r1", b"raw")
+    out = intake.keyed_result("tenant-key", b"raw", with_tenant, "r", 0, 0)
+    assert out == Republish("result", "acme\x1fr1", b"raw")
+    # under the request_id alone: taken as it is (a request kept there by the version before, or a late one)
+    assert isinstance(intake.keyed_result("r1", b"raw", with_tenant, "r", 0, 0), ResultIn)
+    # a worker older than the tenant field: its key is the request_id alone, and so is its identity
+    assert isinstance(intake.keyed_result("r1", b"raw", lambda data: dict(_result()), "r", 0, 0), ResultIn)
+    assert intake.keyed_result("x", b"raw", lambda data: dict(_result()), "r", 0, 0) == Republish("result", "r1", b"raw")
     missing = intake.keyed_result(None, b"raw", lambda data: dict(_result(), request_id=""), "r", 0, 0)
     assert missing.role == "dlq" and missing.record["reason"] == "missing_field"
+
+
+def test_a_result_with_no_request_under_its_identity_key_tries_the_request_id_alone_once():
+    result = ResultIn(dict(_result(), tenant_id="acme"))
+    assert intake.to_legacy_key("acme\x1fr1", result, b"raw") == Republish("result", "r1", b"raw")
+    assert intake.to_legacy_key("r1", result, b"raw") is None  # no further trip: nothing loops
+    assert intake.to_legacy_key("acme\x1fr1", ResultIn(_result()), b"raw") is None  # no tenant: late
+
+
+def test_a_prompt_whose_template_store_is_down_fails_and_says_why():
+    from operators.templates import TemplateStoreUnavailable
+
+    class Down:
+        def get(self, template_id):
+            raise TemplateStoreUnavailable("ConnectionError: refused")
+
+    rec = dict(prompt("r1", "t", "x"), template_id="greeting")
+    out = intake.intake_prompt(b"..", _decode_ok(rec), "p", 1, 7, 1_000, templates=Down())
+    assert isinstance(out, Finished) and (out.state.status, out.state.reason) == ("FAILED", "templates_unavailable")
+    (d,) = out.state.degraded
+    assert (d["stage"], d["outcome"], d["dependency"]) == ("templates", "failed", "redis") and out.state.source == (1, 7)

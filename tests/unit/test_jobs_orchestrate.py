@@ -15,9 +15,10 @@ from operators.correlate import EffectKind
 from rscf.settings import SETTINGS
 
 
-def _admitted(rid="r1", text="hello", features=frozenset({"echo"}), tier="STANDARD", **extra):
-    rec = prompt(rid, "t", text, **extra)
-    return Admitted(rec, text, [], tier, features, 1_000)
+def _admitted(rid="r1", text="hello", features=frozenset({"echo"}), tier="STANDARD", tenant="t", source=(0, 1),
+              **extra):
+    rec = prompt(rid, tenant, text, **extra)
+    return Admitted(rec, text, [], tier, features, 1_000, source=source)
 
 
 def _result(rid="r1", attempt=1, status="OK", output_text="olleh", pool="echo"):
@@ -47,9 +48,46 @@ def test_orchestrator_dispatch_result_final_and_duplicate():
     assert content["status"] == "SUCCEEDED" and audit["request_id"] == "r1"
     dup = orch.on_input(ResultIn(_result()), _slot(done), 1_600)
     assert dup.final is None and dup.request is None and dup.counter == "duplicate_results"
-    again = orch.on_input(_admitted(), _slot(done), 1_700)
+    again = orch.on_input(_admitted(), _slot(done), 1_700)  # the same Kafka record read again (a replay)
     assert again.final is None and again.request is None and again.counter == "duplicate_prompts"
     assert again.state is done.state and again.features == done.features
+
+
+def test_another_prompt_under_a_request_id_in_use_is_rejected_as_a_duplicate():
+    """The tenant's id is pending or finished (within the dedup TTL): the new prompt gets its own REJECTED
+    final and audit record, reason duplicate_request_id; the first request is untouched."""
+    orch = Orchestrator()
+    eff = orch.on_input(_admitted(source=(0, 1)), None, 1_000)
+    for slot, now in ((_slot(eff), 1_100), (_slot(orch.on_input(ResultIn(_result()), _slot(eff), 1_200)), 1_300)):
+        dup = orch.on_input(_admitted(text="something else", source=(0, 9)), slot, now)
+        assert dup.kind is EffectKind.REJECT_DUPLICATE and dup.request is None and dup.timers == ()
+        assert dup.state is slot.pending and dup.counter == "duplicate_request_ids"
+        content, audit = dup.final
+        assert (content["request_id"], content["tenant_id"], content["status"], content["reason"]) == \
+            ("r1", "t", "REJECTED", "duplicate_request_id")
+        assert audit["reason"] == "duplicate_request_id" and audit["prompt_sha256"] == correlate.sha256_text("something else")
+    # an early refusal under the id in use (say, the quota) is the same answer
+    quota = Finished(correlate.finished_early(prompt("r1", "t", "x"), "REJECTED", "quota_exceeded", 1_400, source=(1, 2)))
+    dup = orch.on_input(quota, _slot(eff), 1_400)
+    assert dup.final[0]["reason"] == "duplicate_request_id" and dup.state is eff.state
+
+
+def test_two_tenants_with_the_same_request_id_are_two_requests():
+    """State is per (tenant, request id): the glue keys it by `schemas.keys.identity_key`, and each
+    tenant's prompt, result and final stay its own."""
+    from jobs.envelopes import request_key
+
+    orch = Orchestrator()
+    a, b = _admitted(tenant="a"), _admitted(tenant="b", text="other")
+    assert request_key(a) == "a\x1fr1" and request_key(b) == "b\x1fr1" and request_key(a) != request_key(b)
+    slots = {}
+    for value in (a, b):
+        eff = orch.on_input(value, None, 1_000)
+        assert eff.kind is EffectKind.EMIT_REQUEST and eff.request["tenant_id"] == value.record["tenant_id"]
+        slots[request_key(value)] = _slot(eff)
+    done = orch.on_input(ResultIn(dict(_result(), tenant_id="b")), slots["b\x1fr1"], 1_500)
+    assert done.final[0]["tenant_id"] == "b" and done.final[0]["status"] == "SUCCEEDED"
+    assert request_key(ResultIn(dict(_result(), tenant_id="b"))) == "b\x1fr1"
 
 
 def test_orchestrator_timeout_retries_with_backoff_then_fails():
@@ -144,3 +182,33 @@ def test_output_moderation_decides_the_final_and_the_tombstone():
     assert (content["status"], content["reason"]) == ("REJECTED", "moderation:blocked_terms")
     assert (blocked.state.status, blocked.state.reason) == ("REJECTED", "moderation:blocked_terms")
     assert [v["stage"] for v in audit["verdicts"]] == ["OUTPUT", "OUTPUT"]
+
+
+class Unreachable:
+    block_threshold = 0.5
+
+    def classify(self, text):
+        from operators.embedding import EmbedderUnavailable
+
+        raise EmbedderUnavailable("embedding service marked down")
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_output_moderation_with_the_classifier_down_follows_the_tenants_policy(closed):
+    from operators.moderate import Moderator
+
+    orch = Orchestrator(Moderator(classifier_source=Unreachable))
+    skipped = ({"stage": "rag", "outcome": "skipped", "dependency": "redis", "reason": "refused"},)
+    value = dataclasses.replace(_admitted(features=frozenset({"echo", "moderation_model"})), degraded=skipped,
+                                moderation_fail_closed=closed)
+    eff = orch.on_input(value, None, 1_000)
+    assert eff.state.moderation_fail_closed is closed and eff.state.degraded == skipped
+    content, audit = orch.on_input(ResultIn(_result()), _slot(eff), 1_500).final
+    stages = [(d["stage"], d["outcome"]) for d in content["degraded"]]
+    assert stages == [("rag", "skipped"), ("output_classifier", "failed_closed" if closed else "skipped")]
+    assert audit["degraded"] == content["degraded"]
+    if closed:
+        assert (content["status"], content["reason"], content["output_text"]) == \
+            ("REJECTED", "moderation_unavailable", None)
+    else:
+        assert (content["status"], content["output_text"]) == ("SUCCEEDED", "olleh")

@@ -104,3 +104,19 @@ def test_inference_request_fits_the_contract():
     buf.seek(0)
     back = fastavro.schemaless_reader(buf, parsed)
     assert back["params"]["width"] == 32 and back["attempt"] == 1 and back["pool"] == "image"
+
+
+def test_a_request_that_failed_on_object_storage_says_so():
+    from operators import correlate
+    from operators.audit import build_records
+
+    state = correlate.finished_early({"request_id": "r", "tenant_id": "t", "prompt": "p"}, "FAILED",
+                                     "error_after_3_attempts", 5)
+    errors = [{"attempt": n, "error": "artifact_upload_failed: connection refused"} for n in (1, 2, 3)]
+    state = correlate.evolve(state, history=errors, attempt=3)
+    content, audit = build_records(state, 10, "v")
+    (entry,) = content["degraded"]
+    assert (entry["stage"], entry["outcome"], entry["dependency"]) == ("artifacts", "failed", "object_storage")
+    assert audit["degraded"] == content["degraded"]
+    ok = correlate.evolve(state, status="SUCCEEDED", reason=None, result={"output_text": "x"})
+    assert build_records(ok, 10, "v")[0]["degraded"] == []  # a later attempt made it: nothing missing

@@ -45,6 +45,7 @@ def test_ok_record_is_sanitised_and_params_completed():
         ({"modality": "UNKNOWN"}, "unknown_modality"),
         ({"modality": None}, "unknown_modality"),
         ({"request_id": ""}, "missing_field"),
+        ({"tenant_id": "a\x1fb"}, "invalid_tenant_id"),  # the Kafka key separator (schemas.keys)
         ({"prompt": "x" * (SETTINGS.limits.max_prompt_chars + 1)}, "prompt_too_long"),
         ({"modality": "AUDIO", "prompt": "x" * (SETTINGS.limits.max_audio_chars + 1)}, "prompt_too_long"),
         ({"params": {"max_tokens": 0}}, "param_out_of_range"),
@@ -118,3 +119,20 @@ def test_malformed_template_refused():
         placeholders("hello {{ name")
     with pytest.raises(TemplateError):
         InMemoryTemplateStore().put("bad", "x {{1abc}}")
+
+
+def test_a_template_store_that_is_down_is_not_the_prompts_fault():
+    from operators.templates import RedisTemplateStore
+
+    class Down:
+        calls = 0
+
+        def hget(self, key, field):
+            Down.calls += 1
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    store = RedisTemplateStore(Down(), backoff_s=60)
+    for _ in range(3):
+        out = validate_prompt(rec(template_id="greeting"), store)
+        assert not out.ok and out.reason == "templates_unavailable" and "Connection refused" in out.detail
+    assert Down.calls == 1  # marked down after the first failure: one connection attempt per backoff

@@ -148,3 +148,52 @@ def test_record_defaults_let_a_producer_omit_optional_fields():
     assert back["params"]["max_tokens"] is None
     assert back["template_vars"] == {} and back["trace"] is None
     assert back["created_at"] == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+
+
+def _sample(schema):
+    """A valid value of an Avro type (the simplest one)."""
+    if isinstance(schema, list):
+        return None if "null" in schema else _sample(schema[0])
+    if isinstance(schema, dict):
+        kind = schema["type"]
+        if kind == "record":
+            return {f["name"]: _sample(f["type"]) for f in schema["fields"]}
+        if kind == "enum":
+            return schema["symbols"][0]
+        if kind == "array":
+            return []
+        if kind == "map":
+            return {}
+        return _sample(kind)
+    return {"string": "x", "int": 1, "long": 1, "boolean": True, "float": 1.0, "double": 1.0, "bytes": b"x"}[schema]
+
+
+def test_fields_added_by_issue_13_read_records_written_without_them():
+    """BACKWARD: a reader on the new contracts reads what producers of the version before wrote, with the
+    defaults (the registry checks the same against its latest versions: tests/integration/test_contracts.py)."""
+    import io
+
+    import fastavro
+
+    added = {
+        "inference_result": {"tenant_id": ""},
+        "content_result": {"degraded": []},
+        "audit_record": {"degraded": []},
+        "dead_letter": {"tenant_id": None, "original_size": None, "payload_status": "inline", "payload_uri": None},
+    }
+    for name, defaults in added.items():
+        new = load_schema(name)
+        old = dict(new, fields=[f for f in new["fields"] if f["name"] not in defaults])
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(old), _sample(old))
+        buf.seek(0)
+        read = fastavro.schemaless_reader(buf, fastavro.parse_schema(old), fastavro.parse_schema(new))
+        assert {k: read[k] for k in defaults} == defaults, name
+    control = load_schema("control_event")
+    policy = next(f for f in control["fields"] if f["name"] == "tenant_policy")["type"][1]
+    old_policy = dict(policy, fields=[f for f in policy["fields"] if f["name"] != "moderation_fail_closed"])
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old_policy), _sample(old_policy))
+    buf.seek(0)
+    read = fastavro.schemaless_reader(buf, fastavro.parse_schema(old_policy), fastavro.parse_schema(policy))
+    assert read["moderation_fail_closed"] is None

@@ -207,6 +207,7 @@ def test_every_contract_round_trips(registry):
     ts = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
     latency = {"total_ms": 900, "pipeline_ms": 40, "queue_ms": 60, "inference_ms": 800}
     verdict = {"stage": "OUTPUT", "check": "pii", "action": "REDACT", "score": 0.75, "reason": "email"}
+    degraded = {"stage": "rag", "outcome": "skipped", "dependency": "embedding_service", "reason": "down"}
     params = prompt()["params"]
     samples = {
         "genai.inference.requests.image": {
@@ -214,7 +215,7 @@ def test_every_contract_round_trips(registry):
             "model_version": "v3", "modality": "IMAGE", "prompt": "a red square", "params": params,
             "priority": "LOW", "deadline": ts, "created_at": ts, "trace": None},
         "genai.inference.results": {
-            "request_id": "r", "attempt": 1, "pool": "image", "worker_id": "w-1", "model_name": "unet",
+            "request_id": "r", "tenant_id": "t", "attempt": 1, "pool": "image", "worker_id": "w-1", "model_name": "unet",
             "model_version": "v3", "status": "OK", "output_text": None,
             "artifact_uris": ["s3://rscf-artifacts/r.png"], "content_type": "image/png", "error": None,
             "retryable": True, "queue_ms": 5, "inference_ms": 700, "batch_size": 4, "tokens_out": None,
@@ -222,22 +223,24 @@ def test_every_contract_round_trips(registry):
         "genai.content": {
             "request_id": "r", "tenant_id": "t", "modality": "TEXT", "status": "REJECTED",
             "reason": "moderation:pii", "output_text": None, "artifact_uris": [], "model_name": None,
-            "model_version": None, "pool": None, "attempts": 0, "verdicts": [verdict], "latency": latency,
+            "model_version": None, "pool": None, "attempts": 0, "verdicts": [verdict], "degraded": [degraded],
+            "latency": latency,
             "cost_units": 0.0, "created_at": ts, "completed_at": ts},
         "genai.audit": {
             "request_id": "r", "tenant_id": "t", "status": "SUCCEEDED", "reason": None,
             "prompt_sha256": "ab" * 32, "model_name": "m", "model_version": "1", "pool": "echo",
-            "verdicts": [verdict, dict(verdict, stage="INPUT", action="ALLOW")], "attempts": 1,
+            "verdicts": [verdict, dict(verdict, stage="INPUT", action="ALLOW")], "degraded": [], "attempts": 1,
             "latency": latency, "cost_units": 1.5, "recorded_at": ts, "job_version": "0.1.0"},
         "genai.dlq": {
             "original": b"\x00\xff\x10", "source_topic": "genai.prompts", "source_partition": 3,
             "source_offset": 12345678901, "stage": "decode", "reason": "avro_decode_failed",
-            "error": "EOF", "request_id": None, "failed_at": ts},
+            "error": "EOF", "request_id": None, "tenant_id": None, "original_size": 2_000_000,
+            "payload_status": "claim_check", "payload_uri": "s3://rscf-audit/dead-letters/x.bin", "failed_at": ts},
         "genai.control": {
             "event_id": "e1", "issued_at": ts,
             "rollout": {"pool": "text-small", "model_name": "smollm", "weights": {"v1": 0.9, "v2": 0.1}},
             "tenant_policy": {"tenant_id": "t", "tier": "PREMIUM", "rate_per_s": 5.0, "burst": 10,
-                              "features": ["rag"]},
+                              "features": ["rag"], "moderation_fail_closed": True},
             "breaker": {"pool": "image", "action": "FORCE_OPEN"}},
     }
     for topic, record in samples.items():
