@@ -66,7 +66,7 @@ def _checkpoints(job_id: str) -> dict:
 
 def test_killed_taskmanager_is_back_and_the_job_runs_again_from_its_checkpoint(stack):
     from deploy.local import flink_jobs
-    from jobs import harness
+    from tools import harness
 
     with harness.isolated_run("sup", checkpoint_interval_ms=1000) as run:
         run.producer.control(harness.policy_event("sup-t", ["echo"]))
