@@ -233,6 +233,11 @@ def _s3_argv() -> list[str]:
         "-webdav=false",
         f"-metricsIp={H}",
         f"-metricsPort={P.weed_master + 1000}",
+        # weed mini also opens an admin server (even with its UI off) and Iceberg/Lance catalogs on fixed
+        # default ports (23646 and +10000, 8181, 9101): a second stack on shifted ports would collide.
+        f"-admin.port={P.weed_master + 2000}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=256",
     ]
 
