@@ -165,8 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "share one Python interpreter lock")
     p.add_argument("--delivery", choices=DELIVERY_MODES, default=EXACTLY_ONCE,
                    help="the job's delivery mode (default %(default)s; the reader always reads read_committed)")
-    p.add_argument("--checkpoint-interval-ms", type=int, default=None,
-                   help="the job's checkpoint interval (default: the job's own default)")
+    p.add_argument("--checkpoint-interval-ms", type=int, default=0,
+                   help="the job's checkpoint interval (default: the delivery mode's, see jobs/README.md)")
     p.set_defaults(func=cmd_pipeline)
 
     p = bsub.add_parser("handlers", parents=[json_parent()], help="offline handler throughput per batch size")

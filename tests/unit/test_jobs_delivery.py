@@ -65,3 +65,14 @@ def test_rscf_job_start_and_bench_default_to_exactly_once():
     bench = parser.parse_args(["bench", "pipeline", "--delivery", "at-least-once", "--checkpoint-interval-ms", "200"])
     assert (bench.delivery, bench.checkpoint_interval_ms) == (AT_LEAST_ONCE, 200)
     assert parser.parse_args(["bench", "pipeline"]).delivery == EXACTLY_ONCE
+
+
+def test_the_checkpoint_interval_defaults_by_mode():
+    from jobs.config import AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+    from rscf.settings import SETTINGS
+
+    assert JobConfig().checkpoint_interval_ms == SETTINGS.limits.checkpoint_interval_ms  # commits the finals
+    assert JobConfig(delivery=AT_LEAST_ONCE).checkpoint_interval_ms == AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+    assert JobConfig(checkpoint_interval_ms=750).checkpoint_interval_ms == 750
+    with pytest.raises(ValueError):
+        JobConfig(delivery="twice")
