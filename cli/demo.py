@@ -177,6 +177,7 @@ class OutputFollower:
                 "group.id": f"rscf-demo-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",  # finals are committed with each checkpoint of the job
             }
         )
         md = self._consumer.list_topics(timeout=10)

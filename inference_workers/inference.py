@@ -31,6 +31,7 @@ class BatchRun:
     answers: list[tuple[Pending, dict]]
     inference_ms: int = 0  # model time of the batch, bisection runs included
     units: dict[str, float] = field(default_factory=dict)  # generated units by kind (tokens, images...)
+    model_requests: int = 0  # requests that reached the model (not the expired or rejected ones)
 
 
 def split_runnable(batch: Batch, handler: ModelHandler, results: ResultBuilder,
@@ -94,7 +95,7 @@ def run_batch(
         units[unit] = units.get(unit, 0) + amount
     order = {id(p): i for i, p in enumerate(batch.items)}
     answers.sort(key=lambda a: order[id(a[0])])
-    return BatchRun(answers, inference_ms, units)
+    return BatchRun(answers, inference_ms, units, model_requests=len(runnable))
 
 
 def _store(result: dict, request: dict, output: InferenceOutput, store_artifact: ArtifactSink | None) -> None:

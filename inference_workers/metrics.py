@@ -67,6 +67,16 @@ class WorkerMetrics:
             "rscf_worker_outages", "Times a dependency was found down (then retried)", labels + ["service"], registry=r
         )
         self.commits = Counter("rscf_worker_commits", "Offset commits", labels, registry=r)
+        # Model calls per final (benchmarks, fault tests) = model_calls / finals; a request the job
+        # dispatched again after a restore is answered from the replica's cache (inference_workers/answered.py).
+        self.model_calls = Counter(
+            "rscf_worker_model_calls", "Requests run through the model (each request of a batch counts once)",
+            labels, registry=r,
+        )
+        self.duplicates = Counter(
+            "rscf_worker_duplicate_requests",
+            "Re-delivered requests answered from the results already produced, without the model", labels, registry=r,
+        )
         self.buffered = Gauge("rscf_worker_buffered", "Requests waiting in the micro-batcher", labels, registry=r)
         self.ready = Gauge("rscf_worker_ready", "1 when the model is loaded and partitions are assigned", labels, registry=r)
         self.info = Gauge("rscf_worker_info", "Worker identity", labels + ["worker_id"], registry=r)

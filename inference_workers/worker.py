@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_workers.answered import DEFAULT_CAPACITY, AnsweredCache, cacheable
 from inference_workers.artifacts import ArtifactStore
 from inference_workers.batching import DEADLINE_EXCEEDED, Batch, MicroBatcher, OffsetTracker, Pending, to_epoch_ms
 from inference_workers.handlers.base import InferenceOutput, ModelHandler
@@ -76,6 +77,7 @@ class WorkerSettings:
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     announce: bool = False  # write a Prometheus file_sd target while the health server runs
+    answered_cache: int = DEFAULT_CAPACITY  # results kept to answer re-delivered requests (0: off)
     consumer_extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +114,7 @@ class Worker:
 
         self.metrics = WorkerMetrics(pool, self.worker_id)
         self.results = ResultBuilder(pool, self.worker_id, handler)
+        self.answered_cache = AnsweredCache(self.s.answered_cache)
         self.batcher = MicroBatcher(self.s.max_batch, self.s.max_wait_ms, batch_key=handler.batch_key)
         self.outbox = Outbox(OffsetTracker(), self.metrics, self.results_topic, KafkaOutage(self.metrics))
         self.kafka = KafkaIO(
@@ -238,6 +241,12 @@ class Worker:
         request = self.intake.decode(msg)
         if request is None:
             return
+        cached = self.answered_cache.get(request)
+        if cached is not None:  # re-delivered (the job re-dispatched after a restore): same answer, no model
+            self.metrics.duplicates.labels(self.pool).inc()
+            self.outbox.send(Outgoing(key=result_key(request), value=cached, topic=self.results_topic,
+                                      offsets=[meta]))
+            return
         try:
             with self._cv:
                 self.batcher.add(request, meta=meta)
@@ -265,6 +274,9 @@ class Worker:
             result = self.results.error(request, f"serialize_failed: {exc}"[:1000], retryable=False)
             self.metrics.errors.labels(self.pool, "serialize_failed").inc()
             value = self.result_serde.encode(result)
+        else:
+            if cacheable(result):
+                self.answered_cache.put(request, value)
         self.outbox.send(Outgoing(key=result_key(result), value=value, topic=self.results_topic, offsets=[meta]))
 
     def _store_text(self, request: dict):
@@ -347,6 +359,7 @@ class Worker:
 
     def _batch_done(self, run: BatchRun) -> None:
         self.metrics.inference_ms.labels(self.pool).observe(run.inference_ms)
+        self.metrics.model_calls.labels(self.pool).inc(run.model_requests)
         seconds = max(run.inference_ms / 1000.0, 1e-6)
         for unit, amount in run.units.items():
             self.metrics.units.labels(self.pool, unit).inc(amount)

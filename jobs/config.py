@@ -21,6 +21,25 @@ from rscf.settings import SETTINGS
 JOB_NAME = "rscf-content-pipeline"
 JOB_VERSION = "content-pipeline/1"
 
+# Delivery modes of the job's Kafka output (jobs/README.md, "Delivery"):
+# exactly-once (the default): the final hop (content, audit, dead letters, republished records) is
+#   one Kafka transaction per checkpoint, so a read_committed reader sees each final exactly once
+#   through a restore; requests to the workers stay at-least-once (a re-dispatch after a restore is a
+#   duplicate request, answered from the worker's cache and dropped by request id in the job).
+# at-least-once: no transactions; after a restore a reader may see a final twice.
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+DELIVERY_MODES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+# Checkpoint interval by mode, unless given: in exactly-once mode each checkpoint commits the final
+# hop's transaction, so a final waits for the next checkpoint (SETTINGS.limits.checkpoint_interval_ms,
+# chosen by measurement in jobs/README.md); at-least-once commits nothing, and the interval only bounds
+# what is replayed after a restore, so it stays long and cheap.
+AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS = 5_000
+
+
+def default_checkpoint_interval_ms(delivery: str) -> int:
+    return SETTINGS.limits.checkpoint_interval_ms if delivery == EXACTLY_ONCE else AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+
 # Record type (schema name) of each output role; request topics all carry InferenceRequest.
 ROLE_SCHEMAS = {
     "content": "content_result",
@@ -41,11 +60,17 @@ class JobConfig:
     registry_url: str = SETTINGS.registry_url
     redis_url: str = SETTINGS.redis_url
     parallelism: int = 1
-    exactly_once: bool = False
-    checkpoint_interval_ms: int = SETTINGS.limits.checkpoint_interval_ms
+    delivery: str = EXACTLY_ONCE
+    checkpoint_interval_ms: int = 0  # 0: the delivery mode's default (default_checkpoint_interval_ms)
     local: bool = False  # run in a MiniCluster in this process (python jobs/content_pipeline.py --local)
     connector_jar: str = ""  # only needed in local mode; the cluster has it in lib/
     use_redis: bool = True  # templates, RAG index; off for runs without Redis
+
+    def __post_init__(self) -> None:
+        if self.delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {DELIVERY_MODES}, not {self.delivery!r}")
+        if self.checkpoint_interval_ms <= 0:
+            object.__setattr__(self, "checkpoint_interval_ms", default_checkpoint_interval_ms(self.delivery))
 
     def topic(self, base: str) -> str:
         return f"{base}.{self.topic_suffix}" if self.topic_suffix else base
@@ -78,7 +103,20 @@ class JobConfig:
         return self.topic(SETTINGS.topics.requests(pool))
 
     def output_topics(self) -> list[str]:
-        return [*(self.requests(p) for p in POOLS), self.content, self.audit, self.dlq]
+        return [*self.request_topics(), self.content, self.audit, self.dlq]
+
+    def request_topics(self) -> list[str]:
+        """What the requests sink writes (at-least-once in every mode)."""
+        return [self.requests(p) for p in POOLS]
+
+    def final_topics(self) -> list[str]:
+        """What the finals sink writes (transactional in exactly-once mode): every output but requests,
+        and the prompts and results topics for a record republished under its right Kafka key."""
+        return [self.content, self.audit, self.dlq, self.prompts, self.results]
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == EXACTLY_ONCE
 
     def all_topics(self) -> list[str]:
         return [self.prompts, self.results, self.control, *self.output_topics()]
@@ -98,8 +136,7 @@ class JobConfig:
                 "--redis-url", self.redis_url, "--checkpoint-interval-ms", str(self.checkpoint_interval_ms)]
         if self.topic_suffix:
             args += ["--topic-suffix", self.topic_suffix]
-        if self.exactly_once:
-            args.append("--exactly-once")
+        args += ["--delivery", self.delivery]
         if self.local:
             args.append("--local")
         if self.connector_jar:
@@ -117,18 +154,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=d.bootstrap)
     p.add_argument("--registry-url", default=d.registry_url)
     p.add_argument("--redis-url", default=d.redis_url)
-    p.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
-    p.add_argument("--exactly-once", action="store_true", help="transactional Kafka sinks (read_committed readers)")
+    p.add_argument("--checkpoint-interval-ms", type=int, default=0, help="default: by delivery mode")
+    add_delivery_arguments(p)
     p.add_argument("--local", action="store_true", help="run in a local MiniCluster instead of submitting")
     p.add_argument("--connector-jar", default="")
     p.add_argument("--no-redis", action="store_true", help="no template store and no RAG index")
+
+
+def add_delivery_arguments(p: argparse.ArgumentParser) -> None:
+    """`--delivery MODE`, and `--exactly-once`, kept for scripts that pass it: the default now."""
+    p.add_argument("--delivery", choices=DELIVERY_MODES, default=EXACTLY_ONCE,
+                   help="exactly-once (default): one final per prompt for read_committed readers, committed "
+                        "with each checkpoint; at-least-once: no transactions, a final may repeat after a restore")
+    p.add_argument("--exactly-once", dest="delivery", action="store_const", const=EXACTLY_ONCE,
+                   help="same as --delivery exactly-once (the default)")
 
 
 def from_args(ns: argparse.Namespace) -> JobConfig:
     return JobConfig(
         job_name=ns.job_name, topic_suffix=ns.topic_suffix, bootstrap=ns.bootstrap,
         registry_url=ns.registry_url, redis_url=ns.redis_url, parallelism=ns.parallelism,
-        exactly_once=ns.exactly_once, checkpoint_interval_ms=ns.checkpoint_interval_ms,
+        delivery=ns.delivery, checkpoint_interval_ms=ns.checkpoint_interval_ms,
         local=ns.local, connector_jar=ns.connector_jar, use_redis=not ns.no_redis,
     )
 

@@ -8,6 +8,7 @@ outputs, and tear down exactly what was started.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -108,14 +109,17 @@ class Reader:
 
     `roles` narrows what it reads: the benchmark reads finals only (decoding every
     audit record cost it more CPU than the echo worker spends per prompt).
+    `isolation="read_uncommitted"` also sees what aborted transactions wrote: what an
+    at-least-once sink would have shown readers (the TaskManager fault test compares both).
     """
 
-    def __init__(self, cfg: JobConfig, roles: tuple[str, ...] = ("content", "audit", "dlq")):
+    def __init__(self, cfg: JobConfig, roles: tuple[str, ...] = ("content", "audit", "dlq"),
+                 isolation: str = "read_committed"):
         from confluent_kafka import Consumer
 
         self.cfg = cfg
         self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                           "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                           "auto.offset.reset": "earliest", "isolation.level": isolation,
                            "enable.auto.commit": False})
         topics = {"content": cfg.content, "audit": cfg.audit, "dlq": cfg.dlq}
         self.roles = {topics[r]: r for r in roles}
@@ -172,18 +176,40 @@ def terminate(proc: subprocess.Popen | None, grace_s: float = 30.0) -> None:
         proc.wait(5)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((SETTINGS.host, 0))
+        return s.getsockname()[1]
+
+
 class EchoWorker:
+    """An echo worker on the run's topics, with its /metrics on a free port (model calls are read there)."""
+
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         log = _log(f"echo-{self.cfg.group_id}.log")
         self.proc = subprocess.Popen(
             [str(SETTINGS.paths.venv / "bin" / "rscf"), "worker", "run", "--pool", "echo",
              "--requests-topic", self.cfg.requests("echo"), "--results-topic", self.cfg.results,
-             "--group", f"echo-{self.cfg.group_id}", "--metrics-port", "-1"],
+             "--group", f"echo-{self.cfg.group_id}", "--metrics-port", str(self.metrics_port)],
             stdout=log, stderr=subprocess.STDOUT)
+
+    def counters(self) -> dict[str, float]:
+        """The worker's counters now (`model_calls`, `duplicate_requests`, ...), summed over labels."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://{SETTINGS.host}:{self.metrics_port}/metrics", timeout=5).text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.type == "counter" and family.name.startswith("rscf_worker_"):
+                out[family.name.removeprefix("rscf_worker_")] = sum(
+                    s.value for s in family.samples if s.name.endswith("_total"))
+        return out
 
     def stop(self) -> None:
         terminate(self.proc)

@@ -5,8 +5,11 @@ a tenant with the `echo` feature and a quota far above the offered rate.
 Prompts are offered at `rate` per second for `duration_s`; each final's
 overhead is (arrival at the reader - prompt created_at) - inference_ms reported
 by the worker, so it covers Kafka hops, every Flink operator, the worker's
-queueing and micro-batch wait, and the reader. Throughput is finals per second
-over the offered window plus the drain.
+queueing and micro-batch wait, the wait for the checkpoint that commits the
+final's transaction (exactly-once delivery, the default), and the reader, which
+reads `read_committed`. Throughput is finals per second over the offered window
+plus the drain. `model_calls_per_final` is the echo worker's model calls over
+the finals read (1.0 when no request ran twice).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import psutil
 
+from jobs.config import EXACTLY_ONCE
 from rscf.settings import SETTINGS
 from tools import harness
 
@@ -75,6 +79,24 @@ class CpuMeter:
                 "cores_busy": round(sum(spent.values()) / wall, 2), "machine_cores": psutil.cpu_count()}
 
 
+def checkpoint_stats(job_id: str | None) -> dict | None:
+    """Flink's own checkpoint figures for the run's job: how long a checkpoint takes end to end
+    (what a transactional final waits for on top of the interval) and how big it is."""
+    if job_id is None:
+        return None
+    import httpx
+
+    try:
+        body = httpx.get(f"{SETTINGS.flink_url}/jobs/{job_id}/checkpoints", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    summary, latest = body.get("summary") or {}, (body.get("latest") or {}).get("completed") or {}
+    duration = summary.get("end_to_end_duration") or {}
+    return {"completed": (body.get("counts") or {}).get("completed"), "failed": (body.get("counts") or {}).get("failed"),
+            "duration_ms_p50": duration.get("p50"), "duration_ms_p99": duration.get("p99"),
+            "duration_ms_max": duration.get("max"), "state_bytes": latest.get("state_size")}
+
+
 TICK_S = 0.005  # prompts go out in 5 ms bursts (10 at 2000/s)
 
 
@@ -101,10 +123,12 @@ def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar) -> N
 
 
 def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, progress: bool = True,
-              parallelism: int = 1, warmup_s: float = 5.0) -> dict:
+              parallelism: int = 1, warmup_s: float = 5.0, delivery: str = EXACTLY_ONCE,
+              checkpoint_interval_ms: int = 0) -> dict:
     from tqdm import tqdm
 
-    cfg = harness.isolated_config("bench", parallelism=parallelism)
+    cfg = harness.isolated_config("bench", parallelism=parallelism, delivery=delivery,
+                                  checkpoint_interval_ms=checkpoint_interval_ms)  # 0: the mode's default
     harness.create_topics(cfg, partitions=cfg.parallelism)  # one partition per subtask
     job, worker = harness.PipelineRun(cfg, local=local), harness.EchoWorker(cfg)
     producer, reader = harness.Producer(cfg, linger_ms=SETTINGS.limits.producer_linger_ms), harness.Reader(cfg, roles=("content",))
@@ -146,6 +170,11 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
         got = reader.until(lambda g: len(g.arrival_ms) >= expected, max(60.0, duration_s * 3))
         done_s = time.monotonic() - start
         cpu = meter.end(n)
+        checkpoints = checkpoint_stats(job.job_id)
+        try:
+            counters = worker.counters()
+        except Exception:  # noqa: BLE001 - the figures stand without it
+            counters = {}
         finals = [got.content[r][0] for r in ids if r in got.content]
         overhead = [got.arrival_ms[f["request_id"]] - f["created_at"] if isinstance(f["created_at"], int)
                     else got.arrival_ms[f["request_id"]] - int(f["created_at"].timestamp() * 1000)
@@ -167,6 +196,12 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95), "p99": _pct(overhead, 0.99),
                             "mean": round(statistics.fmean(overhead), 1) if overhead else None},
             "job_pipeline_ms_p50": _pct(pipeline_ms, 0.5),
+            "model_calls_per_final": (round(counters["model_calls"] / len(got.content), 3)
+                                      if "model_calls" in counters and got.content else None),
+            "duplicate_requests": counters.get("duplicate_requests"),
+            "delivery": cfg.delivery,
+            "checkpoint_interval_ms": cfg.checkpoint_interval_ms,
+            "checkpoints": checkpoints,
             "startup_s": round(startup_s, 1),
             "warmup_s": warmup_s,
             "cpu": cpu,

@@ -13,6 +13,7 @@ import sys
 from cli.commands.models import s3_reachable
 from cli.commands.workers import build_handler
 from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from jobs.config import DELIVERY_MODES, EXACTLY_ONCE
 from rscf.pools import ECHO, IMAGE, SPEECH, TEXT_SMALL
 from rscf.settings import SETTINGS
 
@@ -46,7 +47,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     try:
         result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json,
-                           parallelism=args.parallelism, warmup_s=args.warmup)
+                           parallelism=args.parallelism, warmup_s=args.warmup, delivery=args.delivery,
+                           checkpoint_interval_ms=args.checkpoint_interval_ms)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -161,6 +163,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallelism", "-p", type=int, default=1,
                    help="job parallelism (and partitions per topic); thread-mode subtasks in one TaskManager "
                         "share one Python interpreter lock")
+    p.add_argument("--delivery", choices=DELIVERY_MODES, default=EXACTLY_ONCE,
+                   help="the job's delivery mode (default %(default)s; the reader always reads read_committed)")
+    p.add_argument("--checkpoint-interval-ms", type=int, default=0,
+                   help="the job's checkpoint interval (default: the delivery mode's, see jobs/README.md)")
     p.set_defaults(func=cmd_pipeline)
 
     p = bsub.add_parser("handlers", parents=[json_parent()], help="offline handler throughput per batch size")

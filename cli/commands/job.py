@@ -26,15 +26,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     from jobs.config import JobConfig
 
     cfg = JobConfig(job_name=args.name, topic_suffix=args.topic_suffix, parallelism=args.parallelism,
-                    exactly_once=args.exactly_once)
+                    delivery=args.delivery)
     try:
         job = flink_jobs.submit(cfg, args.from_savepoint, wait_s=args.wait,
                              allow_non_restored=args.allow_non_restored_state)
     except flink_jobs.ClusterError as exc:
         return _fail(exc)
-    data = {**job.to_dict(), "exactly_once": cfg.exactly_once, "from_savepoint": args.from_savepoint,
+    data = {**job.to_dict(), "delivery": cfg.delivery, "checkpoint_interval_ms": cfg.checkpoint_interval_ms,
+            "from_savepoint": args.from_savepoint,
             "web_ui": f"{SETTINGS.flink_url}/#/job/running/{job.job_id}/overview"}
-    _emit(args, data, f"{job.name} {job.state} as {job.job_id} ({data['web_ui']})")
+    _emit(args, data, f"{job.name} {job.state} as {job.job_id}, {cfg.delivery} ({data['web_ui']})")
     return EXIT_OK
 
 
@@ -86,7 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jobs.config import JOB_NAME
+    from jobs.config import JOB_NAME, add_delivery_arguments
 
     job = sub.add_parser("job", help="the content pipeline job on the Flink cluster")
     jsub = job.add_subparsers(dest="job_command", required=True)
@@ -102,8 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-non-restored-state", action="store_true",
                    help="with --from-savepoint: skip savepoint state no operator of this version claims "
                         "(an upgrade that removed operators or changed the sources' wiring)")
-    p.add_argument("--exactly-once", action="store_true",
-                   help="transactional sinks: readers see output after each checkpoint (read_committed)")
+    add_delivery_arguments(p)
     p.add_argument("--topic-suffix", default="", help="isolated topic set <topic>.<suffix> (tests)")
     p.set_defaults(func=cmd_start)
 

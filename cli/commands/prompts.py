@@ -264,6 +264,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             "auto.offset.reset": "latest" if args.from_end else "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # The job's finals are committed with each checkpoint: never show an aborted transaction's
+            # records (librdkafka's default too; said here because the promise depends on it).
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe([args.topic])

@@ -127,3 +127,39 @@ def test_a_worker_serves_and_commits_with_fake_clients(monkeypatch) -> None:
     assert len(answers) == 6 and answers["r2"]["status"] == "ERROR" and answers["r2"]["retryable"] is False
     assert all(answers[f"r{i}"]["status"] == "OK" for i in (0, 1, 3, 4, 5))
     assert consumer.commits[-1][0] == [("req", 0, 6)]  # everything answered is committed
+
+
+def _run_ingested(worker: Worker) -> None:
+    """What the inference thread does with the batch in hand (synchronously, for the test)."""
+    batch = worker.batcher.next_batch()
+    for p, res in worker._run_batch(batch):
+        worker._answer(p.request, p.meta, res)
+
+
+def test_a_redelivered_request_is_answered_again_without_the_model(worker: Worker) -> None:
+    value = worker.request_serde.encode(make_request("dup", "hello"))
+    worker._ingest(Msg(value, b"dup", offset=0))
+    _run_ingested(worker)
+    worker._ingest(Msg(value, b"dup", offset=7))  # the job dispatched it again after a restore
+    assert len(worker.batcher) == 0 and worker.handler.calls == [["hello"]]
+    first, again = worker.outbox.records()
+    assert again.value == first.value and again.key == first.key == b"t\x1fdup" and again.offsets[0][2] == 7
+    assert worker.metrics.duplicates.labels("echo")._value.get() == 1
+    assert worker.metrics.model_calls.labels("echo")._value.get() == 1
+
+
+def test_a_new_attempt_or_another_tenant_runs_the_model_again(worker: Worker) -> None:
+    for i, req in enumerate([make_request("r", "a"), make_request("r", "b", attempt=2),
+                             make_request("r", "c", tenant_id="other")]):
+        worker._ingest(Msg(worker.request_serde.encode(req), b"r", offset=i))
+        _run_ingested(worker)
+    assert worker.handler.calls == [["a"], ["b"], ["c"]]
+    assert worker.metrics.duplicates.labels("echo")._value.get() == 0
+
+
+def test_retryable_errors_are_not_repeated_from_the_cache(worker: Worker) -> None:
+    req = make_request("flaky", "x")
+    worker._answer(req, ("t", 0, 0), worker.results.error(req, "artifact_upload_failed: s3 down", retryable=True))
+    assert worker.answered_cache.get(req) is None
+    worker._answer(req, ("t", 0, 1), worker.results.error(req, "rejected: too long", retryable=False))
+    assert worker.answered_cache.get(req) is not None

@@ -1,0 +1,78 @@
+"""The job's delivery modes: which sink writes which topic, and how the CLIs and the job agree on the mode."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cli.main import build_parser
+from jobs.config import AT_LEAST_ONCE, EXACTLY_ONCE, JobConfig, parse
+
+pytest.importorskip("pyflink")
+from jobs.content_pipeline import FINALS_SINK, REQUESTS_SINK, sink_split  # noqa: E402
+
+
+def _option(ddl: str, key: str) -> str | None:
+    found = re.search(rf"'{re.escape(key)}' = '([^']*)'", ddl)
+    return found.group(1) if found else None
+
+
+def _routed(insert: str, topic: str) -> bool:
+    """Evaluate the INSERT's `WHERE [NOT (]topic IN (...)[)]` for one topic, as Flink's SQL would."""
+    where = insert.split(" WHERE ", 1)[1]
+    listed = topic in re.findall(r"'([^']*)'", where)
+    return not listed if where.startswith("NOT (") else listed
+
+
+@pytest.mark.parametrize("delivery", [EXACTLY_ONCE, AT_LEAST_ONCE])
+def test_requests_go_at_least_once_and_everything_else_to_the_finals_sink(delivery):
+    cfg = JobConfig(job_name="rscf-t", topic_suffix="s1", delivery=delivery)
+    sinks = sink_split(cfg)
+    assert set(sinks) == {REQUESTS_SINK, FINALS_SINK}
+    expected = {**{t: REQUESTS_SINK for t in cfg.request_topics()},
+                **{t: FINALS_SINK for t in (cfg.content, cfg.audit, cfg.dlq, cfg.prompts, cfg.results)}}
+    for topic, sink in expected.items():
+        chosen = [name for name, (ddl, insert) in sinks.items() if _routed(insert, topic)]
+        assert chosen == [sink], topic  # exactly one sink takes each record
+        assert topic in _option(sinks[sink][0], "topic").split(";")  # and that sink may write its topic
+    requests_ddl, finals_ddl = sinks[REQUESTS_SINK][0], sinks[FINALS_SINK][0]
+    assert _option(requests_ddl, "sink.delivery-guarantee") == AT_LEAST_ONCE
+    assert _option(requests_ddl, "sink.transactional-id-prefix") is None
+    assert _option(finals_ddl, "sink.delivery-guarantee") == delivery
+    if delivery == EXACTLY_ONCE:
+        # stable per job (a restored job aborts what its predecessor left open), under the broker's 15 min cap
+        assert _option(finals_ddl, "sink.transactional-id-prefix") == cfg.transactional_id_prefix == "rscf-t-s1"
+        assert int(_option(finals_ddl, "properties.transaction.timeout.ms")) <= 900_000
+
+
+def test_the_job_parses_back_the_mode_the_cli_chose():
+    for delivery in (EXACTLY_ONCE, AT_LEAST_ONCE):
+        cfg = JobConfig(delivery=delivery, checkpoint_interval_ms=250)
+        back = parse(cfg.to_args())
+        assert (back.delivery, back.checkpoint_interval_ms) == (delivery, 250)
+    assert parse([]).delivery == EXACTLY_ONCE
+    assert parse(["--exactly-once"]).delivery == EXACTLY_ONCE
+
+
+def test_rscf_job_start_and_bench_default_to_exactly_once():
+    parser = build_parser()
+    assert parser.parse_args(["job", "start"]).delivery == EXACTLY_ONCE
+    assert parser.parse_args(["job", "start", "--exactly-once"]).delivery == EXACTLY_ONCE  # kept: means the default
+    assert parser.parse_args(["job", "start", "--delivery", "at-least-once"]).delivery == AT_LEAST_ONCE
+    with pytest.raises(SystemExit):
+        parser.parse_args(["job", "start", "--delivery", "twice"])
+    bench = parser.parse_args(["bench", "pipeline", "--delivery", "at-least-once", "--checkpoint-interval-ms", "200"])
+    assert (bench.delivery, bench.checkpoint_interval_ms) == (AT_LEAST_ONCE, 200)
+    assert parser.parse_args(["bench", "pipeline"]).delivery == EXACTLY_ONCE
+
+
+def test_the_checkpoint_interval_defaults_by_mode():
+    from jobs.config import AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+    from rscf.settings import SETTINGS
+
+    assert JobConfig().checkpoint_interval_ms == SETTINGS.limits.checkpoint_interval_ms  # commits the finals
+    assert JobConfig(delivery=AT_LEAST_ONCE).checkpoint_interval_ms == AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+    assert JobConfig(checkpoint_interval_ms=750).checkpoint_interval_ms == 750
+    with pytest.raises(ValueError):
+        JobConfig(delivery="twice")
