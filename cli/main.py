@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "cli.commands.workers",
     "cli.commands.demo",
     "cli.commands.knowledge",
+    "cli.commands.chaos",
 )
 
 

@@ -29,6 +29,7 @@ def test_every_verb_is_registered():
         "workers": ["start", "stop", "status", "scale", "autoscale"],
         "demo": [],
         "kb": ["ingest"],
+        "chaos": [],
     }
 
 
