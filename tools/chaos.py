@@ -242,7 +242,7 @@ def run_fault(session, fault, rate: float, duration_s: float, fault_at: float = 
         **dead_letter_account(ctx.raw, mine_dl),
         **model_call_account(session.model_calls(), ctx.sent, sum(1 for k in ctx.sent if len(reader.finals.get(k, ())) == 1)),
         "job_restarts": (restarts_after - restarts_before) if None not in (restarts_before, restarts_after) else None,
-        "job_state": session.job_state(),
+        "job_state": settled_job_state(session),
         "steady_bound_ms": round(steady_bound_ms(before)),
         "pre_fault_p50_ms": round(statistics.median(before)) if before else None,
         **recovery(inject, ctx.sent, first_arrival, steady_bound_ms(before), ctx.events.get("service_back")),
@@ -317,3 +317,15 @@ def run_matrix(names: Sequence[str], rate: float = 50.0, duration_s: float = 20.
     return {"faults": rows, "rate": rate, "duration_s": duration_s, "workers": workers, "delivery": delivery,
             "passed": all(r.get("passed") for r in rows), "seconds": round(time.monotonic() - t0, 1),
             "proxied": needed}
+
+
+def settled_job_state(session: Any, wait_s: float = 30.0) -> str:
+    """The job's state once the restarts of a recovery have settled: a LOOPING verdict right after a
+    TaskManager kill (the job fails while it waits for slots) is read again for up to `wait_s`; a
+    real restart loop keeps failing and stays LOOPING."""
+    deadline = time.monotonic() + wait_s
+    state = session.job_state()
+    while state == "LOOPING" and time.monotonic() < deadline:
+        time.sleep(2.0)
+        state = session.job_state()
+    return state

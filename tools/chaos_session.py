@@ -250,7 +250,7 @@ class Session:
         failures = self._failures()
         return None if failures is None else len(failures)
 
-    def job_state(self, loop_window_s: float = 60.0, loop_restarts: int = 3) -> str:
+    def job_state(self, loop_window_s: float = 60.0, loop_restarts: int = 3, settled_s: float = 20.0) -> str:
         """RUNNING only when every task runs and the job is not in a restart loop (LOOPING: at least
         `loop_restarts` failures in the last `loop_window_s`, e.g. a record the sink can never write)."""
         try:
@@ -263,7 +263,13 @@ class Session:
         state = str(detail.get("state"))
         if state == "RUNNING" and not all(v["status"] == "RUNNING" for v in detail.get("vertices", [])):
             state = "RUNNING_PARTIALLY"
-        recent = [f for f in self._failures() or [] if f.get("timestamp", 0) >= now_ms() - loop_window_s * 1000]
+        failures = self._failures() or []
+        recent = [f for f in failures if f.get("timestamp", 0) >= now_ms() - loop_window_s * 1000]
+        # A TaskManager kill fails the job a few times while it waits for slots (restarts back off
+        # 1, 2, 4 s): that is recovery, not a loop, once every task has run for `settled_s` since.
+        newest = max((f.get("timestamp", 0) for f in failures), default=0)
+        if state == "RUNNING" and newest <= now_ms() - settled_s * 1000:
+            return state
         return "LOOPING" if state != "FAILED" and len(recent) >= loop_restarts else state
 
 
