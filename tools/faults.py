@@ -388,5 +388,5 @@ def catalogue() -> dict[str, Fault]:
 
 
 FAULT_NAMES = tuple(catalogue())
-# The reduced matrix CI runs (tests/integration/test_tools_chaos.py): cheap, and each one a promise of issue #13.
+# The reduced matrix CI runs (tests/integration/test_tools_chaos_matrix.py): cheap, and each one a promise of issue #13.
 CI_FAULTS = ("worker-kill", "poison", "id-collision", "taskmanager-kill", "oversize-record")

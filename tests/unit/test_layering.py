@@ -121,3 +121,10 @@ def test_no_import_cycles():
 def test_module_size(module):
     lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{module}: {lines} lines (split it by step; the limit is ~400)"
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by basename (no packages under tests/): two files of one name in
+    unit/ and integration/ make the whole suite fail to collect."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
