@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from datetime import datetime, timezone
 
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff_delays, now_ms
-from rscf.s3 import s3_client
+from rscf.s3 import ObjectStorePayloads
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,7 @@ class ArtifactStore:
         self.bucket = bucket
         self.metrics = metrics
         self.max_retry_s = max_retry_s
-        self.client = s3_client(endpoint, fail_fast=True)
-        self._bucket_checked = False
-
-    def _ensure_bucket(self) -> None:
-        if not self._bucket_checked:
-            if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket)
-            self._bucket_checked = True
+        self.objects = ObjectStorePayloads(bucket, endpoint)
 
     def put_artifact(self, pool: str, request: dict, data: bytes, content_type: str | None) -> str:
         """Store one request's artifact under its ``artifact_key``; returns ``s3://bucket/key``."""
@@ -70,14 +62,10 @@ class ArtifactStore:
         down = False
         for delay in backoff_delays():
             try:
-                self._ensure_bucket()
-                self.client.put_object(
-                    self.bucket, key, io.BytesIO(data), len(data),
-                    content_type=content_type or "application/octet-stream",
-                )
+                uri = self.objects.put(key, data, content_type)
                 if down:
                     log.info("artifact upload succeeded again after the outage")
-                return f"s3://{self.bucket}/{key}"
+                return uri
             except Exception as exc:  # noqa: BLE001 - S3 down, throttled, DNS...: retry
                 if not down:
                     down = True

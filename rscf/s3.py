@@ -39,7 +39,7 @@ class ObjectStorePayloads:
     """Payloads kept in object storage by key (`put(key, data) -> "s3://bucket/key"`), raising when it is down.
 
     For claim checks of dead letters too large for Kafka (the job's and the workers'), in the audit
-    bucket by default. The client fails fast: a dead letter waits for one refused connection, not
+    bucket by default, and the workers' artifacts (`ArtifactStore` retries around it). The client fails fast: a dead letter waits for one refused connection, not
     minio's retries.
     """
 
@@ -49,7 +49,7 @@ class ObjectStorePayloads:
         self._client: Any = None
         self._bucket_checked = False
 
-    def put(self, key: str, data: bytes) -> str:
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         import io
 
         if self._client is None:
@@ -58,5 +58,6 @@ class ObjectStorePayloads:
             if not self._client.bucket_exists(self.bucket):
                 self._client.make_bucket(self.bucket)
             self._bucket_checked = True
-        self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream")
+        self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                                content_type=content_type or "application/octet-stream")
         return f"s3://{self.bucket}/{key}"

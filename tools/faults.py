@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -158,7 +159,7 @@ def install_toxiproxy() -> str:
 
 
 @dataclass
-class Fault:
+class Fault(ABC):
     name: str
     summary: str
     hold_s: float = 0.0
@@ -175,8 +176,9 @@ class Fault:
         self.heal(ctx)
         ctx.event("healed")
 
+    @abstractmethod
     def inject(self, ctx) -> None:
-        raise NotImplementedError
+        """Break something; `run` records the moment and holds the fault for hold_s."""
 
     def observe(self, ctx) -> None:
         """Called every 0.5 s while the fault holds."""

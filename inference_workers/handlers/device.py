@@ -10,6 +10,7 @@ Models are cached per process so a pool process holds exactly one copy.
 from __future__ import annotations
 
 import threading
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence, TypeVar
 
@@ -152,5 +153,6 @@ class TorchModelHandler(ModelHandler[T]):
         key = (self.modality, self.model_path, self.plan.device, str(self.plan.dtype))
         return shared_model(key, self._load)
 
+    @abstractmethod
     def _load(self) -> T:
-        raise NotImplementedError
+        """Load the model from `model_path` onto `plan.device` (called once per process and key)."""
