@@ -21,6 +21,7 @@ import time
 import psutil
 
 from jobs.config import EXACTLY_ONCE
+from rscf.clock import now_ms
 from rscf.settings import SETTINGS
 from tools import harness
 
@@ -100,6 +101,60 @@ def checkpoint_stats(job_id: str | None) -> dict | None:
 TICK_S = 0.005  # prompts go out in 5 ms bursts (10 at 2000/s)
 
 
+class UncommittedArrivals:
+    """When each final's Kafka key (its request id) first shows up to a read_uncommitted reader.
+
+    In exactly-once mode the sink writes a final at once and commits it with the next checkpoint;
+    this reader sees it at the write, as an at-least-once job's reader would. Comparing it with the
+    read_committed arrival of the same final, in the same run, gives what the promise costs without
+    the run-to-run noise of a shared machine. Keys only, no decoding: it must cost the benchmark little.
+    """
+
+    def __init__(self, cfg) -> None:
+        from confluent_kafka import Consumer
+
+        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"uncommitted-{cfg.group_id}",
+                           "auto.offset.reset": "earliest", "isolation.level": "read_uncommitted",
+                           "enable.auto.commit": False})
+        self.c.subscribe([cfg.content])
+        self.arrival_ms: dict[str, int] = {}
+
+    def poll(self) -> None:
+        msgs = self.c.consume(500, 0)
+        while msgs:
+            now = now_ms()
+            for msg in msgs:
+                if not msg.error() and msg.key():
+                    self.arrival_ms.setdefault(msg.key().decode("utf-8", "replace"), now)
+            msgs = self.c.consume(500, 0) if len(msgs) == 500 else None
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class FinalsReader(harness.Reader):
+    """The benchmark's read_committed reader of finals, polling an `UncommittedArrivals` alongside."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg, roles=("content",))
+        self.uncommitted = UncommittedArrivals(cfg) if cfg.exactly_once else None
+
+    def poll(self, timeout: float = 0.2) -> int:
+        if self.uncommitted is None:
+            return super().poll(timeout)
+        n, deadline = 0, time.monotonic() + timeout
+        while True:  # in short slices, so both readers' arrival times keep a few ms of resolution
+            self.uncommitted.poll()
+            n += super().poll(min(max(deadline - time.monotonic(), 0.0), TICK_S))
+            if n or time.monotonic() >= deadline:
+                return n
+
+    def close(self) -> None:
+        if self.uncommitted is not None:
+            self.uncommitted.close()
+        super().close()
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -131,7 +186,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
                                   checkpoint_interval_ms=checkpoint_interval_ms)  # 0: the mode's default
     harness.create_topics(cfg, partitions=cfg.parallelism)  # one partition per subtask
     job, worker = harness.PipelineRun(cfg, local=local), harness.EchoWorker(cfg)
-    producer, reader = harness.Producer(cfg, linger_ms=SETTINGS.limits.producer_linger_ms), harness.Reader(cfg, roles=("content",))
+    producer, reader = harness.Producer(cfg, linger_ms=SETTINGS.limits.producer_linger_ms), FinalsReader(cfg)
     tenant = "bench-tenant"
     try:
         producer.control(harness.policy_event(tenant, ["echo"], rate_per_s=1e6, burst=1_000_000))
@@ -180,6 +235,10 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
                     else got.arrival_ms[f["request_id"]] - int(f["created_at"].timestamp() * 1000)
                     for f in finals]
         overhead = [o - f["latency"]["inference_ms"] for o, f in zip(overhead, finals)]
+        uncommitted = reader.uncommitted.arrival_ms if reader.uncommitted is not None else {}
+        written = [(o - (got.arrival_ms[f["request_id"]] - uncommitted[f["request_id"]]), f["request_id"])
+                   for o, f in zip(overhead, finals) if f["request_id"] in uncommitted]
+        commit_wait = [got.arrival_ms[r] - uncommitted[r] for _, r in written]
         pipeline_ms = [f["latency"]["pipeline_ms"] for f in finals]
         return {
             "rate_offered": rate,
@@ -195,6 +254,12 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "drain_s": round(done_s - offered_s, 2),
             "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95), "p99": _pct(overhead, 0.99),
                             "mean": round(statistics.fmean(overhead), 1) if overhead else None},
+            # exactly-once only, same run: overhead as a read_uncommitted reader saw it (the final written,
+            # not yet committed: what at-least-once readers get), and the wait for the commit itself
+            "uncommitted_overhead_ms": {"p50": _pct([w for w, _ in written], 0.5),
+                                        "p99": _pct([w for w, _ in written], 0.99)} if written else None,
+            "commit_wait_ms": {"p50": _pct(commit_wait, 0.5), "p95": _pct(commit_wait, 0.95),
+                               "p99": _pct(commit_wait, 0.99)} if commit_wait else None,
             "job_pipeline_ms_p50": _pct(pipeline_ms, 0.5),
             "model_calls_per_final": (round(counters["model_calls"] / len(got.content), 3)
                                       if "model_calls" in counters and got.content else None),

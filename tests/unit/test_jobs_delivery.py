@@ -44,6 +44,7 @@ def test_requests_go_at_least_once_and_everything_else_to_the_finals_sink(delive
         # stable per job (a restored job aborts what its predecessor left open), under the broker's 15 min cap
         assert _option(finals_ddl, "sink.transactional-id-prefix") == cfg.transactional_id_prefix == "rscf-t-s1"
         assert int(_option(finals_ddl, "properties.transaction.timeout.ms")) <= 900_000
+        assert _option(finals_ddl, "sink.transaction-naming-strategy") == "POOLING"  # ids reused, not one per checkpoint
 
 
 def test_the_job_parses_back_the_mode_the_cli_chose():
