@@ -16,15 +16,15 @@ from tools.faults import CI_FAULTS
 
 pytestmark = pytest.mark.integration
 
-RATE, DURATION_S = 50.0, 15.0
+RATE, DURATION_S = 50.0, 12.0
 
 
 @pytest.fixture(scope="module")
 def matrix(stack) -> dict[str, dict]:
     from tools.chaos import run_matrix
 
-    # Drains capped at 60 s: a prompt not answered a minute after the load is missing for this test.
-    result = run_matrix(CI_FAULTS, rate=RATE, duration_s=DURATION_S, progress=False, drain_cap_s=60)
+    # Drains capped at 45 s: a prompt not answered by then is missing for this test.
+    result = run_matrix(CI_FAULTS, rate=RATE, duration_s=DURATION_S, progress=False, drain_cap_s=45)
     return {row["fault"]: row for row in result["faults"]}
 
 
