@@ -1,8 +1,9 @@
 """`rscf chaos`: the fault matrix. One fault at a time, each during a bounded load of mixed prompts.
 
 For each fault (tools/faults.py) the load runs `duration_s` at `rate` prompts/s on loopback, the
-fault is injected a quarter of the way in, holds, heals; then the reader drains (bounded by the
-fault's `drain_s`) and settles, and the row is measured as a read_committed consumer sees it:
+fault is injected a quarter of the way in, holds, heals; 5 s more of load follow the heal (a job
+lost or stuck in a restart loop shows there); then the reader drains (bounded by the fault's
+`drain_s`) and settles, and the row is measured as a read_committed consumer sees it:
 
 - prompts in; finals exactly once; missing (no final); duplicated (more than one final), all per
   (tenant, request_id); audit records that are not exactly one per prompt;
@@ -166,39 +167,37 @@ def _status(final: Mapping) -> str:
 
 
 
-def _offer(session, ctx, fault, rate: float, duration_s: float, fault_at_s: float, phase: Callable[[str], None]) -> threading.Thread:
-    """Offer mixed prompts for duration_s; start the fault's thread at fault_at_s; returns that thread."""
-    from tools.chaos_session import mixed_prompt
-
+def _fault_thread(fault, ctx) -> threading.Thread:
     errors: list[BaseException] = []
 
-    def run_fault() -> None:
+    def body() -> None:
         try:
             fault.run(ctx)
         except BaseException as exc:  # noqa: BLE001 - reported in the row
             errors.append(exc)
             ctx.note(f"fault error: {exc}")
 
-    thread = threading.Thread(target=run_fault, name=f"fault-{fault.name}", daemon=True)
+    thread = threading.Thread(target=body, name=f"fault-{fault.name}", daemon=True)
     thread.errors = errors  # type: ignore[attr-defined]
-    start, sent, n = time.monotonic(), 0, int(rate * duration_s)
-    while sent < n:
-        elapsed = time.monotonic() - start
-        if not thread.is_alive() and elapsed >= fault_at_s and thread.ident is None:
-            phase("fault")
-            thread.start()
-        due = min(n, int(elapsed * rate) + 1)
-        for i in range(sent, due):
-            ctx.send(mixed_prompt(fault.name, i))
-        sent = due
-        session.reader.poll(max(start + sent / rate - time.monotonic(), 0.005))
-    if thread.ident is None:
-        thread.start()
     return thread
 
 
+def _offer(session, ctx, prefix: str, first: int, n: int, rate: float, at: Callable[[float], None] = lambda t: None) -> None:
+    """Send mixed prompts `first`..`first+n-1` at `rate`, reading finals in between; `at(elapsed)` every tick."""
+    from tools.chaos_session import mixed_prompt
+
+    start, sent = time.monotonic(), 0
+    while sent < n:
+        at(time.monotonic() - start)
+        due = min(n, int((time.monotonic() - start) * rate) + 1)
+        for i in range(sent, due):
+            ctx.send(mixed_prompt(prefix, first + i))
+        sent = due
+        session.reader.poll(max(start + sent / rate - time.monotonic(), 0.005))
+
+
 def run_fault(session, fault, rate: float, duration_s: float, fault_at: float = 0.25, settle_s: float | None = None,
-              heal_timeout_s: float = 420.0, drain_cap_s: float | None = None,
+              heal_timeout_s: float = 420.0, drain_cap_s: float | None = None, after_heal_s: float = 5.0,
               phase: Callable[[str], None] = lambda p: None) -> dict:
     """Run one fault against a healthy session and measure its row."""
     from tools.chaos_session import FaultContext
@@ -207,13 +206,25 @@ def run_fault(session, fault, rate: float, duration_s: float, fault_at: float = 
     started_ms = now_ms()
     restarts_before = session.job_restarts()
     phase("load")
-    thread = _offer(session, ctx, fault, rate, duration_s, duration_s * fault_at, phase)
+    thread = _fault_thread(fault, ctx)
+
+    def start_fault(elapsed: float) -> None:
+        if thread.ident is None and elapsed >= duration_s * fault_at:
+            phase("fault")
+            thread.start()
+
+    n = int(rate * duration_s)
+    _offer(session, ctx, fault.name, 0, n, rate, start_fault)
+    start_fault(duration_s)
     phase("heal")
     deadline = time.monotonic() + heal_timeout_s
     while thread.is_alive() and time.monotonic() < deadline:
         session.reader.poll(0.2)
     if thread.is_alive():
         ctx.note(f"fault still healing after {heal_timeout_s:.0f} s")
+    # What the pipeline does once the fault is healed: a lost job or a restart loop shows here.
+    phase("after-heal load")
+    _offer(session, ctx, fault.name, n, int(rate * after_heal_s), rate)
     phase("drain")
     session.producer.flush()
     reader = session.reader

@@ -35,6 +35,7 @@ def _stack_reachable() -> str | None:
 
 
 def _interrupt(signum, frame) -> None:
+    print(f"rscf chaos: stopping on signal {signum}", file=sys.stderr, flush=True)
     raise KeyboardInterrupt
 
 
