@@ -24,8 +24,19 @@ def redis_client(cfg: JobConfig):
 _SHARED: dict[str, Any] = {}
 
 
+def caching_embedder():
+    """The process's one `CachingEmbedder` around the embedding service client: the classifier (input
+    and output), RAG and the gate's micro-batches share it, so a prompt is embedded once for its
+    moderation and its retrieval, and a text seen before not at all (issue #14)."""
+    if "caching" not in _SHARED:
+        from operators.embedding import CachingEmbedder, RemoteEmbedder
+
+        _SHARED["caching"] = CachingEmbedder(RemoteEmbedder())
+    return _SHARED["caching"]
+
+
 def shared_embedder() -> Callable[[], Any]:
-    """The embedding service client.
+    """The embedding service client (behind the process's `caching_embedder`).
 
     The model runs in its own process (inference_workers/embedding_service.py):
     torch inside a thread-mode operator stalled it and its checkpoints (measured).
@@ -33,11 +44,7 @@ def shared_embedder() -> Callable[[], Any]:
     and the caller records what it skipped: answering None instead hid the outage
     from every final but the first of each backoff window (issue #13).
     """
-    if "embedder" not in _SHARED:
-        from operators.embedding import RemoteEmbedder
-
-        _SHARED["embedder"] = RemoteEmbedder()
-    embedder = _SHARED["embedder"]
+    embedder = caching_embedder()
     return lambda: embedder
 
 
@@ -47,9 +54,8 @@ def shared_classifier() -> Callable[[], Any]:
     Always the classifier, the embedding service down or not (see `shared_embedder`)."""
     if "classifier" not in _SHARED:
         from operators import moderation_model
-        from operators.embedding import RemoteEmbedder
 
-        embedder = RemoteEmbedder()
+        embedder = caching_embedder()
         _SHARED["classifier"] = (embedder, moderation_model.load(embedder))
     _embedder, classifier = _SHARED["classifier"]
     return lambda: classifier

@@ -21,8 +21,8 @@ import pickle
 from typing import Any
 
 from pyflink.common import Row, Types
-from pyflink.datastream.functions import FlatMapFunction, KeyedBroadcastProcessFunction, RuntimeContext
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.functions import KeyedBroadcastProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from jobs import intake
 from jobs.config import JobConfig
@@ -31,12 +31,13 @@ from jobs.envelopes import (
     Admitted, Finished, PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes,
 )
 from jobs.failures import crashed_envelope, failed_effects, failure_dead_letter, prompt_failure
-from jobs.gate import gate, rag_enricher
+from jobs.embed_batch import EmbedBatches, moderation_text
+from jobs.gate import EMBEDDING_FEATURES, gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
 from jobs.orchestrate import Orchestrator
 from jobs.state import control_descriptor, slot_descriptor
-from jobs.clients import payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
+from jobs.clients import caching_embedder, payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
 from operators.correlate import Effects, PendingRequest
 from operators.moderate import Moderator
@@ -46,64 +47,9 @@ from schemas.keys import identity_key
 
 log = logging.getLogger(__name__)
 
-NEXT, SINK = "next", "sink"  # tags of the control stream only (its events and its dead letters part ways)
-
-# ----------------------------------------------------------------------------- wire rows
-
-
-def wire(key: str, envelope: Any) -> Row:
-    """An envelope for the orchestrator, in the row type of the results source (`content_pipeline.WIRE`).
-
-    Row(key, Row(kafka key, value, topic, partition, offset)): results arrive in this shape
-    straight from Kafka (topic set), envelopes from the gate pickled in `value` (topic None).
-    Both inputs share one type so they can be unioned ahead of the Java keyBy.
-    """
-    return Row(key, Row(None, pickle.dumps(envelope, protocol=pickle.HIGHEST_PROTOCOL), None, None, None))
-
-
-def is_next(value) -> bool:
-    return value[0] == NEXT
-
-
-def is_sink(value) -> bool:
-    return value[0] == SINK
-
-
-def payload(value):
-    return value[1]
-
-
-def wired_dead_letter(value) -> Row:
-    return wire(request_key(value[1]), value[1])
-
-
-# ----------------------------------------------------------------------------- intake
-
-
-class ControlIntake(FlatMapFunction):
-    """Control events; undecodable ones go to the dead-letter topic like any other input."""
-
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-
-    def open(self, ctx: RuntimeContext):
-        self.serde = topic_serde(self.cfg, self.cfg.control, "control")
-        self.counters = Counters(ctx)
-
-    def flat_map(self, row):
-        try:
-            record, dl = intake.decode_or_dead_letter(row[0], self.serde.decode, row[1], row[2], row[3])
-            if dl is None:
-                record, dl = intake.checked_control(record, row[0], row[1], row[2], row[3])
-        except Exception as exc:  # noqa: BLE001 - no control event can stop the job
-            record, dl = None, failure_dead_letter(exc, "control", row[0], row[1], row[2], row[3])
-        if dl is not None:
-            self.counters.count_dead_letter(dl)
-            yield SINK, dl
-        else:
-            self.counters.inc("control_events")
-            yield NEXT, record
-
+from jobs.flink_wire import (  # noqa: F401 - re-exported: the job wiring and tests use them from here
+    NEXT, SINK, ControlIntake, is_next, is_sink, payload, wire, wired_dead_letter,
+)
 
 # ----------------------------------------------------------------------------- tenant gate
 
@@ -149,6 +95,10 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
         self.hold_until = now_ms() + SETTINGS.limits.policy_wait_ms
         self.holding = SETTINGS.limits.policy_wait_ms > 0
+        # Prompts that need an embedding wait in a micro-batch (`jobs.embed_batch`), checkpointed here.
+        self.batch = ctx.get_list_state(ListStateDescriptor("embed_batch", Types.PICKLED_BYTE_ARRAY()))
+        self.batches = EmbedBatches(caching_embedder(), SETTINGS.limits.gate_batch_max,
+                                    SETTINGS.limits.gate_batch_wait_ms)
 
     def _policies(self, ctx) -> dict[str, TenantPolicy]:
         """Tenant policies from broadcast state, read and parsed once after (re)start.
@@ -178,7 +128,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
             self.counters.inc("prompts_in")  # every prompt record: admitted, rejected early, or dead
             if isinstance(out, PromptIn):
                 if not (self.holding and self._hold(out, key, ctx)):
-                    yield from self._admit(out, key, ctx)
+                    yield from self._batch(out, key, ctx)
             else:
                 if isinstance(out, SinkRecord):
                     self.counters.count_dead_letter(out)
@@ -205,8 +155,42 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.counters.inc("held_for_policy")
         return True
 
+    def _batch(self, value: PromptIn, tenant: str, ctx):
+        """Gate `value` now, or, when its tenant's features need an embedding, in the tenant's micro-batch."""
+        policy = self._policies(ctx).get(tenant) or default_policy(tenant)
+        if not (self.batches.enabled and policy.features & EMBEDDING_FEATURES):
+            yield from self._admit(value, tenant, ctx)
+            return
+        first, full = self.batches.add(tenant, moderation_text(value.record["prompt"]))
+        self.batch.add(value)
+        if full:
+            yield from self._flush(tenant, ctx)
+        elif first:
+            ctx.timer_service().register_processing_time_timer(self.batches.due(now_ms()))
+
+    def _flush(self, tenant: str, ctx):
+        """Embed every text waiting (all tenants: one call), then gate this tenant's batch in order."""
+        self.batches.take(tenant)
+        values = list(self.batch.get() or [])
+        if not values:
+            return
+        self.batch.clear()
+        cached, embedded = self.batches.drain_counts()
+        self.counters.inc("embed_cache_hits", cached)
+        self.counters.inc("embed_cache_misses", embedded)
+        for value in values:
+            try:
+                rows = list(self._admit(value, tenant, ctx))
+            except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
+                rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
+                                    value.source)
+            yield from rows
+
     def on_timer(self, timestamp: int, ctx):
         self.counters.on_timer(timestamp)
+        if self.batches.enabled:
+            yield from self._flush(ctx.get_current_key(), ctx)
+            self.counters.schedule_flush(ctx)
         held = self.held.value() or []
         if held:
             self.held.clear()

@@ -20,10 +20,12 @@ from jobs.envelopes import Admitted, Finished, PromptIn
 from operators import correlate
 from operators.admit import TenantPolicy, TokenBucket, admit
 from operators.enrich import RAG_FEATURE, enrich
-from operators.moderate import Moderator, moderate_input
+from operators.moderate import MODEL_FEATURE, Moderator, moderate_input
 from operators.records import degradation
 
 Enricher = Callable[[dict, frozenset[str]], dict]
+# A tenant with one of these needs its prompts embedded (the classifier, RAG): the gate batches them.
+EMBEDDING_FEATURES = frozenset({MODEL_FEATURE, RAG_FEATURE})
 
 
 @dataclass(frozen=True)

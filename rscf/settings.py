@@ -152,6 +152,14 @@ class Limits:
     worker_max_batch: int = _env_int("WORKER_MAX_BATCH", 8)
     worker_max_wait_ms: int = _env_int("WORKER_MAX_WAIT_MS", 20)
     torch_threads: int = _env_int("TORCH_THREADS", 1)
+    # Embeddings (issue #14): the service's backend (auto: the int8 ONNX export when installed, else
+    # torch), its cross-request batch, and the text -> vector caches of the service and of the job.
+    embedder_backend: str = _env("EMBEDDER_BACKEND", "auto")
+    embed_max_batch: int = _env_int("EMBED_MAX_BATCH", 64)
+    embed_cache_entries: int = _env_int("EMBED_CACHE_ENTRIES", 20_000)
+    # The gate embeds a tenant's prompts in micro-batches: at most this many, waiting at most this long.
+    gate_batch_max: int = _env_int("GATE_BATCH_MAX", 64)
+    gate_batch_wait_ms: int = _env_int("GATE_BATCH_WAIT_MS", 5)
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)

@@ -89,4 +89,11 @@ if [ -z "$(find "$apicurio_home" -name quarkus-run.jar 2>/dev/null | head -1)" ]
     || die "could not unpack the Apicurio Registry archive"
 fi
 
+# --- MiniLM int8 ONNX export for the embedding service (made here, never committed) ---------------
+if ! RSCF_CACHE_DIR="$CACHE" "$VENV/bin/python" -c "from operators.embedding_onnx import is_exported; raise SystemExit(0 if is_exported() else 1)" 2>/dev/null; then
+  say "exporting MiniLM to int8 ONNX -> $CACHE/embeddings"
+  (cd "$REPO" && RSCF_CACHE_DIR="$CACHE" "$VENV/bin/python" -m operators.embedding_onnx export >/dev/null) \
+    || die "the ONNX export of the embedding model failed (see the output above)"
+fi
+
 say "installed (cache: $CACHE, venv: $VENV)"

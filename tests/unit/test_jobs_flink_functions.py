@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from jobs import flink_functions as ff
+from jobs import flink_wire
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from tools.harness import policy_event, prompt
 from schemas.keys import identity_key
@@ -52,6 +53,22 @@ class State:
         self.values.pop(self.ctx.key, None)
 
 
+class ListState:
+    """A keyed ListState of pickled values."""
+
+    def __init__(self, ctx):
+        self.ctx, self.values = ctx, {}
+
+    def add(self, value):
+        self.values.setdefault(self.ctx.key, []).append(pickle.dumps(value))
+
+    def get(self):
+        return [pickle.loads(v) for v in self.values.get(self.ctx.key, [])]
+
+    def clear(self):
+        self.values.pop(self.ctx.key, None)
+
+
 class BroadcastState(dict):
     def put(self, key, value):
         self[key] = value
@@ -74,6 +91,9 @@ class Ctx:
 
     def get_state(self, descriptor):
         return self.states.setdefault(descriptor.name, State(self))
+
+    def get_list_state(self, descriptor):
+        return self.states.setdefault(descriptor.name, ListState(self))
 
     def get_metrics_group(self):
         return MetricGroup(self.counters)
@@ -98,6 +118,7 @@ def _serde(cfg, topic, role):
 @pytest.fixture
 def functions(monkeypatch):
     monkeypatch.setattr(ff, "topic_serde", _serde)
+    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
     cfg = JobConfig(use_redis=False, topic_suffix="t")
     broadcast = BroadcastState()
     gate_ctx, orch_ctx = Ctx(broadcast), Ctx(broadcast)
@@ -316,6 +337,7 @@ def test_a_step_that_crashes_makes_a_dead_letter_and_a_failed_final_not_a_job_fa
     assert (content["request_id"], content["status"], content["reason"]) == ("crash", "FAILED", "internal_error")
     monkeypatch.undo()
     monkeypatch.setattr(ff, "topic_serde", _serde)
+    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
     _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash3", "acme", "z"), 13)  # dispatched
     monkeypatch.setattr(orch_fn.logic, "on_input", boom)
     rows = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash2", "acme", "y"), 12)
