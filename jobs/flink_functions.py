@@ -40,7 +40,7 @@ from jobs.state import control_descriptor, slot_descriptor
 from jobs.clients import caching_embedder, payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
 from operators.correlate import Effects, PendingRequest
-from operators.moderate import Moderator
+from operators.moderate import MODEL_FEATURE, Moderator
 from rscf.clock import now_ms  # Flink's processing time is the wall clock: read it here, not over pemja
 from rscf.settings import SETTINGS
 from schemas.keys import identity_key
@@ -261,6 +261,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False)
         self.encoder = Encoder(self.cfg, self.counters, topic_serde, payload_store)
         self._control_loaded = False
+        # Successes whose output the classifier checks wait here for the next micro-batch (`jobs.embed_batch`).
+        self.awaiting = ctx.get_state(ValueStateDescriptor("awaiting_moderation", Types.PICKLED_BYTE_ARRAY()))
+        self.batches = EmbedBatches(caching_embedder(), 2, SETTINGS.limits.gate_batch_wait_ms)
 
     def _load_control(self, ctx) -> None:
         """After a restore the broadcast state is back but this instance is new: apply it once."""
@@ -340,7 +343,33 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
                 if onward is not None:  # a request kept under its request_id alone may be waiting for it
                     yield from self.encoder.rows(onward)
                     return
+            elif self._defer(out, slot, key, ctx):
+                return
         yield from self._apply(self.logic.on_input(out, slot, now_ms()), ctx, key)
+
+    def _defer(self, out: ResultIn, slot: Slot, key: str, ctx) -> bool:
+        """A success whose output the classifier will check waits for the next micro-batch boundary."""
+        text = out.record.get("output_text")
+        if (not self.batches.enabled or slot.pending.finished or MODEL_FEATURE not in slot.features
+                or out.record.get("status") != "OK" or not text):
+            return False
+        self.awaiting.update([*(self.awaiting.value() or []), out])
+        self.batches.add(key, moderation_text(text))
+        ctx.timer_service().register_processing_time_timer(self.batches.due(now_ms()))
+        return True
+
+    def _moderate_awaiting(self, ctx, key: str):
+        """The results waiting for this key's batch: embed every waiting output at once, then go on."""
+        waiting = self.awaiting.value()
+        if not waiting:
+            return
+        self.awaiting.clear()
+        self.batches.take(key)
+        cached, embedded = self.batches.drain_counts()
+        self.counters.inc("output_embed_cache_hits", cached)
+        self.counters.inc("output_embed_cache_misses", embedded)
+        for out in waiting:
+            yield from self._apply(self.logic.on_input(out, self._current(key), now_ms()), ctx, key)
 
     def _failed(self, exc: Exception, ctx, key: str, original: bytes | None, topic: str | None = None,
                 partition: int | None = -1, offset: int | None = -1, value: Any = None):
@@ -373,8 +402,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         slot = None
         try:
             self._load_control(ctx)
+            rows = list(self._moderate_awaiting(ctx, key)) if self.batches.enabled else []
             slot = self._current(key)
-            rows = list(self._apply(self.logic.on_timer(slot, now_ms()), ctx, key))
+            rows += list(self._apply(self.logic.on_timer(slot, now_ms()), ctx, key))
         except Exception as exc:  # noqa: BLE001 - a request whose timer crashes would wait forever: fail it
             pending = slot.pending if slot is not None else None
             rows = list(self._failed(exc, ctx, key, repr(pending).encode("utf-8"), value=pending))

@@ -21,6 +21,12 @@ with exponential backoff (retry_base_ms * 2^(attempt-1), capped at
 retry_cap_ms) until max_attempts; then one attempt on a fallback pool, if the
 `fallback` callback finds a healthy one; then FAILED with reason
 `<timeout|error>_after_<n>_attempts`. A non-retryable error ends at once.
+A timeout the job caused is not the pool's (issue #14): when the job's own intake of results is
+behind (`job_lag_ms`: how old the results it is reading now were when it read them, measured by
+the orchestrator), a deadline that passes is moved on by that lag instead (`DEFER_TIMEOUT`, no
+breaker event, at most `MAX_JOB_WAITS` times): the answer may be sitting in the job's input.
+Only a timeout while the job keeps up, and a pool's own error results, count against its breaker.
+
 A finished request stays as a tombstone for dedup_ttl_ms so duplicate results
 (at-least-once workers, retried attempts) are dropped instead of producing a
 second final record.
@@ -47,6 +53,7 @@ class EffectKind(str, Enum):
     REJECT_DUPLICATE = "REJECT_DUPLICATE"  # another prompt under a request id in use: emit its REJECTED final
     DROP_LATE = "DROP_LATE"
     WAIT = "WAIT"  # nothing to do (a stale timer)
+    DEFER_TIMEOUT = "DEFER_TIMEOUT"  # deadline passed while the job itself was behind: wait on, breaker untouched
     CLEAR = "CLEAR"  # dedup tombstone expired: clear state
 
 
@@ -88,6 +95,7 @@ class PendingRequest:
     degraded: tuple[dict[str, Any], ...] = ()  # steps skipped or refused for want of a dependency
     moderation_fail_closed: bool = False  # the tenant's policy when the classifier is unavailable
     source: tuple[int, int] | None = None  # (partition, offset) of the prompt: the same record read again matches
+    job_waits: int = 0  # issue #14: deadlines moved on because the job itself was behind (`DEFER_TIMEOUT`)
 
     @property
     def finished(self) -> bool:
@@ -273,13 +281,22 @@ def on_result(
     return _failed_attempt(state, "error", now_ms, fallback, limits, retryable=bool(result.get("retryable", True)))
 
 
+MAX_JOB_WAITS = 20  # a request waits on through at most this many job-side delays
+JOB_LAG_MIN_MS = 1_000  # a results intake this far behind is the job's backlog, not jitter
+
+
 def on_timeout(
-    state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None
+    state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None,
+    job_lag_ms: int = 0,
 ) -> Effects:
-    """The current attempt's deadline passed without a result."""
+    """The current attempt's deadline passed without a result (while the job was `job_lag_ms` behind)."""
     limits = limits or SETTINGS.limits
     if state is None or state.finished or state.deadline_ms is None or now_ms < state.deadline_ms:
         return Effects(EffectKind.WAIT, state)
+    if job_lag_ms >= JOB_LAG_MIN_MS and state.job_waits < MAX_JOB_WAITS:
+        deadline = now_ms + job_lag_ms
+        return Effects(EffectKind.DEFER_TIMEOUT, evolve(state, deadline_ms=deadline, job_waits=state.job_waits + 1),
+                       timers=(deadline,), counter="timeouts_deferred_job_behind")
     state = _history(state, {"attempt": state.attempt, "pool": state.pool, "model_version": state.model_version,
                              "outcome": "timeout", "error": None, "at_ms": now_ms, "queue_ms": 0,
                              "inference_ms": 0})
@@ -287,7 +304,8 @@ def on_timeout(
 
 
 def on_timer(
-    state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None
+    state: PendingRequest | None, now_ms: int, fallback: FallbackFn | None = None, limits: Limits | None = None,
+    job_lag_ms: int = 0,
 ) -> Effects:
     """Any timer of the key fired: send a due retry, time out the attempt, or expire the tombstone."""
     limits = limits or SETTINGS.limits
@@ -301,4 +319,4 @@ def on_timer(
         if now_ms >= state.send_at_ms:
             return _send(state, now_ms, limits)
         return Effects(EffectKind.WAIT, state)
-    return on_timeout(state, now_ms, fallback, limits)
+    return on_timeout(state, now_ms, fallback, limits, job_lag_ms)

@@ -10,6 +10,7 @@ from jobs import flink_functions as ff
 from jobs import flink_wire
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from tools.harness import policy_event, prompt
+from rscf.settings import SETTINGS
 from schemas.keys import identity_key
 from schemas.serde import LocalRegistry, TopicSerde
 
@@ -361,3 +362,114 @@ def test_a_control_event_that_breaks_the_policy_reader_is_a_dead_letter(function
     monkeypatch.setattr(intake, "policy_from_dict", lambda entry: 1 / 0)
     ((tag, dl),) = fn.flat_map((raw, cfg.control, 0, 3))
     assert tag == ff.SINK and (dl.record["stage"], dl.record["reason"]) == ("control", "invalid_control_event")
+
+
+# ----------------------------------------------------------------------------- issue #14
+
+
+class CountingEmbedder:
+    """The embedding service's stand-in: deterministic unit vectors, and every call it got."""
+
+    dim = 384
+
+    def __init__(self):
+        self.calls = []
+
+    def embed(self, texts):
+        import numpy as np
+
+        self.calls.append(list(texts))
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(384) for t in texts]
+        return np.array([r / np.linalg.norm(r) for r in rows], dtype=np.float32)
+
+
+NOW = 1_000_000  # the micro-batch boundary after it is NOW + GATE_BATCH_WAIT_MS (5)
+
+
+@pytest.fixture
+def model_tenants(monkeypatch):
+    """Gate and orchestrator for two tenants with the classifier (and the echo pool), over a counting embedder."""
+    import dataclasses
+
+    from jobs import clients
+    from operators import moderation_model
+    from operators.embedding import CachingEmbedder
+
+    inner = CountingEmbedder()
+    caching = CachingEmbedder(inner)
+    classifier = dataclasses.replace(moderation_model.load(caching), block_threshold=2.0)  # never blocks
+    monkeypatch.setitem(clients._SHARED, "caching", caching)
+    monkeypatch.setitem(clients._SHARED, "classifier", (caching, classifier))
+    monkeypatch.setattr(ff, "topic_serde", _serde)
+    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
+    monkeypatch.setattr(ff, "now_ms", lambda: NOW)
+    cfg = JobConfig(use_redis=False, topic_suffix="t")
+    broadcast = BroadcastState()
+    gate_ctx, orch_ctx = Ctx(broadcast), Ctx(broadcast)
+    gate_fn, orch_fn = ff.TenantGate(cfg), ff.RequestOrchestrator(cfg)
+    gate_fn.open(gate_ctx)
+    orch_fn.open(orch_ctx)
+    gate_fn.holding = False  # no start-up wait for policies: they are known
+    for tenant in ("acme", "beta"):
+        event = policy_event(tenant, ["echo", "moderation_model"])
+        gate_fn.process_broadcast_element(event, gate_ctx)
+        orch_fn.process_broadcast_element(event, orch_ctx)
+    return cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, inner
+
+
+def test_prompts_wait_in_a_micro_batch_and_are_embedded_in_one_call(model_tenants):
+    """Issue #14: prompts of two tenants are buffered in keyed state with one timer each at the same
+    boundary; the first timer embeds every waiting text in one call (a repeated prompt once), the second
+    tenant's timer finds its vectors cached; each prompt is gated in order; nothing is embedded twice."""
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, inner = model_tenants
+    texts = {"acme": ["tell me about lamps", "and kettles", "tell me about lamps"], "beta": ["the weather"]}
+    offset = 0
+    for tenant, lines in texts.items():
+        gate_ctx.key = tenant
+        for i, line in enumerate(lines):
+            raw = _serde(cfg, cfg.prompts, "prompt").encode(prompt(f"{tenant}-{i}", tenant, line))
+            offset += 1
+            assert list(gate_fn.process_element((tenant, raw, cfg.prompts, 0, offset), gate_ctx)) == []
+    due = NOW + SETTINGS.limits.gate_batch_wait_ms
+    assert inner.calls == [] and {t for t in gate_ctx.timers.registered if t < NOW + 100} == {due}  # one boundary
+    assert len(gate_ctx.states["embed_batch"].values["acme"]) == 3  # checkpointed with its timer
+    out = {}
+    for tenant in ("acme", "beta"):
+        gate_ctx.key = tenant
+        out[tenant] = list(gate_fn.on_timer(due, gate_ctx))
+    assert inner.calls == [["tell me about lamps", "and kettles", "the weather"]]
+    assert [row[0] for row in out["acme"]] == [identity_key("acme", f"acme-{i}") for i in range(3)]
+    assert len(out["beta"]) == 1 and gate_ctx.states["embed_batch"].values == {}
+    admitted = pickle.loads(out["acme"][0][1][1])
+    assert [v["check"] for v in admitted.verdicts][-1] == "classifier"  # the classifier ran, from the cache
+    gate_fn.counters.flush()
+    assert gate_ctx.count("embed_cache_misses") == 4 and gate_ctx.count("embed_cache_hits") == 0
+
+
+def test_outputs_to_moderate_wait_for_a_batch_then_finish(model_tenants):
+    """A success whose output the classifier checks waits in keyed state until the batch boundary; then
+    every waiting output is embedded at once and the request finishes as before."""
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, inner = model_tenants
+    finals = []
+    for i in range(2):
+        gate_ctx.key = "acme"
+        raw = _serde(cfg, cfg.prompts, "prompt").encode(prompt(f"o{i}", "acme", f"question {i}"))
+        list(gate_fn.process_element(("acme", raw, cfg.prompts, 0, 20 + i), gate_ctx))
+    due = NOW + SETTINGS.limits.gate_batch_wait_ms
+    for wired in gate_fn.on_timer(due, gate_ctx):
+        _to_orchestrator(orch_fn, orch_ctx, wired)
+    inner.calls.clear()
+    keys = [identity_key("acme", f"o{i}") for i in range(2)]
+    for i, key in enumerate(keys):
+        orch_ctx.key = key
+        raw = _serde(cfg, cfg.results, "result").encode(_result(f"o{i}", "acme", text=f"answer {i}"))
+        assert list(orch_fn.process_element((key, raw, cfg.results, 0, 30 + i), orch_ctx)) == []
+    assert inner.calls == [] and orch_fn.awaiting.values
+    boundary = NOW + SETTINGS.limits.gate_batch_wait_ms
+    assert boundary in orch_ctx.timers.registered
+    for key in keys:
+        orch_ctx.key = key
+        finals += [r for r in orch_fn.on_timer(boundary, orch_ctx) if r[0] == cfg.content]
+    assert inner.calls == [["answer 0", "answer 1"]]
+    statuses = [_serde(cfg, cfg.content, "content").decode(r[2])["status"] for r in finals]
+    assert statuses == ["SUCCEEDED", "SUCCEEDED"] and orch_fn.awaiting.values == {}

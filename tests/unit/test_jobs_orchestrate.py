@@ -212,3 +212,55 @@ def test_output_moderation_with_the_classifier_down_follows_the_tenants_policy(c
             ("REJECTED", "moderation_unavailable", None)
     else:
         assert (content["status"], content["output_text"]) == ("SUCCEEDED", "olleh")
+
+
+def _timeouts_on_echo(orch, n, start_ms, read_result_late_by_ms):
+    """`n` requests dispatched to echo; before each deadline the orchestrator reads some other request's
+    result that the worker completed `read_result_late_by_ms` earlier; then the deadline timer fires."""
+    effects = []
+    for i in range(n):
+        effects.append(orch.on_input(_admitted(rid=f"r{i}", source=(0, i)), None, start_ms))
+    deadline = effects[0].timers[0]
+    late = dict(_result(rid="other"), completed_at=deadline - read_result_late_by_ms)
+    orch.on_input(ResultIn(late), None, deadline)  # unknown request: dropped, but its age is observed
+    return [orch.on_timer(_slot(eff), deadline) for eff in effects], deadline
+
+
+def test_timeouts_while_the_job_reads_results_late_do_not_count_against_the_pool():
+    """Issue #14: the job's own backlog (results read seconds after the worker wrote them) moves the
+    deadline on instead of timing out; the echo breaker sees nothing and stays closed."""
+    orch = Orchestrator()
+    outs, deadline = _timeouts_on_echo(orch, 12, 1_000, read_result_late_by_ms=8_000)
+    assert {o.kind for o in outs} == {EffectKind.DEFER_TIMEOUT}
+    assert all(o.breaker_event is None and o.counter == "timeouts_deferred_job_behind" for o in outs)
+    assert all(o.timers == (deadline + 8_000,) and o.state.deadline_ms == deadline + 8_000 for o in outs)
+    assert "echo" not in orch.breakers or orch.breakers["echo"].counts(deadline, orch.breaker_cfg) == (0, 0)
+    # the answer that was waiting in the job's input then completes the request normally
+    done = orch.on_input(ResultIn(dict(_result(rid="r0"), completed_at=deadline)), _slot(outs[0]), deadline + 100)
+    assert done.kind is EffectKind.EMIT_FINAL and done.final[0]["status"] == "SUCCEEDED"
+    assert route.route(prompt("next", "t", "hi"), route.TenantPolicy("t", "STANDARD", features=frozenset({"echo"})),
+                       None, orch.breakers, deadline + 200).pool == "echo"
+
+
+def test_timeouts_while_the_job_keeps_up_count_and_open_the_breaker():
+    """The same timeouts with results read promptly are the pool's: retries are scheduled, the failures
+    are counted, and ten of them open the echo breaker (min_requests 10, error rate 0.5)."""
+    orch = Orchestrator()
+    outs, deadline = _timeouts_on_echo(orch, 12, 1_000, read_result_late_by_ms=20)
+    assert {o.kind for o in outs} == {EffectKind.SCHEDULE_RETRY}
+    assert all(o.breaker_event == ("echo", "timeout") for o in outs)
+    assert orch.breakers["echo"].state == route.OPEN
+
+
+def test_job_lag_goes_stale_without_results_and_deferral_is_bounded():
+    """No result read for `fresh_ms`: no lag to blame (a dead pool times out as before); and a request
+    defers at most MAX_JOB_WAITS times."""
+    orch = Orchestrator()
+    eff = orch.on_input(_admitted(), None, 1_000)
+    deadline = eff.timers[0]
+    orch.on_input(ResultIn(dict(_result(rid="other"), completed_at=deadline - 8_000)), None, deadline - 6_000)
+    assert orch.on_timer(_slot(eff), deadline).kind is EffectKind.SCHEDULE_RETRY  # lag seen 6 s ago: stale
+    state = dataclasses.replace(eff.state, job_waits=correlate.MAX_JOB_WAITS)
+    out = correlate.on_timeout(state, deadline, None, job_lag_ms=5_000)
+    assert out.kind is EffectKind.SCHEDULE_RETRY and out.breaker_event == ("echo", "timeout")
+    assert correlate.on_timeout(eff.state, deadline, None, job_lag_ms=999).kind is EffectKind.SCHEDULE_RETRY
