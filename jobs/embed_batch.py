@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.moderation_model import chunks
 from operators.pii import redact
 
 
@@ -23,6 +24,13 @@ def moderation_text(text: str) -> str:
     as `operators.moderate.check_text` classifies it (and the gate enriches)."""
     redacted, matches = redact(text)
     return redacted if matches else text
+
+
+def texts_to_embed(text: str, retrieval: bool = False) -> list[str]:
+    """What a text's moderation embeds (its `chunks`) and, for RAG, the whole (moderated) text."""
+    text = moderation_text(text)
+    parts = chunks(text)
+    return parts if not retrieval or parts == [text] else [*parts, text]
 
 
 @dataclass
@@ -46,15 +54,14 @@ class EmbedBatches:
         step = max(self.wait_ms, 1)
         return (now_ms // step + 1) * step
 
-    def add(self, key: Any, text: str | None) -> tuple[bool, bool]:
-        """Buffer one record of `key` (and its text, if it has one to embed).
+    def add(self, key: Any, texts: list[str]) -> tuple[bool, bool]:
+        """Buffer one record of `key` and the texts it will need embedded.
 
         Returns (first, full): the key had nothing buffered (register its timer), the key's
         buffer reached `max_batch` (flush it now)."""
         n = self.buffered.get(key, 0) + 1
         self.buffered[key] = n
-        if text is not None:
-            self.texts.append(text)
+        self.texts.extend(texts)
         return n == 1, n >= self.max_batch
 
     def take(self, key: Any) -> None:

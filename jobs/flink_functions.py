@@ -31,7 +31,7 @@ from jobs.envelopes import (
     Admitted, Finished, PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes,
 )
 from jobs.failures import crashed_envelope, failed_effects, failure_dead_letter, prompt_failure
-from jobs.embed_batch import EmbedBatches, moderation_text
+from jobs.embed_batch import EmbedBatches, texts_to_embed
 from jobs.gate import EMBEDDING_FEATURES, gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
@@ -40,6 +40,7 @@ from jobs.state import control_descriptor, slot_descriptor
 from jobs.clients import caching_embedder, payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
 from operators.correlate import Effects, PendingRequest
+from operators.enrich import RAG_FEATURE
 from operators.moderate import MODEL_FEATURE, Moderator
 from rscf.clock import now_ms  # Flink's processing time is the wall clock: read it here, not over pemja
 from rscf.settings import SETTINGS
@@ -161,7 +162,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
         if not (self.batches.enabled and policy.features & EMBEDDING_FEATURES):
             yield from self._admit(value, tenant, ctx)
             return
-        first, full = self.batches.add(tenant, moderation_text(value.record["prompt"]))
+        first, full = self.batches.add(tenant, texts_to_embed(value.record["prompt"], RAG_FEATURE in policy.features))
         self.batch.add(value)
         if full:
             yield from self._flush(tenant, ctx)
@@ -354,7 +355,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
                 or out.record.get("status") != "OK" or not text):
             return False
         self.awaiting.update([*(self.awaiting.value() or []), out])
-        self.batches.add(key, moderation_text(text))
+        self.batches.add(key, texts_to_embed(text))
         ctx.timer_service().register_processing_time_timer(self.batches.due(now_ms()))
         return True
 

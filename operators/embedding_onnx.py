@@ -139,6 +139,18 @@ class OnnxEmbedder:
         return self.embed([text])[0]
 
 
+def default_embedder():
+    """What the embedding service serves (auto backend): the int8 export when installed, else torch.
+
+    The classifier is fitted on the embeddings it will be applied to (`moderation_model build`)."""
+    from operators.embedding import Embedder
+
+    backend = SETTINGS.limits.embedder_backend
+    if backend == "onnx" or (backend == "auto" and is_exported()):
+        return OnnxEmbedder()
+    return Embedder.shared()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m operators.embedding_onnx")
     parser.add_argument("action", choices=["export"])

@@ -8,7 +8,8 @@ they were fitted on, so a stale cache is detected. Rebuild with:
 
     .venv/bin/python -m operators.moderation_model build
 
-Fitting is full-batch gradient descent with L2 in numpy: deterministic, < 1 s
+The weights are fitted on the embeddings the embedding service serves (int8 ONNX MiniLM when
+its export is installed, `operators.embedding_onnx`). Fitting is full-batch gradient descent with L2 in numpy: deterministic, < 1 s
 after the ~2 s of embedding the examples.
 """
 
@@ -30,6 +31,30 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 EXAMPLES_PATH = DATA_DIR / "moderation_examples.jsonl"
 MODEL_PATH = DATA_DIR / "moderation_model.npz"
 SAFE = "safe"
+MAX_CHUNK_WORDS = 96  # ~125 word pieces: well inside MiniLM's 256-token window
+
+
+def chunks(text: str) -> list[str]:
+    """What the classifier scores: the text itself when it is one short line, else its lines (long
+    ones in windows of MAX_CHUNK_WORDS words).
+
+    Why (issue #14): a long text (an answer carrying its RAG context) was cut at MiniLM's 256
+    tokens, so its tail went unchecked, and embedding it cost ~10x a prompt. Lines are scored
+    one by one and the worst decides; lines that recur (retrieved passages, boilerplate) are
+    embedded once and then come from the job's cache."""
+    lines = text.splitlines()
+    if len(lines) <= 1 and len(text.split()) <= MAX_CHUNK_WORDS:
+        return [text]
+    out: list[str] = []
+    for line in lines:
+        line = line.strip()
+        words = line.split()
+        if len(words) <= MAX_CHUNK_WORDS:
+            if line:
+                out.append(line)
+            continue
+        out.extend(" ".join(words[i:i + MAX_CHUNK_WORDS]) for i in range(0, len(words), MAX_CHUNK_WORDS))
+    return out or [text]
 
 
 def load_examples(path: Path = EXAMPLES_PATH) -> tuple[list[str], list[str]]:
@@ -83,8 +108,10 @@ class ModerationClassifier:
         return _softmax(self.embedder.embed(texts) @ self.weights + self.bias)
 
     def classify(self, text: str) -> tuple[str, float, dict[str, float]]:
-        """(worst unsafe label, its probability, all probabilities)."""
-        probs = self.probabilities([text])[0]
+        """(worst unsafe label, its probability, all probabilities), over the text's `chunks`: the worst one."""
+        rows = self.probabilities(chunks(text))
+        unsafe_cols = [i for i, label in enumerate(self.labels) if label != SAFE]
+        probs = rows[int(rows[:, unsafe_cols].max(axis=1).argmax())]
         by_label = {label: float(p) for label, p in zip(self.labels, probs)}
         unsafe = {k: v for k, v in by_label.items() if k != SAFE}
         worst = max(unsafe, key=unsafe.get)
@@ -132,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m operators.moderation_model")
     parser.add_argument("action", choices=["build", "eval"])
     args = parser.parse_args(argv)
-    embedder = Embedder.shared()
+    from operators.embedding_onnx import default_embedder
+
+    embedder = default_embedder()  # the embeddings the service serves (int8 ONNX when installed)
     if args.action == "build":
         clf = build(embedder)
         print(f"wrote {MODEL_PATH} labels={','.join(clf.labels)}")

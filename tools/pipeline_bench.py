@@ -10,6 +10,13 @@ final's transaction (exactly-once delivery, the default), and the reader, which
 reads `read_committed`. Throughput is finals per second over the offered window
 plus the drain. `model_calls_per_final` is the echo worker's model calls over
 the finals read (1.0 when no request ran twice).
+
+`features` (issue #14) adds tenant features to `echo`: `moderation_model,rag` is the full path
+(classifier on input and output, retrieval from the Redis knowledge base). Its prompts come from
+`tools.prompt_mix` (30 % repeats by default); the run reports failures by reason (FAILED or
+missing finals; REJECTED by moderation is an answer, counted apart), the embedding service's
+work per prompt (texts asked of it, texts its model embedded: what the job's and the service's
+caches and batches saved) and the job's own pipeline time per final.
 """
 
 from __future__ import annotations
@@ -98,6 +105,47 @@ def checkpoint_stats(job_id: str | None) -> dict | None:
             "duration_ms_max": duration.get("max"), "state_bytes": latest.get("state_size")}
 
 
+def _reasons(finals: list[dict], status: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in finals:
+        if f["status"] == status:
+            out[f.get("reason") or "none"] = out.get(f.get("reason") or "none", 0) + 1
+    return out
+
+
+def failures_by_reason(finals: list[dict], prompts: int) -> dict[str, int]:
+    """FAILED and EXPIRED finals by reason, and prompts with no final (`no_final`): must all be 0."""
+    out = {f"{status.lower()}:{reason}": k for status in ("FAILED", "EXPIRED")
+           for reason, k in _reasons(finals, status).items()}
+    if prompts > len(finals):
+        out["no_final"] = prompts - len(finals)
+    return out
+
+
+def embedder_stats() -> dict | None:
+    """The embedding service's own counters (`/stats`), or None when it is away or too old to have them."""
+    import httpx
+
+    try:
+        return httpx.get(f"{SETTINGS.embedder_url}/stats", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def embedder_work(before: dict | None, after: dict | None, prompts: int) -> dict | None:
+    """What the embedding service did per prompt during the run (each prompt asks for up to two texts:
+    its own and its answer's; fewer means the job's cache answered)."""
+    if not before or not after:
+        return None
+    asked = (after["cache_hits"] + after["cache_misses"]) - (before["cache_hits"] + before["cache_misses"])
+    embedded = after["batched_texts"] - before["batched_texts"]
+    batches = after["batches"] - before["batches"]
+    return {"backend": after.get("backend"), "texts_asked_per_prompt": round(asked / max(prompts, 1), 3),
+            "texts_embedded_per_prompt": round(embedded / max(prompts, 1), 3),
+            "job_cache_hit_rate": round(1 - asked / max(2 * prompts, 1), 3),
+            "mean_batch": round(embedded / batches, 1) if batches else None}
+
+
 TICK_S = 0.005  # prompts go out in 5 ms bursts (10 at 2000/s)
 
 
@@ -162,14 +210,14 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(int(q * len(values)), len(values) - 1)], 1)
 
 
-def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar) -> None:
+def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar, texts: list[str] | None = None) -> None:
     """Send `ids` at `rate`: what is due goes out, then read until the next prompt is due."""
     start = time.monotonic()
     sent, n = 0, len(ids)
     while sent < n:
         due = min(n, int((time.monotonic() - start) * rate) + 1)
         for i in range(sent, due):
-            producer.prompt(harness.prompt(ids[i], tenant, f"benchmark prompt {i}"))
+            producer.prompt(harness.prompt(ids[i], tenant, texts[i] if texts else f"benchmark prompt {i}"))
         if bar is not None:
             bar.update(due - sent)
         sent = due
@@ -179,8 +227,10 @@ def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar) -> N
 
 def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, progress: bool = True,
               parallelism: int = 1, warmup_s: float = 5.0, delivery: str = EXACTLY_ONCE,
-              checkpoint_interval_ms: int = 0) -> dict:
+              checkpoint_interval_ms: int = 0, features: tuple[str, ...] = (), repeat_share: float = 0.3) -> dict:
     from tqdm import tqdm
+
+    from tools.prompt_mix import prompt_mix
 
     cfg = harness.isolated_config("bench", parallelism=parallelism, delivery=delivery,
                                   checkpoint_interval_ms=checkpoint_interval_ms)  # 0: the mode's default
@@ -189,7 +239,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
     producer, reader = harness.Producer(cfg, linger_ms=SETTINGS.limits.producer_linger_ms), FinalsReader(cfg)
     tenant = "bench-tenant"
     try:
-        producer.control(harness.policy_event(tenant, ["echo"], rate_per_s=1e6, burst=1_000_000))
+        producer.control(harness.policy_event(tenant, ["echo", *features], rate_per_s=1e6, burst=1_000_000))
         producer.flush()
         t0 = time.monotonic()
         job.start()
@@ -205,7 +255,8 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
 
         if warmup_s > 0:  # JIT and caches of a fresh TaskManager: not part of the figures
             wids = [f"w-{i}" for i in range(int(rate * warmup_s))]
-            _offer(producer, reader, wids, rate, tenant, None)
+            _offer(producer, reader, wids, rate, tenant, None,
+                   prompt_mix(len(wids), repeat_share, seed=1) if features else None)
             producer.flush()
             reader.until(lambda g: len(g.arrival_ms) >= len(warm) + len(wids), max(60.0, warmup_s * 6))
             warm += wids
@@ -213,18 +264,21 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
         meter = CpuMeter({"bench": os.getpid(), "echo-worker": worker.proc.pid if worker.proc else None,
                           "local-job": job.proc.pid if job.proc else None})
         meter.begin()
+        embedder0 = embedder_stats()
         n = int(rate * duration_s)
         ids = [f"b-{i}" for i in range(n)]
+        texts = prompt_mix(n, repeat_share) if features else None
         expected = len(warm) + n
         start = time.monotonic()
         bar = tqdm(total=n, desc="prompts", unit="p", disable=not progress)
-        _offer(producer, reader, ids, rate, tenant, bar)
+        _offer(producer, reader, ids, rate, tenant, bar, texts)
         bar.close()
         producer.flush()
         offered_s = time.monotonic() - start
         got = reader.until(lambda g: len(g.arrival_ms) >= expected, max(60.0, duration_s * 3))
         done_s = time.monotonic() - start
         cpu = meter.end(n)
+        embedder1 = embedder_stats()
         checkpoints = checkpoint_stats(job.job_id)
         try:
             counters = worker.counters()
@@ -240,7 +294,15 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
                    for o, f in zip(overhead, finals) if f["request_id"] in uncommitted]
         commit_wait = [got.arrival_ms[r] - uncommitted[r] for _, r in written]
         pipeline_ms = [f["latency"]["pipeline_ms"] for f in finals]
+        failures = failures_by_reason(finals, n)
         return {
+            "features": ["echo", *features],
+            "prompt_mix": {"repeat_share": repeat_share, "distinct_share": round(len(set(texts)) / n, 3)}
+            if texts else None,
+            "failures": sum(failures.values()),
+            "failures_by_reason": failures,
+            "rejected_by_reason": _reasons(finals, "REJECTED"),
+            "embedder": embedder_work(embedder0, embedder1, n),
             "rate_offered": rate,
             "duration_s": duration_s,
             "prompts": n,
@@ -261,6 +323,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "commit_wait_ms": {"p50": _pct(commit_wait, 0.5), "p95": _pct(commit_wait, 0.95),
                                "p99": _pct(commit_wait, 0.99)} if commit_wait else None,
             "job_pipeline_ms_p50": _pct(pipeline_ms, 0.5),
+            "job_pipeline_ms_p99": _pct(pipeline_ms, 0.99),
             "model_calls_per_final": (round(counters["model_calls"] / len(got.content), 3)
                                       if "model_calls" in counters and got.content else None),
             "duplicate_requests": counters.get("duplicate_requests"),

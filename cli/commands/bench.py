@@ -45,14 +45,55 @@ def cmd_serde(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from tools.pipeline_bench import run_bench
 
+    features = tuple(f for f in (args.features or "").split(",") if f)
+    unknown = set(features) - {"moderation_model", "rag"}
+    if unknown or not 0.0 <= args.repeat_share <= 1.0:
+        print(f"--features takes moderation_model and/or rag (not {sorted(unknown)}); "
+              "--repeat-share is within 0..1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    runs = [()] if not features else ([(), features] if args.reference else [features])
+    out = {}
     try:
-        result = run_bench(rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json,
-                           parallelism=args.parallelism, warmup_s=args.warmup, delivery=args.delivery,
-                           checkpoint_interval_ms=args.checkpoint_interval_ms)
+        for feats in runs:  # the echo path first: the reference, measured in the same command
+            out["echo" if not feats else "full"] = run_bench(
+                rate=args.rate, duration_s=args.duration, local=args.local, progress=not args.json,
+                parallelism=args.parallelism, warmup_s=args.warmup, delivery=args.delivery,
+                checkpoint_interval_ms=args.checkpoint_interval_ms, features=feats, repeat_share=args.repeat_share)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    result = out.get("full") or out["echo"]
+    if "full" in out and "echo" in out:
+        e, f = out["echo"], out["full"]
+        result = {"full": f, "echo": e, "ratio": {
+            "throughput_full_over_echo": round(f["throughput_per_s"] / max(e["throughput_per_s"], 1e-9), 3),
+            "overhead_p99_full_minus_echo_ms": (round(f["overhead_ms"]["p99"] - e["overhead_ms"]["p99"], 1)
+                                                if f["overhead_ms"]["p99"] is not None and e["overhead_ms"]["p99"]
+                                                is not None else None)}}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return EXIT_OK if all(r["failures"] == 0 for r in out.values()) else EXIT_FAILED
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from tools.embed_quality import run
+
+    names = [n for n in args.backends.split(",") if n]
+    try:
+        result = run(names, progress=None if args.json else (lambda n: print(f"  {n} ...", file=sys.stderr)))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print(f"{'backend':<10} {'mod. macro-F1':>13} {'accuracy':>9} {'recall@1':>9} {'recall@3':>9} {'ms b1':>7} {'ms b32':>7}")
+    for name, r in result.items():
+        m, q, c = r["moderation"], r["retrieval"], r["ms_per_text_one_thread"]
+        print(f"{name:<10} {m['macro_f1']:>13.3f} {m['accuracy']:>9.3f} {q['recall_at_1']:>9.3f} "
+              f"{q['recall_at_3']:>9.3f} {c['batch_1']:>7.2f} {c['batch_32']:>7.2f}")
+    first = next(iter(result.values()))
+    print(f"({first['moderation']['examples']} moderation examples, 5-fold CV; "
+          f"{first['retrieval']['queries']} retrieval queries; one thread)")
     return EXIT_OK
 
 
@@ -167,7 +208,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the job's delivery mode (default %(default)s; the reader always reads read_committed)")
     p.add_argument("--checkpoint-interval-ms", type=int, default=0,
                    help="the job's checkpoint interval (default: the delivery mode's, see jobs/README.md)")
+    p.add_argument("--features", default="",
+                   help="tenant features on top of echo: moderation_model,rag is the full path (issue #14)")
+    p.add_argument("--repeat-share", type=float, default=0.3,
+                   help="with --features: share of prompts drawn from 60 popular ones (the rest unique)")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --features: run the echo path first in the same command as the reference")
     p.set_defaults(func=cmd_pipeline)
+
+    p = bsub.add_parser("embeddings", parents=[json_parent()],
+                        help="embedding backends: moderation macro-F1, retrieval recall, ms per text")
+    p.add_argument("--backends", default="torch,onnx-int8", help="comma-separated: torch, onnx-int8")
+    p.set_defaults(func=cmd_embeddings)
 
     p = bsub.add_parser("handlers", parents=[json_parent()], help="offline handler throughput per batch size")
     p.add_argument("--handler", choices=sorted(KINDS), help="default: all")

@@ -252,5 +252,5 @@ def test_the_jobs_classifier_source_answers_while_the_embedding_service_is_marke
     down = RemoteEmbedder(url="http://127.0.0.1:9")
     down._down_until = float("inf")
     monkeypatch.setitem(clients._SHARED, "classifier", (down, "the classifier"))
-    monkeypatch.setitem(clients._SHARED, "embedder", down)
+    monkeypatch.setitem(clients._SHARED, "caching", down)  # the job's cache in front of the client
     assert clients.shared_classifier()() == "the classifier" and clients.shared_embedder()() is down

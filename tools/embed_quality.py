@@ -1,0 +1,113 @@
+"""`rscf bench embeddings`: quality and cost of each embedding backend on the project's own sets.
+
+Why (issue #14): a faster embedding is only worth shipping if moderation and retrieval keep their
+quality. For each backend (MiniLM in torch; the int8 ONNX export the service runs) this measures,
+in one process, one thread:
+- moderation macro-F1 and accuracy: 5-fold cross-validation of the classifier
+  (`operators.moderation_model.fit_logreg`) on `operators/data/moderation_examples.jsonl`;
+- retrieval recall@1 / @3: `operators/data/retrieval_queries.jsonl` (questions written for the
+  knowledge base, each with the passage that answers it) over the knowledge base, exact search;
+- ms per text at batch 1 and batch 32 (median of 3 passes over the moderation texts).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from operators.enrich import read_passages
+from operators.moderation_model import DATA_DIR, fit_logreg, load_examples
+from operators.vector_index import InMemoryIndex
+
+QUERIES_PATH = DATA_DIR / "retrieval_queries.jsonl"
+
+
+def load_queries(path: Path = QUERIES_PATH) -> list[tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        return [(row["query"], row["expected"]) for row in map(json.loads, f) if row]
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    scores = []
+    for c in range(n_classes):
+        tp = int(((y_pred == c) & (y_true == c)).sum())
+        fp = int(((y_pred == c) & (y_true != c)).sum())
+        fn = int(((y_pred != c) & (y_true == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    return float(np.mean(scores))
+
+
+def moderation_quality(embedder, folds: int = 5) -> dict:
+    texts, labels = load_examples()
+    names = tuple(sorted(set(labels)))
+    y = np.array([names.index(label) for label in labels])
+    x = embedder.embed(texts).astype(np.float64)
+    order = np.random.default_rng(0).permutation(len(y))
+    pred = np.empty_like(y)
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = np.setdiff1d(order, test)
+        w, b = fit_logreg(x[train], y[train], len(names))
+        pred[test] = (x[test] @ w + b).argmax(axis=1)
+    return {"examples": len(y), "macro_f1": round(macro_f1(y, pred, len(names)), 3),
+            "accuracy": round(float((pred == y).mean()), 3)}
+
+
+def retrieval_quality(embedder) -> dict:
+    passages = list(read_passages([DATA_DIR / "knowledge_base.jsonl"]))
+    index = InMemoryIndex(embedder.dim)
+    index.add([p.id for p in passages], embedder.embed([(p.title + ": " if p.title else "") + p.text
+                                                        for p in passages]), [p.payload() for p in passages])
+    queries = load_queries()
+    vectors = embedder.embed([q for q, _ in queries])
+    at1 = at3 = 0
+    for vec, (_, expected) in zip(vectors, queries):
+        ids = [h[0] for h in index.search(vec, 3)]
+        at1 += ids[:1] == [expected]
+        at3 += expected in ids
+    return {"queries": len(queries), "recall_at_1": round(at1 / len(queries), 3),
+            "recall_at_3": round(at3 / len(queries), 3)}
+
+
+def cost_ms(embedder, texts: list[str]) -> dict:
+    out = {}
+    for batch in (1, 32):
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for i in range(0, len(texts), batch):
+                embedder.embed(texts[i:i + batch])
+            runs.append((time.perf_counter() - t0) / len(texts) * 1000)
+        out[f"batch_{batch}"] = round(statistics.median(runs), 2)
+    return out
+
+
+def backends(names: list[str]):
+    from operators.embedding import Embedder
+    from operators.embedding_onnx import OnnxEmbedder, is_exported
+
+    for name in names:
+        if name == "torch":
+            yield name, Embedder(threads=1)
+        elif name == "onnx-int8":
+            if not is_exported():
+                raise FileNotFoundError("no ONNX export: run `python -m operators.embedding_onnx export`")
+            yield name, OnnxEmbedder(threads=1)
+        else:
+            raise ValueError(f"unknown backend {name!r} (torch, onnx-int8)")
+
+
+def run(names: list[str] = ("torch", "onnx-int8"), progress=None) -> dict:
+    texts, _ = load_examples()
+    out = {}
+    for name, embedder in backends(list(names)):
+        if progress:
+            progress(name)
+        embedder.embed(["warm up"])
+        out[name] = {"moderation": moderation_quality(embedder), "retrieval": retrieval_quality(embedder),
+                     "ms_per_text_one_thread": cost_ms(embedder, texts[:96])}
+    return out
