@@ -17,6 +17,7 @@ from typing import Any
 
 from operators.moderation_model import chunks
 from operators.pii import redact
+from rscf.settings import SETTINGS
 
 
 def moderation_text(text: str) -> str:
@@ -83,3 +84,13 @@ class EmbedBatches:
         out = (self.cached, self.embedded)
         self.cached = self.embedded = 0
         return out
+
+
+def prefetch_retrieval(index, embedder, records: list[dict]) -> None:
+    """The batch's RAG queries in one pipelined Redis round trip (`PrefetchedIndex`). On an error each
+    prompt's own search raises later and the gate records RAG as skipped, as before."""
+    texts = [moderation_text(r["prompt"]) for r in records if r.get("modality") == "TEXT"]
+    try:
+        index.prefetch(embedder.embed(texts), SETTINGS.limits.rag_top_k)
+    except Exception:  # noqa: BLE001 - see above
+        pass

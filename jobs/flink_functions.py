@@ -31,7 +31,7 @@ from jobs.envelopes import (
     Admitted, Finished, PromptIn, Republish, ResultIn, SinkRecord, Slot, request_key, resolve_retired_state_classes,
 )
 from jobs.failures import crashed_envelope, failed_effects, failure_dead_letter, prompt_failure
-from jobs.embed_batch import EmbedBatches, texts_to_embed
+from jobs.embed_batch import EmbedBatches, prefetch_retrieval, texts_to_embed
 from jobs.gate import EMBEDDING_FEATURES, gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
@@ -86,11 +86,12 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
         self.moderator = Moderator(classifier_source=shared_classifier())
-        self.enricher = None
+        self.enricher, self.index = None, None
         if self.cfg.use_redis:
-            from operators.vector_index import RedisVectorSetIndex
+            from operators.vector_index import PrefetchedIndex, RedisVectorSetIndex
 
-            self.enricher = rag_enricher(shared_embedder(), RedisVectorSetIndex(redis_client(self.cfg)))
+            self.index = PrefetchedIndex(RedisVectorSetIndex(redis_client(self.cfg)))
+            self.enricher = rag_enricher(shared_embedder(), self.index)
         self.policies: dict[str, TenantPolicy] | None = None
         self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)
         self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
@@ -179,6 +180,8 @@ class TenantGate(KeyedBroadcastProcessFunction):
         cached, embedded = self.batches.drain_counts()
         self.counters.inc("embed_cache_hits", cached)
         self.counters.inc("embed_cache_misses", embedded)
+        if self.index is not None and RAG_FEATURE in (self._policies(ctx).get(tenant) or default_policy(tenant)).features:
+            prefetch_retrieval(self.index, self.batches.embedder, [v.record for v in values])
         for value in values:
             try:
                 rows = list(self._admit(value, tenant, ctx))
@@ -186,6 +189,8 @@ class TenantGate(KeyedBroadcastProcessFunction):
                 rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
                                     value.source)
             yield from rows
+        if self.index is not None:
+            self.index.forget()
 
     def on_timer(self, timestamp: int, ctx):
         self.counters.on_timer(timestamp)

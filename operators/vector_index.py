@@ -101,10 +101,22 @@ class RedisVectorSetIndex:
     def search(self, vector: np.ndarray, k: int) -> list[Hit]:
         if k <= 0:
             return []
+        return self._hits(self._client.execute_command(*self._vsim(vector, k)))
+
+    def search_many(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """One round trip for many queries (a pipeline): the gate's micro-batch (issue #14)."""
+        if k <= 0 or len(vectors) == 0:
+            return [[] for _ in range(len(vectors))]
+        pipe = self._client.pipeline(transaction=False)
+        for vector in vectors:
+            pipe.execute_command(*self._vsim(vector, k))
+        return [self._hits(reply) for reply in pipe.execute()]
+
+    def _vsim(self, vector: np.ndarray, k: int) -> tuple:
         blob = _unit(vector).astype("<f4").tobytes()
-        reply = self._client.execute_command(
-            "VSIM", self.key, "FP32", blob, "WITHSCORES", "WITHATTRIBS", "COUNT", int(k)
-        )
+        return ("VSIM", self.key, "FP32", blob, "WITHSCORES", "WITHATTRIBS", "COUNT", int(k))
+
+    def _hits(self, reply) -> list[Hit]:
         hits: list[Hit] = []
         if isinstance(reply, dict):  # RESP3: {element: [score, attrs]}
             rows = [(el, *vals) for el, vals in reply.items()]
@@ -121,3 +133,33 @@ class RedisVectorSetIndex:
 
     def clear(self) -> None:
         self._client.delete(self.key)
+
+
+class PrefetchedIndex:
+    """An index whose answers for a batch of query vectors were fetched at once (`prefetch`, one
+    pipelined round trip); other queries go to the index itself. `forget()` after the batch, so a
+    changed knowledge base is seen by the next one."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self._hits: dict[tuple[bytes, int], list[Hit]] = {}
+
+    def prefetch(self, vectors: np.ndarray, k: int) -> None:
+        many = getattr(self.inner, "search_many", None)
+        if many is None or len(vectors) == 0:
+            return
+        for vector, hits in zip(vectors, many(vectors, k)):
+            self._hits[(np.asarray(vector, dtype=np.float32).tobytes(), k)] = hits
+
+    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        hits = self._hits.get((np.asarray(vector, dtype=np.float32).tobytes(), k))
+        return [(i, s, dict(p)) for i, s, p in hits] if hits is not None else self.inner.search(vector, k)
+
+    def add(self, ids, vectors, payloads) -> None:
+        self.inner.add(ids, vectors, payloads)
+
+    def count(self) -> int:
+        return self.inner.count()
+
+    def forget(self) -> None:
+        self._hits.clear()
