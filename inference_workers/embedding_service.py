@@ -165,6 +165,9 @@ class EmbeddingService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: the job and CLI reuse one connection
+            # Without it a kept-alive connection meets Nagle + delayed ACK: ~40 ms per call (measured:
+            # 25 prompts/s with the CPU idle).
+            disable_nagle_algorithm = True
             def log_message(self, fmt: str, *args) -> None:  # access logs would drown the useful ones
                 return
 

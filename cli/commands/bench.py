@@ -97,6 +97,26 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_vectors(args: argparse.Namespace) -> int:
+    import redis
+
+    from tools.vector_bench import run
+
+    try:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+    except ValueError:
+        print("--sizes wants comma-separated integers", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = run(sizes, batch=args.batch,
+                     progress=None if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True)))
+    except redis.RedisError as exc:
+        print(f"redis unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return EXIT_OK
+
+
 def bench_handler_for(kind: str, model: str | None, device: str | None, max_batch: int):
     """The handler to benchmark: --model, else the registry's pool model, else a local build."""
     from inference_workers.handlers import EchoHandler, ImageHandler, SpeechHandler, TextHandler
@@ -220,6 +240,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="embedding backends: moderation macro-F1, retrieval recall, ms per text")
     p.add_argument("--backends", default="torch,onnx-int8", help="comma-separated: torch, onnx-int8")
     p.set_defaults(func=cmd_embeddings)
+
+    p = bsub.add_parser("vectors", parents=[json_parent()],
+                        help="Redis vector set at 10k/100k passages: recall vs exact, latency single and pipelined")
+    p.add_argument("--sizes", default="10000,100000")
+    p.add_argument("--batch", type=int, default=64, help="queries per pipeline (the gate's micro-batch)")
+    p.set_defaults(func=cmd_vectors)
 
     p = bsub.add_parser("handlers", parents=[json_parent()], help="offline handler throughput per batch size")
     p.add_argument("--handler", choices=sorted(KINDS), help="default: all")

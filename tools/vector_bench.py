@@ -1,0 +1,90 @@
+"""`rscf bench vectors`: the Redis vector set at 10k and 100k passages: latency and recall.
+
+Why (issue #14): retrieval runs once per RAG prompt; at stream rates the round trips, not the
+search, dominate. This measures, against the stack's Redis (a scratch key, deleted after):
+- recall@3 of `VSIM` against exact search (numpy, same vectors), for the job's settings
+  (Q8 quantisation, default HNSW M=16, default EF);
+- latency per query one at a time (one round trip each, what the gate did before) and in
+  pipelines of `batch` queries (what the gate's micro-batch does now).
+
+Corpus: the knowledge base's passages and the retrieval queries embedded with the int8 model,
+plus `n` synthetic passages: each a real passage's vector with Gaussian noise (sigma 0.35 per
+unit vector, renormalised), so the set is clustered like text and not uniform noise, which
+would be an unrealistically hard case for HNSW. Queries: the 60 retrieval questions and 60
+prompts of the benchmark mix.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+SCRATCH_KEY = "rscf:bench:vectors"
+
+
+def corpus(n: int, seed: int = 0):
+    from operators.embedding_onnx import default_embedder
+    from operators.enrich import read_passages
+    from operators.moderation_model import DATA_DIR
+    from tools.embed_quality import load_queries
+    from tools.prompt_mix import prompt_mix
+
+    embedder = default_embedder()
+    passages = list(read_passages([DATA_DIR / "knowledge_base.jsonl"]))
+    base = embedder.embed([(p.title + ": " if p.title else "") + p.text for p in passages])
+    extra = prompt_mix(300, 0.0, seed=5)  # more text-like anchors for the synthetic passages
+    anchors = np.vstack([base, embedder.embed(extra)])
+    rng = np.random.default_rng(seed)
+    synth = anchors[rng.integers(0, len(anchors), n - len(base))]
+    synth = synth + rng.normal(0, 0.35 / np.sqrt(synth.shape[1]), synth.shape).astype(np.float32)
+    synth /= np.linalg.norm(synth, axis=1, keepdims=True)
+    vectors = np.vstack([base, synth]).astype(np.float32)
+    queries = embedder.embed([q for q, _ in load_queries()] + prompt_mix(60, 0.0, seed=9))
+    return vectors, queries
+
+
+def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> dict:
+    import redis
+
+    from jobs.config import JobConfig
+    from operators.vector_index import RedisVectorSetIndex
+
+    client = redis.Redis.from_url(JobConfig().redis_url, socket_timeout=30)
+    out = {}
+    for n in sizes:
+        vectors, queries = corpus(n)
+        index = RedisVectorSetIndex(client, key=SCRATCH_KEY)
+        index.clear()
+        try:
+            t0 = time.perf_counter()
+            for start in range(0, n, 1000):
+                if progress:
+                    progress(f"{n}: adding {start}/{n}")
+                index.add([f"p{i}" for i in range(start, min(n, start + 1000))], vectors[start:start + 1000],
+                          [{} for _ in range(start, min(n, start + 1000))])
+            add_s = time.perf_counter() - t0
+            exact = [set(np.argsort(-(vectors @ q))[:k].tolist()) for q in queries]
+            single = []
+            found = []
+            for q in queries:
+                t = time.perf_counter()
+                hits = index.search(q, k)
+                single.append((time.perf_counter() - t) * 1000)
+                found.append({int(h[0][1:]) for h in hits})
+            t = time.perf_counter()
+            rounds = 0
+            for start in range(0, len(queries), batch):
+                index.search_many(queries[start:start + batch], k)
+                rounds += 1
+            piped_ms = (time.perf_counter() - t) * 1000 / len(queries)
+            recall = statistics.fmean(len(f & e) / k for f, e in zip(found, exact))
+            out[str(n)] = {"passages": n, "add_s": round(add_s, 1), "recall_at_3_vs_exact": round(recall, 4),
+                           "ms_per_query_single_p50": round(statistics.median(single), 3),
+                           "ms_per_query_single_p99": round(sorted(single)[int(0.99 * (len(single) - 1))], 3),
+                           "ms_per_query_pipelined": round(piped_ms, 3), "pipeline_batch": batch,
+                           "queries": len(queries), "settings": "Q8, M=16 (default), EF default"}
+        finally:
+            index.clear()
+    return out
