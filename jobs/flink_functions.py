@@ -269,7 +269,8 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self._control_loaded = False
         # Successes whose output the classifier checks wait here for the next micro-batch (`jobs.embed_batch`).
         self.awaiting = ctx.get_state(ValueStateDescriptor("awaiting_moderation", Types.PICKLED_BYTE_ARRAY()))
-        self.batches = EmbedBatches(caching_embedder(), 2, SETTINGS.limits.gate_batch_wait_ms)
+        self.batches = EmbedBatches(caching_embedder(), min(SETTINGS.limits.gate_batch_max, 2),
+                                    SETTINGS.limits.gate_batch_wait_ms)
 
     def _load_control(self, ctx) -> None:
         """After a restore the broadcast state is back but this instance is new: apply it once."""

@@ -95,7 +95,7 @@ class RemoteEmbedder:
 
     dim = DIM
 
-    def __init__(self, url: str | None = None, timeout_s: float = 2.0, backoff_s: float = 5.0):
+    def __init__(self, url: str | None = None, timeout_s: float = 5.0, backoff_s: float = 5.0):
         self.url = (url or SETTINGS.embedder_url).rstrip("/")
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s

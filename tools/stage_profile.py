@@ -142,6 +142,73 @@ WIRINGS = {"filter wiring": HOPS_FILTER_WIRING, "linear wiring": HOPS_LINEAR_WIR
            "key-row wiring": HOPS_KEY_ROW_WIRING, "kafka-key wiring (now)": HOPS_KAFKA_KEY_WIRING}
 
 
+def run_full(n: int = 1000, batch: int = 64, repeat_share: float = 0.3) -> dict:
+    """Per-prompt microseconds of each step of the full path (issue #14): classifier on input and
+    output and RAG, against the stack's embedding service and Redis, in micro-batches of `batch`
+    as the job runs them (embed and retrieve once per batch; the rest per prompt).
+
+    Embedding time is wall time of the calls to the service (its model's work included)."""
+    from jobs.embed_batch import prefetch_retrieval, texts_to_embed
+    from jobs.clients import redis_client
+    from jobs.config import JobConfig
+    from jobs.gate import rag_enricher
+    from operators import moderation_model
+    from operators.embedding import CachingEmbedder, RemoteEmbedder
+    from operators.vector_index import PrefetchedIndex, RedisVectorSetIndex
+    from tools.prompt_mix import prompt_mix
+
+    serdes = _serdes()
+    tenant = "bench-tenant"
+    features = ["echo", "moderation_model", "rag"]
+    policy = policy_from_dict(policy_event(tenant, features, rate_per_s=1e6, burst=1_000_000)["tenant_policy"])
+    caching = CachingEmbedder(RemoteEmbedder())
+    classifier = moderation_model.load(caching)
+    moderator = Moderator(classifier_source=lambda: classifier)
+    index = PrefetchedIndex(RedisVectorSetIndex(redis_client(JobConfig())))
+    enricher = rag_enricher(lambda: caching, index)
+    orch = Orchestrator(Moderator(classifier_source=lambda: classifier))
+    clock, bucket, now = _Clock(), None, int(time.time() * 1000)
+    cached = lookups = 0  # texts a batch found in the job's cache / texts it asked for
+    texts = prompt_mix(n, repeat_share, seed=11)
+    raws = [serdes["prompt"].encode(prompt(f"f-{i}", tenant, t)) for i, t in enumerate(texts)]
+    t_all = time.perf_counter()
+    for start in range(0, n, batch):
+        envs = []
+        for i in range(start, min(n, start + batch)):
+            decoded = clock("decode", serdes["prompt"].decode, raws[i])
+            envs.append(clock("validate", intake.intake_prompt, raws[i], lambda _b, d=decoded: d, "p", 0, i, now))
+        asked = [t for e in envs for t in clock("embed.texts", texts_to_embed, e.record["prompt"], True)]
+        cached += clock("embed.input (batched)", caching.prefetch, asked)
+        lookups += len(asked)
+        clock("retrieve (pipelined)", prefetch_retrieval, index, caching, [e.record for e in envs])
+        effects = []
+        for env in envs:
+            res = clock("gate: moderate+admit+enrich", gate, env, policy, bucket, now, moderator, enricher)
+            bucket = res.bucket
+            adm = clock("hop.Admitted", _crossing, res.out)
+            eff = clock("route+dispatch", orch.on_input, adm, None, now)
+            if eff.request is not None:
+                clock("request.encode", serdes["request"].encode, eff.request)
+                effects.append(eff)
+        index.forget()
+        results = [serdes["result"].encode(dict(_result(e.request, now + 5), output_text="echo: " + e.request["prompt"]))
+                   for e in effects]
+        decoded = [clock("result.decode", serdes["result"].decode, raw) for raw in results]
+        asked = [t for r in decoded for t in texts_to_embed(r["output_text"])]
+        cached += clock("embed.output (batched)", caching.prefetch, asked)
+        lookups += len(asked)
+        for raw, rec, eff in zip(results, decoded, effects):
+            env = clock("result.intake", intake.intake_result, raw, lambda _b, r=rec: r, "r", 0, 0)
+            fin = clock("correlate+moderate output+audit", orch.on_input, env, Slot(eff.state, eff.features), now + 10)
+            for role, record in zip(("content", "audit"), fin.final):
+                clock(f"{role}.encode", serdes[role].encode, record)
+    elapsed = time.perf_counter() - t_all
+    steps = {k: round(v / n * 1e6, 1) for k, v in sorted(clock.total.items(), key=lambda kv: -kv[1])}
+    return {"prompts": n, "batch": batch, "repeat_share": repeat_share, "us_per_prompt": round(elapsed / n * 1e6, 1),
+            "prompts_per_core_s": round(n / elapsed), "steps_us": steps,
+            "embedding_cache_hit_rate": round(cached / max(lookups, 1), 3), "texts_per_prompt": round(lookups / n, 2)}
+
+
 def profile(n: int = 2000, top: int = 30) -> str:
     prof = cProfile.Profile()
     prof.enable()
@@ -157,6 +224,9 @@ if __name__ == "__main__":  # python -m tools.stage_profile [N] [--profile]
     import sys
 
     n = int(next((a for a in sys.argv[1:] if a.isdigit()), 3000))
+    if "--full" in sys.argv:  # python -m tools.stage_profile --full [N]: classifier + RAG (needs the stack)
+        print(json.dumps(run_full(n)))
+        raise SystemExit(0)
     run(300, HOPS_KAFKA_KEY_WIRING)  # warm up
     for name, hops in WIRINGS.items():
         print(name, json.dumps(run(n, hops)))
