@@ -29,7 +29,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import redis
     from tqdm import tqdm
 
-    from operators.embedding import Embedder
+    from operators.embedding_onnx import default_embedder
     from operators.enrich import ingest_knowledge_base, read_passages
     from operators.vector_index import KB_KEY, RedisVectorSetIndex
 
@@ -56,7 +56,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         with tqdm(total=total, unit="passage", disable=args.json, file=sys.stderr) as bar:
-            count = ingest_knowledge_base(args.files, Embedder.shared(), index, progress=bar.update)
+            count = ingest_knowledge_base(args.files, default_embedder(), index, progress=bar.update)
     except redis.ResponseError as exc:
         print(f"redis refused the vector set commands (Redis >= 8 needed): {exc}", file=sys.stderr)
         return EXIT_FAILED
