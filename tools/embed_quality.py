@@ -111,3 +111,46 @@ def run(names: list[str] = ("torch", "onnx-int8"), progress=None) -> dict:
         out[name] = {"moderation": moderation_quality(embedder), "retrieval": retrieval_quality(embedder),
                      "ms_per_text_one_thread": cost_ms(embedder, texts[:96])}
     return out
+
+
+def service_throughput(url: str, n: int = 192, seed: int = 21) -> dict:
+    """Texts/s of a running embedding service, fresh texts (no cache hits), three ways of calling it:
+    one text per call in sequence (the job before issue #14), the same texts as calls of 64 (the
+    gate's micro-batch), and one text per call from 8 threads at once (what the service's batcher
+    merges across callers). Answers "batch in the operator or across records in a stage?"."""
+    import threading
+
+    from operators.embedding import RemoteEmbedder
+    from tools.prompt_mix import prompt_mix
+
+    def fresh(tag: str) -> list[str]:
+        return [f"{t} [{tag}-{time.time_ns()}]" for t in prompt_mix(n, 0.0, seed=seed)]
+
+    out = {}
+    client = RemoteEmbedder(url=url, timeout_s=60)
+    client.embed(["warm up"])
+    texts = fresh("single")
+    t0 = time.perf_counter()
+    for t in texts:
+        client.embed([t])
+    out["one_per_call"] = round(n / (time.perf_counter() - t0), 1)
+    texts = fresh("batch")
+    t0 = time.perf_counter()
+    for i in range(0, n, 64):
+        client.embed(texts[i:i + 64])
+    out["calls_of_64"] = round(n / (time.perf_counter() - t0), 1)
+    texts = fresh("threads")
+    clients = [RemoteEmbedder(url=url, timeout_s=60) for _ in range(8)]
+
+    def work(k: int) -> None:
+        for t in texts[k::8]:
+            clients[k].embed([t])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out["one_per_call_8_threads"] = round(n / (time.perf_counter() - t0), 1)
+    return {"texts_per_s": out, "texts": n}

@@ -77,6 +77,16 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_embeddings(args: argparse.Namespace) -> int:
     from tools.embed_quality import run
 
+    if args.service:
+        from tools.embed_quality import service_throughput
+
+        try:
+            result = service_throughput(SETTINGS.embedder_url)
+        except Exception as exc:  # noqa: BLE001 - the service away or failing
+            print(f"embedding service unreachable at {SETTINGS.embedder_url}: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+        return EXIT_OK
     names = [n for n in args.backends.split(",") if n]
     try:
         result = run(names, progress=None if args.json else (lambda n: print(f"  {n} ...", file=sys.stderr)))
@@ -239,6 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("embeddings", parents=[json_parent()],
                         help="embedding backends: moderation macro-F1, retrieval recall, ms per text")
     p.add_argument("--backends", default="torch,onnx-int8", help="comma-separated: torch, onnx-int8")
+    p.add_argument("--service", action="store_true",
+                   help="instead: texts/s of the running embedding service, one per call / calls of 64 / 8 callers")
     p.set_defaults(func=cmd_embeddings)
 
     p = bsub.add_parser("vectors", parents=[json_parent()],
