@@ -62,6 +62,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if features:  # per-step cost of the same path, in process, against the same service and Redis
+        from tools.stage_profile import run_full
+
+        try:
+            out["full"]["stages_in_process"] = run_full(512, repeat_share=args.repeat_share)
+        except Exception as exc:  # noqa: BLE001 - the run's figures stand without it
+            out["full"]["stages_in_process"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     result = out.get("full") or out["echo"]
     if "full" in out and "echo" in out:
         e, f = out["echo"], out["full"]
