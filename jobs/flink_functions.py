@@ -39,7 +39,7 @@ from jobs.orchestrate import Orchestrator
 from jobs.state import control_descriptor, slot_descriptor
 from jobs.clients import caching_embedder, payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
-from operators.correlate import Effects, PendingRequest
+from operators.correlate import EffectKind, Effects, PendingRequest
 from operators.enrich import RAG_FEATURE
 from operators.moderate import MODEL_FEATURE, Moderator
 from rscf.clock import now_ms  # Flink's processing time is the wall clock: read it here, not over pemja
@@ -97,7 +97,6 @@ class TenantGate(KeyedBroadcastProcessFunction):
         self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
         self.hold_until = now_ms() + SETTINGS.limits.policy_wait_ms
         self.holding = SETTINGS.limits.policy_wait_ms > 0
-        # Prompts that need an embedding wait in a micro-batch (`jobs.embed_batch`), checkpointed here.
         self.batch = ctx.get_list_state(ListStateDescriptor("embed_batch", Types.PICKLED_BYTE_ARRAY()))
         self.batches = EmbedBatches(caching_embedder(), SETTINGS.limits.gate_batch_max,
                                     SETTINGS.limits.gate_batch_wait_ms)
@@ -180,7 +179,8 @@ class TenantGate(KeyedBroadcastProcessFunction):
         cached, embedded = self.batches.drain_counts()
         self.counters.inc("embed_cache_hits", cached)
         self.counters.inc("embed_cache_misses", embedded)
-        if self.index is not None and RAG_FEATURE in (self._policies(ctx).get(tenant) or default_policy(tenant)).features:
+        policy = self._policies(ctx).get(tenant) or default_policy(tenant)
+        if self.index is not None and RAG_FEATURE in policy.features:
             prefetch_retrieval(self.index, self.batches.embedder, [v.record for v in values])
         for value in values:
             try:
@@ -267,7 +267,6 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False)
         self.encoder = Encoder(self.cfg, self.counters, topic_serde, payload_store)
         self._control_loaded = False
-        # Successes whose output the classifier checks wait here for the next micro-batch (`jobs.embed_batch`).
         self.awaiting = ctx.get_state(ValueStateDescriptor("awaiting_moderation", Types.PICKLED_BYTE_ARRAY()))
         self.batches = EmbedBatches(caching_embedder(), min(SETTINGS.limits.gate_batch_max, 2),
                                     SETTINGS.limits.gate_batch_wait_ms)
@@ -411,7 +410,9 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             self._load_control(ctx)
             rows = list(self._moderate_awaiting(ctx, key)) if self.batches.enabled else []
             slot = self._current(key)
-            rows += list(self._apply(self.logic.on_timer(slot, now_ms()), ctx, key))
+            effects = self.logic.on_timer(slot, now_ms())
+            if not (effects.kind is EffectKind.WAIT and slot is not None and effects.state is slot.pending):
+                rows += list(self._apply(effects, ctx, key))  # a timer with nothing to do writes no state
         except Exception as exc:  # noqa: BLE001 - a request whose timer crashes would wait forever: fail it
             pending = slot.pending if slot is not None else None
             rows = list(self._failed(exc, ctx, key, repr(pending).encode("utf-8"), value=pending))
