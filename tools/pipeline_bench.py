@@ -256,7 +256,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
         if warmup_s > 0:  # JIT and caches of a fresh TaskManager: not part of the figures
             wids = [f"w-{i}" for i in range(int(rate * warmup_s))]
             _offer(producer, reader, wids, rate, tenant, None,
-                   prompt_mix(len(wids), repeat_share, seed=1) if features else None)
+                   prompt_mix(len(wids), repeat_share, seed=1, salt=f"{cfg.topic_suffix}w") if features else None)
             producer.flush()
             reader.until(lambda g: len(g.arrival_ms) >= len(warm) + len(wids), max(60.0, warmup_s * 6))
             warm += wids
@@ -267,7 +267,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
         embedder0 = embedder_stats()
         n = int(rate * duration_s)
         ids = [f"b-{i}" for i in range(n)]
-        texts = prompt_mix(n, repeat_share) if features else None
+        texts = prompt_mix(n, repeat_share, salt=cfg.topic_suffix) if features else None
         expected = len(warm) + n
         start = time.monotonic()
         bar = tqdm(total=n, desc="prompts", unit="p", disable=not progress)

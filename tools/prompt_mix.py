@@ -42,8 +42,12 @@ def popular_prompts(n: int = 60) -> list[str]:
     return popular[:n]
 
 
-def prompt_mix(n: int, repeat_share: float = 0.3, seed: int = 0) -> list[str]:
-    """`n` prompt texts: `repeat_share` of them from the popular set, the others unique."""
+def prompt_mix(n: int, repeat_share: float = 0.3, seed: int = 0, salt: str = "") -> list[str]:
+    """`n` prompt texts: `repeat_share` of them from the popular set, the others unique.
+
+    `salt` goes into every unique prompt: a benchmark passes its run's id, so its unique prompts are
+    new to the embedding service's cache too (a run that reused an earlier run's texts measured
+    0 model work per prompt)."""
     if not 0.0 <= repeat_share <= 1.0:
         raise ValueError("repeat_share must be within 0..1")
     rng = random.Random(seed)
@@ -53,6 +57,6 @@ def prompt_mix(n: int, repeat_share: float = 0.3, seed: int = 0) -> list[str]:
         if rng.random() < repeat_share:
             texts.append(rng.choice(popular))
         else:
-            texts.append(f"Customer {i}: {rng.choice(ASKS)} {rng.choice(ACTIONS)} {rng.choice(OBJECTS)}"
+            texts.append(f"Customer {salt}{i}: {rng.choice(ASKS)} {rng.choice(ACTIONS)} {rng.choice(OBJECTS)}"
                          f"{rng.choice(TAILS)}?")
     return texts

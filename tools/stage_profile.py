@@ -169,7 +169,7 @@ def run_full(n: int = 1000, batch: int = 64, repeat_share: float = 0.3) -> dict:
     orch = Orchestrator(Moderator(classifier_source=lambda: classifier))
     clock, bucket, now = _Clock(), None, int(time.time() * 1000)
     cached = lookups = 0  # texts a batch found in the job's cache / texts it asked for
-    texts = prompt_mix(n, repeat_share, seed=11)
+    texts = prompt_mix(n, repeat_share, seed=11, salt=f"{time.time_ns()}-")
     raws = [serdes["prompt"].encode(prompt(f"f-{i}", tenant, t)) for i, t in enumerate(texts)]
     t_all = time.perf_counter()
     for start in range(0, n, batch):
