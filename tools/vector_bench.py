@@ -59,11 +59,11 @@ def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> 
         index.clear()
         try:
             t0 = time.perf_counter()
-            for start in range(0, n, 1000):
+            for start in range(0, n, 250):  # small pipelines: Redis is single-threaded and shared
                 if progress:
                     progress(f"{n}: adding {start}/{n}")
-                index.add([f"p{i}" for i in range(start, min(n, start + 1000))], vectors[start:start + 1000],
-                          [{} for _ in range(start, min(n, start + 1000))])
+                index.add([f"p{i}" for i in range(start, min(n, start + 250))], vectors[start:start + 250],
+                          [{} for _ in range(start, min(n, start + 250))])
             add_s = time.perf_counter() - t0
             exact = [set(np.argsort(-(vectors @ q))[:k].tolist()) for q in queries]
             single = []
