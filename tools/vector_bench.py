@@ -60,7 +60,7 @@ def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> 
         try:
             t0 = time.perf_counter()
             for start in range(0, n, 250):  # small pipelines: Redis is single-threaded and shared
-                if progress:
+                if progress and start % 10_000 == 0:
                     progress(f"{n}: adding {start}/{n}")
                 index.add([f"p{i}" for i in range(start, min(n, start + 250))], vectors[start:start + 250],
                           [{} for _ in range(start, min(n, start + 250))])
