@@ -88,4 +88,5 @@ def failed_effects(value: Admitted | Finished | PendingRequest, now_ms: int, job
     state = failed_state(value, now_ms)
     effects = Effects(EffectKind.EMIT_FINAL, state, counter="internal_errors")
     effects.final = build_records(state, now_ms, job_version)
+    effects.state = correlate.tombstone(state)
     return effects

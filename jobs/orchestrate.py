@@ -156,8 +156,7 @@ class Orchestrator:
         """The final ContentResult and AuditRecord; the tombstone keeps the status they carry."""
         state = effects.state
         effects.final = build_records(state, now_ms, self.job_version, final)
-        if final.status != state.status or final.reason != state.reason:
-            effects.state = evolve(state, status=final.status, reason=final.reason)
+        effects.state = correlate.tombstone(evolve(state, status=final.status, reason=final.reason))
         if not self.tombstone_timers:
             effects.timers = ()
 

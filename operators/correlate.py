@@ -101,8 +101,15 @@ class PendingRequest:
     def finished(self) -> bool:
         return self.status is not None
 
+    def __reduce__(self):
+        """Positional pickles (no field names: ~0.6 kB less per state, which Flink pickles at every
+        update and keeps in every checkpoint). New fields go at the end with a default, so a state
+        pickled by an older version (positional or, before this, by name) still loads."""
+        return (PendingRequest, tuple(getattr(self, name) for name in _PENDING_ORDER))
+
 
 _PENDING_FIELDS = frozenset(PendingRequest.__dataclass_fields__)
+_PENDING_ORDER = tuple(PendingRequest.__dataclass_fields__)
 
 
 def evolve(state: PendingRequest, **changes: Any) -> PendingRequest:
@@ -179,6 +186,16 @@ def finished_early(
         degraded=tuple(degraded),
         source=source,
     )
+
+
+def tombstone(state: PendingRequest) -> PendingRequest:
+    """What a finished request keeps for `dedup_ttl_ms` once its final records are built: identity,
+    route, status and the prompt's source offset (to tell a replay from a re-sent id), not the prompt,
+    its parameters, verdicts, history or the model's answer. Pickled, a text request's state is
+    ~1.3 kB finished (by field name, before positional pickles) and ~0.2 kB as a tombstone (`test_operators_correlate.py` bounds it); at 500
+    prompts/s and a 10-minute TTL that is 300,000 tombstones in every checkpoint."""
+    return evolve(state, prompt="", params={}, trace=None, input_verdicts=[], history=[], result=None,
+                  degraded=())
 
 
 def on_finished(state: PendingRequest, now_ms: int, limits: Limits | None = None) -> Effects:

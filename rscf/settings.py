@@ -65,6 +65,9 @@ class Ports:
     kafka_controller: int = _env_int("KAFKA_CONTROLLER_PORT", 9093)
     flink_rest: int = _env_int("FLINK_PORT", 8081)
     flink_rpc: int = _env_int("FLINK_RPC_PORT", 6123)
+    # ZooKeeper keeps the JobManager's leadership and job graphs (Flink HA): a restarted JobManager
+    # takes its jobs back from their latest checkpoint.
+    zookeeper: int = _env_int("ZOOKEEPER_PORT", 2181)
     # Flink's pull reporter binds every interface, so the local stack pushes to a loopback Pushgateway
     # instead; these ports are the pull reporter's in docker-compose and Kubernetes.
     flink_metrics_first: int = _env_int("FLINK_METRICS_PORT", 9249)

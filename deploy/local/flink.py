@@ -17,6 +17,8 @@ from rscf.settings import SETTINGS
 
 H = SETTINGS.host
 P = SETTINGS.ports
+ZOOKEEPER_TICK_MS = 1000
+ZOOKEEPER_SESSION_TIMEOUT_MS = 6000  # ZooKeeper allows 2 to 20 ticks
 
 
 def flink_home() -> Path:
@@ -34,6 +36,8 @@ def flink_dirs() -> dict[str, Path]:
         "checkpoints": base / "checkpoints",
         "savepoints": base / "savepoints",
         "tmp": base / "tmp",
+        "ha": base / "ha",
+        "zookeeper": SETTINGS.paths.data / "zookeeper",
     }
 
 
@@ -94,6 +98,16 @@ def cluster_config(d: dict[str, Path], conf: dict) -> dict:
         # A peer that is only slow still gets the 30 s timeout.
         "heartbeat.interval": 2000,
         "rest.flamegraph.enabled": True,
+        # High availability: without it a JobManager that dies takes its jobs along (the restarted one
+        # starts empty). With ZooKeeper (run from flink-dist's own shaded server, see zookeeper_argv)
+        # the restarted JobManager recovers every job from its latest checkpoint. A dead leader's
+        # ZooKeeper session, and with it its leadership, lapses after the session timeout.
+        "high-availability.type": "zookeeper",
+        "high-availability.zookeeper.quorum": f"{H}:{P.zookeeper}",
+        "high-availability.storageDir": f"file://{d['ha']}",
+        "high-availability.cluster-id": "/rscf-local",
+        "high-availability.zookeeper.client.session-timeout": ZOOKEEPER_SESSION_TIMEOUT_MS,
+        "high-availability.jobmanager.port": P.flink_rpc,  # HA picks a random RPC port otherwise
     }
     conf.update(flat)
     return conf
@@ -104,7 +118,7 @@ def write_cluster_config() -> None:
     import yaml
 
     d = flink_dirs()
-    for key in ("conf", "lib", "checkpoints", "savepoints", "tmp"):
+    for key in ("conf", "lib", "checkpoints", "savepoints", "tmp", "ha"):
         d[key].mkdir(parents=True, exist_ok=True)
     home = flink_home()
     for src in (home / "conf").iterdir():
@@ -121,6 +135,34 @@ def write_cluster_config() -> None:
 
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
     (d["conf"] / "config.yaml").write_text(yaml.safe_dump(cluster_config(d, conf), sort_keys=False))
+
+
+def write_zookeeper_config() -> None:
+    """A standalone ZooKeeper on loopback for Flink's HA services; no admin server, no four-letter words."""
+    zk = flink_dirs()["zookeeper"]
+    (zk / "data").mkdir(parents=True, exist_ok=True)
+    (zk / "zoo.cfg").write_text("\n".join([
+        f"tickTime={ZOOKEEPER_TICK_MS}",
+        f"dataDir={zk / 'data'}",
+        f"clientPort={P.zookeeper}",
+        f"clientPortAddress={H}",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=",
+        "maxClientCnxns=60",
+        "autopurge.snapRetainCount=3",
+        "autopurge.purgeInterval=1",
+    ]) + "\n")
+
+
+def zookeeper_argv() -> list[str]:
+    """ZooKeeper from flink-dist (it ships the server, shaded, and Flink's `zookeeper.sh` runs this
+    class): no download, ~60 MB heap. The quorum-peer wrapper runs a standalone server for one peer."""
+    home = flink_home()
+    jars = ":".join(str(j) for j in sorted((home / "lib").glob("*.jar")))
+    return ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
+            f"-Dlog4j.configurationFile={home / 'conf' / 'log4j-console.properties'}",
+            "-cp", jars, "org.apache.flink.runtime.zookeeper.FlinkZooKeeperQuorumPeer",
+            "--zkConfigFile", str(flink_dirs()["zookeeper"] / "zoo.cfg"), "--peerId", "0"]
 
 
 def taskmanager_code_marker() -> Path:

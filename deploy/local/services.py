@@ -299,6 +299,16 @@ SERVICES: tuple[Service, ...] = (
         startsecs=20,
     ),
     Service(
+        "zookeeper",
+        (P.zookeeper,),
+        flink.zookeeper_argv,
+        lambda: port_in_use(P.zookeeper),
+        f"{H}:{P.zookeeper} (Flink's HA: leadership, job graphs, checkpoint pointers)",
+        prepare=flink.write_zookeeper_config,
+        start_timeout_s=60,
+        startsecs=5,
+    ),
+    Service(
         "flink-jobmanager",
         (P.flink_rest, P.flink_rpc),
         lambda: flink.flink_script("jobmanager.sh", "jobmanager"),

@@ -1,5 +1,5 @@
-"""The local stack heals itself: supervisord restarts a killed service, a killed TaskManager's job runs again
-from its last checkpoint with nobody typing a command, and a crash loop makes `up` fail with the log tail."""
+"""The local stack heals itself: supervisord restarts a killed service, a killed TaskManager's or JobManager's
+job runs again from its last checkpoint with nobody typing a command, and a crash loop makes `up` fail with the log tail."""
 
 from __future__ import annotations
 
@@ -113,6 +113,56 @@ def test_killed_taskmanager_is_back_and_the_job_runs_again_from_its_checkpoint(s
         assert _restarts("flink-taskmanager") == before + 1
         print(f"figures: job left RUNNING after {left_running:.1f} s, all tasks running again after {back:.1f} s, "
               f"restored checkpoint {restored['id']}")
+
+
+def test_killed_jobmanager_is_back_and_recovers_its_job_from_its_checkpoint(stack):
+    """Without HA a restarted JobManager starts empty and the job is gone; with ZooKeeper HA it takes the
+    job back (same job id) from its latest checkpoint, and every prompt gets exactly one final."""
+    from deploy.local import flink_jobs
+    from tools import harness
+
+    with harness.isolated_run("jmk", checkpoint_interval_ms=1000) as run:
+        run.producer.control(harness.policy_event("jmk-t", ["echo"]))
+        run.producer.flush()
+        run.job.start()
+        run.worker.start()
+        job_id = run.job.job_id
+        early = [f"jmk-a{i}" for i in range(3)]
+        for rid in early:
+            run.producer.prompt(harness.prompt(rid, "jmk-t", f"before the kill {rid}"))
+        run.producer.flush()
+        got = run.reader.until(lambda g: all(r in g.content for r in early), 90)
+        assert all(r in got.content for r in early), "the pipeline did not answer before the kill"
+        deadline = time.monotonic() + 30
+        while _checkpoints(job_id)["counts"]["completed"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _checkpoints(job_id)["counts"]["completed"] >= 1
+
+        before = _restarts("flink-jobmanager")
+        t0 = time.monotonic()
+        old = _kill("flink-jobmanager")  # nobody calls `rscf up` below
+        late = [f"jmk-b{i}" for i in range(3)]
+        for rid in late:
+            run.producer.prompt(harness.prompt(rid, "jmk-t", f"after the kill {rid}"))
+        run.producer.flush()
+        back = _wait_back("flink-jobmanager", old, 120)
+        running = None
+        while time.monotonic() - t0 < 180:
+            try:
+                state = httpx.get(f"{stack.flink_url}/jobs/{job_id}", timeout=5).json().get("state")
+            except (httpx.HTTPError, ValueError):
+                state = None
+            if state == "RUNNING" and flink_jobs.all_tasks_running(job_id):
+                running = time.monotonic() - t0
+                break
+            time.sleep(0.5)
+        assert running is not None, f"job {job_id} not recovered {time.monotonic() - t0:.0f} s after the JobManager kill"
+        got = run.reader.until(lambda g: all(r in g.content for r in late), 120)
+        assert all(r in got.content for r in late), "prompts sent after the kill were not answered"
+        got = run.reader.settle(5)
+        assert all(len(got.content[r]) == 1 for r in early + late), "a prompt got more than one final"
+        assert _restarts("flink-jobmanager") == before + 1
+        print(f"figures: JobManager healthy again after {back:.1f} s, job {job_id} running again after {running:.1f} s")
 
 
 @pytest.fixture

@@ -264,3 +264,24 @@ def test_job_lag_goes_stale_without_results_and_deferral_is_bounded():
     out = correlate.on_timeout(state, deadline, None, job_lag_ms=5_000)
     assert out.kind is EffectKind.SCHEDULE_RETRY and out.breaker_event == ("echo", "timeout")
     assert correlate.on_timeout(eff.state, deadline, None, job_lag_ms=999).kind is EffectKind.SCHEDULE_RETRY
+
+
+def test_finished_request_keeps_a_small_tombstone_that_still_drops_duplicates_and_replays():
+    import pickle
+
+    orch = Orchestrator(tombstone_timers=False)
+    long_text = "a product description " * 40
+    sent = orch.on_input(_admitted(text=long_text), None, 1_000)
+    full = pickle.dumps(correlate.evolve(sent.state, status="SUCCEEDED",
+                                         result=_result(output_text=long_text[::-1])))
+    done = orch.on_input(ResultIn(_result(output_text=long_text[::-1])), _slot(sent), 1_500)
+    assert done.final is not None and done.final[0]["output_text"] == long_text[::-1]  # the final has it all
+    tomb = done.state
+    assert tomb.finished and tomb.status == "SUCCEEDED" and tomb.prompt == "" and tomb.result is None
+    assert len(pickle.dumps(tomb)) < len(full) / 3
+    again = orch.on_input(ResultIn(_result(output_text="x")), _slot(done), 1_600)
+    assert again.kind is EffectKind.DROP_DUPLICATE and again.final is None
+    replay = orch.on_input(_admitted(text=long_text), _slot(done), 1_700)  # same partition and offset
+    assert replay.kind is EffectKind.DROP_DUPLICATE and replay.final is None
+    resent = orch.on_input(_admitted(text=long_text, source=(0, 9)), _slot(done), 1_800)
+    assert resent.kind is EffectKind.REJECT_DUPLICATE and resent.final[0]["reason"] == "duplicate_request_id"

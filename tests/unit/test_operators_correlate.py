@@ -147,3 +147,20 @@ def test_state_is_not_mutated_in_place():
     st = on_dispatch(pending(), 0, LIM).state
     on_result(st, result(1, "ERROR"), 10, fb, LIM)
     assert st.attempt == 1 and st.history == [] and st.status is None
+
+
+def test_pending_state_pickles_positionally_and_a_by_name_pickle_of_the_version_before_still_loads(monkeypatch):
+    import pickle
+
+    from operators.correlate import PendingRequest, tombstone
+
+    state = on_dispatch(pending(), 1_000).state
+    assert pickle.loads(pickle.dumps(state)) == state
+    assert b"prompt_sha256" not in pickle.dumps(state)  # no field names in the bytes
+    with monkeypatch.context() as m:
+        m.delattr(PendingRequest, "__reduce__")  # how the version before pickled keyed state
+        by_name = pickle.dumps(state)
+    assert b"prompt_sha256" in by_name and pickle.loads(by_name) == state
+    done = tombstone(replace(state, status="SUCCEEDED", finished_at_ms=2_000))
+    assert done.finished and done.request_id == state.request_id and done.prompt == ""
+    assert len(pickle.dumps(done)) < 400
