@@ -81,12 +81,15 @@ def _text(value: Any) -> str | None:
 class RedisVectorSetIndex:
     """A Redis 8 vector set (`VADD`/`VSIM`); needs a server with vector sets built in (Redis >= 8.0)."""
 
-    def __init__(self, client, key: str = KB_KEY, quantization: str = "Q8"):
+    def __init__(self, client, key: str = KB_KEY, quantization: str = "Q8", ef: int | None = None):
+        """`ef`: VSIM's exploration factor (None: the server's default); more finds more of the true
+        nearest neighbours in a large set at some cost per query (`rscf bench vectors`)."""
         if quantization not in ("Q8", "NOQUANT", "BIN"):
             raise ValueError("quantization must be Q8, NOQUANT or BIN")
         self._client = client
         self.key = key
         self._quant = quantization
+        self.ef = ef
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         vectors = _unit(vectors)
@@ -114,7 +117,8 @@ class RedisVectorSetIndex:
 
     def _vsim(self, vector: np.ndarray, k: int) -> tuple:
         blob = _unit(vector).astype("<f4").tobytes()
-        return ("VSIM", self.key, "FP32", blob, "WITHSCORES", "WITHATTRIBS", "COUNT", int(k))
+        ef = ("EF", int(self.ef)) if self.ef else ()
+        return ("VSIM", self.key, "FP32", blob, "WITHSCORES", "WITHATTRIBS", "COUNT", int(k), *ef)
 
     def _hits(self, reply) -> list[Hit]:
         hits: list[Hit] = []

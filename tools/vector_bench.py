@@ -3,7 +3,8 @@
 Why (issue #14): retrieval runs once per RAG prompt; at stream rates the round trips, not the
 search, dominate. This measures, against the stack's Redis (a scratch key, deleted after):
 - recall@3 of `VSIM` against exact search (numpy, same vectors), for the job's settings
-  (Q8 quantisation, default HNSW M=16, default EF);
+  (Q8 quantisation, default HNSW M=16) and the query EF (default, 200, 500); and how often the
+  passage that answers each of the 60 retrieval questions is in the top 3 among the distractors;
 - latency per query one at a time (one round trip each, what the gate did before) and in
   pipelines of `batch` queries (what the gate's micro-batch does now).
 
@@ -41,11 +42,14 @@ def corpus(n: int, seed: int = 0):
     synth = synth + rng.normal(0, 0.35 / np.sqrt(synth.shape[1]), synth.shape).astype(np.float32)
     synth /= np.linalg.norm(synth, axis=1, keepdims=True)
     vectors = np.vstack([base, synth]).astype(np.float32)
-    queries = embedder.embed([q for q, _ in load_queries()] + prompt_mix(60, 0.0, seed=9))
-    return vectors, queries
+    known = load_queries()
+    queries = embedder.embed([q for q, _ in known] + prompt_mix(60, 0.0, seed=9))
+    ids = [p.id for p in passages]
+    answers = [ids.index(expected) for _, expected in known]  # row of the passage answering query i
+    return vectors, queries, answers
 
 
-def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> dict:
+def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None, efs=(None, 200, 500)) -> dict:
     import redis
 
     from jobs.config import JobConfig
@@ -54,7 +58,7 @@ def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> 
     client = redis.Redis.from_url(JobConfig().redis_url, socket_timeout=30)
     out = {}
     for n in sizes:
-        vectors, queries = corpus(n)
+        vectors, queries, answers = corpus(n)
         index = RedisVectorSetIndex(client, key=SCRATCH_KEY)
         index.clear()
         try:
@@ -66,25 +70,29 @@ def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None) -> 
                           [{} for _ in range(start, min(n, start + 250))])
             add_s = time.perf_counter() - t0
             exact = [set(np.argsort(-(vectors @ q))[:k].tolist()) for q in queries]
-            single = []
-            found = []
-            for q in queries:
+            exact_answer = statistics.fmean(a in e for a, e in zip(answers, exact))
+            rows = {}
+            for ef in efs:
+                index.ef = ef
+                single, found = [], []
+                for q in queries:
+                    t = time.perf_counter()
+                    hits = index.search(q, k)
+                    single.append((time.perf_counter() - t) * 1000)
+                    found.append({int(h[0][1:]) for h in hits})
                 t = time.perf_counter()
-                hits = index.search(q, k)
-                single.append((time.perf_counter() - t) * 1000)
-                found.append({int(h[0][1:]) for h in hits})
-            t = time.perf_counter()
-            rounds = 0
-            for start in range(0, len(queries), batch):
-                index.search_many(queries[start:start + batch], k)
-                rounds += 1
-            piped_ms = (time.perf_counter() - t) * 1000 / len(queries)
-            recall = statistics.fmean(len(f & e) / k for f, e in zip(found, exact))
-            out[str(n)] = {"passages": n, "add_s": round(add_s, 1), "recall_at_3_vs_exact": round(recall, 4),
-                           "ms_per_query_single_p50": round(statistics.median(single), 3),
-                           "ms_per_query_single_p99": round(sorted(single)[int(0.99 * (len(single) - 1))], 3),
-                           "ms_per_query_pipelined": round(piped_ms, 3), "pipeline_batch": batch,
-                           "queries": len(queries), "settings": "Q8, M=16 (default), EF default"}
+                for start in range(0, len(queries), batch):
+                    index.search_many(queries[start:start + batch], k)
+                piped_ms = (time.perf_counter() - t) * 1000 / len(queries)
+                rows[f"ef_{ef or 'default'}"] = {
+                    "recall_at_3_vs_exact": round(statistics.fmean(len(f & e) / k for f, e in zip(found, exact)), 4),
+                    "answer_in_top_3": round(statistics.fmean(a in f for a, f in zip(answers, found)), 4),
+                    "ms_per_query_single_p50": round(statistics.median(single), 3),
+                    "ms_per_query_single_p99": round(sorted(single)[int(0.99 * (len(single) - 1))], 3),
+                    "ms_per_query_pipelined": round(piped_ms, 3)}
+            out[str(n)] = {"passages": n, "add_s": round(add_s, 1), "queries": len(queries),
+                           "answer_in_top_3_exact": round(exact_answer, 4), "pipeline_batch": batch,
+                           "settings": "Q8, M=16 (default)", "by_ef": rows}
         finally:
             index.clear()
     return out

@@ -33,3 +33,11 @@ def test_prefetched_queries_cost_one_round_trip_and_others_go_through():
     index.forget()
     index.search(queries[0], 1)
     assert (inner.many, inner.single) == (1, 2)
+
+
+def test_vsim_asks_for_the_exploration_factor_only_when_one_is_set():
+    from operators.vector_index import RedisVectorSetIndex
+
+    q = np.ones(4, dtype=np.float32)
+    assert "EF" not in RedisVectorSetIndex(None)._vsim(q, 3)
+    assert RedisVectorSetIndex(None, ef=200)._vsim(q, 3)[-2:] == ("EF", 200)
