@@ -90,7 +90,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
         if self.cfg.use_redis:
             from operators.vector_index import PrefetchedIndex, RedisVectorSetIndex
 
-            self.index = PrefetchedIndex(RedisVectorSetIndex(redis_client(self.cfg)))
+            self.index = PrefetchedIndex(RedisVectorSetIndex(redis_client(self.cfg), ef=SETTINGS.limits.rag_ef or None))
             self.enricher = rag_enricher(shared_embedder(), self.index)
         self.policies: dict[str, TenantPolicy] | None = None
         self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)

@@ -163,6 +163,9 @@ class Limits:
     # The gate embeds a tenant's prompts in micro-batches: at most this many, waiting at most this long.
     gate_batch_max: int = _env_int("GATE_BATCH_MAX", 64)
     gate_batch_wait_ms: int = _env_int("GATE_BATCH_WAIT_MS", 5)
+    # VSIM exploration factor for RAG (0: Redis' default); 500 finds more true neighbours in a large
+    # knowledge base at ~2x the cost per query (`rscf bench vectors`, jobs/README.md).
+    rag_ef: int = _env_int("RAG_EF", 0)
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
