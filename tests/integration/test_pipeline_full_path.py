@@ -3,8 +3,8 @@
 The prompts wait in the gate's micro-batches and are embedded once for moderation and retrieval;
 answers are moderated in batches too. Every safe prompt SUCCEEDS with input and output classifier
 verdicts and nothing degraded, an unsafe one is REJECTED by the classifier, and the embedding
-service is asked for fewer texts than two per prompt (the job's cache: repeats and recurring
-answer lines). Local MiniCluster: it always runs this checkout's code.
+service is asked for each distinct text once at most (the job's cache: repeats and recurring
+answer lines), where the design before asked three times per prompt. Local MiniCluster: it always runs this checkout's code.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from jobs.embed_batch import texts_to_embed
 from rscf.settings import SETTINGS
 from tools import harness
 from tools.prompt_mix import prompt_mix
@@ -60,7 +61,10 @@ def test_classifier_and_rag_prompts_are_answered_with_every_check_and_few_embedd
             stages = {v["stage"] for v in final["verdicts"] if v["check"] == "classifier"}
             assert stages == {"INPUT", "OUTPUT"}, final["verdicts"]
         asked = (after["cache_hits"] + after["cache_misses"]) - (before["cache_hits"] + before["cache_misses"])
-        assert 0 < asked < 2 * len(want), asked
+        distinct = {t for text in [*texts, UNSAFE] for t in texts_to_embed(text, retrieval=True)}
+        distinct |= {t for rid in want for f in got.content[rid] if f.get("output_text")
+                     for t in texts_to_embed(f["output_text"])}
+        assert 0 < asked <= len(distinct) < 3 * len(want), (asked, len(distinct))  # each distinct text once
     finally:
         run.worker.stop()
         run.job.stop()
