@@ -64,7 +64,7 @@ def test_classifier_and_rag_prompts_are_answered_with_every_check_and_few_embedd
         distinct = {t for text in [*texts, UNSAFE] for t in texts_to_embed(text, retrieval=True)}
         distinct |= {t for rid in want for f in got.content[rid] if f.get("output_text")
                      for t in texts_to_embed(f["output_text"])}
-        assert 0 < asked <= len(distinct) < 3 * len(want), (asked, len(distinct))  # each distinct text once
+        assert 0 < asked <= len(distinct), (asked, len(distinct))  # each distinct text once at most
     finally:
         run.worker.stop()
         run.job.stop()
