@@ -139,13 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     for q in (m, s, f):
         q.add_argument("--port", type=int, required=True)
         q.add_argument("--threads", type=int, default=64, help="requests in flight (the concurrency limit)")
+    for q in (m, f):
+        q.add_argument("--policies", default="[]",
+                       help="JSON list of tenant policies (the control event's tenant_policy fields)")
     args = p.parse_args(argv)
+    policies = {}
+    if args.role != "model-service":
+        from operators.admit import policy_from_dict
+
+        policies = {d["tenant_id"]: policy_from_dict(d) for d in json.loads(args.policies)}
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     build: dict[str, Callable[[], Starlette]] = {
-        "monolith": lambda: generate_app(InProcessFlow(), in_process(
+        "monolith": lambda: generate_app(InProcessFlow(policies), in_process(
             {pool: load_host(pool) for pool in args.pools.split(",") if pool})),
         "model-service": lambda: model_service_app(load_host(args.pool)),
-        "front": lambda: generate_app(InProcessFlow(), over_http(
+        "front": lambda: generate_app(InProcessFlow(policies), over_http(
             dict(item.split("=", 1) for item in args.service), args.threads)),
     }
     serve(build[args.role](), args.port, args.threads)

@@ -151,13 +151,14 @@ class HttpDeployment(Deployment):
 
 
 def monolith() -> HttpDeployment:
-    proc = Proc(["monolith", "--pools", ECHO], free_port(), "monolith")
+    proc = Proc(["monolith", "--pools", ECHO, "--policies", json.dumps(policies())], free_port(), "monolith")
     return HttpDeployment("monolith", [proc], proc, proc)
 
 
 def partial() -> HttpDeployment:
     model = Proc(["model-service", "--pool", ECHO], free_port(), "model-echo")
-    front = Proc(["front", "--service", f"{ECHO}=http://{SETTINGS.host}:{model.port}"], free_port(), "front")
+    front = Proc(["front", "--service", f"{ECHO}=http://{SETTINGS.host}:{model.port}",
+                  "--policies", json.dumps(policies())], free_port(), "front")
     return HttpDeployment("partial", [model, front], front, model)
 
 
