@@ -166,6 +166,10 @@ class Limits:
     # VSIM exploration factor for RAG (0: Redis' default); 500 finds more true neighbours in a large
     # knowledge base at ~2x the cost per query (`rscf bench vectors`, jobs/README.md).
     rag_ef: int = _env_int("RAG_EF", 0)
+    # The echo model's simulated cost (0: answers at once). `rscf evaluate` sets them so that every
+    # deployment it compares batches a model that takes time, with the same cost everywhere.
+    echo_batch_ms: float = _env_float("ECHO_BATCH_MS", 0.0)
+    echo_item_ms: float = _env_float("ECHO_ITEM_MS", 0.0)
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
