@@ -201,11 +201,15 @@ def down(progress: Callable[[str], None] = lambda msg: None) -> list[str]:
     stopped = []
     from inference_workers import supervisor
 
+    lay = supervision.layout()
+    # The pool controller first: it drains its replicas, and would restart any stopped behind its back.
+    if supervision.stop_program(lay, "pool-controller") | stop_recorded(SERVICE_BY_NAME["pool-controller"].pid_file):
+        stopped.append("pool-controller")
+        progress("pool-controller: stopped (replicas drained)")
     for replica in supervisor.replicas():
         if replica.alive and supervisor.stop_replica(replica, grace_s=30):
             stopped.append(f"worker-{replica.pool}-{replica.replica}")
             progress(f"worker {replica.pool}#{replica.replica}: stopped")
-    lay = supervision.layout()
     for svc in reversed(SERVICES):
         # through supervisord; a process started before supervision (or orphaned) by its PID file
         if supervision.stop_program(lay, svc.name) | stop_recorded(svc.pid_file):
