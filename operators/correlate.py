@@ -291,7 +291,7 @@ def on_result(
         return _finish(state, "SUCCEEDED", None, now_ms, limits, result=dict(result),
                        breaker=(state.pool, "success"))
     if result.get("error") == DEADLINE_EXCEEDED:  # the worker found it past its deadline and did not run it
-        return _finish(state, "EXPIRED", DEADLINE_EXCEEDED, now_ms, limits, breaker=(state.pool, "success"))
+        return _finish(state, "EXPIRED", DEADLINE_EXCEEDED, now_ms, limits)  # not the pool's fault
     return _failed_attempt(state, "error", now_ms, fallback, limits, retryable=bool(result.get("retryable", True)))
 
 
