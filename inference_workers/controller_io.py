@@ -88,7 +88,7 @@ class LagReader:
 
 
 class RateHistory:
-    """Per pool, a Redis list of "time rate" samples, trimmed to `keep`: survives a controller restart.
+    """Per pool (keyed by its consumer group), a Redis list of "time rate" samples, trimmed to `keep`: survives a controller restart.
     Redis down: samples are dropped and `load` returns None (the forecast says so; scaling goes on)."""
 
     def __init__(self, url: str, keep: int = 1200) -> None:
@@ -96,8 +96,8 @@ class RateHistory:
         self._redis = None
         self._warned = False
 
-    def key(self, pool: str) -> str:
-        return f"rscf:pool-rate:{pool}"
+    def key(self, group: str) -> str:
+        return f"rscf:pool-rate:{group}"
 
     def _client(self):
         if self._redis is None:

@@ -107,19 +107,19 @@ class Controller:
         self.metrics.hold.labels(t.pool).set(0)
         rate = self.lag.rate(t.pool, reading, now)
         forecast = predicted = None
-        if rate is not None:
-            self.history.add(t.pool, now, rate)
+        if rate is not None and self.predictive:
+            self.history.add(t.group, now, rate)  # keyed by group: a test's private pool has its own
         if self.predictive:
-            forecast = self._forecast(t.pool, now)
+            forecast = self._forecast(t.group, t.pool, now)
             predicted = replicas_for_rate(forecast, self._replica_rps(t.pool))
-        if reading.partitions:  # replicas beyond the partition count would idle (lanes have as many)
-            t.policy = Policy(**{**t.policy.__dict__, "max_replicas": min(t.policy.max_replicas, reading.partitions)}) \
-                if reading.partitions < t.policy.max_replicas else t.policy
-        return decide(t.pool, t.policy, t.state, reading.lag, actual, now, rate=rate, forecast=forecast,
+        policy = t.policy
+        if 0 < reading.partitions < policy.max_replicas:  # more replicas than partitions would idle
+            policy = Policy(**{**policy.__dict__, "max_replicas": max(policy.min_replicas, reading.partitions)})
+        return decide(t.pool, policy, t.state, reading.lag, actual, now, rate=rate, forecast=forecast,
                       predicted=predicted or 0)
 
-    def _forecast(self, pool: str, now: float) -> float | None:
-        samples = self.history.load(pool)
+    def _forecast(self, key: str, pool: str, now: float) -> float | None:
+        samples = self.history.load(key)
         if samples is None or not samples:
             return None
         m = max(2, int(self.season_s / self.step_s))
