@@ -182,6 +182,8 @@ class Limits:
     # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: what a
     # replica costs). CPU: 2x the cores by default, cpu requests being requests (as on Kubernetes),
     # so every pool gets a replica on a 2-core laptop; GPU memory: 0 = no GPU, GPU pools cost cores.
+    # `rscf up` runs the pool controller unless RSCF_POOL_CONTROLLER=off (replicas by hand: `rscf workers`)
+    pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
 

@@ -377,6 +377,7 @@ POOL_CONTROLLER = Service(
     start_timeout_s=30,
     stop_wait_s=max(p.grace_s for p in POOL_TABLE) + 30,  # it drains every replica before it exits
 )
-SERVICES = (*SERVICES, POOL_CONTROLLER)
+if SETTINGS.limits.pool_controller:
+    SERVICES = (*SERVICES, POOL_CONTROLLER)
 
 SERVICE_BY_NAME = {s.name: s for s in SERVICES}
