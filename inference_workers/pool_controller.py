@@ -45,6 +45,7 @@ class Target:
     group: str
     worker_args: list[str] = field(default_factory=list)
     metrics_port_base: int | None = None  # replica i serves /readyz on base + i (None: metrics_port())
+    replica_rps: float | None = None  # requests/s one replica serves (None: the pool table's)
     state: ScaleState = field(default_factory=ScaleState)
     spawned: dict[int, float] = field(default_factory=dict)  # index -> spawn time, until ready
     draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
@@ -111,7 +112,7 @@ class Controller:
             self.history.add(t.group, now, rate)  # keyed by group: a test's private pool has its own
         if self.predictive:
             forecast = self._forecast(t.group, t.pool, now)
-            predicted = replicas_for_rate(forecast, self._replica_rps(t.pool))
+            predicted = replicas_for_rate(forecast, t.replica_rps or self._replica_rps(t.pool))
         policy = t.policy
         if 0 < reading.partitions < policy.max_replicas:  # more replicas than partitions would idle
             policy = Policy(**{**policy.__dict__, "max_replicas": max(policy.min_replicas, reading.partitions)})
@@ -311,6 +312,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--season", type=float, default=3600.0, help="seconds of the recurring pattern to forecast")
     p.add_argument("--step", type=float, default=10.0, help="seconds per rate sample in the forecast")
     p.add_argument("--no-predictive", action="store_true")
+    p.add_argument("--replica-rps", type=float, default=None, help="requests/s a replica serves (forecast -> replicas)")
     p.add_argument("--cpu-budget", type=float, default=None)
     p.add_argument("--worker-arg", action="append", default=[], help="extra argument for `rscf worker run`")
     return p.parse_args(argv)
@@ -332,7 +334,7 @@ def targets_from(ns: argparse.Namespace) -> list[Target]:
         if ns.group:
             args += ["--group", ns.group]
         out.append(Target(p, policy, ns.requests_topic or SETTINGS.topics.requests(p), ns.group or f"rscf-workers-{p}",
-                          args, ns.metrics_port_base))
+                          args, ns.metrics_port_base, ns.replica_rps))
     return out
 
 

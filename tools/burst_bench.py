@@ -41,16 +41,26 @@ class Plan:
     max_replicas: int = 4
     lag_threshold: int = 50
     drain_timeout_s: float = 90.0
+    periods: int = 1  # >1: the pattern repeats (predictive runs: the controller forecasts the next burst)
+    predictive: bool = False
+
+    @property
+    def period_s(self) -> float:
+        return self.before_s + self.burst_s + self.after_s
 
     def phase(self, t: float) -> str:
-        return "steady" if t < self.before_s else "burst" if t < self.before_s + self.burst_s else "after"
+        pos = t % self.period_s if t < self.duration_s else self.period_s
+        return "steady" if pos < self.before_s else "burst" if pos < self.before_s + self.burst_s else "after"
+
+    def burst_starts(self) -> list[float]:
+        return [k * self.period_s + self.before_s for k in range(self.periods)]
 
     def rate(self, t: float) -> float:
         return self.steady_rate * (self.burst_factor if self.phase(t) == "burst" else 1.0)
 
     @property
     def duration_s(self) -> float:
-        return self.before_s + self.burst_s + self.after_s
+        return self.period_s * self.periods
 
 
 @dataclass
@@ -63,6 +73,11 @@ class RunResult:
     first_extra_ready_s: float | None = None
     drain_s: float | None = None
     controller_log: str = ""
+
+    def replicas_at(self, t: float) -> int | None:
+        """Replicas consuming at time t (the last sample before it)."""
+        before = [s["replicas"] for s in self.samples if s["t"] <= t]
+        return before[-1] if before else None
 
     def summary(self, plan: Plan) -> dict:
         lat: dict[str, dict[str, list[float]]] = {}
@@ -79,6 +94,7 @@ class RunResult:
             "max_replicas_seen": max((s["replicas"] for s in self.samples), default=0),
             "max_lag_seen": max((s["lag"] for s in self.samples), default=0),
             "first_extra_replica_ready_s": self.first_extra_ready_s,
+            "replicas_at_burst_starts": [self.replicas_at(t) for t in plan.burst_starts()],
             "drain_s": self.drain_s,
         }
 
@@ -120,7 +136,9 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
     max_r = plan.max_replicas if elastic else 1
     cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", "echo", "--requests-topic",
            topics.requests, "--group", topics.group, "--metrics-port-base", str(port_base), "--port", "-1",
-           "--interval", "1", "--no-predictive", "--min", "1", "--max", str(max_r),
+           "--interval", "1", "--min", "1", "--max", str(max_r),
+           *(["--season", str(plan.period_s), "--step", "2", "--replica-rps", str(1000 / plan.item_ms)]
+             if plan.predictive else ["--no-predictive"]),
            "--lag-threshold", str(plan.lag_threshold), "--cooldown", "20", "--stabilization", "10",
            "--scale-down-period", "5", "--cpu-budget", "64",
            "--worker-arg=--results-topic", f"--worker-arg={topics.results}",
@@ -200,7 +218,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
             time.sleep(0.5)
         done = [res.answered[r] for r in burst_ids if r in res.answered]
         if done and len(done) == len(burst_ids):
-            res.drain_s = round(max(done) - (t0 + plan.before_s + plan.burst_s), 2)
+            res.drain_s = round(max(done) - (t0 + plan.burst_starts()[-1] + plan.burst_s), 2)  # after the last burst
         time.sleep(1.0)
     finally:
         stop.set()
@@ -211,14 +229,33 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
             ctl.kill()
         res.controller_log = log_path.read_text(errors="replace")[-20000:] if log_path.exists() else ""
         topics.cleanup()
+        _forget_history(topics.group)
     return res
 
 
+def _forget_history(group: str) -> None:
+    """The run's rate history in Redis (keyed by its private group)."""
+    try:
+        from inference_workers.controller_io import RateHistory
+
+        hist = RateHistory(SETTINGS.redis_url)
+        hist._client().delete(hist.key(group))
+    except Exception:  # noqa: BLE001 - Redis down: nothing was kept
+        pass
+
+
 def run_burst(plan: Plan, progress=lambda m: None, html: Path | None = None) -> dict:
+    """Controller vs fixed size; with `plan.predictive`, predictive vs reactive controller instead."""
+    from dataclasses import replace
+
     runs = []
-    for name, elastic in (("controller", True), ("fixed-1", False)):
-        progress(f"run {name}: {plan.duration_s:.0f} s of load")
-        runs.append(run_once(name, plan, elastic, progress))
+    if plan.predictive:
+        arms = (("predictive", True, plan), ("reactive", True, replace(plan, predictive=False)))
+    else:
+        arms = (("controller", True, plan), ("fixed-1", False, plan))
+    for name, elastic, p in arms:
+        progress(f"run {name}: {p.duration_s:.0f} s of load")
+        runs.append(run_once(name, p, elastic, progress))
     out = {"plan": plan.__dict__, "runs": [r.summary(plan) for r in runs],
            "series": {r.name: r.samples for r in runs}}
     if html is not None:

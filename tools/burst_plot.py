@@ -16,9 +16,11 @@ def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
 
 
 def _frame(title: str, tmax: float, ymax: float, unit: str, plan) -> list[str]:
-    x0, x1 = _scale(plan.before_s, 0, tmax, PAD, W - 10), _scale(plan.before_s + plan.burst_s, 0, tmax, PAD, W - 10)
-    return [f'<svg width="{W}" height="{H + 30}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-            f'<rect x="{x0:.1f}" y="10" width="{x1 - x0:.1f}" height="{H - 10}" fill="#fff3cd"/>',
+    shades = []
+    for start in plan.burst_starts():
+        x0, x1 = _scale(start, 0, tmax, PAD, W - 10), _scale(start + plan.burst_s, 0, tmax, PAD, W - 10)
+        shades.append(f'<rect x="{x0:.1f}" y="10" width="{x1 - x0:.1f}" height="{H - 10}" fill="#fff3cd"/>')
+    return [f'<svg width="{W}" height="{H + 30}" xmlns="http://www.w3.org/2000/svg" font-size="11">', *shades,
             f'<text x="{PAD}" y="9">{html.escape(title)} (max {ymax:.0f} {unit}; shaded: burst)</text>',
             f'<line x1="{PAD}" y1="{H}" x2="{W - 10}" y2="{H}" stroke="#333"/>',
             f'<line x1="{PAD}" y1="10" x2="{PAD}" y2="{H}" stroke="#333"/>',
