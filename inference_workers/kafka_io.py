@@ -57,6 +57,7 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
         "max.poll.interval.ms": max_poll_interval_ms,
         **(extra or {}),
     }

@@ -74,7 +74,7 @@ class WorkerSettings:
     s3_retry_max_s: float = 300.0
     registry_retry_max_s: float = 60.0  # well under max.poll.interval.ms: decoding blocks the poll loop
     producer_timeout_ms: int = 30_000
-    session_timeout_ms: int = 10_000
+    session_timeout_ms: int = SETTINGS.limits.worker_session_timeout_ms
     max_poll_interval_ms: int = 300_000
     announce: bool = False  # write a Prometheus file_sd target while the health server runs
     answered_cache: int = DEFAULT_CAPACITY  # results kept to answer re-delivered requests (0: off)
