@@ -89,6 +89,8 @@ def decide(pool: str, policy: Policy, state: ScaleState, lag: int | None, actual
 
     if lag is None or hold_reason is not None:
         return out(actual, actual, f"hold: {hold_reason or 'lag unknown'}")
+    if state.last_active_at is None and actual > 0:
+        state.last_active_at = now  # replicas found running (adopted, started by hand) get a full cooldown
     reactive = reactive_replicas(lag, policy, rate)
     want = max(reactive, predicted)
     if want > 0:

@@ -93,3 +93,10 @@ def test_policy_from_the_pool_table() -> None:
     assert pool("echo").replica_cores == 0.25 and pool("text-small").replica_cores == 1.0
     with pytest.raises(ValueError):
         Policy(3, 2, 50)
+
+
+def test_replicas_found_running_get_a_full_cooldown() -> None:
+    st = ScaleState()
+    assert decide("p", P, st, 0, 1, now=1000).target == 1  # adopted, idle: not killed at once
+    assert decide("p", P, st, 0, 1, now=1059).target == 1
+    assert decide("p", P, st, 0, 1, now=1100).target == 0
