@@ -41,6 +41,10 @@ class Plan:
     max_replicas: int = 4
     lag_threshold: int = 50
     drain_timeout_s: float = 90.0
+    min_replicas: int = 1
+    kill_at_s: float | None = None  # SIGKILL the highest replica then (recovery after a kill)
+    session_timeout_ms: int | None = None  # the workers' consumer session timeout (None: the default)
+    only: str | None = None  # run one arm only (its name)
     periods: int = 1  # >1: the pattern repeats (predictive runs: the controller forecasts the next burst)
     predictive: bool = False
 
@@ -73,11 +77,23 @@ class RunResult:
     first_extra_ready_s: float | None = None
     drain_s: float | None = None
     controller_log: str = ""
+    killed: dict | None = None  # {"at_s", "replica", "pid"}
 
     def replicas_at(self, t: float) -> int | None:
         """Replicas consuming at time t (the last sample before it)."""
         before = [s["replicas"] for s in self.samples if s["t"] <= t]
         return before[-1] if before else None
+
+    def kill_summary(self) -> dict | None:
+        """After a SIGKILL: the worst latency of requests sent in the 2 s after it (the stall of the
+        dead replica's partitions until another replica or its restart takes them)."""
+        if self.killed is None:
+            return None
+        t0 = min(t for t, _, _ in self.sent.values())
+        at = t0 + self.killed["at_s"]
+        lat = [self.answered[r] - t for r, (t, _, _) in self.sent.items() if at <= t < at + 2 and r in self.answered]
+        return {**self.killed, "worst_latency_after_kill_s": round(max(lat), 2) if lat else None,
+                "answered_of_sent_after_kill": f"{len(lat)}/{sum(1 for t, _, _ in self.sent.values() if at <= t < at + 2)}"}
 
     def summary(self, plan: Plan) -> dict:
         lat: dict[str, dict[str, list[float]]] = {}
@@ -95,6 +111,7 @@ class RunResult:
             "max_lag_seen": max((s["lag"] for s in self.samples), default=0),
             "first_extra_replica_ready_s": self.first_extra_ready_s,
             "replicas_at_burst_starts": [self.replicas_at(t) for t in plan.burst_starts()],
+            "kill": self.kill_summary(),
             "drain_s": self.drain_s,
         }
 
@@ -136,7 +153,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
     max_r = plan.max_replicas if elastic else 1
     cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", "echo", "--requests-topic",
            topics.requests, "--group", topics.group, "--metrics-port-base", str(port_base), "--port", "-1",
-           "--interval", "1", "--min", "1", "--max", str(max_r),
+           "--interval", "1", "--min", str(min(plan.min_replicas, max_r)), "--max", str(max_r),
            *(["--season", str(plan.period_s), "--step", "2", "--replica-rps", str(1000 / plan.item_ms)]
              if plan.predictive else ["--no-predictive"]),
            "--lag-threshold", str(plan.lag_threshold), "--cooldown", "20", "--stabilization", "10",
@@ -145,6 +162,8 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
            "--worker-arg=--echo-latency-ms", f"--worker-arg={plan.item_ms}",
            "--worker-arg=--max-batch", "--worker-arg=1"]
     env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    if plan.session_timeout_ms:
+        env["RSCF_WORKER_SESSION_TIMEOUT_MS"] = str(plan.session_timeout_ms)
     log_path = data / "controller.log"
     ctl = subprocess.Popen(cmd, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
     res = RunResult(name)
@@ -190,6 +209,8 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         i, owed, owed_high, last = 0, 0.0, 0.0, t0
         while (now := time.monotonic()) - t0 < plan.duration_s:
             t = now - t0
+            if plan.kill_at_s is not None and res.killed is None and t >= plan.kill_at_s:
+                res.killed = _kill_highest(data, t)
             owed += plan.rate(t) * (now - last)
             owed_high += plan.high_rate * (now - last)
             last = now
@@ -233,6 +254,18 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
     return res
 
 
+def _kill_highest(data: Path, t: float) -> dict | None:
+    pids = sorted(data.glob("pids/worker-echo-*.pid"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not pids:
+        return None
+    pid = int(pids[-1].read_text().strip())
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    return {"at_s": round(t, 2), "replica": int(pids[-1].stem.rsplit("-", 1)[1]), "pid": pid}
+
+
 def _forget_history(group: str) -> None:
     """The run's rate history in Redis (keyed by its private group)."""
     try:
@@ -253,6 +286,7 @@ def run_burst(plan: Plan, progress=lambda m: None, html: Path | None = None) -> 
         arms = (("predictive", True, plan), ("reactive", True, replace(plan, predictive=False)))
     else:
         arms = (("controller", True, plan), ("fixed-1", False, plan))
+    arms = tuple(a for a in arms if plan.only in (None, a[0]))
     for name, elastic, p in arms:
         progress(f"run {name}: {p.duration_s:.0f} s of load")
         runs.append(run_once(name, p, elastic, progress))

@@ -152,7 +152,9 @@ def cmd_burst(args: argparse.Namespace) -> int:
 
     plan = Plan(steady_rate=args.rate, burst_factor=args.factor, high_rate=args.high_rate, before_s=args.before,
                 burst_s=args.burst, after_s=args.after, item_ms=args.item_ms, max_replicas=args.max_replicas,
-                lag_threshold=args.lag_threshold, periods=args.periods, predictive=args.predictive)
+                lag_threshold=args.lag_threshold, periods=args.periods, predictive=args.predictive,
+                min_replicas=args.min_replicas, kill_at_s=args.kill_at, session_timeout_ms=args.session_timeout_ms,
+                only=args.only)
     say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     try:
         out = run_burst(plan, say, html=Path(args.html) if args.html else None)
@@ -167,7 +169,7 @@ def cmd_burst(args: argparse.Namespace) -> int:
                   f"replicas max {r['max_replicas_seen']}, lag max {r['max_lag_seen']}; first extra replica "
                   f"consuming {r['first_extra_replica_ready_s']} s after the burst; drain {r['drain_s']} s; "
                   f"HIGH p99 burst/steady {r['high_p99_burst_over_steady']}; replicas at each burst's start "
-                  f"{r['replicas_at_burst_starts']}")
+                  f"{r['replicas_at_burst_starts']}" + (f"; kill {r['kill']}" if r.get("kill") else ""))
             for phase in ("steady", "burst", "after"):
                 for prio, v in r["latency_ms"].get(phase, {}).items():
                     print(f"   {phase:<7} {prio:<6} n={v['n']:<5} p50 {v['p50_ms']:>8} p95 {v['p95_ms']:>8} p99 {v['p99_ms']:>8} ms")
@@ -233,6 +235,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-replicas", type=int, default=4)
     p.add_argument("--lag-threshold", type=int, default=50)
     p.add_argument("--periods", type=int, default=1, help="repeat the steady/burst/steady pattern N times")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--kill-at", type=float, default=None, help="SIGKILL the highest replica at this second")
+    p.add_argument("--session-timeout-ms", type=int, default=None, help="workers' consumer session timeout")
+    p.add_argument("--only", choices=("controller", "fixed-1", "predictive", "reactive"), default=None)
     p.add_argument("--predictive", action="store_true",
                    help="predictive vs reactive controller (forecast season = one period; use --periods >= 3)")
     p.add_argument("--html", default=str(SETTINGS.paths.data / "bench" / "burst.html"), help="plot page ('' for none)")
