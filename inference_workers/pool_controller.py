@@ -73,7 +73,9 @@ class Controller:
         self.cpu_budget = SETTINGS.limits.pool_cpu_budget if cpu_budget is None else cpu_budget
         self.gpu_budget = SETTINGS.limits.pool_gpu_memory_gb if gpu_budget_gb is None else gpu_budget_gb
         self.lag = LagReader(bootstrap or SETTINGS.kafka_bootstrap)
-        self.history = RateHistory(redis_url or SETTINGS.redis_url, keep=int(3 * season_s / step_s) + 10)
+        # one sample per tick, three seasons of them (the fit resamples them to `step_s`)
+        self.history = RateHistory(redis_url or SETTINGS.redis_url, keep=int(3 * season_s / interval_s) + 10)
+        self._forecasts: dict[str, tuple[float, float | None]] = {}  # group -> (fitted at, peak): one fit per step
         self.metrics = ControllerMetrics()
         self.backoff = CrashBackoff()
         self.stop_event = threading.Event()
@@ -120,6 +122,14 @@ class Controller:
                       predicted=predicted or 0)
 
     def _forecast(self, key: str, pool: str, now: float) -> float | None:
+        cached = self._forecasts.get(key)
+        if cached is not None and now - cached[0] < self.step_s:
+            return cached[1]
+        peak = self._fit(key, pool, now)
+        self._forecasts[key] = (now, peak)
+        return peak
+
+    def _fit(self, key: str, pool: str, now: float) -> float | None:
         samples = self.history.load(key)
         if samples is None or not samples:
             return None
