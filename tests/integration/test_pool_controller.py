@@ -269,3 +269,19 @@ def test_high_request_is_answered_before_a_low_backlog_drains(pool):
     print(f"HIGH answered {at['high-0'] - sent:.2f} s after it was sent, ahead of {lows_after} LOW requests")
     ctl.send_signal(signal.SIGTERM)
     ctl.wait(60)
+
+
+def test_kafka_unreachable_holds_the_current_size_and_says_so(tmp_path):
+    env = {**os.environ, "RSCF_DATA_DIR": str(tmp_path), "PYTHONPATH": str(SETTINGS.paths.repo),
+           "RSCF_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port_base(1)}"}  # nothing listens there
+    log = tmp_path / "controller.log"
+    proc = subprocess.Popen([sys.executable, "-m", "inference_workers.pool_controller", "--pool", "echo", "--port", "-1",
+                             "--interval", "1", "--no-predictive", "--min", "1"],
+                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
+    try:
+        assert wait_for(lambda: "hold: kafka admin" in log.read_text(), 30), log.read_text()
+        assert "started" not in log.read_text()  # below its min, but nothing is started blind
+        assert not list((tmp_path / "pids").glob("worker-*.pid"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
