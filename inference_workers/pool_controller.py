@@ -143,9 +143,9 @@ class Controller:
         return peak_ahead(series, m, lead_steps)
 
     def _lead_s(self, pool: str) -> float:
-        """How far ahead to look: a cold start plus two ticks (measured cold start when known)."""
+        """How far ahead to look: a cold start (the latest measured, else 15 s), two ticks and one step."""
         cold = self.metrics.last_cold_start.get(pool, 15.0)
-        return cold + 2 * self.interval_s
+        return cold + 2 * self.interval_s + self.step_s
 
     def _replica_rps(self, pool: str) -> float:
         return pool_row(pool).replica_rps or float(pool_row(pool).lag_threshold)
