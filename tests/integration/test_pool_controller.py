@@ -201,7 +201,7 @@ def test_zero_wake_spike_scale_down_to_zero_and_wake_again(pool):
     assert wait_for(lambda: pool.worker_pids() == {}, 60), pool.log()
     assert "scale to zero" in pool.log() and "drained and stopped" in pool.log()
     assert pool.every_worker_process() == []
-    produce(pool.requests, requests("again", 1, priority="HIGH"))  # the HIGH lane wakes it too
+    produce(SETTINGS.topics.lane(pool.requests, "HIGH"), requests("again", 1, priority="HIGH"))  # HIGH lane wakes it too
     assert res.until(lambda r: "again-0" in r.ids(), 60), pool.log()
     print(f"cold start + first answer from zero: {woke_s:.1f} s")
     ctl.send_signal(signal.SIGTERM)
