@@ -53,6 +53,9 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# workers may ask for session timeouts down to 2 s (RSCF_WORKER_SESSION_TIMEOUT_MS; default 6 s, the
+# broker's default minimum): a killed replica's partitions wait about that long
+group.min.session.timeout.ms=2000
 auto.create.topics.enable=true
 log.retention.hours=72
 # 2-core machine: the defaults (3 network, 8 I/O, 10 background threads) only add context switches
