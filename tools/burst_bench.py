@@ -180,7 +180,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
 
         def read() -> None:
             while not stop.is_set():
-                for m in consumer.consume(500, 0.2):
+                for m in consumer.consume(500, 0.01):  # consume() waits its whole timeout unless 500 arrive
                     if m.error() is None:
                         rid = rserde.decode(m.value())["request_id"]
                         if rid in res.answered:
