@@ -29,8 +29,8 @@ def run(stack):
 def test_every_prompt_gets_one_final_and_one_audit(run):
     cfg, producer, reader = run
     ids = [f"ok-{i}" for i in range(N)]
-    for rid in ids:
-        producer.prompt(harness.prompt(rid, "echo-t", f"say {rid}"))
+    for i, rid in enumerate(ids):  # every priority lane of the echo pool: HIGH, NORMAL, LOW request topics
+        producer.prompt(harness.prompt(rid, "echo-t", f"say {rid}", priority=("HIGH", "NORMAL", "LOW")[i % 3]))
     producer.flush()
     got = reader.until(lambda g: all(r in g.content and r in g.audit for r in ids), 180)
     got = reader.settle(3)
