@@ -363,6 +363,8 @@ class KafkaIO:
             if msg is not None:
                 msgs.append(msg)
             self._polled_at[0] = time.monotonic()
+        elif not msgs:
+            time.sleep(timeout)  # full even for HIGH: wait for the inference thread, do not spin
         return msgs
 
     def close(self) -> None:
