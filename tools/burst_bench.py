@@ -298,3 +298,39 @@ def run_burst(plan: Plan, progress=lambda m: None, html: Path | None = None) -> 
         write_html(html, plan, runs)
         out["plot"] = str(html)
     return out
+
+
+def cold_start(pool: str, timeout_s: float = 300.0) -> dict:
+    """One replica of `pool` started by the pool controller on a private topic: seconds from its start
+    to ready (model loaded, partitions assigned), as the controller measures and exports it."""
+    import re
+
+    from rscf.kafka_clients import create_topics, delete_topics
+
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"{SETTINGS.topics.request_prefix}cold-{pool}-{run}", f"rscf-bench-cold-{pool}-{run}"
+    lanes = list(SETTINGS.topics.lanes(topic))
+    create_topics(lanes, 1)
+    data = Path(tempfile.mkdtemp(prefix=f"rscf-cold-{pool}-"))
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    log = data / "controller.log"
+    cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", pool, "--requests-topic", topic,
+           "--group", group, "--metrics-port-base", "47200", "--port", "-1", "--interval", "0.5", "--no-predictive",
+           "--min", "1", "--max", "1", "--cpu-budget", "64"]
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
+    seconds = None
+    try:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and seconds is None and proc.poll() is None:
+            m = re.search(r"ready \(consuming\) ([0-9.]+) s after its start", log.read_text(errors="replace"))
+            seconds = float(m.group(1)) if m else None
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        delete_topics(lanes)
+    crashed = "exited on its own" in log.read_text(errors="replace")
+    return {"pool": pool, "cold_start_s": seconds, "replica_crashed": crashed, "log": str(log)}

@@ -178,6 +178,18 @@ def cmd_burst(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["lost"] == 0 for r in out["runs"]) else EXIT_FAILED
 
 
+def cmd_coldstart(args: argparse.Namespace) -> int:
+    from tools.burst_bench import cold_start
+
+    rows = [cold_start(p) for p in (args.pool or ["echo"])]
+    if args.json:
+        print(json.dumps({"pools": rows}))
+    else:
+        for r in rows:
+            print(f"{r['pool']:<11} cold start {r['cold_start_s']} s (start to consuming){'  CRASHED: ' + r['log'] if r['replica_crashed'] else ''}")
+    return EXIT_OK if all(r["cold_start_s"] is not None for r in rows) else EXIT_FAILED
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -243,3 +255,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="predictive vs reactive controller (forecast season = one period; use --periods >= 3)")
     p.add_argument("--html", default=str(SETTINGS.paths.data / "bench" / "burst.html"), help="plot page ('' for none)")
     p.set_defaults(func=cmd_burst)
+
+    from rscf.pools import POOLS
+
+    p = bsub.add_parser("coldstart", parents=[json_parent()],
+                        help="seconds from a replica's start to consuming, per pool (the pool controller measures it)")
+    p.add_argument("--pool", action="append", choices=POOLS)
+    p.set_defaults(func=cmd_coldstart)
