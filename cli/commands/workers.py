@@ -250,7 +250,8 @@ def _register_workers(sub: argparse._SubParsersAction) -> None:
 
     from inference_workers import autoscaler as a
 
-    p = wsub.add_parser("autoscale", parents=[json_parent()], help="scale replicas on consumer lag")
+    p = wsub.add_parser("autoscale", parents=[json_parent()],
+                        help="scale replicas on lag in the foreground (the pool-controller service of `rscf up` does it for you)")
     p.add_argument("--pool", action="append", choices=POOLS)
     p.add_argument("--once", action="store_true", help="one measurement and decision, then exit")
     p.add_argument("--interval", type=float, default=10.0)
