@@ -139,8 +139,9 @@ def probe_ready(port: int, timeout_s: float = 0.3) -> bool:
     import urllib.error
     import urllib.request
 
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
     try:
-        with urllib.request.urlopen(f"http://{SETTINGS.host}:{port}/readyz", timeout=timeout_s) as resp:
+        with opener.open(f"http://{SETTINGS.host}:{port}/readyz", timeout=timeout_s) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
