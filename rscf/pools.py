@@ -32,7 +32,8 @@ class Pool:
     in_demo: bool = True  # `rscf demo` starts a replica of it
     # Where it runs on Kubernetes (deploy/k8s_pools.py renders the worker Deployment and KEDA ScaledObject):
     gpu: bool = False
-    min_replicas: int = 0  # 0: scaled to zero when idle (a model load on the first request)
+    # 0 (every pool): an idle stack runs no replica; the first request wakes one (`rscf bench coldstart`)
+    min_replicas: int = 0
     max_replicas: int = 4
     grace_s: int = 60  # terminationGracePeriodSeconds: longer than the slowest batch
     cpu_request: str = "1"
@@ -60,14 +61,14 @@ _GPU = dict(gpu=True, grace_s=300, memory_request="2Gi", memory_limit="16Gi", gp
 
 POOL_TABLE: tuple[Pool, ...] = (
     Pool(TEXT_SMALL, "TEXT", "smollm2-135m", "1", (TEXT_LARGE,), PoolPrice(per_request=0.01, per_1k_tokens=0.5),
-         min_replicas=1, max_replicas=6, replica_rps=4.0),
+         max_replicas=6, replica_rps=4.0),
     Pool(TEXT_LARGE, "TEXT", "smollm2-135m", "1", (TEXT_SMALL,), PoolPrice(per_request=0.02, per_1k_tokens=2.0),
          **_GPU),
     Pool(IMAGE, "IMAGE", "shapes-ddpm", "1", (), PoolPrice(per_request=0.02, per_image=1.0), **_GPU),
     Pool(SPEECH, "AUDIO", "piper-joe", "1", (), PoolPrice(per_request=0.01, per_audio_second=0.05)),
     # Benchmarks and tests: answers at once, costs nothing; a tenant with the `echo` feature goes here.
     Pool(ECHO, "ANY", "echo", "1", (), PoolPrice(), max_batch=256, in_demo=False,
-         min_replicas=1, max_replicas=8, cpu_request="250m", memory_request="256Mi", memory_limit="512Mi",
+         max_replicas=8, cpu_request="250m", memory_request="256Mi", memory_limit="512Mi",
          lag_threshold=200, replica_rps=1000.0),
 )
 
