@@ -38,7 +38,7 @@ def test_every_prompt_gets_one_final_and_one_audit(run):
         assert len(got.content.get(rid, [])) == 1, rid
         assert len(got.audit.get(rid, [])) == 1, rid
         final = got.content[rid][0]
-        assert final["status"] == "SUCCEEDED" and final["pool"] == "echo"
+        assert final["status"] == "SUCCEEDED" and final["pool"] == "echo", final
         assert final["output_text"] == f"say {rid}"[::-1]
         assert got.audit[rid][0]["status"] == "SUCCEEDED"
 
