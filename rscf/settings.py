@@ -169,6 +169,10 @@ class Limits:
     worker_max_batch: int = _env_int("WORKER_MAX_BATCH", 8)
     worker_max_wait_ms: int = _env_int("WORKER_MAX_WAIT_MS", 20)
     torch_threads: int = _env_int("TORCH_THREADS", 1)
+    # The echo model's simulated cost (0: answers at once). `rscf evaluate` sets them so that every
+    # deployment it compares batches a model that takes time, with the same cost everywhere.
+    echo_batch_ms: float = _env_float("ECHO_BATCH_MS", 0.0)
+    echo_item_ms: float = _env_float("ECHO_ITEM_MS", 0.0)
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)

@@ -22,8 +22,8 @@ class EchoHandler(ModelHandler[None]):
         self,
         mode: str = "reverse",
         prefix: str = "echo: ",
-        batch_latency_ms: float = 0.0,
-        item_latency_ms: float = 0.0,
+        batch_latency_ms: float | None = None,
+        item_latency_ms: float | None = None,
         max_batch: int | None = None,
         model_name: str | None = None,
         model_version: str | None = None,
@@ -34,8 +34,8 @@ class EchoHandler(ModelHandler[None]):
         self.mode = mode
         self.prefix = prefix
         # optional simulated model cost, to exercise batching without a model
-        self.batch_latency_ms = batch_latency_ms
-        self.item_latency_ms = item_latency_ms
+        self.batch_latency_ms = SETTINGS.limits.echo_batch_ms if batch_latency_ms is None else batch_latency_ms
+        self.item_latency_ms = SETTINGS.limits.echo_item_ms if item_latency_ms is None else item_latency_ms
         self.max_batch = max_batch or _ECHO_POOL.max_batch
         self.model_name = model_name or self.model_name
         self.model_version = model_version or self.model_version

@@ -64,26 +64,34 @@ def _checkpoints(job_id: str) -> dict:
     return httpx.get(f"{SETTINGS.flink_url}/jobs/{job_id}/checkpoints", timeout=5).json()
 
 
+def _answering_with_a_checkpoint(run, prefix: str) -> tuple[str, list[str]]:
+    """Start the run's job and worker, see three prompts answered and one checkpoint completed."""
+    from tools import harness
+
+    run.producer.control(harness.policy_event(f"{prefix}-t", ["echo"]))
+    run.producer.flush()
+    run.job.start()
+    run.worker.start()
+    job_id = run.job.job_id
+    early = [f"{prefix}-a{i}" for i in range(3)]
+    for rid in early:
+        run.producer.prompt(harness.prompt(rid, f"{prefix}-t", f"before the kill {rid}"))
+    run.producer.flush()
+    got = run.reader.until(lambda g: all(r in g.content for r in early), 90)
+    assert all(r in got.content for r in early), "the pipeline did not answer before the kill"
+    deadline = time.monotonic() + 30
+    while _checkpoints(job_id)["counts"]["completed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _checkpoints(job_id)["counts"]["completed"] >= 1
+    return job_id, early
+
+
 def test_killed_taskmanager_is_back_and_the_job_runs_again_from_its_checkpoint(stack):
     from deploy.local import flink_jobs
     from tools import harness
 
     with harness.isolated_run("sup", checkpoint_interval_ms=1000) as run:
-        run.producer.control(harness.policy_event("sup-t", ["echo"]))
-        run.producer.flush()
-        run.job.start()
-        run.worker.start()
-        job_id = run.job.job_id
-        early = [f"sup-a{i}" for i in range(3)]
-        for rid in early:
-            run.producer.prompt(harness.prompt(rid, "sup-t", f"before the kill {rid}"))
-        run.producer.flush()
-        got = run.reader.until(lambda g: all(r in g.content for r in early), 90)
-        assert all(r in got.content for r in early), "the pipeline did not answer before the kill"
-        deadline = time.monotonic() + 30
-        while _checkpoints(job_id)["counts"]["completed"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _checkpoints(job_id)["counts"]["completed"] >= 1
+        job_id, early = _answering_with_a_checkpoint(run, "sup")
 
         before = _restarts("flink-taskmanager")
         t0 = time.monotonic()
@@ -122,21 +130,7 @@ def test_killed_jobmanager_is_back_and_recovers_its_job_from_its_checkpoint(stac
     from tools import harness
 
     with harness.isolated_run("jmk", checkpoint_interval_ms=1000) as run:
-        run.producer.control(harness.policy_event("jmk-t", ["echo"]))
-        run.producer.flush()
-        run.job.start()
-        run.worker.start()
-        job_id = run.job.job_id
-        early = [f"jmk-a{i}" for i in range(3)]
-        for rid in early:
-            run.producer.prompt(harness.prompt(rid, "jmk-t", f"before the kill {rid}"))
-        run.producer.flush()
-        got = run.reader.until(lambda g: all(r in g.content for r in early), 90)
-        assert all(r in got.content for r in early), "the pipeline did not answer before the kill"
-        deadline = time.monotonic() + 30
-        while _checkpoints(job_id)["counts"]["completed"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _checkpoints(job_id)["counts"]["completed"] >= 1
+        job_id, early = _answering_with_a_checkpoint(run, "jmk")
 
         before = _restarts("flink-jobmanager")
         t0 = time.monotonic()

@@ -30,6 +30,7 @@ def test_every_verb_is_registered():
         "demo": [],
         "kb": ["ingest"],
         "chaos": [],
+        "evaluate": [],
     }
 
 

@@ -1,0 +1,58 @@
+"""The evaluation's figures on made-up runs: every request accounted for, MTTR, schedules."""
+
+from __future__ import annotations
+
+from tools.evaluation import BURST_FACTOR, schedule
+from tools.evaluation_metrics import Sample, accounting, percentile, recovery, summarise
+
+
+def _s(i: int, sent: int, done: int | None, status: str | None = "SUCCEEDED", phase: str = "before",
+       premium: bool = False, reason: str | None = None) -> Sample:
+    s = Sample(f"r{i}", phase, premium, sent_ms=sent)
+    if done is not None:
+        s.finish(done, status or "SUCCEEDED", reason)
+    return s
+
+
+def test_every_request_is_answered_rejected_or_lost():
+    samples = [_s(0, 0, 10), _s(1, 0, 20, "REJECTED", reason="quota_exceeded"), _s(2, 0, None),
+               _s(3, 0, 30, "ERROR", reason="ConnectError")]
+    samples[0].finals = 2
+    acc = accounting(samples)
+    assert (acc["sent"], acc["answered"], acc["rejected"], acc["errors"], acc["lost"], acc["duplicated"]) == \
+        (4, 1, 1, 1, 1, 1)
+    assert acc["rejected_by_reason"] == {"REJECTED:quota_exceeded": 1, "ERROR:ConnectError": 1}
+
+
+def test_latency_figures_count_answered_requests_only():
+    samples = [_s(i, 0, 10 * (i + 1)) for i in range(100)] + [_s(200, 0, 99_999, "FAILED")]
+    out = summarise(samples, duration_s=10, cpu_s=2.0, offered_per_s=10)
+    assert out["latency_ms"]["n"] == 100 and out["latency_ms"]["p50"] == 505.0
+    assert out["latency_ms"]["p99"] < 1000  # the FAILED one's 100 s is not a latency
+    assert out["throughput_per_s"] == 10.0 and out["cpu_ms_per_answer"] == 20.0
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+
+
+def test_recovery_is_time_to_first_answer_after_the_kill_and_back_to_steady():
+    kill = 10_000
+    before = [_s(i, i * 100, i * 100 + 20) for i in range(100)]  # 10/s, answered at once
+    # nothing answered for 4 s after the kill, then everything sent since at 10/s again
+    after = [_s(1000 + i, kill + i * 100, max(kill + 4_000, kill + i * 100 + 20)) for i in range(100)]
+    rec = recovery(before + after, kill, offered_per_s=10)
+    assert rec["first_answer_s"] == 4.0
+    assert rec["steady_s"] == 4.0  # the backlog arrives at once, then 10/s
+
+
+def test_no_answer_after_the_kill_means_no_recovery():
+    kill = 5_000
+    samples = [_s(i, i * 100, i * 100 + 5) for i in range(50)] + [_s(100 + i, kill + i * 100, None) for i in range(20)]
+    assert recovery(samples, kill, 10) == {"first_answer_s": None, "steady_s": None}
+
+
+def test_burst_schedule_sends_ten_times_the_rate_in_its_middle_third():
+    plan = schedule("burst", rate=10, duration_s=30)
+    phases = [p for _t, p in plan]
+    assert phases.count("burst") == 10 * BURST_FACTOR * 10
+    assert phases.count("before") == 100 and phases.count("after") == 100
+    steady = schedule("steady", rate=10, duration_s=30)
+    assert len(steady) == 300 and all(b > a for (a, _), (b, _) in zip(steady, steady[1:]))
