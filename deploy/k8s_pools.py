@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from inference_workers.autoscaler import TARGET_LAG_PER_REPLICA
 from inference_workers.metrics import metrics_port
 from rscf.pools import POOL_TABLE, Pool
 from rscf.settings import SETTINGS
@@ -84,12 +83,13 @@ spec:
 """
 
 _SCALED_OBJECT = """\
-# KEDA scales rscf-worker-{name} on the consumer lag of group rscf-workers-{name}: the same signal
-# and threshold as the local autoscaler (inference_workers/autoscaler.py, TARGET_LAG_PER_REPLICA =
-# {lag} unanswered requests per replica). Workers commit only after their results
-# are acknowledged, so lag counts queued and in-flight requests alike. Scale-up is fast, scale-down
-# one pod per minute after a stable minute (a new replica pays a model load). Replicas beyond the
-# topic's partition count would idle, so KEDA caps there (allowIdleConsumers false).
+# KEDA scales rscf-worker-{name} on the consumer lag of its priority lanes (groups rscf-workers-{name}
+# .high / plain / .low): the same numbers as the local pool controller (rscf/pools.py row `{name}`:
+# lagThreshold {lag}, activation {activation}, cooldown {cooldown} s, scale-down stabilisation {window} s,
+# one pod per {period} s; inference_workers/scaling.py). KEDA takes the highest of the three triggers,
+# the local controller their sum. Workers commit only after their results are acknowledged, so lag
+# counts queued and in-flight requests alike. Replicas beyond the topic's partition count would idle,
+# so KEDA caps there (allowIdleConsumers false), as the local controller does.
 # Generated from rscf/pools.py by `python -m deploy.k8s_pools`: edit the pool table, not this file.
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
@@ -102,7 +102,7 @@ spec:
   scaleTargetRef:
     name: rscf-worker-{name}
   pollingInterval: 10
-  cooldownPeriod: 60
+  cooldownPeriod: {cooldown}
   minReplicaCount: {min_replicas}
   maxReplicaCount: {max_replicas}
   advanced:
@@ -111,19 +111,22 @@ spec:
         scaleUp:
           stabilizationWindowSeconds: 0
           policies:
-            - {{type: Percent, value: 100, periodSeconds: 10}}
+            - {{type: Pods, value: {max_replicas}, periodSeconds: 10}}  # straight to the wish
         scaleDown:
-          stabilizationWindowSeconds: 60
+          stabilizationWindowSeconds: {window}
           policies:
-            - {{type: Pods, value: 1, periodSeconds: 60}}
+            - {{type: Pods, value: 1, periodSeconds: {period}}}
   triggers:
+{triggers}"""
+
+_TRIGGER = """\
     - type: kafka
       metadata:
         bootstrapServers: kafka:9092
-        consumerGroup: rscf-workers-{name}
+        consumerGroup: {group}
         topic: {topic}
         lagThreshold: "{lag}"
-        activationLagThreshold: "0"
+        activationLagThreshold: "{activation}"
         offsetResetPolicy: earliest
         allowIdleConsumers: "false"
         scaleToZeroOnInvalidOffset: "false"
@@ -133,8 +136,13 @@ spec:
 def render(pool: Pool) -> dict[str, str]:
     """File name -> text of the pool's Deployment and ScaledObject."""
     gpu = ', nvidia.com/gpu: "1"' if pool.gpu else ""
+    topics = SETTINGS.topics
+    triggers = "".join(_TRIGGER.format(group=g, topic=t, lag=pool.lag_threshold, activation=pool.activation_lag)
+                       for t, g in zip(topics.lanes(topics.requests(pool.name)), topics.lanes(f"rscf-workers-{pool.name}")))
     fields = dict(
-        name=pool.name, port=metrics_port(pool.name), grace=pool.grace_s, lag=TARGET_LAG_PER_REPLICA,
+        name=pool.name, port=metrics_port(pool.name), grace=pool.grace_s, lag=pool.lag_threshold,
+        activation=pool.activation_lag, cooldown=pool.cooldown_s, window=pool.stabilization_s,
+        period=pool.scale_down_period_s, triggers=triggers,
         requests=f'cpu: "{pool.cpu_request}", memory: {pool.memory_request}{gpu}',
         limits=f"memory: {pool.memory_limit}{gpu}",
         min_replicas=pool.min_replicas, max_replicas=pool.max_replicas, topic=SETTINGS.topics.requests(pool.name),

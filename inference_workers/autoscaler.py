@@ -18,7 +18,9 @@ from rscf.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
-# One threshold for the local autoscaler and the KEDA manifests (deploy/k8s/).
+# `rscf workers autoscale` (a loop in the foreground, base topic only). The pool controller service
+# (pool_controller.py) supersedes it: lanes, KEDA semantics, budget, supervision; it and the KEDA
+# manifests read each pool's `lag_threshold` from rscf/pools.py. Do not run both on one pool.
 TARGET_LAG_PER_REPLICA = 50
 MIN_REPLICAS = 1
 MAX_REPLICAS = 4

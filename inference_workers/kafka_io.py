@@ -1,6 +1,12 @@
 """The worker's Kafka side: client configuration, polling, rebalances, and the outbox that sends
 answers and commits only what the broker acknowledged.
 
+Priority lanes: a pool's requests come on one topic per priority (rscf/settings.py Topics.lane),
+each read by its own consumer in its own group (the lane's suffix on the pool's group), so each lane
+has its own fetch queue: a NORMAL/LOW backlog never sits in front of a HIGH record, in Kafka or in
+librdkafka. Each poll takes HIGH first, then NORMAL, then LOW; HIGH is taken even while the batcher
+is full (up to `high_extra` more), so a burst of lower lanes delays a HIGH request by one batch at most.
+
 Delivery: at-least-once. Offsets are committed by hand, and only up to the first
 request whose result the broker has not yet acknowledged (idempotent producer,
 acks=all). A crash anywhere means redelivery, never loss; Flink drops duplicate
@@ -18,6 +24,7 @@ from typing import Any, Iterator, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from inference_workers.batching import OffsetTracker
+from inference_workers.lanes import ensure_lane_topics
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff, backoff_delays
 from rscf.kafka_clients import producer_config
@@ -50,6 +57,7 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
         "max.poll.interval.ms": max_poll_interval_ms,
         **(extra or {}),
     }
@@ -118,6 +126,7 @@ class Outbox:
         self.outage = outage
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None  # commits go through the consumer
+        self.lane_consumers: dict[str, Consumer] = {}  # topic -> its lane's consumer (its group commits it)
         self._lock = threading.Lock()
         self._records: list[Outgoing] = []
         self.answered = 0  # results acknowledged by the broker (benchmarks read it)
@@ -213,10 +222,18 @@ class Outbox:
         offsets = self.tracker.committable()
         if not offsets:
             return
+        by_consumer: dict[int, tuple[Consumer, dict]] = {}
+        for (t, p), o in offsets.items():
+            consumer = self.lane_consumers.get(t, self.consumer)
+            by_consumer.setdefault(id(consumer), (consumer, {}))[1][(t, p)] = o
+        for consumer, part in by_consumer.values():
+            self._commit(consumer, part, sync)
+
+    def _commit(self, consumer: Consumer, offsets: dict, sync: bool) -> None:
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         for attempt, delay in enumerate(backoff_delays()):
             try:
-                self.consumer.commit(offsets=tps, asynchronous=not sync)
+                consumer.commit(offsets=tps, asynchronous=not sync)
                 self.tracker.mark_committed(offsets)
                 self.metrics.commits.labels(self.metrics.pool).inc()
                 return
@@ -259,36 +276,63 @@ class KafkaIO:
     """The worker's two Kafka clients: requests in (poll, rebalances), answers out (the outbox)."""
 
     def __init__(self, topic: str, outbox: Outbox, owner: PartitionOwner,
-                 consumer_conf: dict[str, Any], producer_conf: dict[str, Any]) -> None:
+                 consumer_conf: dict[str, Any], producer_conf: dict[str, Any], lanes: bool = True,
+                 high_extra: int = 16) -> None:
         self.topic = topic
         self.outbox = outbox
         self.owner = owner
         self.consumer_conf = consumer_conf
         self.producer_conf = producer_conf
-        self.consumer: Consumer | None = None
+        self.consumer: Consumer | None = None  # the NORMAL lane (the pool's original topic and group)
         self.producer: Producer | None = None
         self.assigned: list[TopicPartition] = []
+        self.lanes = lanes
+        self.high_extra = high_extra
+        self.lane_order: list[tuple[str, Consumer]] = []  # (topic, consumer), highest priority first
+        self._polled_at: dict[int, float] = {}
+        # A lane not read for max.poll.interval.ms is evicted, and one not read during a rebalance holds
+        # up its group (a new replica waits): a starved lane takes one record each second.
+        self.keepalive_s = 1.0
 
     def connect(self) -> None:
-        """Create both clients and subscribe; the outbox sends and commits through them."""
+        """Create the clients and subscribe each lane; the outbox sends and commits through them."""
+        from rscf.settings import SETTINGS
+
         error_cb = self.outbox.outage.on_error
-        self.consumer = Consumer({**self.consumer_conf, "error_cb": error_cb, "on_commit": self.outbox.on_commit})
         self.producer = Producer({**self.producer_conf, "error_cb": error_cb})
+        topics = SETTINGS.topics.lanes(self.topic) if self.lanes else (self.topic,)
+        group = self.consumer_conf["group.id"]
+        groups = SETTINGS.topics.lanes(group) if self.lanes else (group,)
+        if self.lanes:
+            ensure_lane_topics(self.consumer_conf["bootstrap.servers"], self.topic, topics)
+        for topic, lane_group in zip(topics, groups):
+            consumer = Consumer({**self.consumer_conf, "group.id": lane_group, "error_cb": error_cb,
+                                 "on_commit": self.outbox.on_commit})
+            consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self.lane_order.append((topic, consumer))
+            self.outbox.lane_consumers[topic] = consumer
+            if topic == self.topic:
+                self.consumer = consumer
         self.outbox.consumer, self.outbox.producer = self.consumer, self.producer
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def poll(self, timeout: float, room: int) -> Iterator[Any]:
-        """Up to ``room`` request records, each tracked as open until its answer is acknowledged.
+        """Up to ``room`` request records (HIGH: ``room + high_extra``), highest lane first, each
+        tracked as open until its answer is acknowledged.
 
         Back-pressure is the caller not polling while its batcher is full: records wait in
         librdkafka's bounded fetch queue (see worker.py for why not pause()/resume())."""
-        assert self.consumer is not None
-        msg = self.consumer.poll(timeout)
-        if msg is None:
-            return
-        msgs = [msg]
-        if room > 1:
-            msgs.extend(self.consumer.consume(num_messages=room - 1, timeout=0))
+        if self.lanes_active:
+            msgs = self._poll_lanes(timeout, room)
+        else:
+            assert self.consumer is not None
+            if room <= 0:
+                return
+            msg = self.consumer.poll(timeout)
+            if msg is None:
+                return
+            msgs = [msg]
+            if room > 1:
+                msgs.extend(self.consumer.consume(num_messages=room - 1, timeout=0))
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -299,19 +343,45 @@ class KafkaIO:
             self.outbox.tracker.track(m.topic(), m.partition(), m.offset())
             yield m
 
+    @property
+    def lanes_active(self) -> bool:
+        return len(self.lane_order) > 1
+
+    def _poll_lanes(self, timeout: float, room: int) -> list[Any]:
+        """One sweep over the lanes without waiting (every consumer's callbacks are served); when it
+        finds nothing, wait up to ``timeout`` on the HIGH lane only."""
+        msgs: list[Any] = []
+        for i, (_topic, consumer) in enumerate(self.lane_order):
+            limit = room + self.high_extra if i == 0 else room - len(msgs)
+            if limit <= 0 and time.monotonic() - self._polled_at.get(i, 0.0) > self.keepalive_s:
+                limit = 1  # a starved lane takes one record now and then, or max.poll.interval.ms evicts it
+            if limit > 0:
+                msgs.extend(consumer.consume(num_messages=limit, timeout=0))
+                self._polled_at[i] = time.monotonic()
+        if not msgs and room + self.high_extra > 0:
+            msg = self.lane_order[0][1].poll(timeout)
+            if msg is not None:
+                msgs.append(msg)
+            self._polled_at[0] = time.monotonic()
+        elif not msgs:
+            time.sleep(timeout)  # full even for HIGH: wait for the inference thread, do not spin
+        return msgs
+
     def close(self) -> None:
-        """Leave the group now (rather than after session.timeout.ms) and flush what is in flight."""
-        try:
-            if self.consumer is not None:
-                self.consumer.close()
-        except Exception:  # noqa: BLE001
-            log.exception("consumer close failed")
+        """Leave the groups now (rather than after session.timeout.ms) and flush what is in flight."""
+        for _topic, consumer in self.lane_order or [(self.topic, self.consumer)]:
+            try:
+                if consumer is not None:
+                    consumer.close()
+            except Exception:  # noqa: BLE001
+                log.exception("consumer close failed")
         if self.producer is not None:
             self.producer.flush(5)
 
     # ------------------------------------------------------------------------- rebalance
     def _on_assign(self, consumer, partitions) -> None:
-        self.assigned = list(partitions)
+        mine = {p.topic for p in partitions}
+        self.assigned = [p for p in self.assigned if p.topic not in mine] + list(partitions)
         self.owner.assignment_changed()
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
 
@@ -339,3 +409,4 @@ class KafkaIO:
         self.outbox.tracker.forget(lost)
         self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in lost]
         self.owner.assignment_changed()
+

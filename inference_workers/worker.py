@@ -74,11 +74,12 @@ class WorkerSettings:
     s3_retry_max_s: float = 300.0
     registry_retry_max_s: float = 60.0  # well under max.poll.interval.ms: decoding blocks the poll loop
     producer_timeout_ms: int = 30_000
-    session_timeout_ms: int = 10_000
+    session_timeout_ms: int = SETTINGS.limits.worker_session_timeout_ms
     max_poll_interval_ms: int = 300_000
     announce: bool = False  # write a Prometheus file_sd target while the health server runs
     answered_cache: int = DEFAULT_CAPACITY  # results kept to answer re-delivered requests (0: off)
     consumer_extra: dict[str, Any] = field(default_factory=dict)
+    lanes: bool = True  # read the pool's HIGH/NORMAL/LOW lane topics (kafka_io.py), not only the base topic
 
 
 class Worker:
@@ -122,6 +123,7 @@ class Worker:
             consumer_config(self.s.bootstrap, self.worker_id, self.group_id, self.s.session_timeout_ms,
                             self.s.max_poll_interval_ms, self.s.consumer_extra),
             results_producer_config(self.s.bootstrap, self.worker_id, self.s.producer_timeout_ms),
+            lanes=self.s.lanes, high_extra=2 * self.s.max_batch,
         )
         self.intake = Intake(self.request_serde, self.dlq_serde, self.dlq_topic, self.results, self.metrics,
                              self.s.registry_retry_max_s, answer=self._answer, send=self.outbox.send)
@@ -221,7 +223,7 @@ class Worker:
     def _step(self) -> None:
         """Main thread: feed the batcher while it has room, settle acks and commits."""
         room = self.max_buffered - len(self.batcher)
-        if room > 0:
+        if room > 0 or self.kafka.lanes_active:  # the HIGH lane is read even while the batcher is full
             for msg in self.kafka.poll(self.s.poll_timeout_s, room):
                 self._ingest(msg)
         else:

@@ -99,15 +99,16 @@ class JobConfig:
     def dlq(self) -> str:
         return self.topic(SETTINGS.topics.dlq)
 
-    def requests(self, pool: str) -> str:
-        return self.topic(SETTINGS.topics.requests(pool))
+    def requests(self, pool: str, priority: str | None = None) -> str:
+        """The pool's request topic of a priority lane (the lane's suffix goes after the test suffix)."""
+        return SETTINGS.topics.lane(self.topic(SETTINGS.topics.requests(pool)), priority)
 
     def output_topics(self) -> list[str]:
         return [*self.request_topics(), self.content, self.audit, self.dlq]
 
     def request_topics(self) -> list[str]:
         """What the requests sink writes (at-least-once in every mode)."""
-        return [self.requests(p) for p in POOLS]
+        return [t for p in POOLS for t in SETTINGS.topics.lanes(self.requests(p))]
 
     def final_topics(self) -> list[str]:
         """What the finals sink writes (transactional in exactly-once mode): every output but requests,

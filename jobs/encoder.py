@@ -68,7 +68,8 @@ class Encoder:
 
     def encode(self, role: str, key: str | None, record: dict, pool: str | None = None):
         """The row of one record for the topic of `role` (requests: the pool's topic)."""
-        topic = self.cfg.requests(pool or ECHO) if role == "request" else self.topics[role]
+        topic = (self.cfg.requests(pool or ECHO, record.get("priority")) if role == "request"
+                 else self.topics[role])  # requests: the lane of their priority
         serde = self._serde(topic, role)
         raw_key = key.encode("utf-8") if key else None
         try:

@@ -249,6 +249,9 @@ def _failed_attempt(
     return _finish(state, "FAILED", f"{cause}_after_{state.attempt}_attempts", now_ms, limits, breaker=breaker)
 
 
+DEADLINE_EXCEEDED = "deadline_exceeded"  # the worker's error code (inference_workers/batching.py)
+
+
 def _history(state: PendingRequest, entry: dict[str, Any]) -> PendingRequest:
     return evolve(state, history=[*state.history, entry])
 
@@ -295,6 +298,8 @@ def on_result(
     if ok:
         return _finish(state, "SUCCEEDED", None, now_ms, limits, result=dict(result),
                        breaker=(state.pool, "success"))
+    if result.get("error") == DEADLINE_EXCEEDED:  # the worker found it past its deadline and did not run it
+        return _finish(state, "EXPIRED", DEADLINE_EXCEEDED, now_ms, limits)  # not the pool's fault
     return _failed_attempt(state, "error", now_ms, fallback, limits, retryable=bool(result.get("retryable", True)))
 
 

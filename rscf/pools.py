@@ -32,29 +32,49 @@ class Pool:
     in_demo: bool = True  # `rscf demo` starts a replica of it
     # Where it runs on Kubernetes (deploy/k8s_pools.py renders the worker Deployment and KEDA ScaledObject):
     gpu: bool = False
-    min_replicas: int = 0  # 0: scaled to zero when idle (a model load on the first request)
+    # 0 (every pool): an idle stack runs no replica; the first request wakes one (`rscf bench coldstart`)
+    min_replicas: int = 0
     max_replicas: int = 4
     grace_s: int = 60  # terminationGracePeriodSeconds: longer than the slowest batch
     cpu_request: str = "1"
     memory_request: str = "1Gi"
     memory_limit: str = "3Gi"
+    # Scaling (the local pool controller and the KEDA ScaledObject read the same numbers):
+    lag_threshold: int = 50  # KEDA lagThreshold: unanswered requests per replica
+    activation_lag: int = 0  # KEDA activationLagThreshold: lag above this wakes a pool at zero
+    cooldown_s: int = 60  # KEDA cooldownPeriod: idle this long before a min-0 pool goes to zero
+    stabilization_s: int = 30  # HPA scaleDown stabilizationWindowSeconds: highest wish in it wins
+    scale_down_period_s: int = 15  # at most one replica removed per period
+    gpu_memory_gb: float = 0.0  # GPU memory per replica where a GPU budget is set (RSCF_POOL_GPU_MEMORY_GB)
+    replica_rps: float = 0.0  # requests/s one replica sustains (predictive scaling); 0: learnt from metrics
+
+    @property
+    def replica_cores(self) -> float:
+        """CPU cores one replica costs: the Kubernetes cpu request ("1", "250m") as a number."""
+        text = self.cpu_request.strip()
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 TEXT_SMALL, TEXT_LARGE, IMAGE, SPEECH, ECHO = "text-small", "text-large", "image", "speech", "echo"
 
-_GPU = dict(gpu=True, grace_s=300, memory_request="2Gi", memory_limit="16Gi")
+_GPU = dict(gpu=True, grace_s=300, memory_request="2Gi", memory_limit="16Gi", gpu_memory_gb=8.0)
 
 POOL_TABLE: tuple[Pool, ...] = (
     Pool(TEXT_SMALL, "TEXT", "smollm2-135m", "1", (TEXT_LARGE,), PoolPrice(per_request=0.01, per_1k_tokens=0.5),
-         min_replicas=1, max_replicas=6),
+         max_replicas=6, replica_rps=4.0),
     Pool(TEXT_LARGE, "TEXT", "smollm2-135m", "1", (TEXT_SMALL,), PoolPrice(per_request=0.02, per_1k_tokens=2.0),
          **_GPU),
     Pool(IMAGE, "IMAGE", "shapes-ddpm", "1", (), PoolPrice(per_request=0.02, per_image=1.0), **_GPU),
     Pool(SPEECH, "AUDIO", "piper-joe", "1", (), PoolPrice(per_request=0.01, per_audio_second=0.05)),
     # Benchmarks and tests: answers at once, costs nothing; a tenant with the `echo` feature goes here.
     Pool(ECHO, "ANY", "echo", "1", (), PoolPrice(), max_batch=256, in_demo=False,
-         min_replicas=1, max_replicas=8, cpu_request="250m", memory_request="256Mi", memory_limit="512Mi"),
+         max_replicas=8, cpu_request="250m", memory_request="256Mi", memory_limit="512Mi",
+         lag_threshold=200, replica_rps=1000.0),
 )
+
+# Priority lanes: each pool has a request topic per priority (rscf/settings.py Topics.lane); a worker
+# drains them highest first, so a NORMAL/LOW backlog never sits in front of a HIGH request.
+PRIORITY_LANES: tuple[str, ...] = ("HIGH", "NORMAL", "LOW")
 
 POOL_BY_NAME: dict[str, Pool] = {p.name: p for p in POOL_TABLE}
 POOLS: tuple[str, ...] = tuple(p.name for p in POOL_TABLE)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rscf.pools import POOLS
+from rscf.pools import POOLS, PRIORITY_LANES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,7 @@ class Ports:
     prometheus: int = _env_int("PROMETHEUS_PORT", 9090)
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
+    pool_controller: int = _env_int("POOL_CONTROLLER_PORT", 9398)  # its /metrics and /readyz
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,26 @@ class Topics:
     request_prefix: str = "genai.inference.requests."
     partitions: int = _env_int("TOPIC_PARTITIONS", 4)
 
-    def requests(self, pool: str) -> str:
-        return f"{self.request_prefix}{pool}"
+    def requests(self, pool: str, priority: str | None = None) -> str:
+        """A pool's request topic for a priority lane (None/NORMAL: the pool's original topic)."""
+        return self.lane(f"{self.request_prefix}{pool}", priority)
+
+    @staticmethod
+    def lane(base: str, priority: str | None) -> str:
+        """The lane of a request topic: NORMAL keeps the topic's name (compatible with older
+        producers and consumers), HIGH and LOW append `.high` / `.low`. Applied after any test
+        suffix, so the job and a worker given the same base topic agree on every lane."""
+        p = (priority or "NORMAL").upper()
+        return base if p not in PRIORITY_LANES or p == "NORMAL" else f"{base}.{p.lower()}"
+
+    def lanes(self, base: str) -> tuple[str, ...]:
+        """Every lane of a request topic, highest priority first."""
+        return tuple(self.lane(base, p) for p in PRIORITY_LANES)
 
     def all(self) -> tuple[str, ...]:
         """Every topic of the pipeline: the one list the stack, the harness and the benches create."""
         return (self.prompts, self.control, self.results, self.content, self.audit, self.dlq,
-                *(self.requests(p) for p in POOLS))
+                *(t for p in POOLS for t in self.lanes(self.requests(p))))
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,16 @@ class Limits:
     # margin covers headers and batch overhead. Larger dead letters, finals and worker results are
     # cut down or kept in object storage (claim check) instead of failing their producer.
     max_record_bytes: int = 900_000
+    # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: what a
+    # replica costs). CPU: 2x the cores by default, cpu requests being requests (as on Kubernetes),
+    # so every pool gets a replica on a 2-core laptop; GPU memory: 0 = no GPU, GPU pools cost cores.
+    # A killed worker's partitions wait this long before another replica takes them (#13: 10 s before).
+    # 6 s is the broker's default group.min.session.timeout.ms; heartbeats every third of it.
+    worker_session_timeout_ms: int = _env_int("WORKER_SESSION_TIMEOUT_MS", 6_000)
+    # `rscf up` runs the pool controller unless RSCF_POOL_CONTROLLER=off (replicas by hand: `rscf workers`)
+    pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
+    pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
+    pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
 
 
 @dataclass(frozen=True)

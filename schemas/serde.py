@@ -52,7 +52,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     _T.content: "content_result",
     _T.audit: "audit_record",
     _T.dlq: "dead_letter",
-    **{_T.requests(pool): "inference_request" for pool in POOLS},
+    **{lane: "inference_request" for pool in POOLS for lane in _T.lanes(_T.requests(pool))},  # every priority lane
 }
 
 

@@ -193,10 +193,11 @@ class EchoWorker:
     def start(self) -> None:
         log = _log(f"echo-{self.cfg.group_id}.log")
         self.proc = subprocess.Popen(
-            [str(SETTINGS.paths.venv / "bin" / "rscf"), "worker", "run", "--pool", "echo",
+            # this tree's worker (the venv's `rscf` script imports wherever the venv was installed from)
+            [sys.executable, "-m", "cli.main", "worker", "run", "--pool", "echo",
              "--requests-topic", self.cfg.requests("echo"), "--results-topic", self.cfg.results,
              "--group", f"echo-{self.cfg.group_id}", "--metrics-port", str(self.metrics_port)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
 
     def counters(self) -> dict[str, float]:
         """The worker's counters now (`model_calls`, `duplicate_requests`, ...), summed over labels."""

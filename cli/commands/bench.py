@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cli.commands.models import s3_reachable
 from cli.commands.workers import build_handler
@@ -222,6 +223,51 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return EXIT_OK if res.answered == res.n else EXIT_FAILED
 
 
+def cmd_burst(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from tools.burst_bench import Plan, run_burst
+
+    plan = Plan(steady_rate=args.rate, burst_factor=args.factor, high_rate=args.high_rate, before_s=args.before,
+                burst_s=args.burst, after_s=args.after, item_ms=args.item_ms, max_replicas=args.max_replicas,
+                lag_threshold=args.lag_threshold, periods=args.periods, predictive=args.predictive,
+                min_replicas=args.min_replicas, kill_at_s=args.kill_at, session_timeout_ms=args.session_timeout_ms,
+                only=args.only)
+    say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    try:
+        out = run_burst(plan, say, html=Path(args.html) if args.html else None)
+    except (KafkaException, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for r in out["runs"]:
+            print(f"{r['run']}: sent {r['sent']} answered {r['answered']} lost {r['lost']} duplicated {r['duplicated']}; "
+                  f"replicas max {r['max_replicas_seen']}, lag max {r['max_lag_seen']}; first extra replica "
+                  f"consuming {r['first_extra_replica_ready_s']} s after the burst; drain {r['drain_s']} s; "
+                  f"HIGH p99 burst/steady {r['high_p99_burst_over_steady']}; replicas at each burst's start "
+                  f"{r['replicas_at_burst_starts']}" + (f"; kill {r['kill']}" if r.get("kill") else ""))
+            for phase in ("steady", "burst", "after"):
+                for prio, v in r["latency_ms"].get(phase, {}).items():
+                    print(f"   {phase:<7} {prio:<6} n={v['n']:<5} p50 {v['p50_ms']:>8} p95 {v['p95_ms']:>8} p99 {v['p99_ms']:>8} ms")
+        if out.get("plot"):
+            print(f"plot: {out['plot']}")
+    return EXIT_OK if all(r["lost"] == 0 for r in out["runs"]) else EXIT_FAILED
+
+
+def cmd_coldstart(args: argparse.Namespace) -> int:
+    from tools.burst_bench import cold_start
+
+    rows = [cold_start(p) for p in (args.pool or ["echo"])]
+    if args.json:
+        print(json.dumps({"pools": rows}))
+    else:
+        for r in rows:
+            print(f"{r['pool']:<11} cold start {r['cold_start_s']} s (start to consuming){'  CRASHED: ' + r['log'] if r['replica_crashed'] else ''}")
+    return EXIT_OK if all(r["cold_start_s"] is not None for r in rows) else EXIT_FAILED
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -285,3 +331,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo-batch-ms", type=float, default=10.0, help="echo pool: simulated cost per batch")
     p.add_argument("--echo-item-ms", type=float, default=0.5, help="echo pool: simulated cost per request")
     p.set_defaults(func=cmd_workers)
+
+    p = bsub.add_parser("burst", parents=[json_parent()],
+                        help="steady -> 10x LOW/NORMAL burst -> steady with a HIGH trickle: pool controller vs fixed size")
+    p.add_argument("--rate", type=float, default=20.0, help="steady NORMAL+LOW requests/s")
+    p.add_argument("--factor", type=float, default=10.0, help="burst = rate x factor")
+    p.add_argument("--high-rate", type=float, default=2.0, help="HIGH requests/s throughout")
+    p.add_argument("--before", type=float, default=15.0, help="seconds of steady load before the burst")
+    p.add_argument("--burst", type=float, default=10.0, help="seconds of burst")
+    p.add_argument("--after", type=float, default=25.0, help="seconds of steady load after the burst")
+    p.add_argument("--item-ms", type=float, default=20.0, help="echo: simulated model time per request")
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--lag-threshold", type=int, default=50)
+    p.add_argument("--periods", type=int, default=1, help="repeat the steady/burst/steady pattern N times")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--kill-at", type=float, default=None, help="SIGKILL the highest replica at this second")
+    p.add_argument("--session-timeout-ms", type=int, default=None, help="workers' consumer session timeout")
+    p.add_argument("--only", choices=("controller", "fixed-1", "predictive", "reactive"), default=None)
+    p.add_argument("--predictive", action="store_true",
+                   help="predictive vs reactive controller (forecast season = one period; use --periods >= 3)")
+    p.add_argument("--html", default=str(SETTINGS.paths.data / "bench" / "burst.html"), help="plot page ('' for none)")
+    p.set_defaults(func=cmd_burst)
+
+    from rscf.pools import POOLS
+
+    p = bsub.add_parser("coldstart", parents=[json_parent()],
+                        help="seconds from a replica's start to consuming, per pool (the pool controller measures it)")
+    p.add_argument("--pool", action="append", choices=POOLS)
+    p.set_defaults(func=cmd_coldstart)

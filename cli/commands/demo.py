@@ -30,6 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"rscf demo failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     summary = demo.summarize(requests, outcome)
+    summary["pools"] = pool_activity(t0)
     report = demo.write_report(
         requests, outcome, summary, SETTINGS.paths.repo / "reports" / f"demo-{datetime.now():%Y%m%d-%H%M%S}.html"
     )
@@ -39,6 +40,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str))
     else:
         print(demo.format_summary(summary))
+        for line in summary["pools"]["events"][-12:]:
+            print(f"pools: {line}")
+        print(f"pools now: {summary['pools']['replicas']}  (the pool controller scales them; log: "
+              f"{summary['pools']['log']})")
         print(f"\nreport:            {report}")
         print(f"Flink Web UI:      {SETTINGS.flink_url}  (job rscf-content-pipeline)")
         print(f"Prometheus:        {SETTINGS.prometheus_url}")
@@ -47,6 +52,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("stop everything:   .venv/bin/rscf down   (workers, job and stack)")
         print(f"(took {summary['wall_s']} s; the stack is left running)")
     return EXIT_OK if not outcome.missing else EXIT_FAILED
+
+
+def pool_activity(since_monotonic: float) -> dict:
+    """What the pool controller did during the demo (replicas started, drained, pools woken or put
+    to sleep) and the replicas running now, from its log and the replicas' PID files."""
+    from inference_workers import supervisor
+    from rscf.pools import POOLS
+    from rscf.settings import SETTINGS
+
+    log = SETTINGS.paths.logs / "pool-controller.log"
+    since = datetime.fromtimestamp(time.time() - (time.monotonic() - since_monotonic)).strftime("%Y-%m-%d %H:%M:%S")
+    events = []
+    try:
+        for line in log.read_text(errors="replace").splitlines():
+            if line[:19] >= since and any(k in line for k in (" started (pid", "draining", "cold start", "reason='scale",
+                                                                "reason='activate")):
+                events.append(line[11:19] + " " + line.split("rscf.pool_controller: ", 1)[-1][:160])
+    except FileNotFoundError:
+        pass
+    return {"events": events, "log": str(log),
+            "replicas": {p: len(supervisor.alive_replicas(p)) for p in POOLS}}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,12 +13,12 @@ from rscf.pools import POOLS
 from rscf.settings import SETTINGS
 
 
-def build_handler(pool: str, model: str | None = None, version: str | None = None):
+def build_handler(pool: str, model: str | None = None, version: str | None = None, echo_latency_ms: float = 0.0):
     """The pool's handler: EchoHandler for `echo`, otherwise the model registry's `load_handler`."""
     if pool == "echo":
         from inference_workers.handlers.echo import EchoHandler
 
-        return EchoHandler(model_name=model, model_version=version)
+        return EchoHandler(model_name=model, model_version=version, item_latency_ms=echo_latency_ms)
     return _registry_load_handler()(pool, model=model, version=version)
 
 
@@ -62,7 +62,7 @@ def cmd_worker_run(args: argparse.Namespace) -> int:
     from inference_workers.worker import serve
 
     try:
-        handler = build_handler(args.pool, args.model, args.version)
+        handler = build_handler(args.pool, args.model, args.version, args.echo_latency_ms)
     except Exception as exc:  # noqa: BLE001
         print(f"cannot build handler for pool {args.pool}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -222,6 +222,8 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-topic", default=None, help="override (tests): default genai.inference.results")
     p.add_argument("--group", default=None, help="override (tests): default rscf-workers-<pool>")
     p.add_argument("--metrics-port", type=int, default=None, help="default worker_metrics_first + index; 0 any; -1 none")
+    p.add_argument("--echo-latency-ms", type=float, default=0.0,
+                   help="echo only: simulated model time per request (tests and `rscf bench burst`)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_worker_run)
 
@@ -248,7 +250,8 @@ def _register_workers(sub: argparse._SubParsersAction) -> None:
 
     from inference_workers import autoscaler as a
 
-    p = wsub.add_parser("autoscale", parents=[json_parent()], help="scale replicas on consumer lag")
+    p = wsub.add_parser("autoscale", parents=[json_parent()],
+                        help="scale replicas on lag in the foreground (the pool-controller service of `rscf up` does it for you)")
     p.add_argument("--pool", action="append", choices=POOLS)
     p.add_argument("--once", action="store_true", help="one measurement and decision, then exit")
     p.add_argument("--interval", type=float, default=10.0)

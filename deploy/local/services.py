@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deploy.local import flink, installed
 from deploy.local.processes import Service, StackError, http_ok, port_in_use
+from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
 
 D = SETTINGS.paths.data
@@ -52,6 +53,9 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# workers may ask for session timeouts down to 2 s (RSCF_WORKER_SESSION_TIMEOUT_MS; default 6 s, the
+# broker's default minimum): a killed replica's partitions wait about that long
+group.min.session.timeout.ms=2000
 auto.create.topics.enable=true
 log.retention.hours=72
 # 2-core machine: the defaults (3 network, 8 I/O, 10 background threads) only add context switches
@@ -363,5 +367,20 @@ SERVICES: tuple[Service, ...] = (
         start_timeout_s=30,
     ),
 )
+
+# The pool controller owns the worker replicas (inference_workers/pool_controller.py): last to start,
+# first to stop (`rscf down` drains every replica through it). RSCF_CONTROLLER_POOLS limits its pools.
+POOL_CONTROLLER = Service(
+    "pool-controller",
+    (P.pool_controller,),
+    lambda: [installed.venv_bin("python"), "-m", "inference_workers.pool_controller"],
+    lambda: http_ok(f"http://{H}:{P.pool_controller}/readyz"),
+    f"http://{H}:{P.pool_controller}/metrics (scales worker pools on lag; restarts crashed replicas)",
+    env=lambda: {"PYTHONPATH": str(SETTINGS.paths.repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    start_timeout_s=30,
+    stop_wait_s=max(p.grace_s for p in POOL_TABLE) + 30,  # it drains every replica before it exits
+)
+if SETTINGS.limits.pool_controller:
+    SERVICES = (*SERVICES, POOL_CONTROLLER)
 
 SERVICE_BY_NAME = {s.name: s for s in SERVICES}

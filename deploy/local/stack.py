@@ -25,7 +25,7 @@ from deploy.local import supervision
 from deploy.local.processes import Service, StackError, log_tail, port_in_use, recorded_process, stop_recorded
 from deploy.local.provision import provision
 from deploy.local.installed import require_installed
-from deploy.local.services import SERVICE_BY_NAME, SERVICES
+from deploy.local.services import POOL_CONTROLLER, SERVICE_BY_NAME, SERVICES
 from rscf.settings import SETTINGS
 
 UNSUPERVISED = "UNSUPERVISED"  # running from a PID file, but not under this stack's supervisord
@@ -201,11 +201,15 @@ def down(progress: Callable[[str], None] = lambda msg: None) -> list[str]:
     stopped = []
     from inference_workers import supervisor
 
+    lay = supervision.layout()
+    # The pool controller first: it drains its replicas, and would restart any stopped behind its back.
+    if supervision.stop_program(lay, "pool-controller") | stop_recorded(POOL_CONTROLLER.pid_file):
+        stopped.append("pool-controller")
+        progress("pool-controller: stopped (replicas drained)")
     for replica in supervisor.replicas():
         if replica.alive and supervisor.stop_replica(replica, grace_s=30):
             stopped.append(f"worker-{replica.pool}-{replica.replica}")
             progress(f"worker {replica.pool}#{replica.replica}: stopped")
-    lay = supervision.layout()
     for svc in reversed(SERVICES):
         # through supervisord; a process started before supervision (or orphaned) by its PID file
         if supervision.stop_program(lay, svc.name) | stop_recorded(svc.pid_file):

@@ -29,8 +29,8 @@ def run(stack):
 def test_every_prompt_gets_one_final_and_one_audit(run):
     cfg, producer, reader = run
     ids = [f"ok-{i}" for i in range(N)]
-    for rid in ids:
-        producer.prompt(harness.prompt(rid, "echo-t", f"say {rid}"))
+    for i, rid in enumerate(ids):  # every priority lane of the echo pool: HIGH, NORMAL, LOW request topics
+        producer.prompt(harness.prompt(rid, "echo-t", f"say {rid}", priority=("HIGH", "NORMAL", "LOW")[i % 3]))
     producer.flush()
     got = reader.until(lambda g: all(r in g.content and r in g.audit for r in ids), 180)
     got = reader.settle(3)
@@ -38,7 +38,7 @@ def test_every_prompt_gets_one_final_and_one_audit(run):
         assert len(got.content.get(rid, [])) == 1, rid
         assert len(got.audit.get(rid, [])) == 1, rid
         final = got.content[rid][0]
-        assert final["status"] == "SUCCEEDED" and final["pool"] == "echo"
+        assert final["status"] == "SUCCEEDED" and final["pool"] == "echo", final
         assert final["output_text"] == f"say {rid}"[::-1]
         assert got.audit[rid][0]["status"] == "SUCCEEDED"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from deploy.k8s_pools import K8S, render, render_all
+from rscf.settings import SETTINGS
 from rscf.pools import POOL_TABLE, POOLS, pool
 
 
@@ -30,5 +31,8 @@ def test_rendered_values_follow_the_table():
         assert ("nvidia.com/gpu" in container["resources"]["limits"]) is row.gpu
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == row.grace_s
         assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (row.min_replicas, row.max_replicas)
-        assert scaled["spec"]["triggers"][0]["metadata"]["topic"].endswith(row.name)
+        lanes = SETTINGS.topics.lanes(SETTINGS.topics.requests(row.name))
+        assert [t["metadata"]["topic"] for t in scaled["spec"]["triggers"]] == list(lanes)  # every priority lane
+        assert {t["metadata"]["lagThreshold"] for t in scaled["spec"]["triggers"]} == {str(row.lag_threshold)}
+        assert scaled["spec"]["cooldownPeriod"] == row.cooldown_s  # the local controller's numbers
     assert pool("image").gpu and not pool("echo").gpu

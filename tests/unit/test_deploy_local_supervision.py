@@ -162,3 +162,15 @@ def test_crash_loop_ends_fatal(throwaway):
     _wait(lambda: supervision.program_states(lay)["doomed"].state == "FATAL", 20)
     assert supervision.restart_counts(lay.log)["doomed"] == 2  # the start and its one retry
     assert "boom-marker" in Path(lay.data / "logs" / "doomed.log").read_text()
+
+
+def test_pool_controller_starts_last_and_may_drain_the_slowest_pool():
+    from rscf.pools import POOL_TABLE
+    from rscf.settings import SETTINGS
+
+    if not SETTINGS.limits.pool_controller:
+        pytest.skip("RSCF_POOL_CONTROLLER=off")
+    assert services.SERVICES[-1] is services.POOL_CONTROLLER  # last up, first down: it owns the replicas
+    program = supervision.program_for(services.POOL_CONTROLLER, 100)
+    assert program.stopwaitsecs > max(p.grace_s for p in POOL_TABLE)  # SIGKILL only after every drain
+    assert program.command[-2:] == ["-m", "inference_workers.pool_controller"]

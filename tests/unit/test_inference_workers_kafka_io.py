@@ -164,3 +164,30 @@ def test_client_config() -> None:
     assert conf["group.id"] == "g" and conf["fetch.min.bytes"] == 1
     prod = results_producer_config("b:9092", "w1", 30_000)
     assert prod["enable.idempotence"] is True and prod["acks"] == "all" and prod["message.timeout.ms"] == 30_000
+
+
+def test_lanes_highest_first_high_even_when_full_and_commits_through_each_lanes_group(outbox):
+    class Owner:
+        def hold_inference(self): ...
+        def release_inference(self): ...
+        def drop_requests(self, partitions): ...
+        def assignment_changed(self): ...
+
+    io = KafkaIO("req", outbox, Owner(), consumer_config("b:9092", "c", "g", 6_000, 300_000), {}, high_extra=2)
+    lanes = {t: FakeConsumer([Msg(t.encode(), None, o, topic=t) for o in range(5)]) for t in ("req.high", "req", "req.low")}
+    io.lane_order = list(lanes.items())
+    outbox.lane_consumers = dict(lanes)
+    io._polled_at = {1: 1e18, 2: 1e18}  # lower lanes polled just now: no keep-alive record
+    got = [m.topic() for m in io.poll(0.01, room=6)]
+    assert got == ["req.high"] * 5 + ["req"]  # HIGH first (up to room + 2), then NORMAL with what room is left
+    lanes["req.high"].messages = [Msg(b"h", None, 9, topic="req.high")]
+    assert [m.topic() for m in io.poll(0.01, room=0)] == ["req.high"]  # batcher full: HIGH still comes in
+    assert len(lanes["req.low"].messages) == 5  # LOW waits in its own fetch queue
+    for topic, offset in (("req.high", 0), ("req", 0)):
+        outbox.tracker.done(topic, 0, offset)
+    outbox.commit(sync=True)
+    assert lanes["req.high"].commits == [([("req.high", 0, 1)], False)]  # each lane's group commits its topic
+    assert lanes["req"].commits == [([("req", 0, 1)], False)] and lanes["req.low"].commits == []
+
+    io._polled_at = {}  # a lane starved for over a second takes one record (or its group would evict it)
+    assert [m.topic() for m in io.poll(0.01, room=0)] == ["req", "req.low"]

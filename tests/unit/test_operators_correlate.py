@@ -164,3 +164,10 @@ def test_pending_state_pickles_positionally_and_a_by_name_pickle_of_the_version_
     done = tombstone(replace(state, status="SUCCEEDED", finished_at_ms=2_000))
     assert done.finished and done.request_id == state.request_id and done.prompt == ""
     assert len(pickle.dumps(done)) < 400
+
+
+def test_a_request_the_worker_found_past_its_deadline_ends_expired_not_failed():
+    st = on_dispatch(pending(), 2_000, LIM).state
+    out = on_result(st, result(1, "ERROR", retryable=False, error="deadline_exceeded"), 3_001, fb, LIM)
+    assert out.kind is EffectKind.EMIT_FINAL and out.state.status == "EXPIRED"
+    assert out.state.reason == "deadline_exceeded" and out.breaker_event is None  # not held against the pool

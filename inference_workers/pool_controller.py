@@ -1,0 +1,373 @@
+"""The pool controller: a stack service that owns every pool's worker replica processes.
+
+Each tick (2 s) it measures every pool's lag and arrival rate over its priority lanes (Kafka admin),
+decides with KEDA's semantics (scaling.py, plus a Holt-Winters forecast from forecast.py), fits the
+machine's budget, and applies: starts replicas (`rscf worker run`, own session, PID file), drains
+surplus ones (SIGTERM: the batch in hand is answered and committed; SIGKILL after the pool's grace)
+and restarts crashed ones with back-off. Every decision is a log line and a set of metrics on
+/metrics (SETTINGS.ports.pool_controller).
+
+Ownership across restarts: replicas are adopted by PID file (inference_workers/supervisor.py checks
+that the PID still runs `worker run` of that pool), so a controller killed and restarted by
+supervisord neither orphans nor double-starts replicas. SIGTERM to the controller (`rscf down`)
+drains every replica before it exits. Kafka admin unreachable: every pool holds its size and the
+log says so; Redis (rate history) unreachable: reactive only, and the log says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from inference_workers import supervisor
+from inference_workers.controller_io import ControllerMetrics, LagReader, RateHistory, probe_ready
+from inference_workers.forecast import peak_ahead, replicas_for_rate, resample
+from inference_workers.metrics import HealthServer, register_scrape_target, unregister_scrape_target
+from inference_workers.scaling import CrashBackoff, Decision, Policy, ScaleState, cost_of, decide, fit_budget
+from rscf.pools import POOLS, pool as pool_row
+from rscf.settings import SETTINGS
+
+log = logging.getLogger("rscf.pool_controller")
+
+
+@dataclass
+class Target:
+    """A pool as the controller runs it (tests and benchmarks point it at private topics)."""
+
+    pool: str
+    policy: Policy
+    topic: str
+    group: str
+    worker_args: list[str] = field(default_factory=list)
+    metrics_port_base: int | None = None  # replica i serves /readyz on base + i (None: metrics_port())
+    replica_rps: float | None = None  # requests/s one replica serves (None: the pool table's)
+    state: ScaleState = field(default_factory=ScaleState)
+    spawned: dict[int, float] = field(default_factory=dict)  # index -> spawn time, until ready
+    draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
+
+    def port(self, index: int) -> int:
+        from inference_workers.metrics import metrics_port
+
+        return self.metrics_port_base + index if self.metrics_port_base is not None else metrics_port(self.pool, index)
+
+    def args(self, index: int) -> list[str]:
+        extra = list(self.worker_args)
+        if self.metrics_port_base is not None:
+            extra += ["--metrics-port", str(self.port(index))]
+        return extra
+
+
+class Controller:
+    def __init__(self, targets: list[Target], interval_s: float = 2.0, season_s: float = 3600.0,
+                 step_s: float = 10.0, predictive: bool = True, cpu_budget: float | None = None,
+                 gpu_budget_gb: float | None = None, bootstrap: str | None = None,
+                 redis_url: str | None = None) -> None:
+        self.targets = {t.pool: t for t in targets}
+        self.interval_s = interval_s
+        self.season_s, self.step_s, self.predictive = season_s, step_s, predictive
+        self.cpu_budget = SETTINGS.limits.pool_cpu_budget if cpu_budget is None else cpu_budget
+        self.gpu_budget = SETTINGS.limits.pool_gpu_memory_gb if gpu_budget_gb is None else gpu_budget_gb
+        self.lag = LagReader(bootstrap or SETTINGS.kafka_bootstrap)
+        # one sample per tick, three seasons of them (the fit resamples them to `step_s`)
+        self.history = RateHistory(redis_url or SETTINGS.redis_url, keep=int(3 * season_s / interval_s) + 10)
+        self._forecasts: dict[str, tuple[float, float | None]] = {}  # group -> (fitted at, peak): one fit per step
+        self.metrics = ControllerMetrics()
+        self.backoff = CrashBackoff()
+        self.stop_event = threading.Event()
+        self.last: dict[str, Decision] = {}
+
+    # ----------------------------------------------------------------- one tick
+    def tick(self, now: float | None = None) -> list[Decision]:
+        now = time.time() if now is None else now
+        self._reap()
+        running: dict[str, int] = {}
+        decisions: dict[str, Decision] = {}
+        for t in self.targets.values():
+            self._settle(t, now)
+            running[t.pool] = len(self._alive(t))
+            decisions[t.pool] = self._decide(t, running[t.pool], now)
+        wants = {p: d.target for p, d in decisions.items()}
+        costs = {p: cost_of(pool_row(p), self.gpu_budget) for p in wants}
+        granted = fit_budget(wants, running, costs, self.cpu_budget, self.gpu_budget)
+        for p, d in decisions.items():
+            t = self.targets[p]
+            target = min(d.target, granted[p]) if d.target > running[p] else d.target
+            self._report(d, target)
+            self._apply(t, target, now)
+        self.last = decisions
+        return list(decisions.values())
+
+    def _decide(self, t: Target, actual: int, now: float) -> Decision:
+        reading = self.lag.read(t.topic, t.group)
+        if reading.error is not None:
+            self.metrics.hold.labels(t.pool).set(1)
+            return decide(t.pool, t.policy, t.state, None, actual, now, hold_reason=f"kafka admin: {reading.error}")
+        self.metrics.hold.labels(t.pool).set(0)
+        rate = self.lag.rate(t.pool, reading, now)
+        forecast = predicted = None
+        if rate is not None and self.predictive:
+            self.history.add(t.group, now, rate)  # keyed by group: a test's private pool has its own
+        if self.predictive:
+            forecast = self._forecast(t.group, t.pool, now)
+            predicted = replicas_for_rate(forecast, t.replica_rps or self._replica_rps(t.pool))
+        policy = t.policy
+        if 0 < reading.partitions < policy.max_replicas:  # more replicas than partitions would idle
+            policy = Policy(**{**policy.__dict__, "max_replicas": max(policy.min_replicas, reading.partitions)})
+        return decide(t.pool, policy, t.state, reading.lag, actual, now, rate=rate, forecast=forecast,
+                      predicted=predicted or 0)
+
+    def _forecast(self, key: str, pool: str, now: float) -> float | None:
+        cached = self._forecasts.get(key)
+        if cached is not None and now - cached[0] < self.step_s:
+            return cached[1]
+        peak = self._fit(key, pool, now)
+        self._forecasts[key] = (now, peak)
+        return peak
+
+    def _fit(self, key: str, pool: str, now: float) -> float | None:
+        samples = self.history.load(key)
+        if samples is None or not samples:
+            return None
+        m = max(2, int(self.season_s / self.step_s))
+        span = int((now - samples[0][0]) // self.step_s)
+        length = min(span, 3 * m)
+        if length < 2 * m:
+            return None
+        series = resample(samples, self.step_s, now, length)
+        lead_steps = max(1, int(round(self._lead_s(pool) / self.step_s)))
+        return peak_ahead(series, m, lead_steps)
+
+    def _lead_s(self, pool: str) -> float:
+        """How far ahead to look: a cold start (the latest measured, else 15 s), two ticks and one step."""
+        cold = self.metrics.last_cold_start.get(pool, 15.0)
+        return cold + 2 * self.interval_s + self.step_s
+
+    def _replica_rps(self, pool: str) -> float:
+        return pool_row(pool).replica_rps or float(pool_row(pool).lag_threshold)
+
+    def _report(self, d: Decision, target: int) -> None:
+        m = self.metrics
+        m.lag.labels(d.pool).set(d.lag if d.lag is not None else -1)
+        m.rate.labels(d.pool).set(d.rate or 0.0)
+        m.forecast.labels(d.pool).set(d.forecast if d.forecast is not None else -1)
+        m.desired.labels(d.pool).set(d.desired)
+        m.wanted.labels(d.pool).set(d.target)
+        m.replicas.labels(d.pool).set(d.actual)
+        m.target.labels(d.pool).set(target)
+        budget = f" budget-capped (wanted {d.target})" if target < d.target else ""
+        action = "up" if target > d.actual else "down" if target < d.actual else "hold"
+        m.decisions.labels(d.pool, action).inc()
+        if target < d.target:
+            m.budget_capped.labels(d.pool).inc()
+        fc = "-" if d.forecast is None else f"{d.forecast:.1f}/s"
+        rate = "-" if d.rate is None else f"{d.rate:.1f}/s"
+        line = (f"pool={d.pool} lag={d.lag if d.lag is not None else '?'} rate={rate} forecast={fc} "
+                f"reactive={d.reactive} predicted={d.predicted} desired={d.desired} actual={d.actual} "
+                f"target={target} reason={d.reason!r}{budget}")
+        (log.info if action != "hold" or d.reason.startswith("hold: kafka") else log.debug)(line)
+
+    # ----------------------------------------------------------------- processes
+    def _alive(self, t: Target) -> list[supervisor.Replica]:
+        return [r for r in supervisor.alive_replicas(t.pool) if r.replica not in t.draining]
+
+    def _reap(self) -> None:
+        """Collect exited children (replicas started by this controller) so they do not linger as zombies."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def _settle(self, t: Target, now: float) -> None:
+        """Finish drains, notice crashes (exits not asked for), measure cold starts."""
+        for index, (pid, kill_at) in list(t.draining.items()):
+            r = supervisor.replica(t.pool, index)
+            if not r.alive:
+                r.pid_file.unlink(missing_ok=True)
+                unregister_scrape_target(f"worker-{t.pool}-{index}")
+                del t.draining[index]
+                log.info("pool=%s replica=%d drained and stopped", t.pool, index)
+            elif now >= kill_at:
+                log.warning("pool=%s replica=%d still running %.0f s after SIGTERM: SIGKILL", t.pool, index,
+                            pool_row(t.pool).grace_s)
+                _signal(pid, signal.SIGKILL)
+        for r in supervisor.replicas(t.pool):
+            if r.alive or r.replica in t.draining:
+                continue
+            try:
+                lifetime = now - r.pid_file.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            r.pid_file.unlink(missing_ok=True)
+            unregister_scrape_target(f"worker-{t.pool}-{r.replica}")
+            t.spawned.pop(r.replica, None)
+            retry_at = self.backoff.exited(t.pool, 0, lifetime, now)
+            self.metrics.crashes.labels(t.pool).inc()
+            loop = self.backoff.crash_loop(t.pool)
+            self.metrics.crash_loop.labels(t.pool).set(1 if loop else 0)
+            log.warning("pool=%s replica=%d (pid %s) exited on its own after %.1f s; restart not before %.1f s%s; "
+                        "log: %s", t.pool, r.replica, r.pid, lifetime, retry_at - now,
+                        " CRASH LOOP" if loop else "", r.log_file)
+        for index, spawned_at in list(t.spawned.items()):
+            if probe_ready(t.port(index)):
+                cold = now - spawned_at
+                del t.spawned[index]
+                self.metrics.cold_start.labels(t.pool).observe(cold)
+                self.metrics.last_cold_start[t.pool] = cold
+                self.metrics.cold_start_last.labels(t.pool).set(cold)
+                log.info("pool=%s replica=%d ready (consuming) %.1f s after its start (cold start)", t.pool, index, cold)
+        alive = self._alive(t)
+        if alive and all(now - _started(r) >= self.backoff.stable_s for r in alive):
+            self.backoff.healthy(t.pool, 0)
+            self.metrics.crash_loop.labels(t.pool).set(0)
+
+    def _apply(self, t: Target, target: int, now: float) -> None:
+        alive = self._alive(t)
+        if len(alive) < target:
+            if not self.backoff.may_start(t.pool, 0, now):
+                return  # crash back-off: the next tick tries again
+            taken = {r.replica for r in alive} | set(t.draining)
+            index = 0
+            for _ in range(target - len(alive)):
+                while index in taken:
+                    index += 1
+                r = supervisor.start_replica(t.pool, index, t.args(index))
+                t.spawned[index] = now
+                taken.add(index)
+                log.info("pool=%s replica=%d started (pid %s)", t.pool, index, r.pid)
+        elif len(alive) > target:
+            for r in sorted(alive, key=lambda r: r.replica, reverse=True)[: len(alive) - target]:
+                self._drain(t, r, now)
+
+    def _drain(self, t: Target, r: supervisor.Replica, now: float) -> None:
+        if r.pid is None:
+            return
+        _signal(r.pid, signal.SIGTERM)
+        t.draining[r.replica] = (r.pid, now + pool_row(t.pool).grace_s)
+        t.spawned.pop(r.replica, None)
+        log.info("pool=%s replica=%d draining (SIGTERM: answer the batch in hand, commit, leave)", t.pool, r.replica)
+
+    # ----------------------------------------------------------------- lifecycle
+    def adopt(self) -> None:
+        for t in self.targets.values():
+            for r in supervisor.replicas(t.pool):
+                if r.alive:
+                    log.info("pool=%s replica=%d adopted (pid %s, from its PID file)", t.pool, r.replica, r.pid)
+
+    def run(self) -> None:
+        self.adopt()
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad tick must not stop the pools' supervision
+                log.exception("tick failed; holding every pool until the next one")
+            self.stop_event.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+        self.drain_all()
+
+    def drain_all(self) -> None:
+        """SIGTERM every replica, wait (the longest grace of a pool), SIGKILL what is left."""
+        now = time.time()
+        for t in self.targets.values():
+            for r in self._alive(t):
+                self._drain(t, r, now)
+        deadline = time.monotonic() + max((pool_row(p).grace_s for p in self.targets), default=0)
+        while time.monotonic() < deadline and any(t.draining for t in self.targets.values()):
+            self._reap()
+            for t in self.targets.values():
+                self._settle(t, time.time())
+            time.sleep(0.2)
+        for t in self.targets.values():
+            for index, (pid, _) in t.draining.items():
+                _signal(pid, signal.SIGKILL)
+                supervisor.pid_file(t.pool, index).unlink(missing_ok=True)
+        log.info("controller stopped; every replica drained")
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _started(r: supervisor.Replica) -> float:
+    try:
+        return r.pid_file.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m inference_workers.pool_controller", description=__doc__.split("\n")[0])
+    p.add_argument("--pool", action="append", choices=POOLS, help="pools to run (default: RSCF_CONTROLLER_POOLS or all)")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--requests-topic", default=None, help="one pool only: its base request topic (tests, benchmarks)")
+    p.add_argument("--group", default=None, help="one pool only: its base consumer group")
+    p.add_argument("--metrics-port-base", type=int, default=None, help="replica i serves health on base + i")
+    p.add_argument("--port", type=int, default=SETTINGS.ports.pool_controller, help="controller /metrics; -1 none")
+    p.add_argument("--min", type=int, default=None)
+    p.add_argument("--max", type=int, default=None)
+    p.add_argument("--lag-threshold", type=int, default=None)
+    p.add_argument("--cooldown", type=float, default=None)
+    p.add_argument("--stabilization", type=float, default=None)
+    p.add_argument("--scale-down-period", type=float, default=None)
+    p.add_argument("--season", type=float, default=3600.0, help="seconds of the recurring pattern to forecast")
+    p.add_argument("--step", type=float, default=10.0, help="seconds per rate sample in the forecast")
+    p.add_argument("--no-predictive", action="store_true")
+    p.add_argument("--replica-rps", type=float, default=None, help="requests/s a replica serves (forecast -> replicas)")
+    p.add_argument("--cpu-budget", type=float, default=None)
+    p.add_argument("--worker-arg", action="append", default=[], help="extra argument for `rscf worker run`")
+    return p.parse_args(argv)
+
+
+def targets_from(ns: argparse.Namespace) -> list[Target]:
+    env = os.environ.get("RSCF_CONTROLLER_POOLS")
+    pools = ns.pool or ([p for p in env.split(",") if p] if env else list(POOLS))
+    if (ns.requests_topic or ns.group) and len(pools) != 1:
+        raise SystemExit("--requests-topic/--group need exactly one --pool")
+    out = []
+    for p in pools:
+        policy = Policy.of(pool_row(p), min_replicas=ns.min, max_replicas=ns.max, lag_threshold=ns.lag_threshold,
+                           cooldown_s=ns.cooldown, stabilization_s=ns.stabilization,
+                           scale_down_period_s=ns.scale_down_period)
+        args = list(ns.worker_arg)
+        if ns.requests_topic:
+            args += ["--requests-topic", ns.requests_topic]
+        if ns.group:
+            args += ["--group", ns.group]
+        out.append(Target(p, policy, ns.requests_topic or SETTINGS.topics.requests(p), ns.group or f"rscf-workers-{p}",
+                          args, ns.metrics_port_base, ns.replica_rps))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ns = parse(argv)
+    ctl = Controller(targets_from(ns), ns.interval, ns.season, ns.step, not ns.no_predictive, ns.cpu_budget)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: ctl.stop_event.set())
+    server = None
+    if ns.port >= 0:
+        server = HealthServer(ctl.metrics, lambda: True, ns.port, SETTINGS.host).start()
+        register_scrape_target("pool-controller", server.port, {"component": "pool-controller"})
+    log.info("pool controller: pools %s, tick %.1f s, budget %.2f cores / %.1f GB GPU, predictive %s",
+             ",".join(ctl.targets), ns.interval, ctl.cpu_budget, ctl.gpu_budget, not ns.no_predictive)
+    try:
+        ctl.run()
+    finally:
+        if server is not None:
+            unregister_scrape_target("pool-controller")
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
