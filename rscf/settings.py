@@ -54,6 +54,11 @@ class Paths:
                 / f"flink-sql-connector-kafka-{Versions.flink_kafka_connector}.jar")
 
     @property
+    def secrets(self) -> Path:
+        """Generated secrets (gateway signing key, API key hashes, local CA), mode 0700/0600; never committed."""
+        return self.data / "secrets"
+
+    @property
     def models(self) -> Path:
         """Local cache of model artifacts pulled from the object-store model registry."""
         return self.cache / "models"
@@ -81,6 +86,7 @@ class Ports:
     prometheus: int = _env_int("PROMETHEUS_PORT", 9090)
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
+    gateway: int = _env_int("GATEWAY_PORT", 8443)  # HTTPS, certificate from the stack's local CA
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class GatewayLimits:
+    """The HTTP gateway's edge limits (LiteLLM-style per-key limits; OWASP LLM10 unbounded consumption)."""
+
+    rate_per_s: float = _env_float("GATEWAY_RATE_PER_S", 200.0)  # per API key (token bucket refill)
+    burst: int = _env_int("GATEWAY_BURST", 400)
+    max_body_bytes: int = 64 * 1024  # a prompt is <= 4,000 characters; 64 KiB leaves room for vars/metadata
+    token_ttl_s: int = _env_int("GATEWAY_TOKEN_TTL_S", 900)  # OAuth2 access tokens
+    presign_ttl_s: int = _env_int("GATEWAY_PRESIGN_TTL_S", 300)  # artifact URLs
+    results_lookback_s: int = _env_int("GATEWAY_RESULTS_LOOKBACK_S", 3600)  # finals read back at start
+    results_per_tenant: int = 10_000  # finals kept in memory per tenant (oldest dropped)
+    issuer: str = "rscf-gateway"
+    audience: str = "rscf-api"
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = _env("HOST", "127.0.0.1")  # bind/connect host; containers set endpoint overrides below
     paths: Paths = field(default_factory=Paths)
@@ -174,6 +195,7 @@ class Settings:
     buckets: Buckets = field(default_factory=Buckets)
     s3: S3Credentials = field(default_factory=S3Credentials)
     limits: Limits = field(default_factory=Limits)
+    gateway: GatewayLimits = field(default_factory=GatewayLimits)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -199,6 +221,10 @@ class Settings:
     @property
     def embedder_url(self) -> str:
         return f"http://{self.host}:{self.ports.embedder}"
+
+    @property
+    def gateway_url(self) -> str:
+        return _env("GATEWAY_URL", f"https://{self.host}:{self.ports.gateway}")
 
     @property
     def prometheus_url(self) -> str:
