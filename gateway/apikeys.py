@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rscf.settings import SETTINGS
 from rscf.secrets import secrets_dir, write_private
 
 PREFIX = "rscf_"
@@ -77,7 +78,7 @@ class KeyStore:
     """The key file; every method re-reads it when it changed on disk (CLI and gateway share it)."""
 
     def __init__(self, base: Path | None = None) -> None:
-        self.path = secrets_dir(base) / FILE_NAME
+        self.path = secrets_dir(base or SETTINGS.paths.secrets) / FILE_NAME
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, KeyRecord] = {}

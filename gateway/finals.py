@@ -104,6 +104,8 @@ class FinalsReader(threading.Thread):
 
         md = consumer.list_topics(self.topic, timeout=10)
         partitions = sorted(md.topics[self.topic].partitions) if self.topic in md.topics else []
+        if not partitions:  # not created yet (the stack provisions topics after its services are up)
+            raise LookupError(f"topic {self.topic} has no partitions yet")
         since_ms = int((time.time() - self.lookback_s) * 1000)
         wanted = [TopicPartition(self.topic, p, since_ms) for p in partitions]
         found = consumer.offsets_for_times(wanted, timeout=10) if wanted else []

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from rscf.settings import SETTINGS
 from rscf.secrets import secrets_dir, write_private
 
 
@@ -57,7 +58,7 @@ def _ensure_ca(base: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
 
 def ensure_tls(base: Path | None = None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TlsFiles:
     """The CA and a current gateway certificate, created or renewed as needed."""
-    base = secrets_dir(base)
+    base = secrets_dir(base or SETTINGS.paths.secrets)
     ca_cert, ca_key = _ensure_ca(base)
     files = TlsFiles(base / "ca.pem", base / "gateway.pem", base / "gateway.key")
     now = dt.datetime.now(dt.timezone.utc)

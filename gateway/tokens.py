@@ -53,7 +53,7 @@ def _new_key() -> bytes:
 class TokenService:
     def __init__(self, base: Path | None = None, issuer: str | None = None, audience: str | None = None,
                  ttl_s: int | None = None) -> None:
-        pem = load_or_create(KEY_FILE, _new_key, base)
+        pem = load_or_create(KEY_FILE, _new_key, base or SETTINGS.paths.secrets)
         self._private = serialization.load_pem_private_key(pem, password=None)
         self._public = self._private.public_key()
         der = self._public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

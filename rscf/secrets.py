@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from rscf.settings import SETTINGS
 
 
-def secrets_dir(base: Path | None = None) -> Path:
-    path = base or SETTINGS.paths.secrets
+def secrets_dir(path: Path) -> Path:
+    """``path`` (normally ``SETTINGS.paths.secrets``), created with mode 0700. (No settings import here:
+    rscf.settings itself reads the S3 secret through this module.)"""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
@@ -39,7 +39,7 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def load_or_create(name: str, make: Callable[[], bytes], base: Path | None = None) -> bytes:
+def load_or_create(name: str, make: Callable[[], bytes], base: Path) -> bytes:
     """The secret file ``name``, created with ``make()`` if absent. A lost race keeps the first writer's."""
     path = secrets_dir(base) / name
     try:

@@ -7,8 +7,10 @@ needs to change them, otherwise from the defaults below. Everything binds to
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from rscf.pools import POOLS
@@ -130,8 +132,36 @@ class Buckets:
 
 @dataclass(frozen=True)
 class S3Credentials:
+    """The stack's S3 identity. The access key is a name; the secret key is never committed: it comes
+    from ``RSCF_S3_SECRET_KEY`` or the file ``RSCF_S3_SECRET_KEY_FILE`` names, or is generated once into
+    ``<data>/secrets/s3_secret_key`` (0600)."""
+
     access_key: str = _env("S3_ACCESS_KEY", "rscf")
-    secret_key: str = _env("S3_SECRET_KEY", "rscf-local-secret")
+
+    @property
+    def secret_key(self) -> str:
+        return _s3_secret_key(str(Paths().data))
+
+
+@lru_cache(maxsize=None)
+def _s3_secret_key(data_dir: str) -> str:
+    """Env, else the secrets file, else (a data dir from before secrets were generated) the key its S3
+    server was configured with (``s3/s3.json``), kept in the secrets file; else a new random one."""
+    from rscf.secrets import load_or_create, random_token
+
+    if _env("S3_SECRET_KEY", ""):
+        return _env("S3_SECRET_KEY", "")
+    if _env("S3_SECRET_KEY_FILE", ""):  # compose secrets, Kubernetes Secret volumes
+        return Path(_env("S3_SECRET_KEY_FILE", "")).read_text().strip()
+
+    def existing_or_new() -> bytes:
+        try:
+            identities = json.loads((Path(data_dir) / "s3" / "s3.json").read_text())["identities"]
+            return identities[0]["credentials"][0]["secretKey"].encode()
+        except (OSError, ValueError, KeyError, IndexError):
+            return random_token(24)
+
+    return load_or_create("s3_secret_key", existing_or_new, Path(data_dir) / "secrets").decode().strip()
 
 
 @dataclass(frozen=True)

@@ -89,4 +89,8 @@ if [ -z "$(find "$apicurio_home" -name quarkus-run.jar 2>/dev/null | head -1)" ]
     || die "could not unpack the Apicurio Registry archive"
 fi
 
+# --- secrets: generated here, never committed (S3 secret key, gateway signing key, local CA), 0600 ---------
+(cd "$REPO" && "$VENV/bin/python" -c "from rscf.settings import SETTINGS; SETTINGS.s3.secret_key" \
+  && "$VENV/bin/python" -m gateway.tls) || die "could not generate the stack's secrets and local CA"
+
 say "installed (cache: $CACHE, venv: $VENV)"
