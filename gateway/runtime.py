@@ -36,6 +36,8 @@ class Runtime:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.stopping.set()
+            if self.reader.is_alive():
+                self.reader.join(5)
         if self.sender is not None:
             self.sender.close()
 

@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--control-topic", default=SETTINGS.topics.control)
     p.add_argument("--plain-http", action="store_true", help="no TLS (benchmark baseline of the TLS cost only)")
     args = p.parse_args(argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack to the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = build(args.prompts_topic, args.content_topic, args.control_topic)
     tls = ensure_tls()
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         uvicorn.run(create_app(rt), host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
                     log_level=os.environ.get("RSCF_GATEWAY_LOG_LEVEL", "info"), access_log=True,
-                    server_header=False, **ssl)
+                    server_header=False, timeout_graceful_shutdown=5, **ssl)  # SSE streams never end by themselves
     finally:
         rt.close()
 
