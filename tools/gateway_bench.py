@@ -106,17 +106,20 @@ class HttpPool:
         return status
 
 
-def start_gateway(data_dir: Path, port: int, prompts_topic: str, plain: bool = False) -> subprocess.Popen:
+def start_gateway(data_dir: Path, port: int, prompts_topic: str, plain: bool = False,
+                  content_topic: str | None = None, rate_per_s: int = 1_000_000) -> subprocess.Popen:
+    """A gateway process of its own (private data dir and port); the S3 key is passed on, not regenerated."""
     env = {**os.environ, "RSCF_DATA_DIR": str(data_dir), "RSCF_GATEWAY_PORT": str(port),
-           "RSCF_GATEWAY_RATE_PER_S": "1000000", "RSCF_GATEWAY_BURST": "1000000",
+           "RSCF_GATEWAY_RATE_PER_S": str(rate_per_s), "RSCF_GATEWAY_BURST": str(rate_per_s),
+           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key,
            "RSCF_GATEWAY_LOG_LEVEL": "warning", "PYTHONPATH": str(SETTINGS.paths.repo)}
     argv = [sys.executable, "-m", "gateway.server", "--port", str(port), "--prompts-topic", prompts_topic,
-            "--content-topic", prompts_topic + ".finals"] + (["--plain-http"] if plain else [])
+            "--content-topic", content_topic or prompts_topic + ".finals"] + (["--plain-http"] if plain else [])
     log = open(data_dir / "gateway.log", "wb")
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_healthy(port: int, ca: Path | None, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def wait_healthy(port: int, ca: Path | None, proc: subprocess.Popen, timeout_s: float = 60) -> None:
     import httpx
 
     scheme = "https" if ca else "http"
@@ -155,7 +158,7 @@ def run(rate: float = 1000, duration_s: float = 10, warmup_s: float = 2, plain: 
         from gateway.tls import ensure_tls
 
         ca = None if plain else ensure_tls(data_dir / "secrets").ca_cert
-        _wait_healthy(port, ca, proc)
+        wait_healthy(port, ca, proc)
         body = json.dumps({"prompt": "Write a haiku about stream processing", "modality": "text",
                            "params": {"max_tokens": 32}}).encode()
         record = prompt_request({"tenant_id": "bench", "prompt": "Write a haiku about stream processing",

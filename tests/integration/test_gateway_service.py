@@ -309,7 +309,9 @@ def test_rscf_up_runs_the_gateway_under_supervisord(services):
     try:
         up = rscf("up", "--only", "gateway", "--json")
         assert up.returncode == 0, up.stderr[-3000:]
-        first = gateway_state()
+        deadline = time.monotonic() + 30
+        while (first := gateway_state())["state"] == "STARTING" and time.monotonic() < deadline:
+            time.sleep(0.5)  # healthy, and supervisord counts it as started after startsecs
         assert first["healthy"] and first["state"] == "RUNNING" and str(port) in first["url"]
         for name in ("ca.key", "gateway.key", "jwt_signing_key.pem"):
             assert oct(os.stat(data / "secrets" / name).st_mode & 0o777) == "0o600"
