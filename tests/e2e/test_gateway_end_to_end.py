@@ -15,7 +15,16 @@ from tools import harness
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
-def test_prompts_through_the_gateway_come_back_to_their_own_tenant(stack):
+@pytest.fixture(scope="module")
+def services(request):
+    """The stack answering (Kafka, registry, S3, Flink); started by the session's stack fixture only if not."""
+    from deploy.local.services import SERVICE_BY_NAME
+
+    if not all(SERVICE_BY_NAME[n].health() for n in ("kafka", "registry", "s3", "flink-jobmanager")):
+        request.getfixturevalue("stack")
+
+
+def test_prompts_through_the_gateway_come_back_to_their_own_tenant(services):
     from gateway.apikeys import KeyStore
     from gateway.tls import ensure_tls
     from tools.gateway_bench import start_gateway, wait_healthy
