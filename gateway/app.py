@@ -144,7 +144,12 @@ def create_app(rt: Runtime) -> FastAPI:
             body.request_id = str(uuid.uuid4())
         record = build_record(body, who.tenant, rt.templates)
         try:
-            await rt.sender.send(rt.prompts_topic, who.tenant.encode(), rt.prompt_serde.encode(record))
+            value = rt.prompt_serde.encode(record)
+        except Exception as exc:  # noqa: BLE001 - the registry is down or the subject is not registered
+            log.warning("schema lookup failed for key %s: %s", who.key_id, type(exc).__name__)
+            raise EdgeError(503, "registry_unavailable", "the prompt was not accepted; retry later") from None
+        try:
+            await rt.sender.send(rt.prompts_topic, who.tenant.encode(), value)
         except Exception as exc:  # noqa: BLE001 - broker refused or unreachable
             log.warning("produce failed for key %s: %s", who.key_id, type(exc).__name__)
             raise EdgeError(503, "kafka_unavailable", "the prompt was not accepted; retry later") from None

@@ -33,6 +33,7 @@ def test_prompts_through_the_gateway_come_back_to_their_own_tenant(services):
         for tenant in ("gwe-a", "gwe-b"):
             r.producer.control(harness.policy_event(tenant, ["echo"]))
         r.producer.flush()
+        harness.serde(r.cfg, r.cfg.topic("genai.prompts"), "prompt").writer_id  # registered, as `rscf up` does
         r.job.start()
         r.worker.start()
         data = Path(tempfile.mkdtemp(prefix="gwe2e-"))
