@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "cli.commands.knowledge",
     "cli.commands.chaos",
     "cli.commands.evaluate",
+    "cli.commands.tenants",
 )
 
 

@@ -64,6 +64,8 @@ spec:
           env:
             - name: HF_HUB_OFFLINE
               value: "1"
+            - name: RSCF_S3_SECRET_KEY  # Secret rscf-s3, created from the generated key (never committed)
+              valueFrom: {{secretKeyRef: {{name: rscf-s3, key: secret-key}}}}
           ports:
             - name: metrics
               containerPort: {port}

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff_delays, now_ms
 from rscf.s3 import ObjectStorePayloads
+from schemas.keys import tenant_object_prefix
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,15 @@ def _safe(name: str) -> str:
 
 def artifact_key(pool: str, request_id: str, attempt: int, content_type: str | None, at_ms: int,
                  tenant_id: str | None = None) -> str:
-    """``artifacts/<pool>/<yyyy-mm-dd>/<tenant_id>/<request_id>-<attempt>.<ext>``: one object per attempt, so
-    a duplicate run of the same attempt overwrites rather than piles up; request ids are unique per
-    tenant only, so the tenant is part of the key (a request without one: no tenant segment)."""
+    """``tenants/<tenant>/artifacts/<pool>/<yyyy-mm-dd>/<request_id>-<attempt>.<ext>``: one object per attempt,
+    so a duplicate run of the same attempt overwrites rather than piles up. The tenant prefix comes first
+    (`schemas.keys.tenant_object_prefix`, injective) so a tenant's objects are one prefix: the gateway
+    presigns only keys under the caller's own prefix (issue #16). A request without a tenant (never a
+    valid one) goes under ``artifacts/`` and is served to nobody."""
     day = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
     ext = _EXTENSIONS.get((content_type or "").split(";")[0].strip().lower(), "bin")
-    tenant = f"{_safe(tenant_id)}/" if tenant_id else ""
-    return f"artifacts/{pool}/{day}/{tenant}{_safe(request_id)}-{attempt}.{ext}"
+    prefix = tenant_object_prefix(tenant_id) if tenant_id else ""
+    return f"{prefix}artifacts/{pool}/{day}/{_safe(request_id)}-{attempt}.{ext}"
 
 
 class ArtifactStore:

@@ -7,8 +7,10 @@ needs to change them, otherwise from the defaults below. Everything binds to
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from rscf.pools import POOLS, PRIORITY_LANES
@@ -54,6 +56,11 @@ class Paths:
                 / f"flink-sql-connector-kafka-{Versions.flink_kafka_connector}.jar")
 
     @property
+    def secrets(self) -> Path:
+        """Generated secrets (gateway signing key, API key hashes, local CA), mode 0700/0600; never committed."""
+        return self.data / "secrets"
+
+    @property
     def models(self) -> Path:
         """Local cache of model artifacts pulled from the object-store model registry."""
         return self.cache / "models"
@@ -85,6 +92,7 @@ class Ports:
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
     pool_controller: int = _env_int("POOL_CONTROLLER_PORT", 9398)  # its /metrics and /readyz
+    gateway: int = _env_int("GATEWAY_PORT", 8443)  # HTTPS, certificate from the stack's local CA
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,36 @@ class Buckets:
 
 @dataclass(frozen=True)
 class S3Credentials:
+    """The stack's S3 identity. The access key is a name; the secret key is never committed: it comes
+    from ``RSCF_S3_SECRET_KEY`` or the file ``RSCF_S3_SECRET_KEY_FILE`` names, or is generated once into
+    ``<data>/secrets/s3_secret_key`` (0600)."""
+
     access_key: str = _env("S3_ACCESS_KEY", "rscf")
-    secret_key: str = _env("S3_SECRET_KEY", "rscf-local-secret")
+
+    @property
+    def secret_key(self) -> str:
+        return _s3_secret_key(str(Paths().data))
+
+
+@lru_cache(maxsize=None)
+def _s3_secret_key(data_dir: str) -> str:
+    """Env, else the secrets file, else (a data dir from before secrets were generated) the key its S3
+    server was configured with (``s3/s3.json``), kept in the secrets file; else a new random one."""
+    from rscf.secrets import load_or_create, random_token
+
+    if _env("S3_SECRET_KEY", ""):
+        return _env("S3_SECRET_KEY", "")
+    if _env("S3_SECRET_KEY_FILE", ""):  # compose secrets, Kubernetes Secret volumes
+        return Path(_env("S3_SECRET_KEY_FILE", "")).read_text().strip()
+
+    def existing_or_new() -> bytes:
+        try:
+            identities = json.loads((Path(data_dir) / "s3" / "s3.json").read_text())["identities"]
+            return identities[0]["credentials"][0]["secretKey"].encode()
+        except (OSError, ValueError, KeyError, IndexError):
+            return random_token(24)
+
+    return load_or_create("s3_secret_key", existing_or_new, Path(data_dir) / "secrets").decode().strip()
 
 
 @dataclass(frozen=True)
@@ -207,6 +243,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class GatewayLimits:
+    """The HTTP gateway's edge limits (LiteLLM-style per-key limits; OWASP LLM10 unbounded consumption)."""
+
+    rate_per_s: float = _env_float("GATEWAY_RATE_PER_S", 200.0)  # per API key (token bucket refill)
+    burst: int = _env_int("GATEWAY_BURST", 400)
+    max_body_bytes: int = 64 * 1024  # a prompt is <= 4,000 characters; 64 KiB leaves room for vars/metadata
+    token_ttl_s: int = _env_int("GATEWAY_TOKEN_TTL_S", 900)  # OAuth2 access tokens
+    presign_ttl_s: int = _env_int("GATEWAY_PRESIGN_TTL_S", 300)  # artifact URLs
+    results_lookback_s: int = _env_int("GATEWAY_RESULTS_LOOKBACK_S", 3600)  # finals read back at start
+    results_per_tenant: int = 10_000  # finals kept in memory per tenant (oldest dropped)
+    issuer: str = "rscf-gateway"
+    audience: str = "rscf-api"
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = _env("HOST", "127.0.0.1")  # bind/connect host; containers set endpoint overrides below
     paths: Paths = field(default_factory=Paths)
@@ -216,6 +267,7 @@ class Settings:
     buckets: Buckets = field(default_factory=Buckets)
     s3: S3Credentials = field(default_factory=S3Credentials)
     limits: Limits = field(default_factory=Limits)
+    gateway: GatewayLimits = field(default_factory=GatewayLimits)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -241,6 +293,10 @@ class Settings:
     @property
     def embedder_url(self) -> str:
         return f"http://{self.host}:{self.ports.embedder}"
+
+    @property
+    def gateway_url(self) -> str:
+        return _env("GATEWAY_URL", f"https://{self.host}:{self.ports.gateway}")
 
     @property
     def prometheus_url(self) -> str:

@@ -38,3 +38,20 @@ def split_identity_key(key: str | bytes | None) -> tuple[str, str] | None:
 def is_legacy_key(key: str) -> bool:
     """A key written before request identities had a tenant (the request_id alone)."""
     return SEP not in key
+
+
+def tenant_object_prefix(tenant_id: str) -> str:
+    """``tenants/<segment>/``: where a tenant's objects (artifacts) live in object storage, one prefix
+    per tenant (issue #16) so a per-tenant S3 policy or the gateway's check is a prefix match.
+
+    The segment is the tenant id itself when it is 1-64 characters of A-Z a-z 0-9 _ - (what
+    `rscf tenants keys create` allows), otherwise ``~`` + 32 hex of its SHA-256: injective, so
+    two tenants never share a prefix ("a/b" and "a_b" used to map to the same key), and no
+    segment can be ``..``, absolute, or contain a separator.
+    """
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tenant_id):
+        return f"tenants/{tenant_id}/"
+    return f"tenants/~{hashlib.sha256(tenant_id.encode('utf-8')).hexdigest()[:32]}/"

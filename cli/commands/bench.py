@@ -135,6 +135,27 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from tools.gateway_bench import run
+
+    try:
+        r = run(rate=args.rate, duration_s=args.duration, plain=args.plain_http)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['rate_per_s']:.0f} req/s open loop, {r['duration_s']} s per arm, TLS {r['tls']}; {r['load']}")
+        for arm in ("direct", "gateway"):
+            a = r[arm]
+            print(f"  {arm:<8} p50 {a['p50_ms']:7.2f} ms   p99 {a['p99_ms']:7.2f} ms   errors {a['errors']}")
+        print(f"  added    p50 {r['added']['p50_ms']:7.2f} ms   p99 {r['added']['p99_ms']:7.2f} ms   "
+              f"(target 2 / 10 ms: {'met' if r['met'] else 'NOT met'}); gateway CPU "
+              f"{r['gateway_cpu_us_per_request']} µs/request; HTTP {r['http_status']}")
+    return EXIT_OK if not (r["direct"]["errors"] or r["gateway"]["errors"]) else EXIT_FAILED
+
+
 def bench_handler_for(kind: str, model: str | None, device: str | None, max_batch: int):
     """The handler to benchmark: --model, else the registry's pool model, else a local build."""
     from inference_workers.handlers import EchoHandler, ImageHandler, SpeechHandler, TextHandler
@@ -311,6 +332,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--batch", type=int, default=64, help="queries per pipeline (the gate's micro-batch)")
     p.set_defaults(func=cmd_vectors)
+    p = bsub.add_parser("gateway", parents=[json_parent()],
+                        help="latency the HTTPS gateway adds over producing directly (same run)")
+    p.add_argument("--rate", type=float, default=1000, help="requests per second offered to each arm")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per arm")
+    p.add_argument("--plain-http", action="store_true", help="gateway without TLS (to see what TLS costs)")
+    p.set_defaults(func=cmd_gateway)
 
     p = bsub.add_parser("handlers", parents=[json_parent()], help="offline handler throughput per batch size")
     p.add_argument("--handler", choices=sorted(KINDS), help="default: all")

@@ -95,5 +95,8 @@ if ! RSCF_CACHE_DIR="$CACHE" "$VENV/bin/python" -c "from operators.embedding_onn
   (cd "$REPO" && RSCF_CACHE_DIR="$CACHE" "$VENV/bin/python" -m operators.embedding_onnx export >/dev/null) \
     || die "the ONNX export of the embedding model failed (see the output above)"
 fi
+# --- secrets: generated here, never committed (S3 secret key, gateway signing key, local CA), 0600 ---------
+(cd "$REPO" && "$VENV/bin/python" -c "from rscf.settings import SETTINGS; SETTINGS.s3.secret_key" \
+  && "$VENV/bin/python" -m gateway.tls) || die "could not generate the stack's secrets and local CA"
 
 say "installed (cache: $CACHE, venv: $VENV)"

@@ -266,6 +266,28 @@ def _prometheus_argv() -> list[str]:
     ]
 
 
+# ----------------------------------------------------------------------------- the HTTP gateway (issue #16)
+
+
+def _prepare_gateway() -> None:
+    """Local CA + server certificate and the token signing key, generated once under the secrets dir (0600)."""
+    from gateway.tls import ensure_tls
+    from gateway.tokens import TokenService
+
+    ensure_tls()
+    TokenService()
+
+
+def _gateway_healthy() -> bool:
+    import httpx
+
+    ca = SETTINGS.paths.secrets / "ca.pem"
+    try:  # verified against the stack's own CA, as every client does
+        return httpx.get(f"{SETTINGS.gateway_url}/healthz", verify=str(ca), timeout=2).status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
 # ----------------------------------------------------------------------------- the table, in start order
 
 
@@ -365,6 +387,16 @@ SERVICES: tuple[Service, ...] = (
         f"{SETTINGS.prometheus_url}",
         prepare=write_prometheus_config,
         start_timeout_s=30,
+    ),
+    Service(
+        "gateway",
+        (P.gateway,),
+        lambda: [installed.venv_bin("python"), "-m", "gateway.server"],
+        _gateway_healthy,
+        f"{SETTINGS.gateway_url} (HTTPS API, CA {SETTINGS.paths.secrets / 'ca.pem'}; docs at /docs)",
+        prepare=_prepare_gateway,
+        env=lambda: {"PYTHONPATH": str(SETTINGS.paths.repo)},
+        start_timeout_s=60,
     ),
 )
 

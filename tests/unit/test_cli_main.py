@@ -22,7 +22,7 @@ def test_every_verb_is_registered():
         "up": [], "status": [], "down": [],
         "schemas": ["register", "check"],
         "submit": [], "produce": [], "results": [],
-        "bench": ["serde", "pipeline", "embeddings", "vectors", "handlers", "workers", "burst", "coldstart"],
+        "bench": ["serde", "pipeline", "embeddings", "vectors", "gateway", "handlers", "workers", "burst", "coldstart"],
         "job": ["start", "stop", "savepoint", "status"],
         "models": ["list", "publish", "fetch", "build-defaults", "train-image"],
         "worker": ["run"],
@@ -31,6 +31,7 @@ def test_every_verb_is_registered():
         "kb": ["ingest"],
         "chaos": [],
         "evaluate": [],
+        "tenants": ["keys"],
     }
 
 

@@ -18,7 +18,12 @@ def test_artifact_key_layout() -> None:
     assert artifact_key("speech", "a/b", 0, "audio/wav", at) == "artifacts/speech/2025-03-04/a_b-0.wav"
     assert artifact_key("x", "id", 0, None, at).endswith("id-0.bin")
     # request ids are unique per tenant only: two tenants' artifacts never share an object
-    assert artifact_key("image", "abc", 2, "image/png", at, "acme") == "artifacts/image/2025-03-04/acme/abc-2.png"
+    assert artifact_key("image", "abc", 2, "image/png", at, "acme") == "tenants/acme/artifacts/image/2025-03-04/abc-2.png"
+    # tenants whose ids a plain character mapping would merge get different, separator-free prefixes
+    odd = artifact_key("image", "abc", 2, "image/png", at, "a/b")
+    assert odd.startswith("tenants/~") and odd.count("/") == 5
+    assert odd != artifact_key("image", "abc", 2, "image/png", at, "a_b")
+    assert artifact_key("image", "abc", 2, "image/png", at, "..").startswith("tenants/~")
     assert artifact_key("image", "abc", 2, "image/png", at, "beta") != artifact_key("image", "abc", 2, "image/png", at, "acme")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAYERS: dict[str, int] = {
-    "rscf": 0, "schemas": 1, "operators": 2, "jobs": 3, "inference_workers": 3,
+    "rscf": 0, "schemas": 1, "operators": 2, "jobs": 3, "inference_workers": 3, "gateway": 3,
     "deploy": 4, "baselines": 4, "tools": 5, "cli": 6,
 }
 MAX_LINES = 420

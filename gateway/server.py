@@ -1,0 +1,47 @@
+"""`python -m gateway.server`: the gateway under uvicorn, HTTPS on 127.0.0.1 with the local CA's certificate.
+
+One process, uvloop + httptools; the access log carries method, path and status only
+(credentials travel in headers, which are never logged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from rscf.settings import SETTINGS
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.runtime import build
+    from gateway.tls import ensure_tls
+
+    p = argparse.ArgumentParser(prog="gateway.server")
+    p.add_argument("--port", type=int, default=SETTINGS.ports.gateway)
+    p.add_argument("--prompts-topic", default=SETTINGS.topics.prompts)
+    p.add_argument("--content-topic", default=SETTINGS.topics.content)
+    p.add_argument("--control-topic", default=SETTINGS.topics.control)
+    p.add_argument("--plain-http", action="store_true", help="no TLS (benchmark baseline of the TLS cost only)")
+    args = p.parse_args(argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack to the log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = build(args.prompts_topic, args.content_topic, args.control_topic)
+    tls = ensure_tls()
+    ssl = {} if args.plain_http else {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    try:
+        uvicorn.run(create_app(rt), host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
+                    log_level=os.environ.get("RSCF_GATEWAY_LOG_LEVEL", "info"), access_log=True,
+                    server_header=False, timeout_graceful_shutdown=5, **ssl)  # SSE streams never end by themselves
+    finally:
+        rt.close()
+
+
+if __name__ == "__main__":
+    main()
