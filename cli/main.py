@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "cli.commands.demo",
     "cli.commands.knowledge",
     "cli.commands.chaos",
+    "cli.commands.backfill",
 )
 
 
