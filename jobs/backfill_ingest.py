@@ -84,7 +84,9 @@ class _Rows:
         self.spec = BackfillSpec.from_dict(self.plan_data["spec"])
         self.serde = topic_serde(self.cfg, self.cfg.prompts, "prompt")
         group = ctx.get_metrics_group().add_group("rscf").add_group("backfill", self.spec.backfill_id)
-        self.metrics = {name: group.counter(name) for name in ("rows_read", "rows_dispatched", "rows_dead")}
+        self.metrics = {name: group.counter(name) for name in ("rows_read", "rows_dispatched", "rows_dead",
+                                                               "rows_skipped")}
+        self.done = {tag: ranges for tag, ranges in (self.plan_data.get("done") or {}).items()}
         self.pending = {name: 0 for name in self.metrics}
         self.flushed_at = time.monotonic()
         self.window_start, self.window_rows = time.monotonic(), 0
@@ -111,6 +113,16 @@ class _Rows:
             time.sleep(ahead)
         if self.window_rows >= 10 * self.max_rows_per_s:
             self.window_start, self.window_rows = time.monotonic(), 0
+
+    def skip(self, path: str, row: int) -> bool:
+        """A row a run before this one already has a result for (a rerun asks the pools only for the rest)."""
+        from operators.backfill import file_tag, in_ranges
+
+        if self.done and in_ranges(self.done.get(file_tag(path)), row):
+            self.count("rows_read")
+            self.count("rows_skipped")
+            return True
+        return False
 
     def emit(self, value, path: str, row: int) -> Row:
         from operators.backfill import BadRow, to_prompt
@@ -144,7 +156,8 @@ class BackfillRows(_Rows, KeyedProcessFunction):
             return  # an empty line is no row (it keeps its number: row numbers are line numbers)
         from operators.backfill import parse_line
 
-        yield self.emit(parse_line(line, path, row), path, row)
+        if not self.skip(path, row):
+            yield self.emit(parse_line(line, path, row), path, row)
         self.flush()
 
     def close(self):
@@ -163,7 +176,8 @@ class ReadUnits(_Rows, KeyedProcessFunction):
 
         unit = self.units[int(value)]
         for row_no, row in read_unit(unit, self.spec.fmt):
-            yield self.emit(row, unit["file"], row_no)
+            if not self.skip(unit["file"], row_no):
+                yield self.emit(row, unit["file"], row_no)
         self.flush(force=True)
 
     def close(self):

@@ -296,6 +296,35 @@ class Manifest:
         return Manifest(**{k: v for k, v in data.items() if k in Manifest.__dataclass_fields__})
 
 
+def done_ranges(request_ids: list[str], backfill_id: str) -> dict[str, list[list[int]]]:
+    """Rows that already have a result, per file tag, as [first, last] ranges (compact for 100,000 rows):
+    a rerun of the backfill skips them instead of asking the pools again."""
+    rows: dict[str, list[int]] = {}
+    for rid in request_ids:
+        parsed = parse_request_id(rid)
+        if parsed is not None and parsed[0] == backfill_id:
+            rows.setdefault(parsed[1], []).append(parsed[2])
+    out: dict[str, list[list[int]]] = {}
+    for tag, nums in rows.items():
+        ranges: list[list[int]] = []
+        for n in sorted(set(nums)):
+            if ranges and n == ranges[-1][1] + 1:
+                ranges[-1][1] = n
+            else:
+                ranges.append([n, n])
+        out[tag] = ranges
+    return out
+
+
+def in_ranges(ranges: list[list[int]] | None, row: int) -> bool:
+    import bisect
+
+    if not ranges:
+        return False
+    i = bisect.bisect_right(ranges, [row, float("inf")]) - 1
+    return i >= 0 and ranges[i][0] <= row <= ranges[i][1]
+
+
 def progress(rows_total: int, finished: int, dead: int, rate_per_s: float) -> dict[str, Any]:
     """Done fraction and ETA of a backfill: finished results and dead letters against the rows it read."""
     done = finished + dead

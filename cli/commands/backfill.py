@@ -60,7 +60,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     try:
         spec = BackfillSpec(args.uri, args.tenant, args.model_version, args.priority, args.format)
-        data = backfills.start(spec, args.budget, start_lane=not args.no_lane)
+        features = args.features.split(",") if args.features is not None else None
+        data = backfills.start(spec, args.budget, start_lane=not args.no_lane, features=features)
         if args.wait:
             data = _watch(args, spec.backfill_id)
     except Exception as exc:  # noqa: BLE001 - mapped to exit codes
@@ -126,6 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--format", default="jsonl", choices=("jsonl", "parquet", "avro"))
     s.add_argument("--budget", type=float, default=200.0,
                    help="rows/s: the backfill's budget on the lane (the ingest job reads no faster)")
+    s.add_argument("--features", default=None,
+                   help="comma-separated features of the tenant on the lane (default: its live policy's)")
     s.add_argument("--no-lane", action="store_true", help="do not start the lane job (it runs elsewhere)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until it finishes")
     s.add_argument("--timeout", type=float, default=0.0, help="with --wait: give up after this many seconds")
@@ -146,3 +149,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--wait", action="store_true")
     r.add_argument("--timeout", type=float, default=0.0)
     r.set_defaults(func=cmd_resume)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tools import backfill_bench
+
+    def show(s: dict) -> None:
+        if not args.json:
+            print(_bar(s), end="", flush=True, file=sys.stderr)
+
+    try:
+        result = backfill_bench.run(args.rows, tuple(args.formats.split(",")), args.budget, args.live_rate,
+                                    args.live_duration, args.live_budget, on_update=show)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc)
+    print(json.dumps(result) if args.json else "\n" + json.dumps(result, indent=2))
+    ok = all(f["state"] == "FINISHED" for f in result["formats"].values())
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    p = bsub.add_parser("backfill", parents=[json_parent()],
+                        help="backfill rows/s end to end with the echo pool, and live p99 with and without one")
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--formats", default="jsonl,parquet")
+    p.add_argument("--budget", type=float, default=5_000.0, help="rows/s budget of the throughput runs")
+    p.add_argument("--live-rate", type=int, default=200, help="live prompts/s of the side-by-side run; 0: skip it")
+    p.add_argument("--live-duration", type=float, default=20.0)
+    p.add_argument("--live-budget", type=float, default=500.0, help="rows/s budget of the backfill beside live")
+    p.set_defaults(func=cmd_bench)

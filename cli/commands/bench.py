@@ -188,3 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo-batch-ms", type=float, default=10.0, help="echo pool: simulated cost per batch")
     p.add_argument("--echo-item-ms", type=float, default=0.5, help="echo pool: simulated cost per request")
     p.set_defaults(func=cmd_workers)
+
+    from cli.commands.backfill import register_bench  # `rscf bench backfill` (issue #17)
+
+    register_bench(bsub)

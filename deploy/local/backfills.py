@@ -28,7 +28,7 @@ from typing import Any
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig
-from operators.backfill import BackfillSpec, Manifest, progress
+from operators.backfill import BackfillSpec, Manifest, done_ranges, progress
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -200,7 +200,7 @@ def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float) -> list[str
 
 
 def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: str = LANE,
-          start_lane: bool = True) -> dict[str, Any]:
+          start_lane: bool = True, features: list[str] | None = None) -> dict[str, Any]:
     """Plan, lane, budget, ingest job, writer; returns the backfill's state (id, job id, rows)."""
     from jobs.backfill_files import plan
     from jobs.backfill_results import ResultsStore
@@ -216,14 +216,18 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     d = state_dir(bid)
     d.mkdir(parents=True, exist_ok=True)
     lane_job = ensure_lane(lane) if start_lane else None
-    send_control(budget_events(spec, budget_rows_per_s, live_policy(spec.tenant)), lane)
-    (d / "plan.json").write_text(json.dumps({"spec": spec.to_dict(), "manifest": json.loads(manifest.to_json()),
-                                             "units": units}))
+    live = live_policy(spec.tenant)
+    if features is not None:
+        live = {**(live or {}), "features": list(features)}
+    send_control(budget_events(spec, budget_rows_per_s, live), lane)
+    done = done_ranges([r["request_id"] for r in store.rows()], bid)  # a rerun skips rows with a result
+    doc = {"spec": spec.to_dict(), "manifest": json.loads(manifest.to_json()), "units": units, "done": done}
+    (d / "plan.json").write_text(json.dumps(doc))
     job_id = flink_run("jobs/backfill_ingest.py", _ingest_args(bid, lane, budget_rows_per_s))
     manifest.job_id = job_id
     store.write_manifest(manifest)
-    (d / "plan.json").write_text(json.dumps({"spec": spec.to_dict(), "manifest": json.loads(manifest.to_json()),
-                                             "units": units}))
+    doc["manifest"] = json.loads(manifest.to_json())
+    (d / "plan.json").write_text(json.dumps(doc))
     state = {"spec": spec.to_dict(), "job_id": job_id, "job_name": job_name(bid), "lane": lane, "lane_job": lane_job,
              "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane), "savepoint": None,
              "rows_total": manifest.rows_total, "files": len(manifest.input_files), "started_at_ms": now_ms()}

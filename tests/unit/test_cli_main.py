@@ -22,7 +22,7 @@ def test_every_verb_is_registered():
         "up": [], "status": [], "down": [],
         "schemas": ["register", "check"],
         "submit": [], "produce": [], "results": [],
-        "bench": ["serde", "pipeline", "handlers", "workers"],
+        "bench": ["serde", "pipeline", "handlers", "workers", "backfill"],
         "job": ["start", "stop", "savepoint", "status"],
         "models": ["list", "publish", "fetch", "build-defaults", "train-image"],
         "worker": ["run"],
@@ -30,6 +30,7 @@ def test_every_verb_is_registered():
         "demo": [],
         "kb": ["ingest"],
         "chaos": [],
+        "backfill": ["start", "status", "stop", "resume"],
     }
 
 

@@ -106,3 +106,13 @@ def test_manifest_round_trip_and_progress():
     p = bf.progress(10, 4, 1, 5.0)
     assert p["done"] == 5 and p["fraction"] == 0.5 and p["eta_s"] == 1.0
     assert bf.progress(10, 0, 0, 0.0)["eta_s"] is None
+
+
+def test_done_ranges_compact_and_membership():
+    ids = [bf.request_id(SPEC.backfill_id, PATH, n) for n in (1, 2, 3, 7, 9, 10)] + ["live-1",
+           bf.request_id("otherbackfil", PATH, 4)]
+    ranges = bf.done_ranges(ids, SPEC.backfill_id)
+    assert ranges == {bf.file_tag(PATH): [[1, 3], [7, 7], [9, 10]]}
+    tag = bf.file_tag(PATH)
+    assert [n for n in range(0, 12) if bf.in_ranges(ranges[tag], n)] == [1, 2, 3, 7, 9, 10]
+    assert not bf.in_ranges(None, 1)
