@@ -133,11 +133,11 @@ class _Rows:
         out = value if isinstance(value, BadRow) else to_prompt(value, path, row, self.spec, now_ms())
         if isinstance(out, BadRow):
             self.count("rows_dead")
-            return Row(kind="dead", topic=None, k=None, v=None, file=out.path, row=out.row, reason=out.reason,
-                       detail=out.detail, excerpt=out.excerpt)
+            return Row("dead", None, None, None, out.path, out.row, out.reason, out.detail, out.excerpt)
         self.count("rows_dispatched")
-        return Row(kind="prompt", topic=self.cfg.prompts, k=self.spec.tenant.encode(), v=self.serde.encode(out),
-                   file=None, row=None, reason=None, detail=None, excerpt=None)
+        # positional, in OUT's order (kind, topic, k, v, file, row, reason, detail, excerpt)
+        return Row("prompt", self.cfg.prompts, self.spec.tenant.encode(), self.serde.encode(out),
+                   None, None, None, None, None)
 
 
 class BackfillRows(_Rows, KeyedProcessFunction):
@@ -199,6 +199,32 @@ CREATE TABLE `backfill_lines` (
 )"""
 
 
+def _prompts_ddl(cfg: JobConfig) -> str:
+    """The lane's prompts topic, keyed by tenant, one Kafka transaction per checkpoint (stable id prefix per
+    backfill, so a restored job aborts what its predecessor left open). One topic: no `topic` column (the
+    connector makes `topic` metadata writable only for a list of topics)."""
+    from rscf.settings import SETTINGS
+
+    return f"""
+CREATE TABLE `{PROMPTS_SINK}` (
+  `k` BYTES,
+  `v` BYTES
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{cfg.prompts}',
+  'properties.bootstrap.servers' = '{cfg.bootstrap}',
+  'properties.linger.ms' = '{SETTINGS.limits.producer_linger_ms}',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY',
+  'sink.delivery-guarantee' = 'exactly-once',
+  'sink.transactional-id-prefix' = '{cfg.transactional_id_prefix}',
+  'properties.transaction.timeout.ms' = '600000',
+  'sink.transaction-naming-strategy' = 'POOLING'
+)"""
+
+
 def _dead_ddl(plan: dict) -> str:
     from operators.backfill import DEAD_LETTERS_DIR, BackfillSpec
 
@@ -225,11 +251,9 @@ def _keyed(stream: DataStream, value_type) -> KeyedStream:
 
 
 def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -> StreamTableEnvironment:
-    from jobs.content_pipeline import sink_ddl
-
     cfg = lane_config(ns)
     t_env = StreamTableEnvironment.create(env)
-    t_env.execute_sql(sink_ddl(PROMPTS_SINK, [cfg.prompts], cfg, transactional=True))
+    t_env.execute_sql(_prompts_ddl(cfg))
     t_env.execute_sql(_dead_ddl(plan))
     if plan["spec"]["format"] == "jsonl":
         t_env.execute_sql(_source_ddl(plan))
@@ -250,7 +274,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
                 .uid("backfill-units-read").name("read unit + row -> prompt (by unit)"))
     t_env.create_temporary_view(ROWS_VIEW, t_env.from_data_stream(rows))
     statements = t_env.create_statement_set()
-    statements.add_insert_sql(f"INSERT INTO `{PROMPTS_SINK}` SELECT `topic`, `k`, `v` FROM `{ROWS_VIEW}` "
+    statements.add_insert_sql(f"INSERT INTO `{PROMPTS_SINK}` SELECT `k`, `v` FROM `{ROWS_VIEW}` "
                               "WHERE `kind` = 'prompt'")
     statements.add_insert_sql(f"INSERT INTO `{DEAD_SINK}` SELECT `file`, `row`, `reason`, `detail`, `excerpt` "
                               f"FROM `{ROWS_VIEW}` WHERE `kind` = 'dead'")

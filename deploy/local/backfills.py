@@ -153,6 +153,7 @@ def send_control(events: list[dict[str, Any]], lane: str = LANE) -> None:
 
 def flink_run(script: str, args: list[str], from_savepoint: str | None = None) -> str:
     """`flink run -d` of a Python job script; returns the job id."""
+    flink_jobs.ensure_taskmanager_runs_current_code()  # thread mode keeps modules an earlier job imported
     py = str(SETTINGS.paths.venv / "bin" / "python")
     cmd = ["bash", str(flink_home() / "bin" / "flink"), "run", "-d", "-py", str(SETTINGS.paths.repo / script),
            "-pyexec", py, "-pyclientexec", py]
