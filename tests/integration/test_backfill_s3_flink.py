@@ -134,13 +134,18 @@ def test_parquet_backfill_and_stop_with_savepoint_resume_exactly_once(lane):
     pq.write_table(table, buf, row_group_size=100)  # 15 read units
     _put(f"{prefix}/catalogue.parquet", buf.getvalue())
     spec = BackfillSpec(f"s3://{BUCKET}/{prefix}", "bf-tenant", fmt="parquet")
-    backfills.start(spec, 250, lane=lane, features=["echo"])  # ~6 s of reading at 250 rows/s
+    started = backfills.start(spec, 250, lane=lane, features=["echo"])  # ~6 s of reading at 250 rows/s
     import time
 
-    time.sleep(3)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not flink_jobs.all_tasks_running(started["job_id"]):
+        time.sleep(0.5)
+    time.sleep(2)  # part of the input read, most of it not
     stopped = backfills.stop(spec.backfill_id)
     assert stopped["savepoint"], "the job was still reading when stopped"
     assert backfills.status(spec.backfill_id)["state"] == "STOPPED"
+    before = _prompts_on_lane(lane)
+    assert 0 < len(before) < n, f"stopped mid-read: {len(before)} of {n} rows on the lane"
     backfills.resume(spec.backfill_id)
     _finish(spec.backfill_id)
     rows = ResultsStore(spec).rows()
