@@ -82,13 +82,24 @@ def _stop_if_running(backfill_id: str) -> None:
         pass
 
 
+def listener_pid(port: int) -> int | None:
+    """The process listening on a loopback port (the shared stack's Kafka and S3 when this data dir has none)."""
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    return None
+
+
 def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None) -> dict:
     """A backfill of N rows on a lane of its own, timed to FINISHED, with CPU per row by process."""
     tag = uuid.uuid4().hex[:8]
     uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
     spec = BackfillSpec(uri, "bench-backfill", fmt=fmt)
     with Lane() as lane:
-        meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None})
+        meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None,
+                          "kafka": listener_pid(SETTINGS.ports.kafka), "s3": listener_pid(SETTINGS.ports.s3)})
         meter.begin()
         t0 = time.monotonic()
         state = backfills.start(spec, budget, lane=lane.name, features=["echo"], start_lane=False)
@@ -110,6 +121,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) 
     """Live overhead at `live_rate` alone, then with a backfill running on its lane."""
     alone = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
     result: dict = {}
+    # as many rows as keep the backfill busy over the whole measured run (start-up, warm-up, run, drain)
+    n = min(n, int(budget * (40 + 2 * duration_s)))
     t = threading.Thread(target=lambda: result.update(one_backfill("jsonl", n, budget)), daemon=True)
     t.start()
     time.sleep(25)  # the lane and the ingest job up and dispatching before live is measured
