@@ -151,6 +151,16 @@ def send_control(events: list[dict[str, Any]], lane: str = LANE) -> None:
 # ----------------------------------------------------------------------------- the ingest job and writer
 
 
+def require_s3_filesystem() -> None:
+    """Refuse early when the cluster was started before the S3 plugin and `s3.*` keys were in its config
+    (plugins are loaded when its processes start): the job would fail on `s3://` with a class-path error."""
+    keys = {e["key"] for e in flink_jobs._request("GET", "/jobmanager/config") or []}
+    if "s3.endpoint" not in keys:
+        raise flink_jobs.ClusterError(
+            "the Flink cluster runs without the S3 filesystem config (s3.endpoint): run deploy/local/install.sh "
+            "(it fetches flink-s3-fs-hadoop), then `rscf down` + `rscf up` so the cluster loads the plugin")
+
+
 def flink_run(script: str, args: list[str], from_savepoint: str | None = None) -> str:
     """`flink run -d` of a Python job script; returns the job id."""
     flink_jobs.ensure_taskmanager_runs_current_code()  # thread mode keeps modules an earlier job imported
@@ -207,6 +217,7 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     from jobs.backfill_results import ResultsStore
 
     bid = spec.backfill_id
+    require_s3_filesystem()
     current = flink_jobs.running(job_name(bid))
     if current is not None:
         raise flink_jobs.ClusterError(f"backfill {bid} is already {current.state} as {current.job_id}")
