@@ -1,7 +1,7 @@
 """Backfills on real S3 and real Flink: the bounded ingest job reads s3:// through the S3 plugin, the lane
 (the content pipeline on its own topics) and an echo worker answer, the writer puts results next to the input.
 
-Each test has its own lane (topic suffix) and input prefix, torn down afterwards.
+The tests share a lane of their own (topic suffix), torn down afterwards; each has its own input prefix.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def _put(key: str, data: bytes) -> None:
     client.put_object(BUCKET, key, io.BytesIO(data), len(data))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lane(stack):
-    """A lane of this test's own (topics, pipeline job, echo worker), torn down afterwards."""
+    """A lane of these tests' own (topics, pipeline job, echo worker), torn down afterwards. The tests share
+    it (each has its own input, so its own backfill id and request ids): one lane start-up, not three."""
     name = f"bft{uuid.uuid4().hex[:6]}"
     cfg = backfills.lane_config(name)
     worker = harness.EchoWorker(cfg)
