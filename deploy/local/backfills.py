@@ -118,7 +118,8 @@ def live_policy(tenant: str, bootstrap: str | None = None) -> dict[str, Any] | N
 
 def budget_events(spec: BackfillSpec, rows_per_s: float, live: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The lane's control events for a backfill: the tenant's backfill budget (its live tier and features,
-    the budget's rate) and, with --model-version, every pool pinned to that version on the lane only."""
+    the budget's rate) and every pool's version on the lane only: --model-version, else the pool's default.
+    The lane is shared by backfills: two running at once with different versions get the later one's."""
     issued = datetime.now(timezone.utc)
     rate = float(rows_per_s)
     events = [{"event_id": str(uuid.uuid4()), "issued_at": issued, "rollout": None, "breaker": None,
@@ -126,11 +127,10 @@ def budget_events(spec: BackfillSpec, rows_per_s: float, live: dict[str, Any] | 
                                  "rate_per_s": rate, "burst": int(max(rate, 1.0) * 10),
                                  "features": list((live or {}).get("features") or []),
                                  "moderation_fail_closed": (live or {}).get("moderation_fail_closed")}}]
-    if spec.model_version:
-        for pool in POOL_TABLE:
-            events.append({"event_id": str(uuid.uuid4()), "issued_at": issued, "tenant_policy": None, "breaker": None,
-                           "rollout": {"pool": pool.name, "model_name": pool.model,
-                                       "weights": {spec.model_version: 1.0}}})
+    for pool in POOL_TABLE:  # without --model-version: back to each pool's default (a pin does not outlive its run)
+        version = spec.model_version or pool.default_version
+        events.append({"event_id": str(uuid.uuid4()), "issued_at": issued, "tenant_policy": None, "breaker": None,
+                       "rollout": {"pool": pool.name, "model_name": pool.model, "weights": {version: 1.0}}})
     return events
 
 

@@ -116,3 +116,4 @@ def test_done_ranges_compact_and_membership():
     tag = bf.file_tag(PATH)
     assert [n for n in range(0, 12) if bf.in_ranges(ranges[tag], n)] == [1, 2, 3, 7, 9, 10]
     assert not bf.in_ranges(None, 1)
+
