@@ -144,11 +144,20 @@ class BackfillRows(_Rows, KeyedProcessFunction):
     """Keyed by file: numbers its lines (1-based) in keyed state, so a restore numbers on from the same row."""
 
     def open(self, ctx: RuntimeContext):
+        from operators.backfill import file_tag
+
         self.open_rows(ctx)
         self.rows = ctx.get_state(ValueStateDescriptor("rows_read", Types.LONG()))
+        self.planned = {file_tag(f["file"]) for f in self.plan_data["manifest"]["input_files"]}
+        self.tag_of: dict[str, str] = {}
 
     def process_element(self, value, ctx):
+        from operators.backfill import file_tag
+
         path, line = value
+        tag = self.tag_of.get(path) or self.tag_of.setdefault(path, file_tag(path))
+        if tag not in self.planned:
+            return  # a file the plan did not count (it appeared since): the next run's
         row = (self.rows.value() or 0) + 1
         self.rows.update(row)
         if line is None or not line.strip():

@@ -107,11 +107,13 @@ def file_format(key: str) -> str | None:
 
 
 def input_files(keys: list[str], spec: BackfillSpec) -> list[str]:
-    """The object keys under the prefix a backfill reads: its format, no hidden files or `_results/`."""
+    """The object keys a backfill reads: files of its format directly in the PREFIX folder, no hidden files,
+    nothing in sub-folders (so not `_results/`)."""
+    base = spec.prefix.rstrip("/") + "/" if spec.prefix else ""
     out = []
     for key in keys:
-        rel = key[len(spec.prefix):] if key.startswith(spec.prefix) else key
-        if any(part.startswith(("_", ".")) for part in rel.split("/")[:-1]):
+        rel = key[len(base):] if key.startswith(base) else None
+        if rel is None or "/" in rel:  # only files directly in the folder (what Flink's file source reads here)
             continue
         if file_format(key) == spec.fmt:
             out.append(key)

@@ -42,7 +42,7 @@ def test_request_id_depends_on_file_and_row_only_and_parses_back():
 def test_input_files_skip_results_hidden_and_other_formats():
     keys = ["catalogue/2026/a.jsonl", "catalogue/2026/sub/b.jsonl", "catalogue/2026/_results/part-00001.parquet",
             "catalogue/2026/_results/dead-letters/part-x", "catalogue/2026/.tmp.jsonl", "catalogue/2026/c.parquet"]
-    assert bf.input_files(keys, SPEC) == ["catalogue/2026/a.jsonl", "catalogue/2026/sub/b.jsonl"]
+    assert bf.input_files(keys + ["catalogue/2026x.jsonl"], SPEC) == ["catalogue/2026/a.jsonl"]
 
 
 def test_a_row_becomes_a_valid_prompt_under_the_contract():
