@@ -104,15 +104,27 @@ def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_up
         t0 = time.monotonic()
         state = backfills.start(spec, budget, lane=lane.name, features=["echo"], start_lane=False)
         meter.procs["results-writer"] = __import__("psutil").Process(state["writer_pid"])
+        samples: list[tuple[float, int]] = []
+
+        def sample(st: dict) -> None:
+            samples.append((time.monotonic(), st.get("rows_finished", 0)))
+            if on_update is not None:
+                on_update(st)
+
         try:
-            final = backfills.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=on_update)
+            final = backfills.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=sample)
         finally:
             _stop_if_running(spec.backfill_id)
         wall = time.monotonic() - t0
         cpu = meter.end(n)
     done = final.get("rows_finished", 0) + final.get("rows_dead", 0)
+    # steady state: from the first finished row to the last sample still short of the total (no start-up,
+    # no wait for the writer's last part)
+    moving = [(t, f) for t, f in samples if 0 < f < n]
+    steady = (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0]) if len(moving) >= 2 else None
     return {"format": fmt, "rows": n, "budget_rows_per_s": budget, "state": final["state"], "rows_done": done,
             "counts": final.get("counts"), "wall_s": round(wall, 1), "rows_per_s": round(done / wall, 1),
+            "steady_rows_per_s": round(steady, 1) if steady else None,
             "cpu_us_per_row": cpu["us_per_prompt"], "cpu_total_us_per_row": cpu["total_us_per_prompt"],
             "cores_busy": cpu["cores_busy"], "uri": uri}
 
