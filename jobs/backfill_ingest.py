@@ -2,7 +2,7 @@
 
     JSON Lines: Flink's file source (filesystem table, `raw` lines + `file.path`) over s3:// through the
                 S3 filesystem plugin ─▶ keyBy file ─▶ BackfillRows (row number = lines of that file so far)
-    Parquet/Avro: NumberSequenceSource over the plan's read units (file, row group) ─▶ keyBy unit ─▶
+    Parquet/Avro: NumberSequenceSource over the plan's read units (file, row group) ─▶ (chained)
                 ReadUnits (pyarrow / fastavro through the S3 client; each unit is emitted in one call)
     ─▶ prompt (operators.backfill.to_prompt: the prompt contract, a request id from backfill+file+row,
        validated by the live path's validate_prompt) or bad row
@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script by `flink run -py`: make the re
 
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
-from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
@@ -173,14 +173,20 @@ class BackfillRows(_Rows, KeyedProcessFunction):
         self.flush(force=True)
 
 
-class ReadUnits(_Rows, KeyedProcessFunction):
-    """Keyed by read unit: reads one unit (a Parquet row group, an Avro file) and emits all its rows at once."""
+class ReadUnits(_Rows, FlatMapFunction):
+    """Reads one unit (a Parquet row group, an Avro file) and emits all its rows in one call.
+
+    Chained to the number-sequence source (no keyBy, no network buffer in between): the source hands
+    over the next unit only when this one is done, so a checkpoint or savepoint barrier comes right after
+    the unit in hand. Behind a keyBy, every unit number sat in the buffers ahead of the barrier and a
+    stop-with-savepoint read the whole input first (measured: 1,500 of 1,500 rows before the stop).
+    """
 
     def open(self, ctx: RuntimeContext):
         self.open_rows(ctx)
         self.units = self.plan_data["units"]
 
-    def process_element(self, value, ctx):
+    def flat_map(self, value):
         from jobs.backfill_files import read_unit
 
         unit = self.units[int(value)]
@@ -278,9 +284,8 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
                                 WatermarkStrategy.no_watermarks(), "read units").uid("backfill-units")
         if not plan["units"]:
             units = units.filter(lambda _: False)
-        keyed_units = units.map(lambda i: Row(str(i), i), output_type=Types.ROW([Types.STRING(), Types.LONG()]))
-        rows = (_keyed(keyed_units, Types.LONG()).process(ReadUnits(plan, cfg, ns.max_rows_per_s), output_type=OUT)
-                .uid("backfill-units-read").name("read unit + row -> prompt (by unit)"))
+        rows = (units.flat_map(ReadUnits(plan, cfg, ns.max_rows_per_s), output_type=OUT)
+                .uid("backfill-units-read").name("read unit + row -> prompt"))
     t_env.create_temporary_view(ROWS_VIEW, t_env.from_data_stream(rows))
     statements = t_env.create_statement_set()
     statements.add_insert_sql(f"INSERT INTO `{PROMPTS_SINK}` SELECT `k`, `v` FROM `{ROWS_VIEW}` "
