@@ -159,7 +159,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(_bar(s), end="", flush=True, file=sys.stderr)
 
     try:
-        result = backfill_bench.run(args.rows, tuple(args.formats.split(",")), args.budget, args.live_rate,
+        formats = tuple(f for f in args.formats.split(",") if f)  # "": the side-by-side run only
+        result = backfill_bench.run(args.rows, formats, args.budget, args.live_rate,
                                     args.live_duration, args.live_budget, on_update=show)
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
