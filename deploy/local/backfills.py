@@ -28,7 +28,7 @@ from typing import Any
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig
-from operators.backfill import BackfillSpec, Manifest, done_ranges, progress
+from operators.backfill import BackfillSpec, Manifest, done_ranges, progress, request_id
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -232,7 +232,9 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     if features is not None:
         live = {**(live or {}), "features": list(features)}
     send_control(budget_events(spec, budget_rows_per_s, live), lane)
-    done = done_ranges([r["request_id"] for r in store.rows()], bid)  # a rerun skips rows with a result
+    # a rerun skips the rows that have a result or a dead letter already
+    done = done_ranges([r["request_id"] for r in store.rows()]
+                       + [request_id(bid, d["file"], int(d["row"])) for d in store.dead_letters()], bid)
     doc = {"spec": spec.to_dict(), "manifest": json.loads(manifest.to_json()), "units": units, "done": done}
     (d / "plan.json").write_text(json.dumps(doc))
     job_id = flink_run("jobs/backfill_ingest.py", _ingest_args(bid, lane, budget_rows_per_s))

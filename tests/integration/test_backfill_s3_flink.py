@@ -121,6 +121,7 @@ def test_jsonl_backfill_results_dead_letters_and_rerun(lane):
     _finish(spec.backfill_id)
     again = [r["request_id"] for r in store.rows()]
     assert sorted(again) == sorted(ids)
+    assert sorted(d["row"] for d in store.dead_letters()) == sorted(BAD), "no dead letter written twice"
     assert set(_prompts_on_lane(lane).values()) == {1}
 
 
