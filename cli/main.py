@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "cli.commands.chaos",
     "cli.commands.evaluate",
     "cli.commands.tenants",
+    "cli.commands.backfill",
 )
 
 

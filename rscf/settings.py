@@ -61,6 +61,11 @@ class Paths:
         return self.data / "secrets"
 
     @property
+    def s3_plugin_jar(self) -> Path:
+        """Flink's S3 filesystem plugin (Hadoop S3A), downloaded by deploy/local/install.sh (backfills read s3://)."""
+        return self.cache / "jars" / "flink-plugins" / f"flink-s3-fs-hadoop-{Versions.flink_s3_plugin}.jar"
+
+    @property
     def models(self) -> Path:
         """Local cache of model artifacts pulled from the object-store model registry."""
         return self.cache / "models"
@@ -100,6 +105,7 @@ class Versions:
     flink: str = "2.2.1"
     kafka: str = "4.1.1"
     flink_kafka_connector: str = "5.0.0-2.2"
+    flink_s3_plugin: str = "2.2.0"  # 2.2.1 is not on Maven Central
     apicurio: str = "3.3.3"
 
 
@@ -154,6 +160,9 @@ class S3Credentials:
     ``<data>/secrets/s3_secret_key`` (0600)."""
 
     access_key: str = _env("S3_ACCESS_KEY", "rscf")
+    # https to the endpoint (real S3: RSCF_S3_ENDPOINT=s3.<region>.amazonaws.com RSCF_S3_SECURE=1)
+    secure: bool = _env("S3_SECURE", "0") == "1"
+    region: str = _env("S3_REGION", "us-east-1")
 
     @property
     def secret_key(self) -> str:

@@ -386,3 +386,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="seconds from a replica's start to consuming, per pool (the pool controller measures it)")
     p.add_argument("--pool", action="append", choices=POOLS)
     p.set_defaults(func=cmd_coldstart)
+
+    from cli.commands.backfill import register_bench  # `rscf bench backfill` (issue #17)
+
+    register_bench(bsub)

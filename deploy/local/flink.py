@@ -33,6 +33,7 @@ def flink_dirs() -> dict[str, Path]:
         "base": base,
         "conf": base / "conf",
         "lib": base / "lib",
+        "plugins": base / "plugins",
         "checkpoints": base / "checkpoints",
         "savepoints": base / "savepoints",
         "tmp": base / "tmp",
@@ -49,7 +50,7 @@ def flink_env() -> dict[str, str]:
         "FLINK_CONF_DIR": str(d["conf"]),
         "FLINK_LIB_DIR": str(d["lib"]),
         "FLINK_LOG_DIR": str(SETTINGS.paths.logs),
-        "FLINK_PLUGINS_DIR": str(flink_home() / "plugins"),
+        "FLINK_PLUGINS_DIR": str(d["plugins"]),
     }
 
 
@@ -110,7 +111,43 @@ def cluster_config(d: dict[str, Path], conf: dict) -> dict:
         "high-availability.jobmanager.port": P.flink_rpc,  # HA picks a random RPC port otherwise
     }
     conf.update(flat)
+    conf.update(s3_config())
     return conf
+
+
+def s3_config() -> dict:
+    """Flink's S3 filesystem (the plugin forwards `s3.*` to Hadoop's `fs.s3a.*`): the stack's object store.
+
+    Path-style addressing and an explicit endpoint serve SeaweedFS on loopback; real S3 is the same
+    keys with RSCF_S3_ENDPOINT=s3.<region>.amazonaws.com, RSCF_S3_SECURE=1 and the account's keys.
+    """
+    scheme = "https" if SETTINGS.s3.secure else "http"
+    return {
+        "s3.endpoint": f"{scheme}://{SETTINGS.s3_endpoint}",
+        "s3.path.style.access": True,
+        "s3.access-key": SETTINGS.s3.access_key,
+        "s3.secret-key": SETTINGS.s3.secret_key,
+        "s3.endpoint.region": SETTINGS.s3.region,
+    }
+
+
+def write_plugins_dir(d: dict[str, Path]) -> None:
+    """Our plugins dir: the wheel's plugins (metrics reporters) plus the S3 filesystem, each in its own folder.
+
+    A plugin must be in place before the cluster's processes start (each plugin folder gets its own class
+    loader). Without the downloaded jar (install.sh not run) the cluster starts without s3:// support.
+    """
+    plugins = d["plugins"]
+    if plugins.exists():
+        shutil.rmtree(plugins)
+    plugins.mkdir(parents=True)
+    for src in (flink_home() / "plugins").iterdir():
+        if src.is_dir():
+            (plugins / src.name).symlink_to(src)
+    jar = SETTINGS.paths.s3_plugin_jar
+    if jar.exists():
+        (plugins / "s3-fs-hadoop").mkdir()
+        (plugins / "s3-fs-hadoop" / jar.name).symlink_to(jar)
 
 
 def write_cluster_config() -> None:
@@ -132,6 +169,7 @@ def write_cluster_config() -> None:
     python_jar = next((home / "opt").glob("flink-python-*.jar"))
     for jar in list((home / "lib").glob("*.jar")) + [python_jar, SETTINGS.paths.connector_jar]:
         (d["lib"] / jar.name).symlink_to(jar)
+    write_plugins_dir(d)
 
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
     (d["conf"] / "config.yaml").write_text(yaml.safe_dump(cluster_config(d, conf), sort_keys=False))

@@ -2,7 +2,8 @@
 # Installs everything the local stack needs, idempotently; every step is skipped when its result is cached.
 #   - Debian packages: prometheus (server), kcat (interop checks), espeak-ng (light speech fallback)
 #   - the Python virtual environment from pyproject.toml (Flink, Kafka client, torch, ...)
-#   - JVM artifacts from Maven Central: Kafka 4 + log4j2 backend, Flink's Kafka connector, Apicurio Registry
+#   - JVM artifacts from Maven Central: Kafka 4 + log4j2 backend, Flink's Kafka connector and S3 filesystem
+#     plugin, Apicurio Registry
 # Downloads are cached under RSCF_CACHE_DIR (default ~/.cache/rscf) so a fresh clone reuses them.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ PYTHON="${PYTHON:-python3}"
 KAFKA_VERSION=4.1.1
 APICURIO_VERSION=3.3.3
 CONNECTOR_VERSION=5.0.0-2.2
+S3_PLUGIN_VERSION=2.2.0
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[install] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -79,6 +81,7 @@ fetch_maven() {  # profile, output dir, marker file
 }
 fetch_maven kafka "$CACHE/jars/kafka-$KAFKA_VERSION" "kafka_2.13-$KAFKA_VERSION.jar"
 fetch_maven flink-connectors "$CACHE/jars/flink-connectors" "flink-sql-connector-kafka-$CONNECTOR_VERSION.jar"
+fetch_maven flink-plugins "$CACHE/jars/flink-plugins" "flink-s3-fs-hadoop-$S3_PLUGIN_VERSION.jar"
 fetch_maven registry "$CACHE/jars/registry" "apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
 
 apicurio_home="$CACHE/apicurio-$APICURIO_VERSION"

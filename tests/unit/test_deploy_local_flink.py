@@ -45,3 +45,20 @@ def test_cluster_config_binds_loopback_and_pushes_metrics_per_role():
     assert "env.java.opts.all" in conf  # the wheel's JVM options survive
     argv = flink.flink_script("taskmanager.sh", "taskmanager")
     assert argv[-1] == "metrics.reporter.promgateway.jobName=flink-taskmanager"
+
+
+def test_s3_plugin_sits_in_its_own_plugins_folder_and_s3_keys_reach_the_config(tmp_path, monkeypatch):
+    """The S3 filesystem must be a plugin (its own folder under FLINK_PLUGINS_DIR) before the cluster
+    starts, and `s3.*` (endpoint, path style, keys) in the cluster's config (issue #17)."""
+    jar = tmp_path / "cache" / "flink-s3-fs-hadoop-2.2.0.jar"
+    jar.parent.mkdir()
+    jar.write_bytes(b"jar")
+    monkeypatch.setattr(type(SETTINGS.paths), "s3_plugin_jar", property(lambda self: jar))
+    d = {"plugins": tmp_path / "plugins"}
+    flink.write_plugins_dir(d)
+    assert (d["plugins"] / "s3-fs-hadoop" / jar.name).resolve() == jar
+    assert (d["plugins"] / "metrics-prometheus").is_dir()  # the wheel's reporters stay
+    keys = _cluster_keys()
+    assert keys["s3.endpoint"] == f"http://{SETTINGS.s3_endpoint}" and keys["s3.path.style.access"] is True
+    assert keys["s3.access-key"] == SETTINGS.s3.access_key
+    assert flink.flink_env()["FLINK_PLUGINS_DIR"] == str(flink.flink_dirs()["plugins"])

@@ -1,0 +1,162 @@
+"""`rscf bench backfill`: rows/s of a backfill end to end with the echo pool, its CPU, and what it does to live.
+
+1. For each format: N rows written to s3://rscf-backfill/bench-<id>/<fmt>/ (4 files), a lane of its own
+   (the content pipeline on its own topics) and an echo worker on it, `backfills.start` with the budget,
+   timed from the start call to the manifest saying FINISHED; CPU seconds per row of every stack process,
+   the echo worker and the results writer over that window.
+2. Live latency: `rscf bench pipeline` at `live_rate` alone, then again while a backfill of the same
+   size runs on its lane (same machine, same cluster): overhead p99 side by side and their ratio.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+
+from deploy.local import backfills, flink_jobs
+from operators.backfill import BackfillSpec
+from rscf.settings import SETTINGS
+from tools import harness
+from tools.pipeline_bench import CpuMeter, run_bench
+
+FILES = 4
+
+
+def write_input(prefix: str, fmt: str, n: int) -> str:
+    """N rows in FILES files under s3://rscf-backfill/<prefix>/ ; returns the URI."""
+    from rscf.s3 import s3_client
+
+    client = s3_client()
+    bucket = SETTINGS.buckets.backfill
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    per = -(-n // FILES)
+    for f in range(FILES):
+        rows = [{"prompt": f"Write a product description for item {i}", "id": str(i)}
+                for i in range(f * per, min(n, (f + 1) * per))]
+        if fmt == "jsonl":
+            data = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=5_000)
+            data = buf.getvalue()
+        client.put_object(bucket, f"{prefix}/part-{f}.{fmt}", io.BytesIO(data), len(data))
+    return f"s3://{bucket}/{prefix}"
+
+
+class Lane:
+    """A lane of the benchmark's own: topics, the pipeline job and an echo worker."""
+
+    def __init__(self):
+        self.name = f"bfb{uuid.uuid4().hex[:6]}"
+        self.cfg = backfills.lane_config(self.name)
+        self.worker = harness.EchoWorker(self.cfg)
+
+    def __enter__(self) -> "Lane":
+        backfills.ensure_lane(self.name)
+        self.worker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.worker.stop()
+        job = flink_jobs.running(self.cfg.job_name)
+        if job is not None:
+            flink_jobs.stop(job.job_id, with_savepoint=False)
+        harness.delete_topics(self.cfg)
+
+
+def _stop_if_running(backfill_id: str) -> None:
+    try:
+        state = backfills._state(backfill_id)
+        job = flink_jobs.running(state["job_name"])
+        if job is not None:
+            flink_jobs.stop(job.job_id, with_savepoint=False)
+        backfills.stop_writer(state.get("writer_pid"))
+    except (KeyError, flink_jobs.ClusterError):
+        pass
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on a loopback port (the shared stack's Kafka and S3 when this data dir has none)."""
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    return None
+
+
+def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None) -> dict:
+    """A backfill of N rows on a lane of its own, timed to FINISHED, with CPU per row by process."""
+    tag = uuid.uuid4().hex[:8]
+    uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
+    spec = BackfillSpec(uri, "bench-backfill", fmt=fmt)
+    with Lane() as lane:
+        meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None,
+                          "kafka": listener_pid(SETTINGS.ports.kafka), "s3": listener_pid(SETTINGS.ports.s3)})
+        meter.begin()
+        t0 = time.monotonic()
+        state = backfills.start(spec, budget, lane=lane.name, features=["echo"], start_lane=False)
+        meter.procs["results-writer"] = __import__("psutil").Process(state["writer_pid"])
+        samples: list[tuple[float, int]] = []
+
+        def sample(st: dict) -> None:
+            samples.append((time.monotonic(), st.get("rows_finished", 0)))
+            if on_update is not None:
+                on_update(st)
+
+        try:
+            final = backfills.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=sample)
+        finally:
+            _stop_if_running(spec.backfill_id)
+        wall = time.monotonic() - t0
+        cpu = meter.end(n)
+    done = final.get("rows_finished", 0) + final.get("rows_dead", 0)
+    # steady state: from the first finished row to the last sample still short of the total (no start-up,
+    # no wait for the writer's last part)
+    moving = [(t, f) for t, f in samples if 0 < f < n]
+    steady = (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0]) if len(moving) >= 2 else None
+    return {"format": fmt, "rows": n, "budget_rows_per_s": budget, "state": final["state"], "rows_done": done,
+            "counts": final.get("counts"), "wall_s": round(wall, 1), "rows_per_s": round(done / wall, 1),
+            "steady_rows_per_s": round(steady, 1) if steady else None,
+            "cpu_us_per_row": cpu["us_per_prompt"], "cpu_total_us_per_row": cpu["total_us_per_prompt"],
+            "cores_busy": cpu["cores_busy"], "uri": uri}
+
+
+def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) -> dict:
+    """Live overhead at `live_rate` alone, then with a backfill running on its lane."""
+    alone = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
+    result: dict = {}
+    # as many rows as keep the backfill busy over the whole measured run (start-up, warm-up, run, drain)
+    n = min(n, int(budget * (40 + 2 * duration_s)))
+    t = threading.Thread(target=lambda: result.update(one_backfill("jsonl", n, budget)), daemon=True)
+    t.start()
+    time.sleep(25)  # the lane and the ingest job up and dispatching before live is measured
+    with_backfill = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
+    t.join()
+
+    def p(r: dict, q: str):
+        return r["overhead_ms"][q]
+
+    return {"live_rate": live_rate, "duration_s": duration_s,
+            "alone": {q: p(alone, q) for q in ("p50", "p95", "p99")},
+            "with_backfill": {q: p(with_backfill, q) for q in ("p50", "p95", "p99")},
+            "p99_ratio": round(p(with_backfill, "p99") / p(alone, "p99"), 2) if p(alone, "p99") else None,
+            "target_p99_ratio": 1.10, "backfill": result,
+            "live_throughput": {"alone": alone["throughput_per_s"], "with_backfill": with_backfill["throughput_per_s"]}}
+
+
+def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
+        live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None) -> dict:
+    out: dict = {"rows": n, "formats": {}}
+    for fmt in formats:
+        out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update)
+    if live_rate > 0:
+        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget)
+    return out
