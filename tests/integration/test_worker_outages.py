@@ -71,6 +71,8 @@ class PrivateStack:
             "PYTHONPATH": str(SETTINGS.paths.repo),
             "RSCF_DATA_DIR": str(data),
             **{f"RSCF_{k}": str(v) for k, v in self.ports.items()},
+            # its own data dir would generate an S3 secret of its own; this process signs with the main one
+            "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key,
         }
         for k in ("RSCF_KAFKA_BOOTSTRAP", "RSCF_REGISTRY_URL", "RSCF_S3_ENDPOINT"):
             self.env.pop(k, None)  # would override the shifted ports

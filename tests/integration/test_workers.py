@@ -23,6 +23,7 @@ from inference_workers.handlers.echo import EchoHandler
 from cli.demo import fetch_artifact
 from inference_workers.worker import Worker, WorkerSettings
 from rscf.settings import SETTINGS
+from schemas.keys import tenant_object_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -379,7 +380,8 @@ def test_image_pool_stores_a_png_artifact(topics: Topics, tmp_path) -> None:
         (uri,) = res["artifact_uris"]
         bucket, key = uri.removeprefix("s3://").split("/", 1)
         assert bucket == SETTINGS.buckets.artifacts
-        assert key.startswith("artifacts/image/") and key.endswith(f"/{res['request_id']}-1.png")
+        tenant_prefix = tenant_object_prefix(res["tenant_id"]) if res["tenant_id"] else ""
+        assert key.startswith(f"{tenant_prefix}artifacts/image/") and key.endswith(f"/{res['request_id']}-1.png")
         img = Image.open(io.BytesIO(fetch_artifact(uri, s3)))
         img.load()
         assert img.format == "PNG" and img.size[0] >= 16
