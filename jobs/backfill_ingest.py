@@ -216,28 +216,10 @@ CREATE TABLE `backfill_lines` (
 
 def _prompts_ddl(cfg: JobConfig) -> str:
     """The lane's prompts topic, keyed by tenant, one Kafka transaction per checkpoint (stable id prefix per
-    backfill, so a restored job aborts what its predecessor left open). One topic: no `topic` column (the
-    connector makes `topic` metadata writable only for a list of topics)."""
-    from rscf.settings import SETTINGS
+    backfill, so a restored job aborts what its predecessor left open): the live job's finals sink."""
+    from jobs.content_pipeline import sink_ddl
 
-    return f"""
-CREATE TABLE `{PROMPTS_SINK}` (
-  `k` BYTES,
-  `v` BYTES
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{cfg.prompts}',
-  'properties.bootstrap.servers' = '{cfg.bootstrap}',
-  'properties.linger.ms' = '{SETTINGS.limits.producer_linger_ms}',
-  'key.format' = 'raw',
-  'key.fields' = 'k',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY',
-  'sink.delivery-guarantee' = 'exactly-once',
-  'sink.transactional-id-prefix' = '{cfg.transactional_id_prefix}',
-  'properties.transaction.timeout.ms' = '600000',
-  'sink.transaction-naming-strategy' = 'POOLING'
-)"""
+    return sink_ddl(PROMPTS_SINK, [cfg.prompts], cfg, transactional=True, topic_column=False)
 
 
 def _dead_ddl(plan: dict) -> str:

@@ -122,8 +122,9 @@ FINALS_SINK = "finals_out"
 ORCHESTRATOR_OUTPUT = "orchestrator_out"
 
 
-def sink_ddl(name: str, topics: list[str], cfg: JobConfig, transactional: bool) -> str:
-    """A Kafka table sink writing raw key + value to the per-record `topic` (one of `topics`)."""
+def sink_ddl(name: str, topics: list[str], cfg: JobConfig, transactional: bool, topic_column: bool = True) -> str:
+    """A Kafka table sink writing raw key + value to the per-record `topic` (one of `topics`); one topic
+    and `topic_column=False`: no `topic` column (the connector makes it writable only for a topic list)."""
     extra = ""
     if transactional:
         # A stable prefix per job, so a restored job aborts its predecessor's open transactions; Flink's
@@ -136,7 +137,7 @@ def sink_ddl(name: str, topics: list[str], cfg: JobConfig, transactional: bool) 
                  ",\n  'sink.transaction-naming-strategy' = 'POOLING'")
     return f"""
 CREATE TABLE `{name}` (
-  `topic` STRING METADATA,
+  {"`topic` STRING METADATA," if topic_column else ""}
   `k` BYTES,
   `v` BYTES
 ) WITH (

@@ -77,3 +77,12 @@ def test_the_checkpoint_interval_defaults_by_mode():
     assert JobConfig(checkpoint_interval_ms=750).checkpoint_interval_ms == 750
     with pytest.raises(ValueError):
         JobConfig(delivery="twice")
+
+
+def test_backfill_prompts_sink_is_the_live_finals_sink_on_one_topic():
+    from jobs.backfill_ingest import _prompts_ddl
+    from jobs.config import JobConfig
+
+    ddl = _prompts_ddl(JobConfig(topic_suffix="backfill"))
+    assert "`topic` STRING METADATA" not in ddl and "'topic' = 'genai.prompts.backfill'" in ddl
+    assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl and "'POOLING'" in ddl
