@@ -95,12 +95,11 @@ class InProcessFlow:
                     result = None
                 except Exception as exc:  # noqa: BLE001 - any failure to reach the model is an error result
                     result = model_error(effects.request, f"{type(exc).__name__}: {exc}")
+                if result is None:  # no answer before the deadline: correlate times the attempt out
+                    time.sleep(max(0.0, ((state.deadline_ms or 0) - now_ms()) / 1000.0))  # not under the lock
                 with self.lock:
-                    if result is None:  # no answer before the deadline: correlate times the attempt out
-                        time.sleep(max(0.0, ((state.deadline_ms or 0) - now_ms()) / 1000.0))
-                        effects = self.orch.on_timer(slot, now_ms())
-                    else:
-                        effects = self.orch.on_input(ResultIn(result), slot, now_ms())
+                    effects = (self.orch.on_timer(slot, now_ms()) if result is None
+                               else self.orch.on_input(ResultIn(result), slot, now_ms()))
                 continue
             due = state.send_at_ms if state.send_at_ms is not None else min(effects.timers, default=now_ms())
             time.sleep(max(0.0, (due - now_ms()) / 1000.0))  # a retry's back-off

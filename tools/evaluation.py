@@ -82,10 +82,6 @@ class Deployment:
     def restart_model(self) -> None: ...
 
 
-def free_port() -> int:
-    return harness.free_port()
-
-
 @dataclass
 class Proc:
     """A baseline server process, restartable with the same arguments (a restart policy)."""
@@ -151,14 +147,14 @@ class HttpDeployment(Deployment):
 
 
 def monolith() -> HttpDeployment:
-    proc = Proc(["monolith", "--pools", ECHO, "--policies", json.dumps(policies())], free_port(), "monolith")
+    proc = Proc(["monolith", "--pools", ECHO, "--policies", json.dumps(policies())], harness.free_port(), "monolith")
     return HttpDeployment("monolith", [proc], proc, proc)
 
 
 def partial() -> HttpDeployment:
-    model = Proc(["model-service", "--pool", ECHO], free_port(), "model-echo")
+    model = Proc(["model-service", "--pool", ECHO], harness.free_port(), "model-echo")
     front = Proc(["front", "--service", f"{ECHO}=http://{SETTINGS.host}:{model.port}",
-                  "--policies", json.dumps(policies())], free_port(), "front")
+                  "--policies", json.dumps(policies())], harness.free_port(), "front")
     return HttpDeployment("partial", [model, front], front, model)
 
 
