@@ -48,7 +48,11 @@ _RETRIABLE_COMMIT = (
 def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
                     max_poll_interval_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
-    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py)."""
+    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py).
+
+    Cooperative-sticky rebalancing: when a replica dies or joins, only the partitions that move stop;
+    the others' replicas keep answering (an eager rebalance stops every replica of the group twice:
+    when the dead one expires and when its replacement joins)."""
     return {
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
@@ -59,6 +63,7 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
         "max.poll.interval.ms": max_poll_interval_ms,
+        "partition.assignment.strategy": "cooperative-sticky",
         **(extra or {}),
     }
 
@@ -380,8 +385,9 @@ class KafkaIO:
 
     # ------------------------------------------------------------------------- rebalance
     def _on_assign(self, consumer, partitions) -> None:
-        mine = {p.topic for p in partitions}
-        self.assigned = [p for p in self.assigned if p.topic not in mine] + list(partitions)
+        """Partitions added (cooperative: only the new ones; librdkafka assigns them after this returns)."""
+        new = {(p.topic, p.partition) for p in partitions}
+        self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in new] + list(partitions)
         self.owner.assignment_changed()
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
 

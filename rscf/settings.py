@@ -242,9 +242,11 @@ class Limits:
     # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: what a
     # replica costs). CPU: 2x the cores by default, cpu requests being requests (as on Kubernetes),
     # so every pool gets a replica on a 2-core laptop; GPU memory: 0 = no GPU, GPU pools cost cores.
-    # A killed worker's partitions wait this long before another replica takes them (#13: 10 s before).
-    # 6 s is the broker's default group.min.session.timeout.ms; heartbeats every third of it.
-    worker_session_timeout_ms: int = _env_int("WORKER_SESSION_TIMEOUT_MS", 6_000)
+    # A killed worker's partitions wait this long before another replica takes them (#13: 10 s before,
+    # then 6 s). Heartbeats every third of it (1 s): a loaded 2-core machine still heartbeats in time,
+    # and a false expiry only moves partitions (cooperative rebalance), it loses nothing. The broker
+    # accepts down to 2 s (group.min.session.timeout.ms in deploy/local/services.py).
+    worker_session_timeout_ms: int = _env_int("WORKER_SESSION_TIMEOUT_MS", 3_000)
     # `rscf up` runs the pool controller unless RSCF_POOL_CONTROLLER=off (replicas by hand: `rscf workers`)
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))

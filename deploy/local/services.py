@@ -53,7 +53,7 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# workers may ask for session timeouts down to 2 s (RSCF_WORKER_SESSION_TIMEOUT_MS; default 6 s, the
+# workers may ask for session timeouts down to 2 s (RSCF_WORKER_SESSION_TIMEOUT_MS; default 3 s; 6 s is the
 # broker's default minimum): a killed replica's partitions wait about that long
 group.min.session.timeout.ms=2000
 auto.create.topics.enable=true

@@ -191,3 +191,13 @@ def test_lanes_highest_first_high_even_when_full_and_commits_through_each_lanes_
 
     io._polled_at = {}  # a lane starved for over a second takes one record (or its group would evict it)
     assert [m.topic() for m in io.poll(0.01, room=0)] == ["req", "req.low"]
+
+
+def test_cooperative_assignments_add_up_and_revokes_take_away_only_theirs(kafka: KafkaIO) -> None:
+    """Cooperative-sticky rebalancing hands out increments: a second assignment adds to the first."""
+    kafka._on_assign(None, [TopicPartition("req", 0)])
+    kafka._on_assign(None, [TopicPartition("req", 2), TopicPartition("req", 0)])
+    assert sorted((p.topic, p.partition) for p in kafka.assigned) == [("req", 0), ("req", 2)]
+    kafka._on_revoke(None, [TopicPartition("req", 2)])
+    assert [(p.topic, p.partition) for p in kafka.assigned] == [("req", 0)]
+    assert consumer_config("b:9092", "c", "g", 3_000, 300_000)["partition.assignment.strategy"] == "cooperative-sticky"
