@@ -30,6 +30,7 @@ class Sample:
     status: str | None = None
     reason: str | None = None
     finals: int = 0  # finals a Kafka reader saw (more than one is a duplicate)
+    kind: str = "echo"  # tools.evaluation_mix.KINDS
 
     def finish(self, at_ms: int, status: str, reason: str | None) -> None:
         if self.done_ms is None:
@@ -74,9 +75,11 @@ def accounting(samples: list[Sample]) -> dict[str, Any]:
             "errors": errors, "lost": lost, "duplicated": sum(1 for s in samples if s.finals > 1), "rejected_by_reason": reasons}
 
 
-def recovery(samples: list[Sample], kill_ms: int, offered_per_s: float) -> dict[str, float | None]:
-    """MTTR after a kill: to the first answer of a request sent after it, and back to steady answers/s."""
-    after = [s for s in samples if s.status == "SUCCEEDED" and s.sent_ms is not None and s.sent_ms >= kill_ms]
+def recovery(samples: list[Sample], kill_ms: int, offered_per_s: float, kind: str | None = None) -> dict[str, float | None]:
+    """MTTR after a fault: to the first answer of a request of the affected `kind` (any kind: None)
+    sent after it, and back to steady answers/s (all kinds)."""
+    after = [s for s in samples if s.status == "SUCCEEDED" and s.sent_ms is not None and s.sent_ms >= kill_ms
+             and (kind is None or s.kind == kind)]
     first = min((s.done_ms for s in after if s.done_ms is not None), default=None)
     per_s: dict[int, int] = {}
     for s in samples:
@@ -93,7 +96,7 @@ def recovery(samples: list[Sample], kill_ms: int, offered_per_s: float) -> dict[
 
 
 def summarise(samples: list[Sample], duration_s: float, cpu_s: float, offered_per_s: float,
-              kill_ms: int | None = None) -> dict[str, Any]:
+              kill_ms: int | None = None, affected_kind: str | None = None) -> dict[str, Any]:
     ok = [float(s.latency_ms) for s in samples if s.status == "SUCCEEDED" and s.latency_ms is not None]
     acc = accounting(samples)
     out: dict[str, Any] = {
@@ -104,6 +107,11 @@ def summarise(samples: list[Sample], duration_s: float, cpu_s: float, offered_pe
         "by_phase": {phase: latency_stats([float(s.latency_ms) for s in samples if s.phase == phase
                                            and s.status == "SUCCEEDED" and s.latency_ms is not None])
                      for phase in sorted({s.phase for s in samples})},
+        "by_kind": {kind: {**latency_stats([float(s.latency_ms) for s in samples if s.kind == kind
+                                            and s.status == "SUCCEEDED" and s.latency_ms is not None]),
+                           "sent": sum(1 for s in samples if s.kind == kind),
+                           "answered": sum(1 for s in samples if s.kind == kind and s.status == "SUCCEEDED")}
+                    for kind in sorted({s.kind for s in samples})},
         "throughput_per_s": round(acc["answered"] / duration_s, 1) if duration_s else None,
         "cpu_s": round(cpu_s, 2),
         "cpu_ms_per_answer": round(1000 * cpu_s / acc["answered"], 2) if acc["answered"] else None,
@@ -115,5 +123,5 @@ def summarise(samples: list[Sample], duration_s: float, cpu_s: float, offered_pe
     if premium_burst:
         out["premium_burst_latency_ms"] = latency_stats(premium_burst)
     if kill_ms is not None:
-        out["recovery"] = recovery(samples, kill_ms, offered_per_s)
+        out["recovery"] = recovery(samples, kill_ms, offered_per_s, affected_kind)
     return out

@@ -92,6 +92,28 @@ def distribution(scenario: str, series: list[dict]) -> str:
     return "".join(out)
 
 
+def replicas_over_time(scenario: str, series: list[dict]) -> str:
+    """Live model replicas (all pools) per deployment over the run: the pool controller's scaling
+    and restarts for RSCF, the restart policy for the baselines."""
+    lines = {s["deployment"]: [(t / 1000, sum(n.values())) for t, n in s.get("replicas", [])]
+             for s in series if s["scenario"] == scenario}
+    pts = [p for v in lines.values() for p in v]
+    if not pts:
+        return "<p>no replica samples</p>"
+    x = _scale(0, max(t for t, _ in pts) or 1.0, PAD, W - 10)
+    top = max(max(n for _, n in pts), 1)
+    out = [f'<svg width="{W}" height="{H // 2 + PAD}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+           f'<text x="{W / 2}" y="{H // 2 + PAD - 4}">seconds since the start</text>']
+    y = _scale(0, top + 0.5, H // 2, 10)
+    for k in range(0, top + 1):
+        out.append(f'<text x="6" y="{y(k) + 4:.0f}">{k}</text>')
+    for dep, v in lines.items():
+        path = " ".join(f"{x(t):.0f},{y(n):.0f}" for t, n in v)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS.get(dep, "#555")}" stroke-width="1.5"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
 def write_html(report: dict, path: Path, discussion: str = "") -> Path:
     runs, series = report["runs"], report["series"]
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(f(r)))}</td>" for _, f in COLUMNS) + "</tr>" for r in runs)
@@ -110,7 +132,8 @@ def write_html(report: dict, path: Path, discussion: str = "") -> Path:
     for scenario in dict.fromkeys(r["scenario"] for r in runs):
         parts += [f"<h2>{scenario}: latency of each answered request over time (x: not answered)</h2>",
                   latency_over_time(scenario, series),
-                  f"<h3>{scenario}: latency distribution</h3>", distribution(scenario, series)]
+                  f"<h3>{scenario}: latency distribution</h3>", distribution(scenario, series),
+                  f"<h3>{scenario}: live model replicas</h3>", replicas_over_time(scenario, series)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(parts), encoding="utf-8")
     return path

@@ -27,6 +27,10 @@ def test_every_request_is_accounted_for_in_every_deployment(stack, tmp_path):
             assert r["kill_at_s"] is not None and r["recovery"]["first_answer_s"] is not None, (dep, r)
     # RSCF keeps what arrives while its worker is dead in Kafka and answers it after the restart
     assert runs[("rscf", "outage")]["lost"] == 0 and runs[("rscf", "outage")]["answered"] == runs[("rscf", "outage")]["sent"]
+    # ... and nobody restarted that worker but its pool controller: the live replicas went to 0 and back
+    live = [sum(n.values()) for s in report["series"] if (s["deployment"], s["scenario"]) == ("rscf", "outage")
+            for _t, n in s["replicas"]]
+    assert 0 in live and live[-1] >= 1, live
     page = write_html(report, tmp_path / "evaluation.html")
     assert "<svg" in page.read_text() and "monolith" in page.read_text()
     assert summarise([], 1, 0, 1)["sent"] == 0
