@@ -276,6 +276,12 @@ def ratios(rows: list[dict]) -> dict:
             out[f"p{p}_throughput_share_over_classic"] = round(s["throughput_per_s"] / max(c["throughput_per_s"], 1e-9), 2)
             if c["latency"].get("p99_ms") and s["latency"].get("p99_ms"):
                 out[f"p{p}_p99_share_over_classic"] = round(s["latency"]["p99_ms"] / c["latency"]["p99_ms"], 3)
+    full = [r for r in rows if r["mode"] == "classic" and r["arm"] == f"classic-p{r['replicas']}"]
+    if full and by.get("share-p1"):  # one partition shared vs as many partitions as replicas (classic's best)
+        s, c = by["share-p1"], full[0]
+        out["share_p1_over_classic_p_eq_n_throughput"] = round(s["throughput_per_s"] / max(c["throughput_per_s"], 1e-9), 2)
+        if c["latency"].get("p99_ms") and s["latency"].get("p99_ms"):
+            out["share_p1_over_classic_p_eq_n_p99"] = round(s["latency"]["p99_ms"] / c["latency"]["p99_ms"], 2)
     ck, sk = (by.get(f"{m}-p2-kill", {}).get("kill") or {} for m in ("classic", "share"))
     if ck.get("worst_latency_sent_2s_after_kill_s") and sk.get("worst_latency_sent_2s_after_kill_s"):
         out["kill_worst_latency_share_over_classic"] = round(

@@ -32,13 +32,15 @@ def test_summary_counts_spread_loss_duplicates_and_the_killed_replicas_in_flight
 
 def test_ratios_compare_share_with_classic_on_the_same_topic():
     def row(arm, rps, p99, kill=None):
-        return {"arm": arm, "throughput_per_s": rps, "latency": {"p99_ms": p99}, "kill": kill}
+        return {"arm": arm, "mode": arm.split("-")[0], "replicas": 4, "throughput_per_s": rps,
+                "latency": {"p99_ms": p99}, "kill": kill}
 
-    rows = [row("classic-p1", 40.0, 1000.0), row("share-p1", 120.0, 250.0),
+    rows = [row("classic-p1", 40.0, 1000.0), row("share-p1", 120.0, 250.0), row("classic-p4", 125.0, 200.0),
             row("classic-p2-kill", 60.0, 7000.0, {"worst_latency_sent_2s_after_kill_s": 7.0}),
             row("share-p2-kill", 60.0, 400.0, {"worst_latency_sent_2s_after_kill_s": 0.35})]
     r = ratios(rows)
     assert r == {"p1_throughput_share_over_classic": 3.0, "p1_p99_share_over_classic": 0.25,
+                 "share_p1_over_classic_p_eq_n_throughput": 0.96, "share_p1_over_classic_p_eq_n_p99": 1.25,
                  "kill_worst_latency_share_over_classic": 0.05}
     lines = table({"arms": [{**rows[0], "mode": "classic", "partitions": 1, "replicas": 4, "linger_ms": 5.0,
                              "sent": 10, "lost": 0, "duplicated": 0, "per_replica": {"r0": 10, "r1": 0},
