@@ -62,3 +62,48 @@ def delete_topics(names: Iterable[str], bootstrap: str | None = None) -> None:
             fut.result(timeout=30)
         except Exception:  # noqa: BLE001 - unknown topic is fine
             pass
+
+
+def grow_plan(current: dict[str, int | None], count: int) -> tuple[list[str], list[str]]:
+    """Which topics to grow to `count` partitions, and why the others cannot be (pure).
+    Kafka adds partitions but never removes them; a missing topic is an error, not created here."""
+    if count < 1:
+        return [], [f"a topic needs at least 1 partition (not {count})"]
+    grow, errors = [], []
+    for name, n in current.items():
+        if n is None:
+            errors.append(f"{name}: no such topic (`rscf up` creates the pipeline's topics)")
+        elif n > count:
+            errors.append(f"{name}: has {n} partitions; Kafka cannot remove partitions (wanted {count})")
+        elif n < count:
+            grow.append(name)
+    return grow, errors
+
+
+def partition_counts(names: Iterable[str], bootstrap: str | None = None, timeout_s: float = 10.0) -> dict[str, int | None]:
+    """Partitions per topic (None: the topic does not exist). Raises KafkaException if Kafka is away."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    md = admin.list_topics(timeout=timeout_s)
+    if not md.brokers:
+        raise KafkaException("no broker in the metadata")
+    out: dict[str, int | None] = {}
+    for n in names:
+        t = md.topics.get(n)
+        out[n] = len(t.partitions) if t is not None and t.error is None else None
+    return out
+
+
+def add_partitions(names: Iterable[str], count: int, bootstrap: str | None = None) -> None:
+    """Grow each topic to `count` partitions (AdminClient.create_partitions; new keyed records hash
+    anew, which the pipeline's correlation by request id does not mind)."""
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    names = list(names)
+    if not names:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    for fut in admin.create_partitions([NewPartitions(n, count) for n in names], operation_timeout=15).values():
+        fut.result(timeout=30)

@@ -387,6 +387,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", action="append", choices=POOLS)
     p.set_defaults(func=cmd_coldstart)
 
+    from cli.commands.bench_sharegroups import register_bench as register_sharegroups  # issue #15 item 4
+
+    register_sharegroups(bsub)
+
     from cli.commands.backfill import register_bench  # `rscf bench backfill` (issue #17)
 
     register_bench(bsub)

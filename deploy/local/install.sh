@@ -83,6 +83,10 @@ fetch_maven kafka "$CACHE/jars/kafka-$KAFKA_VERSION" "kafka_2.13-$KAFKA_VERSION.
 fetch_maven flink-connectors "$CACHE/jars/flink-connectors" "flink-sql-connector-kafka-$CONNECTOR_VERSION.jar"
 fetch_maven flink-plugins "$CACHE/jars/flink-plugins" "flink-s3-fs-hadoop-$S3_PLUGIN_VERSION.jar"
 fetch_maven registry "$CACHE/jars/registry" "apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+# Optional: Kafka 4.4.0 (share groups) for `rscf bench sharegroups` only (the benchmark fetches it itself too)
+if [ "${RSCF_KAFKA_SHARE:-0}" = 1 ]; then
+  fetch_maven kafka-share "$CACHE/jars/kafka-4.4.0" "kafka_2.13-4.4.0.jar"
+fi
 
 apicurio_home="$CACHE/apicurio-$APICURIO_VERSION"
 if [ -z "$(find "$apicurio_home" -name quarkus-run.jar 2>/dev/null | head -1)" ]; then
