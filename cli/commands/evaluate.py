@@ -25,6 +25,22 @@ def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
     return names
 
 
+def _unpublished_models(mix: str) -> list[str]:
+    """Models of the mix's pools that the registry cannot resolve (`rscf models build-defaults` publishes them)."""
+    from inference_workers.models.registry import ModelRegistry, RegistryError
+    from rscf.pools import ECHO, pool as pool_row
+    from tools.evaluation_mix import pools
+
+    registry, missing = ModelRegistry(), []
+    for pool in pools(mix):
+        if pool != ECHO:
+            try:
+                registry.resolve(pool_row(pool).model)
+            except RegistryError:
+                missing.append(pool_row(pool).model)
+    return missing
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tools import evaluation
     from tools.evaluation_mix import MIXES
@@ -45,6 +61,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if "rscf" in plan.deployments and (missing := _stack_reachable()):
         print(f"error: {missing} is not reachable; start the stack with `rscf up`", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if plan.mix != "echo" and (models := _unpublished_models(plan.mix)):
+        print(f"error: models not published: {', '.join(models)}; run `rscf models build-defaults`", file=sys.stderr)
         return EXIT_UNAVAILABLE
     signal.signal(signal.SIGTERM, _interrupt)
     total = sum(len(evaluation.schedule(s, plan.rate, plan.duration_s)) for s in plan.scenarios) \
