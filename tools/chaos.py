@@ -131,6 +131,14 @@ def recovery(inject_ms: int | None, sent: Mapping[Key, int], first_arrival: Mapp
     return out
 
 
+def restarts_since(before: int | None, after: int | None) -> int | None:
+    """Job restarts during the fault. A restarted JobManager recovers the job with its counter at 0,
+    so a count lower than before means every restart it reports happened after the fault."""
+    if before is None or after is None:
+        return None
+    return after - before if after >= before else after
+
+
 def passed(row: Mapping) -> bool:
     """The promise: nothing missing, nothing doubled (prompts and undecodable records alike)."""
     return (not row.get("error") and row.get("missing") == 0 and row.get("duplicated") == 0
@@ -252,7 +260,7 @@ def run_fault(session, fault, rate: float, duration_s: float, fault_at: float = 
         **account(ctx.sent, reader.finals, reader.audits),
         **dead_letter_account(ctx.raw, mine_dl),
         **model_call_account(session.model_calls(), ctx.sent, sum(1 for k in ctx.sent if len(reader.finals.get(k, ())) == 1)),
-        "job_restarts": (restarts_after - restarts_before) if None not in (restarts_before, restarts_after) else None,
+        "job_restarts": restarts_since(restarts_before, restarts_after),
         "job_state": settled_job_state(session),
         "steady_bound_ms": round(steady_bound_ms(before)),
         "pre_fault_p50_ms": round(statistics.median(before)) if before else None,

@@ -161,3 +161,11 @@ def test_the_chaos_verb_parses_its_options():
                                       "--out", "m.json", "--delivery", "exactly-once"])
     assert (args.faults, args.rate, args.duration, args.json, args.out, args.delivery) == (
         "ci", 25.0, 10.0, True, "m.json", "exactly-once")
+
+
+def test_restarts_count_from_zero_again_after_a_jobmanager_restart() -> None:
+    from tools.chaos import restarts_since
+
+    assert restarts_since(6, 9) == 3
+    assert restarts_since(6, 1) == 1  # the new JobManager's counter started at 0
+    assert restarts_since(None, 1) is None
