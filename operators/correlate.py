@@ -315,8 +315,14 @@ def on_timeout(
     limits = limits or SETTINGS.limits
     if state is None or state.finished or state.deadline_ms is None or now_ms < state.deadline_ms:
         return Effects(EffectKind.WAIT, state)
-    if job_lag_ms >= JOB_LAG_MIN_MS and state.job_waits < MAX_JOB_WAITS:
-        deadline = now_ms + job_lag_ms
+    # A timer that fires well after its deadline fired late because the job was not running then (a
+    # TaskManager restored from a checkpoint) or was far behind: the answer may be waiting in its input.
+    # Measured (rscf chaos taskmanager-kill, loaded machine): charging those timeouts opened the echo
+    # breaker and failed 949 of 1,250 prompts with no_healthy_pool after the restore.
+    late_ms = now_ms - state.deadline_ms
+    behind_ms = max(job_lag_ms, min(late_ms, limits.request_timeout_ms) if late_ms >= JOB_LAG_MIN_MS else 0)
+    if behind_ms >= JOB_LAG_MIN_MS and state.job_waits < MAX_JOB_WAITS:
+        deadline = now_ms + behind_ms
         return Effects(EffectKind.DEFER_TIMEOUT, evolve(state, deadline_ms=deadline, job_waits=state.job_waits + 1),
                        timers=(deadline,), counter="timeouts_deferred_job_behind")
     state = _history(state, {"attempt": state.attempt, "pool": state.pool, "model_version": state.model_version,

@@ -285,3 +285,20 @@ def test_finished_request_keeps_a_small_tombstone_that_still_drops_duplicates_an
     assert replay.kind is EffectKind.DROP_DUPLICATE and replay.final is None
     resent = orch.on_input(_admitted(text=long_text, source=(0, 9)), _slot(done), 1_800)
     assert resent.kind is EffectKind.REJECT_DUPLICATE and resent.final[0]["reason"] == "duplicate_request_id"
+
+
+def test_a_timer_that_fires_late_after_a_restore_defers_instead_of_opening_the_breaker():
+    """A TaskManager restored 25 s after the deadline: the timer fires late, no result has been read yet
+    (no intake lag to see); the timeout is the job's own, so it waits on (at most a request timeout)
+    and the pool's breaker sees nothing. A timer on time still counts against the pool."""
+    orch = Orchestrator()
+    effects = [orch.on_input(_admitted(rid=f"r{i}", source=(0, i)), None, 1_000) for i in range(12)]
+    deadline = effects[0].timers[0]
+    outs = [orch.on_timer(_slot(eff), deadline + 25_000) for eff in effects]
+    assert {o.kind for o in outs} == {EffectKind.DEFER_TIMEOUT}
+    assert all(o.breaker_event is None and o.timers == (deadline + 50_000,) for o in outs)
+    assert "echo" not in orch.breakers or orch.breakers["echo"].state != route.OPEN
+    very_late = orch.on_timer(_slot(effects[0]), deadline + 10 * SETTINGS.limits.request_timeout_ms)
+    assert very_late.timers == (deadline + 11 * SETTINGS.limits.request_timeout_ms,)  # capped at one timeout
+    on_time = orch.on_timer(_slot(outs[1]), outs[1].state.deadline_ms)
+    assert on_time.kind is EffectKind.SCHEDULE_RETRY and on_time.breaker_event == ("echo", "timeout")
