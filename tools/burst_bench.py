@@ -7,7 +7,8 @@ echo with a simulated model time per request (`--item-ms`), so the figures show 
 lanes rather than the model. Latency = a request's send time to its result read back by this process.
 Per priority and phase: p50/p95/p99; replicas and lag every 0.5 s; time from the burst's start to the
 first extra replica ready (model loaded, partitions assigned, i.e. consuming); drain time (burst end to
-the last burst request answered); lost and duplicated results.
+the last burst request answered); lost and duplicated results. `--pool image` runs the same with real
+shapes-DDPM workers (images to the stack's object storage), the load scaled per tools/burst_pools.py.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Plan:
     only: str | None = None  # run one arm only (its name)
     periods: int = 1  # >1: the pattern repeats (predictive runs: the controller forecasts the next burst)
     predictive: bool = False
+    pool: str = "echo"  # echo (simulated model time) or image (the real shapes DDPM)
+    max_batch: int = 1
+    image_steps: int = 50
 
     @property
     def period_s(self) -> float:
@@ -78,6 +82,8 @@ class RunResult:
     drain_s: float | None = None
     controller_log: str = ""
     killed: dict | None = None  # {"at_s", "replica", "pid"}
+    errors: dict[str, int] = field(default_factory=dict)  # ERROR results by reason (first answers only)
+    artifacts: int = 0  # OK results with an object-storage artifact (image)
 
     def replicas_at(self, t: float) -> int | None:
         """Replicas consuming at time t (the last sample before it)."""
@@ -103,8 +109,9 @@ class RunResult:
         table = {phase: {prio: _pcts(v) for prio, v in sorted(by.items())} for phase, by in lat.items()}
         high = table.get("burst", {}).get("HIGH", {}).get("p99_ms"), table.get("steady", {}).get("HIGH", {}).get("p99_ms")
         return {
-            "run": self.name, "sent": len(self.sent), "answered": len(self.answered),
+            "run": self.name, "pool": plan.pool, "sent": len(self.sent), "answered": len(self.answered),
             "lost": len(set(self.sent) - set(self.answered)), "duplicated": self.duplicates,
+            "errors": dict(self.errors), "artifacts": self.artifacts,
             "latency_ms": table,
             "high_p99_burst_over_steady": round(high[0] / high[1], 2) if None not in high and high[1] else None,
             "max_replicas_seen": max((s["replicas"] for s in self.samples), default=0),
@@ -145,30 +152,32 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
 
     from inference_workers.controller_io import LagReader, probe_ready
     from schemas.serde import serde_for
-    from tools.workers_bench import make_request
+    from tools.burst_pools import build_request, replica_rps, worker_args
 
     topics = PrivateTopics()
     data = Path(tempfile.mkdtemp(prefix=f"rscf-burst-{name}-"))
     port_base = 47100 if elastic else 47150
     max_r = plan.max_replicas if elastic else 1
-    cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", "echo", "--requests-topic",
+    cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", plan.pool, "--requests-topic",
            topics.requests, "--group", topics.group, "--metrics-port-base", str(port_base), "--port", "-1",
            "--interval", "1", "--min", str(min(plan.min_replicas, max_r)), "--max", str(max_r),
-           *(["--season", str(plan.period_s), "--step", "2", "--replica-rps", str(1000 / plan.item_ms)]
+           *(["--season", str(plan.period_s), "--step", "2", "--replica-rps", str(replica_rps(plan.item_ms))]
              if plan.predictive else ["--no-predictive"]),
            "--lag-threshold", str(plan.lag_threshold), "--cooldown", "20", "--stabilization", "10",
            "--scale-down-period", "5", "--cpu-budget", "64",
            "--worker-arg=--results-topic", f"--worker-arg={topics.results}",
-           "--worker-arg=--echo-latency-ms", f"--worker-arg={plan.item_ms}",
-           "--worker-arg=--max-batch", "--worker-arg=1"]
+           *(f"--worker-arg={a}" for a in worker_args(plan.pool, plan.item_ms, plan.max_batch))]
     env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    key_file = SETTINGS.paths.secrets / "s3_secret_key"  # the private data dir has none: use the stack's S3 key
+    if not (env.get("RSCF_S3_SECRET_KEY") or env.get("RSCF_S3_SECRET_KEY_FILE")) and key_file.exists():
+        env["RSCF_S3_SECRET_KEY_FILE"] = str(key_file)
     if plan.session_timeout_ms:
         env["RSCF_WORKER_SESSION_TIMEOUT_MS"] = str(plan.session_timeout_ms)
     log_path = data / "controller.log"
     ctl = subprocess.Popen(cmd, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
     res = RunResult(name)
     stop = threading.Event()
-    serde = serde_for(SETTINGS.topics.requests("echo"))
+    serde = serde_for(SETTINGS.topics.requests(plan.pool))
     rserde = serde_for(SETTINGS.topics.results)
     try:
         deadline = time.monotonic() + 60
@@ -182,11 +191,17 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
             while not stop.is_set():
                 for m in consumer.consume(500, 0.01):  # consume() waits its whole timeout unless 500 arrive
                     if m.error() is None:
-                        rid = rserde.decode(m.value())["request_id"]
+                        rec = rserde.decode(m.value())
+                        rid = rec["request_id"]
                         if rid in res.answered:
                             res.duplicates += 1
-                        else:
-                            res.answered[rid] = time.monotonic()
+                            continue
+                        res.answered[rid] = time.monotonic()
+                        if rec["status"] != "OK":
+                            why = str(rec.get("error") or "?")[:80]
+                            res.errors[why] = res.errors.get(why, 0) + 1
+                        elif rec.get("artifact_uris"):
+                            res.artifacts += 1
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
@@ -210,7 +225,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         while (now := time.monotonic()) - t0 < plan.duration_s:
             t = now - t0
             if plan.kill_at_s is not None and res.killed is None and t >= plan.kill_at_s:
-                res.killed = _kill_highest(data, t)
+                res.killed = _kill_highest(data, t, plan.pool)
             owed += plan.rate(t) * (now - last)
             owed_high += plan.high_rate * (now - last)
             last = now
@@ -224,9 +239,8 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
                 owed_high -= 1
                 i += 1
             for prio in batch:
-                r = make_request("echo", i, name, int(time.time() * 1000))
                 rid = f"{name}-{i}-{prio}-{len(res.sent)}"
-                r.update(request_id=rid, priority=prio, attempt=1, deadline=int(time.time() * 1000) + 600_000)
+                r = build_request(plan.pool, i, name, rid, prio, int(time.time() * 1000), plan.image_steps)
                 producer.produce(SETTINGS.topics.lane(topics.requests, prio), key=rid.encode(), value=serde.encode(r))
                 res.sent[rid] = (time.monotonic(), prio, plan.phase(t))
             producer.poll(0)
@@ -254,8 +268,8 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
     return res
 
 
-def _kill_highest(data: Path, t: float) -> dict | None:
-    pids = sorted(data.glob("pids/worker-echo-*.pid"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+def _kill_highest(data: Path, t: float, pool: str = "echo") -> dict | None:
+    pids = sorted(data.glob(f"pids/worker-{pool}-*.pid"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     if not pids:
         return None
     pid = int(pids[-1].read_text().strip())

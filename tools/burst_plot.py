@@ -52,7 +52,8 @@ def _latency_svg(run, tmax: float, plan) -> str:
 
 def write_html(path: Path, plan, runs) -> None:
     tmax = max((s["t"] for r in runs for s in r.samples), default=plan.duration_s)
-    body = [f"<h1>rscf bench burst</h1><p>plan: <code>{html.escape(json.dumps(plan.__dict__))}</code></p>"]
+    pool = getattr(plan, "pool", "echo")
+    body = [f"<h1>rscf bench burst --pool {html.escape(pool)}</h1><p>plan: <code>{html.escape(json.dumps(plan.__dict__))}</code></p>"]
     for r in runs:
         body.append(f"<h2>{html.escape(r.name)}</h2><pre>{html.escape(json.dumps(r.summary(plan), indent=1))}</pre>")
         body.append(_series_svg(f"{r.name}: replicas consuming", [(s["t"], s["replicas"]) for s in r.samples],
