@@ -97,6 +97,9 @@ class Ports:
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
     pool_controller: int = _env_int("POOL_CONTROLLER_PORT", 9398)  # its /metrics and /readyz
+    # Backfill-lane replicas (the pool controller's lane targets): first + pool index + replica * pools,
+    # a block of their own below the live replicas' (9400...), so the two never meet.
+    backfill_worker_metrics_first: int = _env_int("BACKFILL_WORKER_METRICS_PORT", 9370)
     gateway: int = _env_int("GATEWAY_PORT", 8443)  # HTTPS, certificate from the stack's local CA
 
 
@@ -118,6 +121,9 @@ class Topics:
     audit: str = "genai.audit"
     dlq: str = "genai.dlq"
     request_prefix: str = "genai.inference.requests."
+    # Topic suffix of the backfill lane (`genai.prompts.backfill`, `genai.inference.requests.<pool>.backfill`,
+    # ...): the backfill's copy of the pipeline (deploy/local/backfills.py) and its pool-controller replicas.
+    backfill_lane: str = "backfill"
     partitions: int = _env_int("TOPIC_PARTITIONS", 4)
 
     def requests(self, pool: str, priority: str | None = None) -> str:
@@ -249,6 +255,11 @@ class Limits:
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
+    # The controller's backfill-lane replicas: 0 when idle, at most this many per pool, and every
+    # backfill-only process (those replicas, the results writer) runs at this niceness (CFS weight
+    # 110 vs 1024 at nice 0: under contention live processes get ~90 % of a core).
+    backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
+    backfill_nice: int = _env_int("BACKFILL_NICE", 10)
 
 
 @dataclass(frozen=True)
