@@ -260,6 +260,12 @@ class Limits:
     # 110 vs 1024 at nice 0: under contention live processes get ~90 % of a core).
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
+    # The ingest job's Python runs in a Python worker process of its own ("process"), niced as above, not
+    # on the TaskManager's interpreter lock that the live job's thread-mode operators take turns on ("thread").
+    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
+    # The ingest job halves its pace while the machine is busier than this share of its cores, and
+    # climbs back to its budget when it is not (0: always the budget). Live traffic first.
+    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)
 
 
 @dataclass(frozen=True)
