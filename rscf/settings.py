@@ -266,6 +266,9 @@ class Limits:
     # The ingest job halves its pace while the machine is busier than this share of its cores, and
     # climbs back to its budget when it is not (0: always the budget). Live traffic first.
     backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)
+    # The backfill lane's job checkpoints (commits its finals) this often: 10x fewer checkpoints than
+    # the live job's 200 ms on the shared TaskManager; a backfill row does not mind 2 s.
+    backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
 
 
 @dataclass(frozen=True)

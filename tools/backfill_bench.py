@@ -56,19 +56,19 @@ def write_input(prefix: str, fmt: str, n: int) -> str:
 class Lane:
     """A lane of the benchmark's own: topics, the pipeline job and an echo worker."""
 
-    def __init__(self, nice: int = 0):
+    def __init__(self, yielding: backfills.Yielding):
         self.name = f"bfb{uuid.uuid4().hex[:6]}"
-        self.cfg = backfills.lane_config(self.name)
+        self.yielding = yielding
+        self.cfg = backfills.lane_config(self.name, yielding.lane_checkpoint_ms)
         self.worker = harness.EchoWorker(self.cfg)
-        self.nice = nice
 
     def __enter__(self) -> "Lane":
         from inference_workers.backfill_lanes import lower_priority
 
-        backfills.ensure_lane(self.name)
+        backfills.ensure_lane(self.name, self.yielding)
         self.worker.start()
-        if self.worker.proc is not None:
-            lower_priority(self.worker.proc.pid, self.nice)  # as the pool controller runs a lane replica
+        if self.worker.proc is not None:  # as the pool controller runs a lane replica
+            lower_priority(self.worker.proc.pid, self.yielding.nice)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,7 +110,7 @@ def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_up
     tag = uuid.uuid4().hex[:8]
     uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
     spec = BackfillSpec(uri, "bench-backfill", fmt=fmt)
-    with Lane(yielding.nice) as lane:
+    with Lane(yielding) as lane:
         meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None,
                           "kafka": listener_pid(SETTINGS.ports.kafka), "s3": listener_pid(SETTINGS.ports.s3)})
         meter.begin()
