@@ -177,6 +177,7 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) 
     before = _beside(live_rate, duration_s, n, budget, backfills.NOT_YIELDING)
     after = _beside(live_rate, duration_s, n, budget, backfills.Yielding())
     alone_again = _live(live_rate, duration_s)
+
     def ratio(r: dict):  # against the first alone run (as before); `alone_again` shows the machine's drift
         return round(r["live"]["p99"] / alone["p99"], 2) if alone["p99"] else None
 
