@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -105,7 +106,8 @@ class _Stopped(Exception):
 
 
 def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None,
-                 yielding: backfills.Yielding = backfills.Yielding(), stop: threading.Event | None = None) -> dict:
+                 yielding: backfills.Yielding = backfills.Yielding(), stop: threading.Event | None = None,
+                 flowing: threading.Event | None = None) -> dict:
     """A backfill of N rows on a lane of its own, timed to FINISHED (or to `stop`), with CPU per row by process."""
     tag = uuid.uuid4().hex[:8]
     uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
@@ -124,6 +126,8 @@ def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_up
         def sample(st: dict) -> None:
             samples.append((time.monotonic(), st.get("rows_finished", 0)))
             last.update(st)
+            if flowing is not None and st.get("rows_finished", 0) > 0:
+                flowing.set()  # rows come out of the lane: the backfill runs end to end
             if on_update is not None:
                 on_update(st)
             if stop is not None and stop.is_set():
@@ -158,23 +162,27 @@ def _live(live_rate: int, duration_s: float) -> dict:
 def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: backfills.Yielding) -> dict:
     """Live overhead while a backfill runs on its lane; the backfill is stopped once live is measured."""
     result: dict = {}
-    stop = threading.Event()
-    t = threading.Thread(target=lambda: result.update(one_backfill("jsonl", n, budget, yielding=yielding, stop=stop)),
-                         daemon=True)
+    stop, flowing = threading.Event(), threading.Event()
+    t = threading.Thread(target=lambda: result.update(
+        one_backfill("jsonl", n, budget, yielding=yielding, stop=stop, flowing=flowing)), daemon=True)
     t.start()
-    time.sleep(25)  # the lane and the ingest job up and dispatching before live is measured
+    t0 = time.monotonic()
+    flowing.wait(600)  # the lane and the ingest job up and rows finishing before live is measured
+    waited = time.monotonic() - t0
     live = _live(live_rate, duration_s)
     stop.set()
     t.join()
-    return {"live": live, "backfill": result}
+    return {"live": live, "backfill": result, "backfill_flowing_after_s": round(waited, 1)}
 
 
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) -> dict:
-    """Live overhead alone, beside a backfill as before, beside one that yields, and alone again."""
+    """Live overhead alone, beside a backfill as before, beside one isolated (niced process-mode ingest, niced
+    worker and writer, 2 s lane checkpoints) at a fixed pace, beside one that also yields, and alone again."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
     alone = _live(live_rate, duration_s)
     before = _beside(live_rate, duration_s, n, budget, backfills.NOT_YIELDING)
+    isolated = _beside(live_rate, duration_s, n, budget, dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     after = _beside(live_rate, duration_s, n, budget, backfills.Yielding())
     alone_again = _live(live_rate, duration_s)
 
@@ -182,7 +190,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) 
         return round(r["live"]["p99"] / alone["p99"], 2) if alone["p99"] else None
 
     return {"live_rate": live_rate, "duration_s": duration_s, "alone": alone, "alone_again": alone_again,
-            "not_yielding": before, "yielding": after, "p99_ratio_not_yielding": ratio(before),
+            "not_yielding": before, "isolated": isolated, "yielding": after,
+            "p99_ratio_not_yielding": ratio(before), "p99_ratio_isolated": ratio(isolated),
             "p99_ratio_yielding": ratio(after), "target_p99_ratio": 1.10}
 
 
