@@ -4,11 +4,12 @@
    (the content pipeline on its own topics) and an echo worker on it, `backfills.start` with the budget,
    timed from the start call to the manifest saying FINISHED; CPU seconds per row of every stack process,
    the echo worker and the results writer over that window.
-2. Live latency: `rscf bench pipeline` at `live_rate` alone, then while a backfill runs on its lane as it
-   did before (NOT_YIELDING: ingest in thread mode on the TaskManager's interpreter lock, fixed pace, nothing
-   niced), then while one runs with the defaults (Yielding: ingest in a niced Python worker process, pace
-   halved while the machine is busy, niced lane worker and writer), then alone again (a shared machine
-   drifts): overhead p99 side by side and their ratios, in one run.
+2. Live latency: `rscf bench pipeline` at `live_rate` alone; then, each measured once rows come out of
+   the lane, beside a backfill as it ran before (NOT_YIELDING: ingest in thread mode on the TaskManager's
+   interpreter lock, fixed pace, nothing niced, 200 ms lane checkpoints), beside one isolated (ingest in a
+   niced Python worker process, niced lane worker and writer, 2 s lane checkpoints) at a fixed pace, and
+   beside one that also yields (pace halved while the machine is busy: the defaults); then alone again (a
+   shared machine drifts). Overhead p99 side by side and the ratios, in one run.
 """
 
 from __future__ import annotations
