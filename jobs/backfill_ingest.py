@@ -278,7 +278,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
     return t_env
 
 
-def configuration(ns: argparse.Namespace):
+def configuration(ns: argparse.Namespace, fmt: str = "jsonl"):
     from pyflink.common import Configuration
 
     from jobs.config import python_executable, python_path
@@ -300,8 +300,11 @@ def configuration(ns: argparse.Namespace):
         "restart-strategy.exponential-delay.initial-backoff": "1 s",
         "restart-strategy.exponential-delay.max-backoff": "30 s",
     }
-    if ns.execution_mode == "process":  # small bundles: a checkpoint waits for the rows in the worker's hands
-        values |= {"python.fn-execution.bundle.size": "100", "python.fn-execution.bundle.time": "100"}
+    if ns.execution_mode == "process":
+        # Small bundles: a checkpoint or savepoint barrier waits for the elements in the Python worker's hands,
+        # 100 lines, or ONE read unit (a Parquet row group: with 100 a stop read a 15-unit input to its end).
+        size = "100" if fmt == "jsonl" else "1"
+        values |= {"python.fn-execution.bundle.size": size, "python.fn-execution.bundle.time": "100"}
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
@@ -310,7 +313,7 @@ def configuration(ns: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     ns = parse(argv if argv is not None else sys.argv[1:])
     plan = json.loads(Path(ns.plan).read_text())
-    env = StreamExecutionEnvironment.get_execution_environment(configuration(ns))
+    env = StreamExecutionEnvironment.get_execution_environment(configuration(ns, plan["spec"]["format"]))
     env.set_parallelism(1)
     build(env, plan, ns)
     env.execute(ns.job_name)

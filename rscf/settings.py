@@ -260,9 +260,11 @@ class Limits:
     # 110 vs 1024 at nice 0: under contention live processes get ~90 % of a core).
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
-    # The ingest job's Python runs in a Python worker process of its own ("process"), niced as above, not
-    # on the TaskManager's interpreter lock that the live job's thread-mode operators take turns on ("thread").
-    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
+    # "process": the ingest job's Python in a Python worker process of its own, niced as above, off the
+    # TaskManager's interpreter lock that the live job's thread-mode operators take turns on. Measured with
+    # `rscf bench backfill` on the shared 2-core machine it gave live p99 no gain at a fixed pace and its
+    # niced worker started slowly under load, so the default stays "thread" (README, "Live traffic first").
+    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "thread")
     # The ingest job halves its pace while the machine is busier than this share of its cores, and
     # climbs back to its budget when it is not (0: always the budget). Live traffic first.
     backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)
