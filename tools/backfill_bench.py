@@ -200,7 +200,9 @@ def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budge
         live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None) -> dict:
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
-        out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update)
+        # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)
+        out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update,
+                                           yielding=dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     if live_rate > 0:
         out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget)
     return out
