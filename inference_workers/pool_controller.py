@@ -12,6 +12,9 @@ that the PID still runs `worker run` of that pool), so a controller killed and r
 supervisord neither orphans nor double-starts replicas. SIGTERM to the controller (`rscf down`)
 drains every replica before it exits. Kafka admin unreachable: every pool holds its size and the
 log says so; Redis (rate history) unreachable: reactive only, and the log says so.
+
+Every pool also has a backfill-lane target (inference_workers/backfill_lanes.py): 0 replicas when idle,
+woken by lag on `genai.inference.requests.<pool>.backfill`, at most 1, niced, from what live pools leave.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 
 from inference_workers import supervisor
+from inference_workers.backfill_lanes import (LANE_REPLICA_BASE, lane_grants, lane_group, lane_policy, lane_port,
+                                              lane_topic, lane_worker_args, lower_priority)
 from inference_workers.controller_io import ControllerMetrics, LagReader, RateHistory, probe_ready
 from inference_workers.forecast import peak_ahead, replicas_for_rate, resample
 from inference_workers.metrics import HealthServer, register_scrape_target, unregister_scrape_target
@@ -46,18 +51,35 @@ class Target:
     worker_args: list[str] = field(default_factory=list)
     metrics_port_base: int | None = None  # replica i serves /readyz on base + i (None: metrics_port())
     replica_rps: float | None = None  # requests/s one replica serves (None: the pool table's)
+    lane: str = ""  # "": the pool's live lanes; else its backfill lane of that topic suffix (backfill_lanes.py)
+    nice: int = 0  # niceness of its replicas
     state: ScaleState = field(default_factory=ScaleState)
     spawned: dict[int, float] = field(default_factory=dict)  # index -> spawn time, until ready
     draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
 
+    @property
+    def name(self) -> str:
+        """Key of its decisions, back-off and metrics label: the pool, or `<pool>.<lane>`."""
+        return f"{self.pool}.{self.lane}" if self.lane else self.pool
+
+    @property
+    def first_index(self) -> int:
+        return LANE_REPLICA_BASE if self.lane else 0
+
+    def owns(self, index: int) -> bool:
+        """Live targets own replica indices below LANE_REPLICA_BASE, lane targets those from it."""
+        return (index >= LANE_REPLICA_BASE) == bool(self.lane)
+
     def port(self, index: int) -> int:
         from inference_workers.metrics import metrics_port
 
-        return self.metrics_port_base + index if self.metrics_port_base is not None else metrics_port(self.pool, index)
+        if self.metrics_port_base is not None:
+            return self.metrics_port_base + index - self.first_index
+        return lane_port(self.pool, index) if self.lane else metrics_port(self.pool, index)
 
     def args(self, index: int) -> list[str]:
         extra = list(self.worker_args)
-        if self.metrics_port_base is not None:
+        if self.metrics_port_base is not None or self.lane:
             extra += ["--metrics-port", str(self.port(index))]
         return extra
 
@@ -67,7 +89,7 @@ class Controller:
                  step_s: float = 10.0, predictive: bool = True, cpu_budget: float | None = None,
                  gpu_budget_gb: float | None = None, bootstrap: str | None = None,
                  redis_url: str | None = None) -> None:
-        self.targets = {t.pool: t for t in targets}
+        self.targets = {t.name: t for t in targets}
         self.interval_s = interval_s
         self.season_s, self.step_s, self.predictive = season_s, step_s, predictive
         self.cpu_budget = SETTINGS.limits.pool_cpu_budget if cpu_budget is None else cpu_budget
@@ -89,14 +111,19 @@ class Controller:
         decisions: dict[str, Decision] = {}
         for t in self.targets.values():
             self._settle(t, now)
-            running[t.pool] = len(self._alive(t))
-            decisions[t.pool] = self._decide(t, running[t.pool], now)
-        wants = {p: d.target for p, d in decisions.items()}
-        costs = {p: cost_of(pool_row(p), self.gpu_budget) for p in wants}
-        granted = fit_budget(wants, running, costs, self.cpu_budget, self.gpu_budget)
+            running[t.name] = len(self._alive(t))
+            decisions[t.name] = self._decide(t, running[t.name], now)
+        costs = {n: cost_of(pool_row(t.pool), self.gpu_budget) for n, t in self.targets.items()}
+        live = {n: d.target for n, d in decisions.items() if not self.targets[n].lane}
+        granted = fit_budget(live, running, costs, self.cpu_budget, self.gpu_budget)
+        lanes = {n: d.target for n, d in decisions.items() if self.targets[n].lane}
+        if lanes:  # what the live pools leave; a live pool held below its wish takes every lane to 0
+            used = [(costs[n].cores * g, costs[n].gpu_memory_gb * g) for n, g in granted.items()]
+            granted |= lane_grants(lanes, running, costs, any(granted[n] < w for n, w in live.items()),
+                                   self.cpu_budget - sum(c for c, _ in used), self.gpu_budget - sum(g for _, g in used))
         for p, d in decisions.items():
             t = self.targets[p]
-            target = min(d.target, granted[p]) if d.target > running[p] else d.target
+            target = min(d.target, granted[p]) if d.target > running[p] or t.lane else d.target
             self._report(d, target)
             self._apply(t, target, now)
         self.last = decisions
@@ -105,20 +132,21 @@ class Controller:
     def _decide(self, t: Target, actual: int, now: float) -> Decision:
         reading = self.lag.read(t.topic, t.group)
         if reading.error is not None:
-            self.metrics.hold.labels(t.pool).set(1)
-            return decide(t.pool, t.policy, t.state, None, actual, now, hold_reason=f"kafka admin: {reading.error}")
-        self.metrics.hold.labels(t.pool).set(0)
-        rate = self.lag.rate(t.pool, reading, now)
+            self.metrics.hold.labels(t.name).set(1)
+            return decide(t.name, t.policy, t.state, None, actual, now, hold_reason=f"kafka admin: {reading.error}")
+        self.metrics.hold.labels(t.name).set(0)
+        rate = self.lag.rate(t.name, reading, now)
         forecast = predicted = None
-        if rate is not None and self.predictive:
+        predictive = self.predictive and not t.lane  # a backfill's arrivals follow its budget, not a season
+        if rate is not None and predictive:
             self.history.add(t.group, now, rate)  # keyed by group: a test's private pool has its own
-        if self.predictive:
+        if predictive:
             forecast = self._forecast(t.group, t.pool, now)
             predicted = replicas_for_rate(forecast, t.replica_rps or self._replica_rps(t.pool))
         policy = t.policy
         if 0 < reading.partitions < policy.max_replicas:  # more replicas than partitions would idle
             policy = Policy(**{**policy.__dict__, "max_replicas": max(policy.min_replicas, reading.partitions)})
-        return decide(t.pool, policy, t.state, reading.lag, actual, now, rate=rate, forecast=forecast,
+        return decide(t.name, policy, t.state, reading.lag, actual, now, rate=rate, forecast=forecast,
                       predicted=predicted or 0)
 
     def _forecast(self, key: str, pool: str, now: float) -> float | None:
@@ -173,7 +201,7 @@ class Controller:
 
     # ----------------------------------------------------------------- processes
     def _alive(self, t: Target) -> list[supervisor.Replica]:
-        return [r for r in supervisor.alive_replicas(t.pool) if r.replica not in t.draining]
+        return [r for r in supervisor.alive_replicas(t.pool) if t.owns(r.replica) and r.replica not in t.draining]
 
     def _reap(self) -> None:
         """Collect exited children (replicas started by this controller) so they do not linger as zombies."""
@@ -193,13 +221,13 @@ class Controller:
                 r.pid_file.unlink(missing_ok=True)
                 unregister_scrape_target(f"worker-{t.pool}-{index}")
                 del t.draining[index]
-                log.info("pool=%s replica=%d drained and stopped", t.pool, index)
+                log.info("pool=%s replica=%d drained and stopped", t.name, index)
             elif now >= kill_at:
-                log.warning("pool=%s replica=%d still running %.0f s after SIGTERM: SIGKILL", t.pool, index,
+                log.warning("pool=%s replica=%d still running %.0f s after SIGTERM: SIGKILL", t.name, index,
                             pool_row(t.pool).grace_s)
                 _signal(pid, signal.SIGKILL)
         for r in supervisor.replicas(t.pool):
-            if r.alive or r.replica in t.draining:
+            if r.alive or r.replica in t.draining or not t.owns(r.replica):
                 continue
             try:
                 lifetime = now - r.pid_file.stat().st_mtime
@@ -208,40 +236,42 @@ class Controller:
             r.pid_file.unlink(missing_ok=True)
             unregister_scrape_target(f"worker-{t.pool}-{r.replica}")
             t.spawned.pop(r.replica, None)
-            retry_at = self.backoff.exited(t.pool, 0, lifetime, now)
-            self.metrics.crashes.labels(t.pool).inc()
-            loop = self.backoff.crash_loop(t.pool)
-            self.metrics.crash_loop.labels(t.pool).set(1 if loop else 0)
+            retry_at = self.backoff.exited(t.name, 0, lifetime, now)
+            self.metrics.crashes.labels(t.name).inc()
+            loop = self.backoff.crash_loop(t.name)
+            self.metrics.crash_loop.labels(t.name).set(1 if loop else 0)
             log.warning("pool=%s replica=%d (pid %s) exited on its own after %.1f s; restart not before %.1f s%s; "
-                        "log: %s", t.pool, r.replica, r.pid, lifetime, retry_at - now,
+                        "log: %s", t.name, r.replica, r.pid, lifetime, retry_at - now,
                         " CRASH LOOP" if loop else "", r.log_file)
         for index, spawned_at in list(t.spawned.items()):
             if probe_ready(t.port(index)):
                 cold = now - spawned_at
                 del t.spawned[index]
-                self.metrics.cold_start.labels(t.pool).observe(cold)
-                self.metrics.last_cold_start[t.pool] = cold
-                self.metrics.cold_start_last.labels(t.pool).set(cold)
-                log.info("pool=%s replica=%d ready (consuming) %.1f s after its start (cold start)", t.pool, index, cold)
+                self.metrics.cold_start.labels(t.name).observe(cold)
+                self.metrics.last_cold_start[t.name] = cold
+                self.metrics.cold_start_last.labels(t.name).set(cold)
+                log.info("pool=%s replica=%d ready (consuming) %.1f s after its start (cold start)", t.name, index, cold)
         alive = self._alive(t)
         if alive and all(now - _started(r) >= self.backoff.stable_s for r in alive):
-            self.backoff.healthy(t.pool, 0)
-            self.metrics.crash_loop.labels(t.pool).set(0)
+            self.backoff.healthy(t.name, 0)
+            self.metrics.crash_loop.labels(t.name).set(0)
 
     def _apply(self, t: Target, target: int, now: float) -> None:
         alive = self._alive(t)
         if len(alive) < target:
-            if not self.backoff.may_start(t.pool, 0, now):
+            if not self.backoff.may_start(t.name, 0, now):
                 return  # crash back-off: the next tick tries again
             taken = {r.replica for r in alive} | set(t.draining)
-            index = 0
+            index = t.first_index
             for _ in range(target - len(alive)):
                 while index in taken:
                     index += 1
                 r = supervisor.start_replica(t.pool, index, t.args(index))
+                if t.nice and r.pid is not None:
+                    lower_priority(r.pid, t.nice)
                 t.spawned[index] = now
                 taken.add(index)
-                log.info("pool=%s replica=%d started (pid %s)", t.pool, index, r.pid)
+                log.info("pool=%s replica=%d started (pid %s)", t.name, index, r.pid)
         elif len(alive) > target:
             for r in sorted(alive, key=lambda r: r.replica, reverse=True)[: len(alive) - target]:
                 self._drain(t, r, now)
@@ -252,14 +282,14 @@ class Controller:
         _signal(r.pid, signal.SIGTERM)
         t.draining[r.replica] = (r.pid, now + pool_row(t.pool).grace_s)
         t.spawned.pop(r.replica, None)
-        log.info("pool=%s replica=%d draining (SIGTERM: answer the batch in hand, commit, leave)", t.pool, r.replica)
+        log.info("pool=%s replica=%d draining (SIGTERM: answer the batch in hand, commit, leave)", t.name, r.replica)
 
     # ----------------------------------------------------------------- lifecycle
     def adopt(self) -> None:
         for t in self.targets.values():
             for r in supervisor.replicas(t.pool):
-                if r.alive:
-                    log.info("pool=%s replica=%d adopted (pid %s, from its PID file)", t.pool, r.replica, r.pid)
+                if r.alive and t.owns(r.replica):
+                    log.info("pool=%s replica=%d adopted (pid %s, from its PID file)", t.name, r.replica, r.pid)
 
     def run(self) -> None:
         self.adopt()
@@ -278,7 +308,7 @@ class Controller:
         for t in self.targets.values():
             for r in self._alive(t):
                 self._drain(t, r, now)
-        deadline = time.monotonic() + max((pool_row(p).grace_s for p in self.targets), default=0)
+        deadline = time.monotonic() + max((pool_row(t.pool).grace_s for t in self.targets.values()), default=0)
         while time.monotonic() < deadline and any(t.draining for t in self.targets.values()):
             self._reap()
             for t in self.targets.values():
@@ -325,6 +355,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replica-rps", type=float, default=None, help="requests/s a replica serves (forecast -> replicas)")
     p.add_argument("--cpu-budget", type=float, default=None)
     p.add_argument("--worker-arg", action="append", default=[], help="extra argument for `rscf worker run`")
+    p.add_argument("--backfill-lane", default=SETTINGS.topics.backfill_lane,
+                   help="topic suffix of the backfill lane whose replicas it runs too; '' for none")
+    p.add_argument("--backfill-max", type=int, default=None, help="lane replicas per pool (default: the setting)")
+    p.add_argument("--backfill-nice", type=int, default=SETTINGS.limits.backfill_nice)
+    p.add_argument("--backfill-metrics-port-base", type=int, default=None, help="lane replica i: health on base + i")
     return p.parse_args(argv)
 
 
@@ -335,16 +370,22 @@ def targets_from(ns: argparse.Namespace) -> list[Target]:
         raise SystemExit("--requests-topic/--group need exactly one --pool")
     out = []
     for p in pools:
-        policy = Policy.of(pool_row(p), min_replicas=ns.min, max_replicas=ns.max, lag_threshold=ns.lag_threshold,
-                           cooldown_s=ns.cooldown, stabilization_s=ns.stabilization,
-                           scale_down_period_s=ns.scale_down_period)
+        overrides = dict(lag_threshold=ns.lag_threshold, cooldown_s=ns.cooldown, stabilization_s=ns.stabilization,
+                         scale_down_period_s=ns.scale_down_period)
+        policy = Policy.of(pool_row(p), min_replicas=ns.min, max_replicas=ns.max, **overrides)
         args = list(ns.worker_arg)
         if ns.requests_topic:
             args += ["--requests-topic", ns.requests_topic]
         if ns.group:
             args += ["--group", ns.group]
-        out.append(Target(p, policy, ns.requests_topic or SETTINGS.topics.requests(p), ns.group or f"rscf-workers-{p}",
+        group = ns.group or f"rscf-workers-{p}"
+        out.append(Target(p, policy, ns.requests_topic or SETTINGS.topics.requests(p), group,
                           args, ns.metrics_port_base, ns.replica_rps))
+        if ns.backfill_lane:
+            lane = ns.backfill_lane
+            out.append(Target(p, lane_policy(pool_row(p), ns.backfill_max, **overrides), lane_topic(p, lane),
+                              lane_group(group, lane), list(ns.worker_arg) + lane_worker_args(p, lane, group),
+                              ns.backfill_metrics_port_base, lane=lane, nice=ns.backfill_nice))
     return out
 
 

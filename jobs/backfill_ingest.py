@@ -63,6 +63,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--registry-url", default=JobConfig().registry_url)
     p.add_argument("--max-rows-per-s", type=float, default=0.0, help="0: as fast as the lane takes them")
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    p.add_argument("--yield-busy", type=float, default=0.0,
+                   help="halve the pace while the machine's cores are busier than this share (0: never)")
+    p.add_argument("--execution-mode", default="thread", choices=("thread", "process"),
+                   help="process: the rows' Python in a worker process of its own, off the TaskManager's lock")
+    p.add_argument("--python-executable", default=None, help="the Python worker's interpreter (a niced wrapper)")
     return p.parse_known_args(argv)[0]
 
 
@@ -74,8 +79,8 @@ def lane_config(ns: argparse.Namespace) -> JobConfig:
 class _Rows:
     """What both readers share: rows to prompts or dead letters, counters, the row-rate cap."""
 
-    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float):
-        self.plan_data, self.cfg, self.max_rows_per_s = plan, cfg, max_rows_per_s
+    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float, yield_busy: float = 0.0):
+        self.plan_data, self.cfg, self.max_rows_per_s, self.yield_busy = plan, cfg, max_rows_per_s, yield_busy
 
     def open_rows(self, ctx: RuntimeContext) -> None:
         from jobs.clients import topic_serde
@@ -89,7 +94,9 @@ class _Rows:
         self.done = {tag: ranges for tag, ranges in (self.plan_data.get("done") or {}).items()}
         self.pending = {name: 0 for name in self.metrics}
         self.flushed_at = time.monotonic()
-        self.window_start, self.window_rows = time.monotonic(), 0
+        from jobs.backfill_pace import Pace, Paced
+
+        self.paced = Paced(Pace(self.max_rows_per_s, busy_high=self.yield_busy))
 
     def count(self, name: str) -> None:
         self.pending[name] += 1
@@ -104,15 +111,8 @@ class _Rows:
             self.flushed_at = now
 
     def throttle(self) -> None:
-        """Hold the reader to `max_rows_per_s` (back-pressure on the source): the lane's budget in rows."""
-        if self.max_rows_per_s <= 0:
-            return
-        self.window_rows += 1
-        ahead = self.window_rows / self.max_rows_per_s - (time.monotonic() - self.window_start)
-        if ahead > 0.005:
-            time.sleep(ahead)
-        if self.window_rows >= 10 * self.max_rows_per_s:
-            self.window_start, self.window_rows = time.monotonic(), 0
+        """Hold the reader to the budget, lower while the machine is busy (back-pressure on the source)."""
+        self.paced.wait()
 
     def skip(self, path: str, row: int) -> bool:
         """A row a run before this one already has a result for (a rerun asks the pools only for the rest)."""
@@ -256,7 +256,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
         t_env.execute_sql(_source_ddl(plan))
         lines = t_env.to_data_stream(t_env.sql_query(
             "SELECT `path` AS `key`, ROW(`path`, `line`) AS `rec` FROM `backfill_lines`"))
-        rows = (_keyed(lines, LINE).process(BackfillRows(plan, cfg, ns.max_rows_per_s), output_type=OUT)
+        rows = (_keyed(lines, LINE).process(BackfillRows(plan, cfg, ns.max_rows_per_s, ns.yield_busy), output_type=OUT)
                 .uid("backfill-rows").name("number lines + row -> prompt (by file)"))
     else:
         from pyflink.common import WatermarkStrategy
@@ -266,7 +266,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
                                 WatermarkStrategy.no_watermarks(), "read units").uid("backfill-units")
         if not plan["units"]:
             units = units.filter(lambda _: False)
-        rows = (units.flat_map(ReadUnits(plan, cfg, ns.max_rows_per_s), output_type=OUT)
+        rows = (units.flat_map(ReadUnits(plan, cfg, ns.max_rows_per_s, ns.yield_busy), output_type=OUT)
                 .uid("backfill-units-read").name("read unit + row -> prompt"))
     t_env.create_temporary_view(ROWS_VIEW, t_env.from_data_stream(rows))
     statements = t_env.create_statement_set()
@@ -278,7 +278,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
     return t_env
 
 
-def configuration(ns: argparse.Namespace):
+def configuration(ns: argparse.Namespace, fmt: str = "jsonl"):
     from pyflink.common import Configuration
 
     from jobs.config import python_executable, python_path
@@ -286,8 +286,8 @@ def configuration(ns: argparse.Namespace):
 
     conf = Configuration()
     values = {
-        "python.execution-mode": "thread",
-        "python.executable": python_executable(),
+        "python.execution-mode": ns.execution_mode,
+        "python.executable": ns.python_executable or python_executable(),
         "python.client.executable": python_executable(),
         "python.pythonpath": python_path(),
         "pipeline.name": ns.job_name,
@@ -300,6 +300,11 @@ def configuration(ns: argparse.Namespace):
         "restart-strategy.exponential-delay.initial-backoff": "1 s",
         "restart-strategy.exponential-delay.max-backoff": "30 s",
     }
+    if ns.execution_mode == "process":
+        # Small bundles: a checkpoint or savepoint barrier waits for the elements in the Python worker's hands,
+        # 100 lines, or ONE read unit (a Parquet row group: with 100 a stop read a 15-unit input to its end).
+        size = "100" if fmt == "jsonl" else "1"
+        values |= {"python.fn-execution.bundle.size": size, "python.fn-execution.bundle.time": "100"}
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
@@ -308,7 +313,7 @@ def configuration(ns: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     ns = parse(argv if argv is not None else sys.argv[1:])
     plan = json.loads(Path(ns.plan).read_text())
-    env = StreamExecutionEnvironment.get_execution_environment(configuration(ns))
+    env = StreamExecutionEnvironment.get_execution_environment(configuration(ns, plan["spec"]["format"]))
     env.set_parallelism(1)
     build(env, plan, ns)
     env.execute(ns.job_name)

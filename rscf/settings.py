@@ -97,6 +97,9 @@ class Ports:
     worker_metrics_first: int = _env_int("WORKER_METRICS_PORT", 9400)
     autoscaler_metrics: int = _env_int("AUTOSCALER_METRICS_PORT", 9399)
     pool_controller: int = _env_int("POOL_CONTROLLER_PORT", 9398)  # its /metrics and /readyz
+    # Backfill-lane replicas (the pool controller's lane targets): first + pool index + replica * pools,
+    # a block of their own below the live replicas' (9400...), so the two never meet.
+    backfill_worker_metrics_first: int = _env_int("BACKFILL_WORKER_METRICS_PORT", 9370)
     gateway: int = _env_int("GATEWAY_PORT", 8443)  # HTTPS, certificate from the stack's local CA
 
 
@@ -118,6 +121,9 @@ class Topics:
     audit: str = "genai.audit"
     dlq: str = "genai.dlq"
     request_prefix: str = "genai.inference.requests."
+    # Topic suffix of the backfill lane (`genai.prompts.backfill`, `genai.inference.requests.<pool>.backfill`,
+    # ...): the backfill's copy of the pipeline (deploy/local/backfills.py) and its pool-controller replicas.
+    backfill_lane: str = "backfill"
     partitions: int = _env_int("TOPIC_PARTITIONS", 4)
 
     def requests(self, pool: str, priority: str | None = None) -> str:
@@ -251,6 +257,22 @@ class Limits:
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
+    # The controller's backfill-lane replicas: 0 when idle, at most this many per pool, and every
+    # backfill-only process (those replicas, the results writer) runs at this niceness (CFS weight
+    # 110 vs 1024 at nice 0: under contention live processes get ~90 % of a core).
+    backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
+    backfill_nice: int = _env_int("BACKFILL_NICE", 10)
+    # "process": the ingest job's Python in a Python worker process of its own, niced as above, off the
+    # TaskManager's interpreter lock that the live job's thread-mode operators take turns on. Measured with
+    # `rscf bench backfill` on the shared 2-core machine it gave live p99 no gain at a fixed pace and its
+    # niced worker started slowly under load, so the default stays "thread" (README, "Live traffic first").
+    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "thread")
+    # The ingest job halves its pace while the machine is busier than this share of its cores, and
+    # climbs back to its budget when it is not (0: always the budget). Live traffic first.
+    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)
+    # The backfill lane's job checkpoints (commits its finals) this often: 10x fewer checkpoints than
+    # the live job's 200 ms on the shared TaskManager; a backfill row does not mind 2 s.
+    backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
 
 
 @dataclass(frozen=True)

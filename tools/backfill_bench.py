@@ -4,12 +4,17 @@
    (the content pipeline on its own topics) and an echo worker on it, `backfills.start` with the budget,
    timed from the start call to the manifest saying FINISHED; CPU seconds per row of every stack process,
    the echo worker and the results writer over that window.
-2. Live latency: `rscf bench pipeline` at `live_rate` alone, then again while a backfill of the same
-   size runs on its lane (same machine, same cluster): overhead p99 side by side and their ratio.
+2. Live latency: `rscf bench pipeline` at `live_rate` alone; then, each measured once rows come out of
+   the lane, beside a backfill as it ran before (NOT_YIELDING: ingest in thread mode on the TaskManager's
+   interpreter lock, fixed pace, nothing niced, 200 ms lane checkpoints), beside one isolated (ingest in a
+   niced Python worker process, niced lane worker and writer, 2 s lane checkpoints) at a fixed pace, and
+   beside one that also yields (pace halved while the machine is busy: the defaults); then alone again (a
+   shared machine drifts). Overhead p99 side by side and the ratios, in one run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -53,14 +58,19 @@ def write_input(prefix: str, fmt: str, n: int) -> str:
 class Lane:
     """A lane of the benchmark's own: topics, the pipeline job and an echo worker."""
 
-    def __init__(self):
+    def __init__(self, yielding: backfills.Yielding):
         self.name = f"bfb{uuid.uuid4().hex[:6]}"
-        self.cfg = backfills.lane_config(self.name)
+        self.yielding = yielding
+        self.cfg = backfills.lane_config(self.name, yielding.lane_checkpoint_ms)
         self.worker = harness.EchoWorker(self.cfg)
 
     def __enter__(self) -> "Lane":
-        backfills.ensure_lane(self.name)
+        from inference_workers.backfill_lanes import lower_priority
+
+        backfills.ensure_lane(self.name, self.yielding)
         self.worker.start()
+        if self.worker.proc is not None:  # as the pool controller runs a lane replica
+            lower_priority(self.worker.proc.pid, self.yielding.nice)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,71 +102,107 @@ def listener_pid(port: int) -> int | None:
     return None
 
 
-def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None) -> dict:
-    """A backfill of N rows on a lane of its own, timed to FINISHED, with CPU per row by process."""
+class _Stopped(Exception):
+    pass
+
+
+def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None,
+                 yielding: backfills.Yielding = backfills.Yielding(), stop: threading.Event | None = None,
+                 flowing: threading.Event | None = None) -> dict:
+    """A backfill of N rows on a lane of its own, timed to FINISHED (or to `stop`), with CPU per row by process."""
     tag = uuid.uuid4().hex[:8]
     uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
     spec = BackfillSpec(uri, "bench-backfill", fmt=fmt)
-    with Lane() as lane:
+    with Lane(yielding) as lane:
         meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None,
                           "kafka": listener_pid(SETTINGS.ports.kafka), "s3": listener_pid(SETTINGS.ports.s3)})
         meter.begin()
         t0 = time.monotonic()
-        state = backfills.start(spec, budget, lane=lane.name, features=["echo"], start_lane=False)
+        state = backfills.start(spec, budget, lane=lane.name, features=["echo"], start_lane=False, yielding=yielding)
         meter.procs["results-writer"] = __import__("psutil").Process(state["writer_pid"])
         samples: list[tuple[float, int]] = []
 
+        last: dict = {}
+
         def sample(st: dict) -> None:
             samples.append((time.monotonic(), st.get("rows_finished", 0)))
+            last.update(st)
+            if flowing is not None and st.get("rows_finished", 0) > 0:
+                flowing.set()  # rows come out of the lane: the backfill runs end to end
             if on_update is not None:
                 on_update(st)
+            if stop is not None and stop.is_set():
+                raise _Stopped
 
         try:
             final = backfills.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=sample)
+        except _Stopped:
+            final = {**last, "state": "STOPPED_BY_BENCH"}
         finally:
             _stop_if_running(spec.backfill_id)
         wall = time.monotonic() - t0
-        cpu = meter.end(n)
-    done = final.get("rows_finished", 0) + final.get("rows_dead", 0)
+        done = final.get("rows_finished", 0) + final.get("rows_dead", 0)
+        cpu = meter.end(max(done, 1))
     # steady state: from the first finished row to the last sample still short of the total (no start-up,
     # no wait for the writer's last part)
     moving = [(t, f) for t, f in samples if 0 < f < n]
     steady = (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0]) if len(moving) >= 2 else None
-    return {"format": fmt, "rows": n, "budget_rows_per_s": budget, "state": final["state"], "rows_done": done,
+    return {"format": fmt, "rows": n, "budget_rows_per_s": budget, "yielding": yielding.__dict__,
+            "state": final["state"], "rows_done": done,
             "counts": final.get("counts"), "wall_s": round(wall, 1), "rows_per_s": round(done / wall, 1),
             "steady_rows_per_s": round(steady, 1) if steady else None,
             "cpu_us_per_row": cpu["us_per_prompt"], "cpu_total_us_per_row": cpu["total_us_per_prompt"],
             "cores_busy": cpu["cores_busy"], "uri": uri}
 
 
-def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) -> dict:
-    """Live overhead at `live_rate` alone, then with a backfill running on its lane."""
-    alone = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
+def _live(live_rate: int, duration_s: float) -> dict:
+    r = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
+    return {**{q: r["overhead_ms"][q] for q in ("p50", "p95", "p99")}, "throughput_per_s": r["throughput_per_s"]}
+
+
+def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: backfills.Yielding) -> dict:
+    """Live overhead while a backfill runs on its lane; the backfill is stopped once live is measured."""
     result: dict = {}
-    # as many rows as keep the backfill busy over the whole measured run (start-up, warm-up, run, drain)
-    n = min(n, int(budget * (40 + 2 * duration_s)))
-    t = threading.Thread(target=lambda: result.update(one_backfill("jsonl", n, budget)), daemon=True)
+    stop, flowing = threading.Event(), threading.Event()
+    t = threading.Thread(target=lambda: result.update(
+        one_backfill("jsonl", n, budget, yielding=yielding, stop=stop, flowing=flowing)), daemon=True)
     t.start()
-    time.sleep(25)  # the lane and the ingest job up and dispatching before live is measured
-    with_backfill = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3)
+    t0 = time.monotonic()
+    flowing.wait(600)  # the lane and the ingest job up and rows finishing before live is measured
+    waited = time.monotonic() - t0
+    live = _live(live_rate, duration_s)
+    stop.set()
     t.join()
+    return {"live": live, "backfill": result, "backfill_flowing_after_s": round(waited, 1)}
 
-    def p(r: dict, q: str):
-        return r["overhead_ms"][q]
 
-    return {"live_rate": live_rate, "duration_s": duration_s,
-            "alone": {q: p(alone, q) for q in ("p50", "p95", "p99")},
-            "with_backfill": {q: p(with_backfill, q) for q in ("p50", "p95", "p99")},
-            "p99_ratio": round(p(with_backfill, "p99") / p(alone, "p99"), 2) if p(alone, "p99") else None,
-            "target_p99_ratio": 1.10, "backfill": result,
-            "live_throughput": {"alone": alone["throughput_per_s"], "with_backfill": with_backfill["throughput_per_s"]}}
+def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) -> dict:
+    """Live overhead alone, beside a backfill as before, beside one isolated (niced process-mode ingest, niced
+    worker and writer, 2 s lane checkpoints) at a fixed pace, beside one that also yields, and alone again."""
+    # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
+    n = min(n, int(budget * (120 + 3 * duration_s)))
+    alone = _live(live_rate, duration_s)
+    before = _beside(live_rate, duration_s, n, budget, backfills.NOT_YIELDING)
+    isolated = _beside(live_rate, duration_s, n, budget, dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
+    after = _beside(live_rate, duration_s, n, budget, backfills.Yielding())
+    alone_again = _live(live_rate, duration_s)
+
+    def ratio(r: dict):  # against the first alone run (as before); `alone_again` shows the machine's drift
+        return round(r["live"]["p99"] / alone["p99"], 2) if alone["p99"] else None
+
+    return {"live_rate": live_rate, "duration_s": duration_s, "alone": alone, "alone_again": alone_again,
+            "not_yielding": before, "isolated": isolated, "yielding": after,
+            "p99_ratio_not_yielding": ratio(before), "p99_ratio_isolated": ratio(isolated),
+            "p99_ratio_yielding": ratio(after), "target_p99_ratio": 1.10}
 
 
 def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
         live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None) -> dict:
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
-        out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update)
+        # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)
+        out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update,
+                                           yielding=dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     if live_rate > 0:
         out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget)
     return out

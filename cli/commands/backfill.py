@@ -61,7 +61,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         spec = BackfillSpec(args.uri, args.tenant, args.model_version, args.priority, args.format)
         features = args.features.split(",") if args.features is not None else None
-        data = backfills.start(spec, args.budget, start_lane=not args.no_lane, features=features)
+        yielding = backfills.Yielding()
+        if args.no_yield:  # the full budget even while the machine is busy
+            yielding = backfills.Yielding(yielding.ingest_mode, 0.0, yielding.nice, yielding.lane_checkpoint_ms)
+        data = backfills.start(spec, args.budget, start_lane=not args.no_lane, features=features, yielding=yielding)
         if args.wait:
             data = _watch(args, spec.backfill_id)
     except Exception as exc:  # noqa: BLE001 - mapped to exit codes
@@ -130,6 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--features", default=None,
                    help="comma-separated features of the tenant on the lane (default: its live policy's)")
     s.add_argument("--no-lane", action="store_true", help="do not start the lane job (it runs elsewhere)")
+    s.add_argument("--no-yield", action="store_true",
+                   help="read at the budget even while the machine's cores are busy (default: halve the pace then)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until it finishes")
     s.add_argument("--timeout", type=float, default=0.0, help="with --wait: give up after this many seconds")
     s.set_defaults(func=cmd_start)

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,26 @@ LANE_JOB = "rscf-backfill-lane"
 DEFAULT_BUDGET = 200.0  # rows/s a backfill may put on the lane unless told (its token bucket's rate)
 
 
-def lane_config(lane: str = LANE) -> JobConfig:
-    return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane)
+@dataclass(frozen=True)
+class Yielding:
+    """What keeps a backfill off live traffic's cores (README, "Backfills"; `rscf bench backfill` compares):
+    the ingest job's Python in a niced worker process of its own, its pace halved while the machine is busy,
+    and every backfill-only process niced (results writer; the pool controller's lane replicas)."""
+
+    ingest_mode: str = SETTINGS.limits.backfill_ingest_mode
+    yield_busy: float = SETTINGS.limits.backfill_yield_busy
+    nice: int = SETTINGS.limits.backfill_nice
+    lane_checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms  # 0: the delivery mode's default
+
+
+NOT_YIELDING = Yielding("thread", 0.0, 0, 0)  # as before: thread mode on the live job's lock, fixed pace, nice 0
+
+
+def lane_config(lane: str = LANE, checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms) -> JobConfig:
+    """The lane's job: the live job's code on the lane's topics; checkpoints every `checkpoint_ms` (each one
+    commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer)."""
+    return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
+                     checkpoint_interval_ms=checkpoint_ms)
 
 
 def state_dir(backfill_id: str) -> Path:
@@ -69,11 +88,11 @@ def known() -> list[str]:
 # ----------------------------------------------------------------------------- the lane
 
 
-def ensure_lane(lane: str = LANE) -> str:
+def ensure_lane(lane: str = LANE, yielding: Yielding | None = None) -> str:
     """The lane's topics and its pipeline job (submitted when not running); returns the job id."""
     from rscf import kafka_clients
 
-    cfg = lane_config(lane)
+    cfg = lane_config(lane, (yielding or Yielding()).lane_checkpoint_ms)
     kafka_clients.create_topics(cfg.all_topics(), 2, cfg.bootstrap, single_partition=(cfg.control,))
     job = flink_jobs.running(cfg.job_name)
     return job.job_id if job is not None else flink_jobs.submit(cfg).job_id
@@ -191,12 +210,28 @@ def _writer_alive(pid: int | None) -> bool:
         return False
 
 
-def start_writer(backfill_id: str, lane: str = LANE) -> int:
+def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits.backfill_nice) -> int:
+    from inference_workers.backfill_lanes import lower_priority
+
     log = open(SETTINGS.paths.logs / f"backfill-{backfill_id}-results.log", "ab")
     proc = subprocess.Popen([str(SETTINGS.paths.venv / "bin" / "python"), "-m", "jobs.backfill_results",
                              "--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane],
                             cwd=str(SETTINGS.paths.repo), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    lower_priority(proc.pid, nice)  # backfill-only: live processes first
     return proc.pid
+
+
+def niced_python(nice: int) -> Path:
+    """The ingest job's Python worker interpreter (process mode): the venv's Python under `nice`, so the
+    rows' parsing, validation and encoding run after live work whenever both want a core."""
+    path = SETTINGS.paths.data / "backfills" / f"python-nice{nice}"
+    text = (f"#!/bin/sh\n# written by deploy/local/backfills.py: the backfill's Flink Python workers, niced\n"
+            f"exec nice -n {nice} {SETTINGS.paths.venv / 'bin' / 'python'} \"$@\"\n")
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    return path
 
 
 def stop_writer(pid: int | None) -> None:
@@ -204,14 +239,17 @@ def stop_writer(pid: int | None) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float) -> list[str]:
+def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float, y: Yielding) -> list[str]:
     cfg = lane_config(lane)
+    niced = y.ingest_mode == "process" and y.nice > 0
     return ["--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane, "--job-name", job_name(backfill_id),
-            "--bootstrap", cfg.bootstrap, "--registry-url", cfg.registry_url, "--max-rows-per-s", str(max_rows_per_s)]
+            "--bootstrap", cfg.bootstrap, "--registry-url", cfg.registry_url, "--max-rows-per-s", str(max_rows_per_s),
+            "--yield-busy", str(y.yield_busy), "--execution-mode", y.ingest_mode,
+            *(["--python-executable", str(niced_python(y.nice))] if niced else [])]
 
 
 def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: str = LANE,
-          start_lane: bool = True, features: list[str] | None = None) -> dict[str, Any]:
+          start_lane: bool = True, features: list[str] | None = None, yielding: Yielding = Yielding()) -> dict[str, Any]:
     """Plan, lane, budget, ingest job, writer; returns the backfill's state (id, job id, rows)."""
     from jobs.backfill_files import plan
     from jobs.backfill_results import ResultsStore
@@ -227,7 +265,7 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     manifest.started_at_ms = previous.started_at_ms if previous and previous.started_at_ms else now_ms()
     d = state_dir(bid)
     d.mkdir(parents=True, exist_ok=True)
-    lane_job = ensure_lane(lane) if start_lane else None
+    lane_job = ensure_lane(lane, yielding) if start_lane else None
     live = live_policy(spec.tenant)
     if features is not None:
         live = {**(live or {}), "features": list(features)}
@@ -237,13 +275,14 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
                        + [request_id(bid, d["file"], int(d["row"])) for d in store.dead_letters()], bid)
     doc = {"spec": spec.to_dict(), "manifest": json.loads(manifest.to_json()), "units": units, "done": done}
     (d / "plan.json").write_text(json.dumps(doc))
-    job_id = flink_run("jobs/backfill_ingest.py", _ingest_args(bid, lane, budget_rows_per_s))
+    job_id = flink_run("jobs/backfill_ingest.py", _ingest_args(bid, lane, budget_rows_per_s, yielding))
     manifest.job_id = job_id
     store.write_manifest(manifest)
     doc["manifest"] = json.loads(manifest.to_json())
     (d / "plan.json").write_text(json.dumps(doc))
     state = {"spec": spec.to_dict(), "job_id": job_id, "job_name": job_name(bid), "lane": lane, "lane_job": lane_job,
-             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane), "savepoint": None,
+             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane, yielding.nice),
+             "yielding": asdict(yielding), "savepoint": None,
              "rows_total": manifest.rows_total, "files": len(manifest.input_files), "started_at_ms": now_ms()}
     _save_state(bid, state)
     return {"backfill_id": bid, **state}
@@ -265,12 +304,13 @@ def resume(backfill_id: str) -> dict[str, Any]:
     state = _state(backfill_id)
     if flink_jobs.running(state["job_name"]) is not None:
         raise flink_jobs.ClusterError(f"backfill {backfill_id} is running")
+    y = Yielding(**state["yielding"]) if state.get("yielding") else Yielding()
     if state.get("savepoint"):
         state["job_id"] = flink_run("jobs/backfill_ingest.py",
-                                    _ingest_args(backfill_id, state["lane"], state["budget_rows_per_s"]),
+                                    _ingest_args(backfill_id, state["lane"], state["budget_rows_per_s"], y),
                                     from_savepoint=state["savepoint"])
     if not _writer_alive(state.get("writer_pid")):
-        state["writer_pid"] = start_writer(backfill_id, state["lane"])
+        state["writer_pid"] = start_writer(backfill_id, state["lane"], y.nice)
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}

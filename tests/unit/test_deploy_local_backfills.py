@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from operators.backfill import BackfillSpec
 
 SPEC = BackfillSpec("s3://rscf-backfill/catalogue/2026", "acme", "2", "LOW", "jsonl")
@@ -21,3 +23,25 @@ def test_budget_events_copy_live_tier_and_features_and_pin_the_version_on_the_la
     assert plain[0]["tenant_policy"]["tier"] == "STANDARD"
     assert {e["rollout"]["pool"]: e["rollout"]["weights"] for e in plain[1:]} == \
         {p.name: {p.default_version: 1.0} for p in POOL_TABLE}
+
+
+
+def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as_before(tmp_path, monkeypatch):
+    import dataclasses
+    import subprocess
+
+    from deploy.local import backfills
+    from jobs.backfill_ingest import parse
+
+    settings = backfills.SETTINGS
+    monkeypatch.setattr(backfills, "SETTINGS", dataclasses.replace(settings, paths=dataclasses.replace(
+        settings.paths, data=tmp_path)))
+    ns = parse(backfills._ingest_args("b1", "backfill", 500, backfills.Yielding("process", 0.8, 10, 2000)))
+    assert (ns.execution_mode, ns.yield_busy, ns.max_rows_per_s) == ("process", 0.8, 500)
+    assert ns.python_executable.startswith(str(tmp_path))
+    out = subprocess.run([ns.python_executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+    assert out.stdout.strip() == str(os.nice(0) + 10), "the Python worker's interpreter runs niced"
+    old = parse(backfills._ingest_args("b1", "backfill", 500, backfills.NOT_YIELDING))
+    assert (old.execution_mode, old.yield_busy, old.python_executable) == ("thread", 0.0, None)
+    assert backfills.lane_config("x", 2000).checkpoint_interval_ms == 2000
+    assert backfills.lane_config("x", 0).checkpoint_interval_ms == 200, "0: the delivery mode's default"
