@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
@@ -174,7 +175,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         deadline = time.monotonic() + 60
         while not probe_ready(port_base) and time.monotonic() < deadline:
             time.sleep(0.3)
-        consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"b-{uuid.uuid4().hex}",
+        consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"b-{uuid.uuid4().hex}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
         consumer.subscribe([topics.results])
 
@@ -205,7 +206,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "linger.ms": 5, "enable.idempotence": True})
         i, owed, owed_high, last = 0, 0.0, 0.0, t0
         while (now := time.monotonic()) - t0 < plan.duration_s:
             t = now - t0

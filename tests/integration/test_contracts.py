@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rscf.kafka_clients import client_security
+
 pytestmark = pytest.mark.integration
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "prompt_request.avsc"
@@ -26,7 +28,7 @@ def _topic(kind: str) -> str:
 def _create(stack, topic: str) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap, **client_security()})
     for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
         future.result(15)
 
@@ -34,7 +36,7 @@ def _create(stack, topic: str) -> None:
 def _consume(stack, topic: str, count: int, timeout: float = 30.0) -> list:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, **client_security(), "group.id": f"g-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got, deadline = [], time.monotonic() + timeout
@@ -114,7 +116,7 @@ def test_plain_confluent_producer_is_decoded_by_topic_serde(stack):
     older["fields"] = [f for f in older["fields"] if f["name"] not in ("metadata", "trace")]
     client = SchemaRegistryClient({"url": stack.registry_url})
     producer = SerializingProducer({
-        "bootstrap.servers": stack.kafka_bootstrap,
+        "bootstrap.servers": stack.kafka_bootstrap, **client_security(),
         "key.serializer": StringSerializer("utf_8"),
         "value.serializer": AvroSerializer(client, json.dumps(older)),
     })
@@ -138,7 +140,7 @@ def test_topic_serde_output_is_read_by_plain_avro_deserializer(stack):
     topic = _topic("plain-out")
     _create(stack, topic)
     value = TopicSerde(topic, stack.registry_url, schema_name="prompt_request").encode(_record("out-1"))
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, **client_security()})
     producer.produce(topic, key=b"out-1", value=value)
     assert producer.flush(15) == 0
     [msg] = _consume(stack, topic, 1)

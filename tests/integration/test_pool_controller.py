@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -136,7 +137,7 @@ def produce(topic: str, reqs: list[dict]) -> None:
     from schemas.serde import serde_for
 
     serde = serde_for(SETTINGS.topics.requests("echo"))
-    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "enable.idempotence": True, "linger.ms": 5})
     for r in reqs:
         p.produce(topic, key=r["request_id"].encode(), value=serde.encode(r))
     assert p.flush(30) == 0
@@ -150,7 +151,7 @@ class Results:
 
         self.serde = serde_for(SETTINGS.topics.results)
         self.seen: list[tuple[float, dict]] = []
-        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"r-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self.c.subscribe([topic])
 
