@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "cli.commands.evaluate",
     "cli.commands.tenants",
     "cli.commands.backfill",
+    "cli.commands.credentials",
 )
 
 

@@ -4,7 +4,7 @@ With ``RSCF_KAFKA_AUTH=scram`` the broker's client listener takes SASL/SCRAM-SHA
 ``StandardAuthorizer`` refuses anything no ACL allows. ``admin`` is the super user (the operator CLI,
 ``rscf up``, tests); every component has its own principal with the least it needs:
 
-- ``job``: reads prompts, results, control; writes requests, finals (content, audit, dead letters) and
+- ``job``: reads prompts, results, control (and its outputs: see `_acls`); writes requests, finals (content, audit, dead letters) and
   republished prompts/results; its group and transactional ids (prefix ``rscf-``, as job names);
 - ``gateway``: writes prompts and (for operator keys it has checked) control; reads finals;
 - ``worker-<pool>``: reads only its pool's request lanes, writes results and dead letters;
@@ -200,7 +200,9 @@ def _acls(principal: str) -> list[Acl]:
     if principal == ADMIN:
         return []  # super user (broker config)
     if principal == JOB:
-        return (_grant(JOB, "TOPIC", (t.prompts, t.results, t.control), rd)
+        # READ on its outputs too: the transactional sink's POOLING ids look for lingering transactions
+        # with DescribeProducers, which Kafka authorises as READ (measured: the job fails without it).
+        return (_grant(JOB, "TOPIC", (t.prompts, t.results, t.control, t.content, t.audit, t.dlq), rd)
                 + _grant(JOB, "TOPIC", (t.request_prefix, t.content, t.audit, t.dlq, t.prompts, t.results), wr)
                 + _grant(JOB, "GROUP", (JOB_GROUP_PREFIX,), rd)
                 + _grant(JOB, "TRANSACTIONAL_ID", (JOB_GROUP_PREFIX,), wr))
