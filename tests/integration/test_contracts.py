@@ -160,19 +160,23 @@ def test_kcat_interop(stack, tmp_path):
     framed = serde.encode(_record("kcat-1"))
     payload = tmp_path / "value.bin"
     payload.write_bytes(framed)
+    # kcat reads the stack's credentials (if any) from a config file (librdkafka keys), not argv
+    creds = tmp_path / "kcat.conf"
+    creds.write_text("".join(f"{k}={v}\n" for k, v in client_security().items()))
+    creds.chmod(0o600)
     # kcat produces the framed bytes untouched (one message per file) ...
-    subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-P", "-t", topic, "-k", "kcat-1", str(payload)],
+    subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-P", "-t", topic, "-k", "kcat-1", str(payload)],
                    check=True, timeout=60)
     [msg] = _consume(stack, topic, 1)
     assert msg.value() == framed and serde.decode(msg.value()) == _record("kcat-1")
     # ... and consumes them byte for byte
-    out = subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "1",
-                          "-e", "-f", "%s"], capture_output=True, check=True, timeout=60)
+    out = subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning",
+                          "-c", "1", "-e", "-f", "%s"], capture_output=True, check=True, timeout=60)
     assert serde.decode(out.stdout) == _record("kcat-1")
     features = subprocess.run([kcat, "-V"], capture_output=True, text=True).stdout
     if "avro" in features.lower():
-        shown = subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "1",
-                                "-e", "-s", "value=avro", "-r", stack.registry_url], capture_output=True, text=True,
+        shown = subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o",
+                                "beginning", "-c", "1", "-e", "-s", "value=avro", "-r", stack.registry_url], capture_output=True, text=True,
                                timeout=60)
         assert '"kcat-1"' in shown.stdout
 
