@@ -8,7 +8,7 @@ With ``RSCF_KAFKA_AUTH=scram`` the broker's client listener takes SASL/SCRAM-SHA
   republished prompts/results; its group and transactional ids (prefix ``rscf-``, as job names);
 - ``gateway``: writes prompts and (for operator keys it has checked) control; reads finals;
 - ``worker-<pool>``: reads only its pool's request lanes, writes results and dead letters;
-- ``controller`` (pool controller): describes request topics and worker groups (lag), nothing else;
+- ``controller`` (pool controller): describes request topics and rscf- groups (lag), nothing else;
 - ``tenant-<id>``: reads only topics ``genai.tenant.<id>.*``. Finals of every tenant share one topic and
   Kafka ACLs stop at topics, not records, so a tenant gets nothing on the shared topics: tenants read
   their results through the gateway's per-tenant stream or ``rscf results --tenant``.
@@ -212,7 +212,7 @@ def _acls(principal: str) -> list[Acl]:
                 + _grant(GATEWAY, "GROUP", ("rscf-gateway",), rd))
     if principal == CONTROLLER:
         return (_grant(CONTROLLER, "TOPIC", (t.request_prefix,), ("DESCRIBE",))
-                + _grant(CONTROLLER, "GROUP", ("rscf-workers-",), ("DESCRIBE",)))
+                + _grant(CONTROLLER, "GROUP", ("rscf-",), ("DESCRIBE",)))  # worker and lane groups: lag only
     if principal.startswith(WORKER_PREFIX):
         pool = principal[len(WORKER_PREFIX):]
         own = t.requests(pool)  # exactly the pool's topic, and its lanes / test suffixes after a dot

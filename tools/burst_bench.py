@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rscf.kafka_clients import client_security
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
@@ -162,7 +162,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
            "--worker-arg=--results-topic", f"--worker-arg={topics.results}",
            "--worker-arg=--echo-latency-ms", f"--worker-arg={plan.item_ms}",
            "--worker-arg=--max-batch", "--worker-arg=1"]
-    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
     if plan.session_timeout_ms:
         env["RSCF_WORKER_SESSION_TIMEOUT_MS"] = str(plan.session_timeout_ms)
     log_path = data / "controller.log"
@@ -313,7 +313,7 @@ def cold_start(pool: str, timeout_s: float = 300.0) -> dict:
     lanes = list(SETTINGS.topics.lanes(topic))
     create_topics(lanes, 1)
     data = Path(tempfile.mkdtemp(prefix=f"rscf-cold-{pool}-"))
-    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
     log = data / "controller.log"
     cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", pool, "--requests-topic", topic,
            "--group", group, "--metrics-port-base", "47200", "--port", "-1", "--interval", "0.5", "--no-predictive",

@@ -237,7 +237,7 @@ def test_tokens_jwks_and_revocation(gw):
         assert c.post("/v1/control", json={"breaker": {"pool": "echo", "action": "FORCE_OPEN"}}).status_code == 403
     with gw.client(gw.keys["ops"]) as c:
         assert c.post("/v1/control", json={"breaker": {"pool": "echo", "action": "FORCE_OPEN"}}).status_code == 202
-    env = {**os.environ, "RSCF_DATA_DIR": str(gw.data), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(gw.data), "PYTHONPATH": str(REPO), **credentials_env()}
     out = subprocess.run([sys.executable, "-m", "cli.main", "tenants", "keys", "revoke", key_id, "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["revoked_at"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rscf.kafka_clients import client_security
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,8 @@ class PrivatePool:
         self.procs: list[subprocess.Popen] = []
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+        return {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo),
+                **credentials_env()}
 
     def controller(self, *extra: str) -> subprocess.Popen:
         self.data.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import pytest
 from inference_workers.handlers.echo import EchoHandler
 from cli.demo import fetch_artifact
 from inference_workers.worker import Worker, WorkerSettings
-from rscf.kafka_clients import client_security
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 from schemas.keys import tenant_object_prefix
 
@@ -316,7 +316,7 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
 
     base = free_port_block(2 * len(POOLS))
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(tmp_path),
-           "RSCF_WORKER_METRICS_PORT": str(base)}
+           "RSCF_WORKER_METRICS_PORT": str(base), **credentials_env()}
 
     def rscf(*args: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], cwd=SETTINGS.paths.repo,
