@@ -15,13 +15,12 @@ With ``RSCF_KAFKA_AUTH=scram`` the broker's client listener takes SASL/SCRAM-SHA
 
 Passwords are generated once per stack into ``<data>/secrets/kafka/<principal>`` (0600) and printed only
 by ``rscf credentials kafka``. Which mode a client uses: the mode the local broker was formatted with
-(``<data>/kafka/auth_mode``), else ``RSCF_KAFKA_AUTH``, else :data:`DEFAULT_AUTH` — so a stack keeps
+(``<data>/kafka/auth_mode``), else ``RSCF_KAFKA_AUTH`` (rscf/settings.py KafkaAuth) — so a stack keeps
 working whatever the shell says, and a data dir from before authentication stays ``none``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from rscf.settings import SETTINGS
 
 SCRAM, NONE = "scram", "none"
 AUTH_MODES = (SCRAM, NONE)
-DEFAULT_AUTH = NONE  # scram once it runs end to end (README "Kafka authentication")
 MECHANISM = "SCRAM-SHA-512"
 PROTOCOL = "SASL_PLAINTEXT"  # loopback only; why not SASL_SSL: README "Kafka authentication"
 # The Flink SQL connector jar relocates the Kafka client under this package (checked in the jar).
@@ -69,7 +67,7 @@ def recorded_mode(data: Path | None = None) -> str | None:
 
 
 def requested_mode() -> str:
-    mode = os.environ.get("RSCF_KAFKA_AUTH", DEFAULT_AUTH).strip().lower()
+    mode = SETTINGS.kafka_auth.requested_mode()
     if mode not in AUTH_MODES:
         raise KafkaAuthError(f"RSCF_KAFKA_AUTH must be one of {AUTH_MODES}, not {mode!r}")
     return mode
@@ -121,14 +119,14 @@ def credential(principal: str) -> tuple[str, str]:
     """(username, password) to connect as ``principal``. A process handed a credential of its own
     (``RSCF_KAFKA_PRINCIPAL`` + ``RSCF_KAFKA_PASSWORD`` or ``RSCF_KAFKA_PASSWORD_FILE``: a container's
     Secret, a test's subprocess with a data dir of its own) uses that one for every client it makes."""
-    given = os.environ.get("RSCF_KAFKA_PRINCIPAL", "")
+    given, given_password, password_path = SETTINGS.kafka_auth.given_credential()
     if not given:
         return principal, password(principal)
-    if os.environ.get("RSCF_KAFKA_PASSWORD_FILE"):
-        return given, Path(os.environ["RSCF_KAFKA_PASSWORD_FILE"]).read_text().strip()
-    if not os.environ.get("RSCF_KAFKA_PASSWORD"):
+    if password_path:
+        return given, Path(password_path).read_text().strip()
+    if not given_password:
         raise KafkaAuthError("RSCF_KAFKA_PRINCIPAL is set without RSCF_KAFKA_PASSWORD or RSCF_KAFKA_PASSWORD_FILE")
-    return given, os.environ["RSCF_KAFKA_PASSWORD"]
+    return given, given_password
 
 
 def credentials_env(principal: str = ADMIN) -> dict[str, str]:

@@ -191,6 +191,21 @@ def _s3_secret_key(data_dir: str) -> str:
 
 
 @dataclass(frozen=True)
+class KafkaAuth:
+    """Kafka authentication (rscf/kafka_security.py; README "Kafka authentication and ACLs"), read when
+    asked: a data dir's broker keeps the mode it was formatted with, whatever these say."""
+
+    default_mode: str = "none"
+
+    def requested_mode(self) -> str:  # scram | none
+        return _env("KAFKA_AUTH", self.default_mode).strip().lower()
+
+    def given_credential(self) -> tuple[str, str, str]:
+        """(principal, password, password file) handed to this process (a container's Secret), or ''s."""
+        return _env("KAFKA_PRINCIPAL", ""), _env("KAFKA_PASSWORD", ""), _env("KAFKA_PASSWORD_FILE", "")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Validation limits and pipeline knobs; a tenant policy may tighten but not widen them."""
 
@@ -277,6 +292,7 @@ class Settings:
     s3: S3Credentials = field(default_factory=S3Credentials)
     limits: Limits = field(default_factory=Limits)
     gateway: GatewayLimits = field(default_factory=GatewayLimits)
+    kafka_auth: KafkaAuth = field(default_factory=KafkaAuth)
 
     @property
     def kafka_bootstrap(self) -> str:

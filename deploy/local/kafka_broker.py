@@ -59,7 +59,8 @@ super.users=User:{admin}
 
 def _kafka_mode() -> str:
     """The data dir's mode; asking for another one (RSCF_KAFKA_AUTH) on a formatted broker is an error."""
-    recorded, asked = kafka_security.recorded_mode(), os.environ.get("RSCF_KAFKA_AUTH", "").strip().lower()
+    recorded = kafka_security.recorded_mode()
+    asked = os.environ.get("RSCF_KAFKA_AUTH", "").strip().lower()  # only when said (rscf/settings.py KafkaAuth)
     if recorded and asked and asked != recorded:
         raise StackError(f"kafka: this data dir's broker was formatted with RSCF_KAFKA_AUTH={recorded}, not {asked}: "
                          f"unset RSCF_KAFKA_AUTH, or use a new RSCF_DATA_DIR for a stack with {asked}")
