@@ -119,4 +119,22 @@ def ensure_principals(principals: Iterable[str], bootstrap: str | None = None, t
             fut.result(timeout_s)
         except Exception as exc:  # noqa: BLE001
             raise TopicCreationError(f"kafka: could not create ACL {binding}: {exc}") from exc
+    _drop_stale_acls(admin, principals, set(bindings), timeout_s)
     return len(bindings)
+
+
+def _drop_stale_acls(admin: Any, principals: list[str], wanted: set, timeout_s: float) -> None:
+    """Delete the bindings of ``principals`` the table no longer has (a grant narrowed by an upgrade)."""
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+
+    for p in principals:
+        found = admin.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{p}",
+                                                     None, AclOperation.ANY, AclPermissionType.ANY),
+                                    request_timeout=timeout_s).result(timeout_s)
+        stale = [b for b in found if b not in wanted]
+        if stale:
+            filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                        b.operation, b.permission_type) for b in stale]
+            for fut in admin.delete_acls(filters, request_timeout=timeout_s).values():
+                fut.result(timeout_s)

@@ -203,3 +203,29 @@ def test_bad_principal_and_secret_hygiene(broker):
     logs = "".join(p.read_text(errors="replace") for p in (broker.data / "logs").glob("*.log"))
     for principal in ks.fixed_principals():
         assert ks.password(principal, broker.data) not in logs, principal
+
+
+def test_a_grant_the_table_does_not_have_is_removed(broker):
+    """`rscf up` / `rscf credentials` make the broker's ACLs the table's: a stray grant goes."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                       ResourcePatternType, ResourceType)
+
+    stray = AclBinding(ResourceType.TOPIC, T.control, ResourcePatternType.LITERAL, "User:worker-echo", "*",
+                       AclOperation.WRITE, AclPermissionType.ALLOW)
+    for fut in AdminClient(broker.conf("admin")).create_acls([stray]).values():
+        fut.result(30)
+    assert _eventually(lambda: _produce(broker, "worker-echo", T.control) is None)  # the stray grant works...
+    out = broker.rscf("credentials", "kafka", "worker-echo", timeout=60)
+    assert out.returncode == 0, out.stderr
+    # ... until the table is applied again
+    assert _eventually(lambda: _produce(broker, "worker-echo", T.control) in DENIED)
+
+
+def _eventually(check, timeout_s: float = 20.0) -> bool:
+    """ACL changes reach the broker's authorizer through the metadata log: a moment after the call."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
