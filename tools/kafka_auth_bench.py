@@ -183,8 +183,8 @@ def run(records: int, size: int, rate: float, seconds: float, rounds: int, conne
         for r in range(rounds):
             for b in (brokers if r % 2 == 0 else brokers[::-1]):
                 topic = f"bench.auth.{uuid.uuid4().hex[:8]}"
-                for fut in AdminClient(b.conf()).create_topics(
-                        [NewTopic(topic, SETTINGS.topics.partitions, 1)]).values():
+                admin = AdminClient(b.conf())  # kept until the answer: a dropped client cancels its futures
+                for fut in admin.create_topics([NewTopic(topic, SETTINGS.topics.partitions, 1)]).values():
                     fut.result(30)
                 row = {"connect_ms": connect_ms(b, connects), **throughput(b, topic, records, size),
                        **latency(b, topic, rate, seconds)}
