@@ -4,8 +4,9 @@ With ``RSCF_KAFKA_AUTH=scram`` the broker's client listener takes SASL/SCRAM-SHA
 ``StandardAuthorizer`` refuses anything no ACL allows. ``admin`` is the super user (the operator CLI,
 ``rscf up``, tests); every component has its own principal with the least it needs:
 
-- ``job``: reads prompts, results, control (and its outputs: see `_acls`); writes requests, finals (content, audit, dead letters) and
-  republished prompts/results; its group and transactional ids (prefix ``rscf-``, as job names);
+- ``job``: reads prompts, results, control (and its outputs: see `_acls`); writes requests, finals
+  (content, audit, dead letters) and republished prompts/results; its group and transactional ids
+  (prefix ``rscf-``, as job names);
 - ``gateway``: writes prompts and (for operator keys it has checked) control; reads finals;
 - ``worker-<pool>``: reads only its pool's request lanes, writes results and dead letters;
 - ``controller`` (pool controller): describes request topics and rscf- groups (lag), nothing else;
@@ -40,8 +41,8 @@ SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 ADMIN, JOB, GATEWAY, CONTROLLER = "admin", "job", "gateway", "controller"
 WORKER_PREFIX, TENANT_PREFIX = "worker-", "tenant-"
 # A Flink job's group and transactional ids are its name (jobs/config.py): rscf-content-pipeline, the
-# backfill lane's rscf-backfill-lane, the test harness' rscf-<suffix>. Without READ on the request topics
-# or on finals, the job cannot use the other rscf- groups (workers', gateway's) for anything.
+# backfill lane's rscf-backfill-lane, the test harness' rscf-<suffix>. In another rscf- group (a worker
+# pool's) the job can do nothing without READ on that group's topics (the request topics: it has none).
 JOB_GROUP_PREFIX = "rscf-"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
