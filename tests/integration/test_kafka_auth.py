@@ -212,7 +212,8 @@ def test_a_grant_the_table_does_not_have_is_removed(broker):
 
     stray = AclBinding(ResourceType.TOPIC, T.control, ResourcePatternType.LITERAL, "User:worker-echo", "*",
                        AclOperation.WRITE, AclPermissionType.ALLOW)
-    for fut in AdminClient(broker.conf("admin")).create_acls([stray]).values():
+    admin = AdminClient(broker.conf("admin"))  # kept until the answer: a dropped client cancels its futures
+    for fut in admin.create_acls([stray]).values():
         fut.result(30)
     assert _eventually(lambda: _produce(broker, "worker-echo", T.control) is None)  # the stray grant works...
     out = broker.rscf("credentials", "kafka", "worker-echo", timeout=60)
