@@ -16,8 +16,9 @@ With ``RSCF_KAFKA_AUTH=scram`` the broker's client listener takes SASL/SCRAM-SHA
 
 Passwords are generated once per stack into ``<data>/secrets/kafka/<principal>`` (0600) and printed only
 by ``rscf credentials kafka``. Which mode a client uses: the mode the local broker was formatted with
-(``<data>/kafka/auth_mode``), else ``RSCF_KAFKA_AUTH`` (rscf/settings.py KafkaAuth) — so a stack keeps
-working whatever the shell says, and a data dir from before authentication stays ``none``.
+(``<data>/kafka/auth_mode``), else ``RSCF_KAFKA_AUTH``, else none; a new broker is formatted with
+``RSCF_KAFKA_AUTH``, else ``KafkaAuth.new_broker_mode`` (rscf/settings.py) — so a stack keeps working
+whatever the shell says, and a data dir from before authentication stays ``none``.
 """
 
 from __future__ import annotations
@@ -67,14 +68,17 @@ def recorded_mode(data: Path | None = None) -> str | None:
         return NONE if (kdir / "data" / "meta.properties").exists() else None
 
 
-def requested_mode() -> str:
-    mode = SETTINGS.kafka_auth.requested_mode()
+def requested_mode(default: str = NONE) -> str:
+    """RSCF_KAFKA_AUTH, else ``default``."""
+    mode = SETTINGS.kafka_auth.requested_mode(default)
     if mode not in AUTH_MODES:
         raise KafkaAuthError(f"RSCF_KAFKA_AUTH must be one of {AUTH_MODES}, not {mode!r}")
     return mode
 
 
 def auth_mode(data: Path | None = None) -> str:
+    """What a client uses: its data dir's broker's mode, else RSCF_KAFKA_AUTH, else none (a broker of
+    another data dir, started before authentication existed, keeps answering)."""
     return recorded_mode(data) or requested_mode()
 
 

@@ -195,10 +195,12 @@ class KafkaAuth:
     """Kafka authentication (rscf/kafka_security.py; README "Kafka authentication and ACLs"), read when
     asked: a data dir's broker keeps the mode it was formatted with, whatever these say."""
 
-    default_mode: str = "none"
+    # A new data dir's broker is formatted with this mode unless RSCF_KAFKA_AUTH says otherwise. A client
+    # whose data dir has no broker (another stack's broker, a container) assumes none unless told.
+    new_broker_mode: str = "none"
 
-    def requested_mode(self) -> str:  # scram | none
-        return _env("KAFKA_AUTH", self.default_mode).strip().lower()
+    def requested_mode(self, default: str = "none") -> str:  # scram | none
+        return _env("KAFKA_AUTH", default).strip().lower()
 
     def given_credential(self) -> tuple[str, str, str]:
         """(principal, password, password file) handed to this process (a container's Secret), or ''s."""

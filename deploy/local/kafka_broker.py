@@ -64,7 +64,7 @@ def _kafka_mode() -> str:
     if recorded and asked and asked != recorded:
         raise StackError(f"kafka: this data dir's broker was formatted with RSCF_KAFKA_AUTH={recorded}, not {asked}: "
                          f"unset RSCF_KAFKA_AUTH, or use a new RSCF_DATA_DIR for a stack with {asked}")
-    return recorded or kafka_security.requested_mode()
+    return recorded or kafka_security.requested_mode(SETTINGS.kafka_auth.new_broker_mode)
 
 
 def _scram_format_arg(principal: str) -> str:

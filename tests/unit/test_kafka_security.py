@@ -112,3 +112,9 @@ def test_flink_options_use_the_connectors_shaded_login_module(monkeypatch, tmp_p
 
     ddl = sink_ddl("s", ["t"], JobConfig(), transactional=True)
     assert "'properties.sasl.mechanism' = 'SCRAM-SHA-512'" in ddl and 'password="pw"' in ddl
+
+
+def test_a_client_without_a_local_broker_assumes_none_unless_told(tmp_path, monkeypatch):
+    monkeypatch.delenv("RSCF_KAFKA_AUTH", raising=False)
+    assert ks.auth_mode(tmp_path) == "none"  # e.g. a worktree's CLI against another data dir's broker
+    assert ks.requested_mode("scram") == "scram"  # what a new broker is formatted with by default
