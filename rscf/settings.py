@@ -197,7 +197,7 @@ class KafkaAuth:
 
     # A new data dir's broker is formatted with this mode unless RSCF_KAFKA_AUTH says otherwise. A client
     # whose data dir has no broker (another stack's broker, a container) assumes none unless told.
-    new_broker_mode: str = "none"
+    new_broker_mode: str = "scram"
 
     def requested_mode(self, default: str = "none") -> str:  # scram | none
         return _env("KAFKA_AUTH", default).strip().lower()
