@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from rscf.kafka_clients import producer_config
+from rscf.kafka_clients import client_security, producer_config
 from rscf.pools import DEMO_POOLS
 from rscf.settings import SETTINGS
 
@@ -174,6 +174,7 @@ class OutputFollower:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": SETTINGS.kafka_bootstrap,
+                **client_security(),
                 "group.id": f"rscf-demo-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "cli.commands.tenants",
     "cli.commands.backfill",
     "cli.commands.topics",
+    "cli.commands.credentials",
 )
 
 

@@ -117,8 +117,11 @@ class FinalsReader(threading.Thread):
     def run(self) -> None:
         from confluent_kafka import Consumer
 
+        from rscf.kafka_clients import GATEWAY, client_security
+
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap,
+            **client_security(GATEWAY),
             "group.id": "rscf-gateway-finals",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",  # only finals of committed transactions

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from typing import Any
 
-from rscf.kafka_clients import producer_config
+from rscf.kafka_clients import GATEWAY, producer_config
 
 
 class DeliveryFailed(RuntimeError):
@@ -21,7 +21,7 @@ class Sender:
     def __init__(self, bootstrap: str, **extra: Any) -> None:
         from confluent_kafka import Producer
 
-        self.producer = Producer(producer_config(bootstrap, **extra))
+        self.producer = Producer(producer_config(bootstrap, principal=GATEWAY, **extra))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._thread.start()

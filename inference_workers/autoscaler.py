@@ -77,12 +77,15 @@ class PoolLag:
         return self.__dict__.copy()
 
 
-def consumer_lag(topic: str, group: str, bootstrap: str | None = None, timeout: float = 10.0) -> PoolLag:
+def consumer_lag(topic: str, group: str, bootstrap: str | None = None, timeout: float = 10.0,
+                 principal: str = "controller") -> PoolLag:
     """Sum over partitions of (latest - committed); an uncommitted partition counts from its earliest offset."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    from rscf.kafka_clients import client_security
+
+    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap, **client_security(principal)})
     md = admin.list_topics(topic, timeout=timeout)
     tmeta = md.topics.get(topic)
     if tmeta is None or tmeta.error is not None or not tmeta.partitions:

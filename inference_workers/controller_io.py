@@ -39,7 +39,10 @@ class LagReader:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": int(self.timeout * 1000)})
+            from rscf.kafka_clients import CONTROLLER, client_security
+
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, **client_security(CONTROLLER),
+                                       "socket.timeout.ms": int(self.timeout * 1000)})
         return self._admin
 
     def read(self, topic: str, group: str) -> Reading:

@@ -27,7 +27,7 @@ from inference_workers.batching import OffsetTracker
 from inference_workers.lanes import ensure_lane_topics
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff, backoff_delays
-from rscf.kafka_clients import producer_config
+from rscf.kafka_clients import ADMIN, client_security, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ _RETRIABLE_COMMIT = (
 
 # ----------------------------------------------------------------------------- client config
 def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
-                    max_poll_interval_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    max_poll_interval_ms: int, extra: dict[str, Any] | None = None,
+                    principal: str = ADMIN) -> dict[str, Any]:
     """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
     ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py).
 
@@ -55,6 +56,7 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
     when the dead one expires and when its replacement joins)."""
     return {
         "bootstrap.servers": bootstrap,
+        **client_security(principal),
         "client.id": client_id,
         "group.id": group_id,
         "enable.auto.commit": False,
@@ -68,9 +70,11 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
     }
 
 
-def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int) -> dict[str, Any]:
+def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int,
+                            principal: str = ADMIN) -> dict[str, Any]:
     """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
-    return producer_config(bootstrap, **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
+    return producer_config(bootstrap, principal=principal,
+                           **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
 
 
 class KafkaOutage:
@@ -309,7 +313,8 @@ class KafkaIO:
         group = self.consumer_conf["group.id"]
         groups = SETTINGS.topics.lanes(group) if self.lanes else (group,)
         if self.lanes:
-            ensure_lane_topics(self.consumer_conf["bootstrap.servers"], self.topic, topics)
+            ensure_lane_topics(self.consumer_conf["bootstrap.servers"], self.topic, topics,
+                               self.consumer_conf.get("sasl.username", ADMIN))
         for topic, lane_group in zip(topics, groups):
             consumer = Consumer({**self.consumer_conf, "group.id": lane_group, "error_cb": error_cb,
                                  "on_commit": self.outbox.on_commit})

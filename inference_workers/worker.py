@@ -50,6 +50,7 @@ from inference_workers.metrics import (
 )
 from inference_workers.results import ResultBuilder, error_code, fit_to_kafka, result_key
 from rscf.clock import now_ms
+from rscf.kafka_clients import ADMIN, worker_principal
 from rscf.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class Worker:
         self.results_topic = self.s.results_topic or SETTINGS.topics.results
         self.dlq_topic = self.s.dlq_topic or SETTINGS.topics.dlq
         self.group_id = self.s.group_id or f"rscf-workers-{pool}"
+        # The pool's own principal (reads only its requests); an isolated run (tests, benchmarks: their own
+        # group and topics) is the operator's.
+        self.kafka_principal = worker_principal(pool) if self.s.group_id is None else ADMIN
         self.worker_id = f"{pool}-{self.s.replica}-{socket.gethostname()}-{os.getpid()}"
         self.max_buffered = self.s.max_buffered or max(4 * self.s.max_batch, 16)
         # Serdes follow the record type, not the topic name, so overridden topics decode the same way.
@@ -121,8 +125,8 @@ class Worker:
         self.kafka = KafkaIO(
             self.requests_topic, self.outbox, self,
             consumer_config(self.s.bootstrap, self.worker_id, self.group_id, self.s.session_timeout_ms,
-                            self.s.max_poll_interval_ms, self.s.consumer_extra),
-            results_producer_config(self.s.bootstrap, self.worker_id, self.s.producer_timeout_ms),
+                            self.s.max_poll_interval_ms, self.s.consumer_extra, principal=self.kafka_principal),
+            results_producer_config(self.s.bootstrap, self.worker_id, self.s.producer_timeout_ms, self.kafka_principal),
             lanes=self.s.lanes, high_extra=2 * self.s.max_batch,
         )
         self.intake = Intake(self.request_serde, self.dlq_serde, self.dlq_topic, self.results, self.metrics,

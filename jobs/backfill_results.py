@@ -129,7 +129,9 @@ class ResultsWriter:
     def consumer(self):
         from confluent_kafka import Consumer
 
-        c = Consumer({"bootstrap.servers": self.cfg.bootstrap, "group.id": f"rscf-backfill-results-{self.spec.backfill_id}",
+        from rscf.kafka_clients import client_security  # the operator's: started by `rscf backfill`
+
+        c = Consumer({"bootstrap.servers": self.cfg.bootstrap, **client_security(), "group.id": f"rscf-backfill-results-{self.spec.backfill_id}",
                       "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                       "enable.auto.commit": False})
         c.subscribe([self.cfg.content])

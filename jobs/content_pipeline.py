@@ -45,6 +45,7 @@ from pyflink.table import StreamTableEnvironment
 
 from jobs import flink_functions as ff
 from jobs.config import JobConfig, parse, python_executable, python_path
+from rscf import kafka_clients
 from rscf.settings import SETTINGS
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
@@ -95,6 +96,12 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
     return conf
 
 
+def security_options(principal: str = kafka_clients.JOB) -> str:
+    """The connector's SASL options (rscf/kafka_clients.flink_security) as WITH lines; '' without auth."""
+    return "".join(f",\n  '{k}' = '{v.replace(chr(39), chr(39) * 2)}'"
+                   for k, v in kafka_clients.flink_security(principal).items())
+
+
 def _source_ddl(name: str, topic: str, cfg: JobConfig, startup: str) -> str:
     return f"""
 CREATE TABLE `{name}` (
@@ -115,7 +122,7 @@ CREATE TABLE `{name}` (
   'key.format' = 'raw',
   'key.fields' = 'k',
   'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
+  'value.fields-include' = 'EXCEPT_KEY'{security_options()}
 )"""
 
 
@@ -151,7 +158,7 @@ CREATE TABLE `{name}` (
   'key.fields' = 'k',
   'value.format' = 'raw',
   'value.fields-include' = 'EXCEPT_KEY',
-  'sink.delivery-guarantee' = '{"exactly-once" if transactional else "at-least-once"}'{extra}
+  'sink.delivery-guarantee' = '{"exactly-once" if transactional else "at-least-once"}'{extra}{security_options()}
 )"""
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from rscf import kafka_security
+from rscf.kafka_security import (  # noqa: F401 - re-exported: call sites import from here
+    ADMIN, CONTROLLER, GATEWAY, JOB, credentials_env, tenant_principal, worker_principal,
+)
 from rscf.settings import SETTINGS
 
 
@@ -11,11 +15,36 @@ class TopicCreationError(RuntimeError):
     """A topic could not be created (other than because it already exists)."""
 
 
-def producer_config(bootstrap: str | None = None, linger_ms: float | None = None, **extra: Any) -> dict[str, Any]:
+def client_security(principal: str = ADMIN, data: Any = None) -> dict[str, Any]:
+    """The librdkafka keys that authenticate as ``principal`` ({} on a broker without authentication).
+    Every confluent-kafka client of RSCF adds these; the Flink job's DDL: `flink_security`. ``data``:
+    the data dir of another stack (a test's private one)."""
+    return kafka_security.librdkafka_security(principal, data)
+
+
+def flink_security(principal: str = kafka_security.JOB) -> dict[str, str]:
+    """The Flink SQL Kafka connector's ``properties.*`` options for ``principal``."""
+    return kafka_security.flink_security(principal)
+
+
+def client_config(principal: str = ADMIN, bootstrap: str | None = None, **extra: Any) -> dict[str, Any]:
+    """bootstrap.servers + credentials + ``extra``: a consumer's or an admin client's config."""
+    return {"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap, **client_security(principal), **extra}
+
+
+def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: Any) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(client_config(principal, bootstrap, **extra))
+
+
+def producer_config(bootstrap: str | None = None, linger_ms: float | None = None, principal: str = ADMIN,
+                    **extra: Any) -> dict[str, Any]:
     """Idempotent, acks=all producer; the hot-path linger by default (the broker's CPU goes by
     requests, not records: 2 -> 5 ms measured in jobs/README.md)."""
     return {
         "bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap,
+        **client_security(principal),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": SETTINGS.limits.producer_linger_ms if linger_ms is None else linger_ms,
@@ -24,13 +53,14 @@ def producer_config(bootstrap: str | None = None, linger_ms: float | None = None
 
 
 def create_topics(names: Iterable[str] | None = None, partitions: int | None = None,
-                  bootstrap: str | None = None, single_partition: Iterable[str] = (SETTINGS.topics.control,)) -> list[str]:
+                  bootstrap: str | None = None, single_partition: Iterable[str] = (SETTINGS.topics.control,),
+                  principal: str = ADMIN) -> list[str]:
     """Create the topics that do not exist yet (all of the pipeline's by default); returns those created.
 
     ``single_partition`` topics get one partition (the control topic: broadcast in order)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    admin = admin_client(bootstrap, principal)
     existing = set(admin.list_topics(timeout=10).topics)
     single = set(single_partition)
     wanted = [n for n in (SETTINGS.topics.all() if names is None else names) if n not in existing]
@@ -51,12 +81,10 @@ def create_topics(names: Iterable[str] | None = None, partitions: int | None = N
 
 def delete_topics(names: Iterable[str], bootstrap: str | None = None) -> None:
     """Delete topics, ignoring those that do not exist (isolated test and benchmark runs clean up)."""
-    from confluent_kafka.admin import AdminClient
-
     names = list(names)
     if not names:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    admin = admin_client(bootstrap)
     for fut in admin.delete_topics(names, operation_timeout=15).values():
         try:
             fut.result(timeout=30)
@@ -83,9 +111,8 @@ def grow_plan(current: dict[str, int | None], count: int) -> tuple[list[str], li
 def partition_counts(names: Iterable[str], bootstrap: str | None = None, timeout_s: float = 10.0) -> dict[str, int | None]:
     """Partitions per topic (None: the topic does not exist). Raises KafkaException if Kafka is away."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    admin = admin_client(bootstrap)
     md = admin.list_topics(timeout=timeout_s)
     if not md.brokers:
         raise KafkaException("no broker in the metadata")
@@ -99,11 +126,59 @@ def partition_counts(names: Iterable[str], bootstrap: str | None = None, timeout
 def add_partitions(names: Iterable[str], count: int, bootstrap: str | None = None) -> None:
     """Grow each topic to `count` partitions (AdminClient.create_partitions; new keyed records hash
     anew, which the pipeline's correlation by request id does not mind)."""
-    from confluent_kafka.admin import AdminClient, NewPartitions
+    from confluent_kafka.admin import NewPartitions
 
     names = list(names)
     if not names:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap})
+    admin = admin_client(bootstrap)
     for fut in admin.create_partitions([NewPartitions(n, count) for n in names], operation_timeout=15).values():
         fut.result(timeout=30)
+
+
+def ensure_principals(principals: Iterable[str], bootstrap: str | None = None, timeout_s: float = 30.0) -> int:
+    """SCRAM credentials (from the secrets dir) and ALLOW ACLs for ``principals`` on a broker with
+    authentication, as the admin; idempotent (``rscf up`` runs it each time). Returns the ACL count."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType, ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialUpsertion)
+
+    principals = [kafka_security.check_principal(p) for p in principals if p != ADMIN]
+    if kafka_security.auth_mode() == kafka_security.NONE or not principals:
+        return 0
+    admin = admin_client(bootstrap)
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)  # Kafka's minimum iteration count
+    upserts = [UserScramCredentialUpsertion(p, info, kafka_security.password(p).encode()) for p in principals]
+    for user, fut in admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s).items():
+        try:
+            fut.result(timeout_s)
+        except Exception as exc:  # noqa: BLE001 - KafkaException: say which principal
+            raise TopicCreationError(f"kafka: could not set SCRAM credentials of {user}: {exc}") from exc
+    bindings = [AclBinding(ResourceType[a.resource], a.name if a.resource != "CLUSTER" else "kafka-cluster",
+                           ResourcePatternType[a.pattern], f"User:{a.principal}", "*",
+                           AclOperation[a.operation], AclPermissionType.ALLOW)
+                for p in principals for a in kafka_security.acls_for(p)]
+    for binding, fut in admin.create_acls(bindings, request_timeout=timeout_s).items():
+        try:
+            fut.result(timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            raise TopicCreationError(f"kafka: could not create ACL {binding}: {exc}") from exc
+    _drop_stale_acls(admin, principals, set(bindings), timeout_s)
+    return len(bindings)
+
+
+def _drop_stale_acls(admin: Any, principals: list[str], wanted: set, timeout_s: float) -> None:
+    """Delete the bindings of ``principals`` the table no longer has (a grant narrowed by an upgrade)."""
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+
+    for p in principals:
+        found = admin.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{p}",
+                                                     None, AclOperation.ANY, AclPermissionType.ANY),
+                                    request_timeout=timeout_s).result(timeout_s)
+        stale = [b for b in found if b not in wanted]
+        if stale:
+            filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                        b.operation, b.permission_type) for b in stale]
+            for fut in admin.delete_acls(filters, request_timeout=timeout_s).values():
+                fut.result(timeout_s)

@@ -197,6 +197,23 @@ def _s3_secret_key(data_dir: str) -> str:
 
 
 @dataclass(frozen=True)
+class KafkaAuth:
+    """Kafka authentication (rscf/kafka_security.py; README "Kafka authentication and ACLs"), read when
+    asked: a data dir's broker keeps the mode it was formatted with, whatever these say."""
+
+    # A new data dir's broker is formatted with this mode unless RSCF_KAFKA_AUTH says otherwise. A client
+    # whose data dir has no broker (another stack's broker, a container) assumes none unless told.
+    new_broker_mode: str = "scram"
+
+    def requested_mode(self, default: str = "none") -> str:  # scram | none
+        return _env("KAFKA_AUTH", default).strip().lower()
+
+    def given_credential(self) -> tuple[str, str, str]:
+        """(principal, password, password file) handed to this process (a container's Secret), or ''s."""
+        return _env("KAFKA_PRINCIPAL", ""), _env("KAFKA_PASSWORD", ""), _env("KAFKA_PASSWORD_FILE", "")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Validation limits and pipeline knobs; a tenant policy may tighten but not widen them."""
 
@@ -301,6 +318,7 @@ class Settings:
     s3: S3Credentials = field(default_factory=S3Credentials)
     limits: Limits = field(default_factory=Limits)
     gateway: GatewayLimits = field(default_factory=GatewayLimits)
+    kafka_auth: KafkaAuth = field(default_factory=KafkaAuth)
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
@@ -167,7 +168,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
            "--scale-down-period", "5", "--cpu-budget", "64",
            "--worker-arg=--results-topic", f"--worker-arg={topics.results}",
            *(f"--worker-arg={a}" for a in worker_args(plan.pool, plan.item_ms, plan.max_batch))]
-    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
     key_file = SETTINGS.paths.secrets / "s3_secret_key"  # the private data dir has none: use the stack's S3 key
     if not (env.get("RSCF_S3_SECRET_KEY") or env.get("RSCF_S3_SECRET_KEY_FILE")) and key_file.exists():
         env["RSCF_S3_SECRET_KEY_FILE"] = str(key_file)
@@ -183,7 +184,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         deadline = time.monotonic() + 60
         while not probe_ready(port_base) and time.monotonic() < deadline:
             time.sleep(0.3)
-        consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"b-{uuid.uuid4().hex}",
+        consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"b-{uuid.uuid4().hex}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
         consumer.subscribe([topics.results])
 
@@ -220,7 +221,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "linger.ms": 5, "enable.idempotence": True})
         i, owed, owed_high, last = 0, 0.0, 0.0, t0
         while (now := time.monotonic()) - t0 < plan.duration_s:
             t = now - t0
@@ -326,7 +327,7 @@ def cold_start(pool: str, timeout_s: float = 300.0) -> dict:
     lanes = list(SETTINGS.topics.lanes(topic))
     create_topics(lanes, 1)
     data = Path(tempfile.mkdtemp(prefix=f"rscf-cold-{pool}-"))
-    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
     log = data / "controller.log"
     cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", pool, "--requests-topic", topic,
            "--group", group, "--metrics-port-base", "47200", "--port", "-1", "--interval", "0.5", "--no-predictive",

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from rscf.clock import now_ms
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 from tools import harness
 
@@ -69,7 +70,7 @@ class FinalsReader:
     def __init__(self, cfg) -> None:
         from confluent_kafka import Consumer
 
-        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"chaos-reader-{uuid.uuid4().hex}",
+        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"chaos-reader-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                            "enable.auto.commit": False, "log_level": 2})
         self.roles = {cfg.content: "content", cfg.audit: "audit", cfg.dlq: "dlq"}

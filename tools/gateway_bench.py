@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 
@@ -111,7 +112,7 @@ def start_gateway(data_dir: Path, port: int, prompts_topic: str, plain: bool = F
     """A gateway process of its own (private data dir and port); the S3 key is passed on, not regenerated."""
     env = {**os.environ, "RSCF_DATA_DIR": str(data_dir), "RSCF_GATEWAY_PORT": str(port),
            "RSCF_GATEWAY_RATE_PER_S": str(rate_per_s), "RSCF_GATEWAY_BURST": str(rate_per_s),
-           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key,
+           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env(),
            "RSCF_GATEWAY_LOG_LEVEL": "warning", "PYTHONPATH": str(SETTINGS.paths.repo)}
     argv = [sys.executable, "-m", "gateway.server", "--port", str(port), "--prompts-topic", prompts_topic,
             "--content-topic", content_topic or prompts_topic + ".finals"] + (["--plain-http"] if plain else [])
@@ -222,4 +223,4 @@ def run(rate: float = 1000, duration_s: float = 10, warmup_s: float = 2, plain: 
             proc.kill()
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap}).delete_topics([topic, topic + ".finals"])
+        AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security()}).delete_topics([topic, topic + ".finals"])

@@ -22,6 +22,7 @@ from deploy.local import flink_jobs as cluster
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from rscf import kafka_clients
 from rscf.clock import now_ms
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 
 
@@ -118,7 +119,7 @@ class Reader:
         from confluent_kafka import Consumer
 
         self.cfg = cfg
-        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"reader-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "isolation.level": isolation,
                            "enable.auto.commit": False})
         topics = {"content": cfg.content, "audit": cfg.audit, "dlq": cfg.dlq}

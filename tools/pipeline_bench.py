@@ -29,6 +29,7 @@ import psutil
 
 from jobs.config import EXACTLY_ONCE
 from rscf.clock import now_ms
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 from tools import harness
 
@@ -161,7 +162,7 @@ class UncommittedArrivals:
     def __init__(self, cfg) -> None:
         from confluent_kafka import Consumer
 
-        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"uncommitted-{cfg.group_id}",
+        self.c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"uncommitted-{cfg.group_id}",
                            "auto.offset.reset": "earliest", "isolation.level": "read_uncommitted",
                            "enable.auto.commit": False})
         self.c.subscribe([cfg.content])

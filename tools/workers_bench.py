@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rscf.clock import now_ms
-from rscf.kafka_clients import create_topics, delete_topics, producer_config
+from rscf.kafka_clients import client_security, create_topics, delete_topics, producer_config
 from rscf.settings import SETTINGS
 
 
@@ -153,7 +153,7 @@ def run_bench(
         progress("reading results")
         result_serde = serde_for(SETTINGS.topics.results)
         consumer = Consumer({
-            "bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"rscf-bench-reader-{run_id}",
+            "bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"rscf-bench-reader-{run_id}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
         })
         consumer.subscribe([res_topic])

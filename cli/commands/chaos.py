@@ -20,10 +20,11 @@ def _stack_reachable() -> str | None:
     import httpx
     from confluent_kafka.admin import AdminClient
 
+    from rscf.kafka_clients import client_config
     from rscf.settings import SETTINGS
 
     try:
-        if not AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap}).list_topics(timeout=5).brokers:
+        if not AdminClient(client_config()).list_topics(timeout=5).brokers:
             return f"Kafka at {SETTINGS.kafka_bootstrap}"
     except Exception:  # noqa: BLE001
         return f"Kafka at {SETTINGS.kafka_bootstrap}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from cli.commands.schemas import registry_args
 from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
-from rscf.kafka_clients import producer_config
+from rscf.kafka_clients import client_security, producer_config
 from rscf.settings import SETTINGS
 
 
@@ -44,7 +44,7 @@ def _kafka_reachable(bootstrap: str, timeout: float = 5.0) -> str | None:
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+        AdminClient({"bootstrap.servers": bootstrap, **client_security()}).list_topics(timeout=timeout)
     except KafkaException as exc:
         return f"Kafka at {bootstrap} is not reachable: {exc}"
     return None
@@ -260,6 +260,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     consumer = Consumer(
         {
             "bootstrap.servers": args.bootstrap,
+            **client_security(),
             "group.id": f"rscf-results-{uuid.uuid4().hex[:12]}",
             "auto.offset.reset": "latest" if args.from_end else "earliest",
             "enable.auto.commit": False,

@@ -106,7 +106,9 @@ def live_policy(tenant: str, bootstrap: str | None = None) -> dict[str, Any] | N
 
     cfg = JobConfig(bootstrap=bootstrap or SETTINGS.kafka_bootstrap)
     serde = topic_serde(cfg, cfg.control, "control")
-    c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"backfill-policy-{uuid.uuid4().hex}",
+    from rscf.kafka_clients import client_security
+
+    c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"backfill-policy-{uuid.uuid4().hex}",
                   "enable.auto.commit": False})
     found = None
     try:

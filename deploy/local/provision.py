@@ -21,13 +21,17 @@ def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
     Kafka + S3 for a fault test, say) provisions just that subset.
     """
     if running("kafka"):
-        from rscf.kafka_clients import TopicCreationError, create_topics
+        from rscf.kafka_clients import TopicCreationError, create_topics, ensure_principals
+        from rscf.kafka_security import auth_mode, fixed_principals
 
         try:
             create_topics(SETTINGS.topics.all())
+            acls = ensure_principals(fixed_principals())
         except TopicCreationError as exc:
             raise StackError(str(exc)) from exc
         progress("topics: ready")
+        if acls:
+            progress(f"kafka principals: {len(fixed_principals())} with {acls} ACLs (RSCF_KAFKA_AUTH={auth_mode()})")
     if running("s3"):
         from rscf.s3 import s3_client
 

@@ -15,6 +15,7 @@ import pytest
 from deploy.local import backfills, flink_jobs
 from jobs.backfill_results import ResultsStore
 from operators.backfill import BackfillSpec, parse_request_id
+from rscf.kafka_clients import client_security
 from rscf.s3 import s3_client
 from rscf.settings import SETTINGS
 from tools import harness
@@ -75,7 +76,7 @@ def _prompts_on_lane(lane: str) -> dict[str, int]:
 
     cfg = backfills.lane_config(lane)
     serde = harness.serde(cfg, cfg.prompts, "prompt")
-    c = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+    c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"t-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.auto.commit": False})
     c.subscribe([cfg.prompts])
     counts: dict[str, int] = {}

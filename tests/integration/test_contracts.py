@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rscf.kafka_clients import client_security
+
 pytestmark = pytest.mark.integration
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "prompt_request.avsc"
@@ -26,7 +28,7 @@ def _topic(kind: str) -> str:
 def _create(stack, topic: str) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap, **client_security()})
     for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
         future.result(15)
 
@@ -34,7 +36,7 @@ def _create(stack, topic: str) -> None:
 def _consume(stack, topic: str, count: int, timeout: float = 30.0) -> list:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, **client_security(), "group.id": f"g-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got, deadline = [], time.monotonic() + timeout
@@ -114,7 +116,7 @@ def test_plain_confluent_producer_is_decoded_by_topic_serde(stack):
     older["fields"] = [f for f in older["fields"] if f["name"] not in ("metadata", "trace")]
     client = SchemaRegistryClient({"url": stack.registry_url})
     producer = SerializingProducer({
-        "bootstrap.servers": stack.kafka_bootstrap,
+        "bootstrap.servers": stack.kafka_bootstrap, **client_security(),
         "key.serializer": StringSerializer("utf_8"),
         "value.serializer": AvroSerializer(client, json.dumps(older)),
     })
@@ -138,7 +140,7 @@ def test_topic_serde_output_is_read_by_plain_avro_deserializer(stack):
     topic = _topic("plain-out")
     _create(stack, topic)
     value = TopicSerde(topic, stack.registry_url, schema_name="prompt_request").encode(_record("out-1"))
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, **client_security()})
     producer.produce(topic, key=b"out-1", value=value)
     assert producer.flush(15) == 0
     [msg] = _consume(stack, topic, 1)
@@ -150,6 +152,12 @@ def test_kcat_interop(stack, tmp_path):
     kcat = shutil.which("kcat") or shutil.which("kafkacat")
     if kcat is None:
         pytest.skip("kcat is not installed (apt-get install -y kcat)")
+    import re
+
+    found = re.search(r"librdkafka (\d+)\.(\d+)\.(\d+)", subprocess.run([kcat, "-V"], capture_output=True, text=True).stdout)
+    if client_security() and found and tuple(map(int, found.groups())) < (2, 6, 1):
+        # librdkafka before 2.6.1 sends a SCRAM nonce Kafka 4 refuses (confluentinc/librdkafka#4895)
+        pytest.skip(f"kcat's librdkafka {'.'.join(found.groups())} cannot do SCRAM with Kafka 4 (needs >= 2.6.1)")
     from schemas.serde import TopicSerde
 
     topic = _topic("kcat")
@@ -158,19 +166,23 @@ def test_kcat_interop(stack, tmp_path):
     framed = serde.encode(_record("kcat-1"))
     payload = tmp_path / "value.bin"
     payload.write_bytes(framed)
+    # kcat reads the stack's credentials (if any) from a config file (librdkafka keys), not argv
+    creds = tmp_path / "kcat.conf"
+    creds.write_text("".join(f"{k}={v}\n" for k, v in client_security().items()))
+    creds.chmod(0o600)
     # kcat produces the framed bytes untouched (one message per file) ...
-    subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-P", "-t", topic, "-k", "kcat-1", str(payload)],
+    subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-P", "-t", topic, "-k", "kcat-1", str(payload)],
                    check=True, timeout=60)
     [msg] = _consume(stack, topic, 1)
     assert msg.value() == framed and serde.decode(msg.value()) == _record("kcat-1")
     # ... and consumes them byte for byte
-    out = subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "1",
-                          "-e", "-f", "%s"], capture_output=True, check=True, timeout=60)
+    out = subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning",
+                          "-c", "1", "-e", "-f", "%s"], capture_output=True, check=True, timeout=60)
     assert serde.decode(out.stdout) == _record("kcat-1")
     features = subprocess.run([kcat, "-V"], capture_output=True, text=True).stdout
     if "avro" in features.lower():
-        shown = subprocess.run([kcat, "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o", "beginning", "-c", "1",
-                                "-e", "-s", "value=avro", "-r", stack.registry_url], capture_output=True, text=True,
+        shown = subprocess.run([kcat, "-F", str(creds), "-b", stack.kafka_bootstrap, "-C", "-t", topic, "-o",
+                                "beginning", "-c", "1", "-e", "-s", "value=avro", "-r", stack.registry_url], capture_output=True, text=True,
                                timeout=60)
         assert '"kcat-1"' in shown.stdout
 

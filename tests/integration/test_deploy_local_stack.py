@@ -10,6 +10,8 @@ import httpx
 import psutil
 import pytest
 
+from rscf.kafka_clients import client_security
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,13 +22,13 @@ def test_kafka_produce_consume(stack):
 
     topic = f"test.platform.{uuid.uuid4().hex[:8]}"
     create_topics([topic], partitions=1)
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, **client_security(), "acks": "all"})
     payloads = [f"message-{i}".encode() for i in range(5)]
     for p in payloads:
         producer.produce(topic, value=p, key=b"k")
     assert producer.flush(10) == 0
     consumer = Consumer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+        {"bootstrap.servers": stack.kafka_bootstrap, **client_security(), "group.id": topic, "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
     got = []

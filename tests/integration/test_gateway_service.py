@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def gw(services, tmp_path_factory):
         g.keys[name] = store.create(tenant, role)[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RSCF_DATA_DIR": str(g.data), "RSCF_GATEWAY_PORT": str(g.port),
            "RSCF_GATEWAY_RATE_PER_S": "20", "RSCF_GATEWAY_BURST": "40", "RSCF_GATEWAY_PRESIGN_TTL_S": "3",
-           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key}
+           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env()}
     with open(g.log, "wb") as log:
         g.proc = subprocess.Popen([sys.executable, "-m", "gateway.server", "--port", str(g.port), "--prompts-topic",
                                    g.prompts, "--content-topic", g.content, "--control-topic", g.control],
@@ -98,7 +99,7 @@ def gw(services, tmp_path_factory):
         pytest.fail("gateway did not stop on SIGTERM:\n" + g.log.read_text()[-6000:])
     from confluent_kafka.admin import AdminClient
 
-    AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap}).delete_topics([g.prompts, g.content, g.control])
+    AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security()}).delete_topics([g.prompts, g.content, g.control])
 
 
 def _final(tenant: str, request_id: str, uris: list[str]) -> dict:
@@ -117,7 +118,7 @@ def _produce_finals(gw: Gw, finals: list[dict]) -> None:
     from schemas.serde import TopicSerde
 
     serde = TopicSerde(gw.content, schema_name="content_result")
-    producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security()})
     for f in finals:
         producer.produce(gw.content, key=identity_key(f["tenant_id"], f["request_id"]).encode(), value=serde.encode(f))
     assert producer.flush(10) == 0
@@ -143,7 +144,7 @@ def test_prompts_reach_kafka_as_avro_keyed_by_the_credentials_tenant(gw):
         forged = c.post("/v1/prompts", json={"prompt": "x", "modality": "text", "request_id": "p-2", "tenant_id": "beta"})
     assert ok.status_code == 202 and ok.json()["tenant_id"] == "acme"
     assert forged.status_code == 403 and forged.json()["error"] == "tenant_mismatch"
-    consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+    consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"t-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
     consumer.subscribe([gw.prompts])
     serde = TopicSerde(gw.prompts, schema_name="prompt_request")
@@ -236,7 +237,7 @@ def test_tokens_jwks_and_revocation(gw):
         assert c.post("/v1/control", json={"breaker": {"pool": "echo", "action": "FORCE_OPEN"}}).status_code == 403
     with gw.client(gw.keys["ops"]) as c:
         assert c.post("/v1/control", json={"breaker": {"pool": "echo", "action": "FORCE_OPEN"}}).status_code == 202
-    env = {**os.environ, "RSCF_DATA_DIR": str(gw.data), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(gw.data), "PYTHONPATH": str(REPO), **credentials_env()}
     out = subprocess.run([sys.executable, "-m", "cli.main", "tenants", "keys", "revoke", key_id, "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["revoked_at"]
@@ -298,7 +299,7 @@ def test_rscf_up_runs_the_gateway_under_supervisord(services):
     data = Path(tempfile.mkdtemp(prefix="gwup-", dir="/tmp"))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "RSCF_DATA_DIR": str(data), "RSCF_GATEWAY_PORT": str(port),
-           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key}
+           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env()}
 
     def rscf(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,

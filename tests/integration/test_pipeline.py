@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from rscf.kafka_clients import client_security
 from schemas.keys import identity_key
 from tools import harness
 
@@ -93,7 +94,7 @@ def test_records_under_the_wrong_kafka_key_still_end_once(run):
         producer.send(cfg.prompts, "prompt", harness.prompt(rid, "echo-t", f"key {rid}"), key)
     # A tenant without the echo feature: its prompt waits on a model pool with no worker here,
     # and this test answers it, under the tenant's key instead of its identity key.
-    requests = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": f"it-{uuid.uuid4().hex}",
+    requests = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"it-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest"})
     requests.subscribe([cfg.requests(p) for p in POOLS if p != "echo"])
     producer.prompt(harness.prompt("wk-result", "plain-t", "answered by hand"))

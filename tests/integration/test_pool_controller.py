@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,8 @@ class PrivatePool:
         self.procs: list[subprocess.Popen] = []
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+        return {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo),
+                **credentials_env()}
 
     def controller(self, *extra: str) -> subprocess.Popen:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def produce(topic: str, reqs: list[dict]) -> None:
     from schemas.serde import serde_for
 
     serde = serde_for(SETTINGS.topics.requests("echo"))
-    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "enable.idempotence": True, "linger.ms": 5})
     for r in reqs:
         p.produce(topic, key=r["request_id"].encode(), value=serde.encode(r))
     assert p.flush(30) == 0
@@ -150,7 +152,7 @@ class Results:
 
         self.serde = serde_for(SETTINGS.topics.results)
         self.seen: list[tuple[float, dict]] = []
-        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"r-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self.c.subscribe([topic])
 

@@ -26,6 +26,7 @@ import pytest
 from tools.harness import terminate
 from cli.demo import fetch_artifact
 
+from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -148,7 +149,7 @@ class Run:
         self.results = f"rscf.outage.results.{tag}"
         self.dlq = f"rscf.outage.dlq.{tag}"
         self.group = f"rscf-outage-{name}-{tag}"
-        admin = AdminClient({"bootstrap.servers": private.bootstrap})
+        admin = AdminClient({"bootstrap.servers": private.bootstrap, **client_security(data=private.data)})
         futures = admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)
                                        for t in (self.requests, self.results, self.dlq)])
         for fut in futures.values():
@@ -164,7 +165,7 @@ class Run:
         self.request_serde = serde_for(SETTINGS.topics.requests("image"), private.registry_url)
         self.result_serde = serde_for(SETTINGS.topics.results, private.registry_url)
         # log_level 2: the test's own client would print a line per refused reconnect during the outage
-        self.reader = Consumer({"bootstrap.servers": private.bootstrap, "group.id": f"reader-{tag}",
+        self.reader = Consumer({"bootstrap.servers": private.bootstrap, **client_security(data=private.data), "group.id": f"reader-{tag}",
                                 "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 2})
         self.reader.subscribe([self.results])
 
@@ -210,7 +211,7 @@ class Run:
     def produce(self, requests: list[dict]) -> None:
         from confluent_kafka import Producer
 
-        p = Producer({"bootstrap.servers": self.private.bootstrap, "enable.idempotence": True, "log_level": 2})
+        p = Producer({"bootstrap.servers": self.private.bootstrap, **client_security(data=self.private.data), "enable.idempotence": True, "log_level": 2})
         for r in requests:
             p.produce(self.requests, key=r["request_id"].encode(), value=self.request_serde.encode(r))
         assert p.flush(60) == 0, "requests not acknowledged by the private broker"

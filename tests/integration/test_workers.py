@@ -22,6 +22,7 @@ import pytest
 from inference_workers.handlers.echo import EchoHandler
 from cli.demo import fetch_artifact
 from inference_workers.worker import Worker, WorkerSettings
+from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
 from schemas.keys import tenant_object_prefix
 
@@ -77,7 +78,7 @@ def produce(topic: str, requests: list[dict], raw: list[tuple[bytes | None, byte
     from schemas.serde import serde_for
 
     serde = serde_for(SETTINGS.topics.requests("echo"))
-    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "enable.idempotence": True})
+    p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "enable.idempotence": True})
     for r in requests:
         p.produce(topic, key=r["request_id"].encode(), value=serde.encode(r))
     for key, value in raw:
@@ -95,7 +96,7 @@ class Reader:
 
         self.serde = serde_for(serde_topic)
         self.records: list[dict] = []
-        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+        self.c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"reader-{uuid.uuid4().hex}",
                            "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self.c.subscribe([topic])
 
@@ -118,7 +119,7 @@ def ids_answered(n_expected: set[str]):
 def committed_lag(topic: str, group: str) -> int:
     from inference_workers.autoscaler import consumer_lag
 
-    return consumer_lag(topic, group).lag
+    return consumer_lag(topic, group, principal="admin").lag
 
 
 def free_port() -> int:
@@ -315,7 +316,7 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
 
     base = free_port_block(2 * len(POOLS))
     env = {**os.environ, "PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(tmp_path),
-           "RSCF_WORKER_METRICS_PORT": str(base)}
+           "RSCF_WORKER_METRICS_PORT": str(base), **credentials_env()}
 
     def rscf(*args: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], cwd=SETTINGS.paths.repo,

@@ -34,6 +34,7 @@ def test_every_verb_is_registered():
         "tenants": ["keys"],
         "backfill": ["start", "status", "stop", "resume"],
         "topics": ["partitions"],
+        "credentials": ["kafka"],
     }
 
 
@@ -44,3 +45,4 @@ def test_arguments_are_wired():
     assert parser.parse_args(["schemas", "check", "x.avsc", "--json"]).json
     assert parser.parse_args(["bench", "serde", "--n", "10"]).n == 10
     assert parser.parse_args(["results", "--follow", "--max", "2"]).max == 2
+    assert parser.parse_args(["credentials", "kafka", "tenant-acme", "--json"]).principal == "tenant-acme"

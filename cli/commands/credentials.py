@@ -1,0 +1,70 @@
+"""`rscf credentials kafka PRINCIPAL [--json|--java]`: a client configuration for this stack's broker.
+
+The one command that prints a Kafka password (they live in ``<data>/secrets/kafka``, 0600). The
+output is what a plain confluent-kafka client takes as it is (`Consumer(json.load(f) | {...})`), or
+Java client properties (`--java`, for the Kafka CLI tools). A ``tenant-<id>`` principal is created
+on the broker on first use (SCRAM credentials + its ACLs); every other principal exists after
+`rscf up`, and is refreshed here too (idempotent). Principals and what each may do:
+rscf/kafka_security.py, README "Kafka authentication".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cli.main import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+
+
+def _acl_lines(principal: str) -> list[str]:
+    from rscf.kafka_security import ADMIN, acls_for
+
+    if principal == ADMIN:
+        return ["super user: everything"]
+    return [f"{a.operation} {a.resource} {a.name}{'*' if a.pattern == 'PREFIXED' else ''}" for a in acls_for(principal)]
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from rscf import kafka_clients, kafka_security
+    from rscf.settings import SETTINGS
+
+    try:
+        principal = kafka_security.check_principal(args.principal)
+        mode = kafka_security.auth_mode()
+    except kafka_security.KafkaAuthError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if mode == kafka_security.NONE:
+        print(f"note: this stack's broker takes no credentials (RSCF_KAFKA_AUTH=none): anyone on {SETTINGS.host} "
+              "may connect; see README 'Kafka authentication'", file=sys.stderr)
+    else:
+        try:  # the broker learns (or re-learns) this principal's credentials and ACLs
+            kafka_clients.ensure_principals([principal], timeout_s=args.timeout)
+        except Exception as exc:  # noqa: BLE001 - KafkaException, TopicCreationError: broker unreachable
+            print(f"kafka at {SETTINGS.kafka_bootstrap}: could not register {principal}: {str(exc)[:300]}",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    if args.java:
+        conf = {"bootstrap.servers": SETTINGS.kafka_bootstrap,
+                **(kafka_security.java_security(principal) if mode != kafka_security.NONE else {})}
+    else:
+        conf = kafka_clients.client_config(principal)
+    if args.json:
+        print(json.dumps(conf, indent=2))
+    else:
+        print("\n".join(f"{k}={v}" for k, v in conf.items()))
+    print(f"{principal} may: " + "; ".join(_acl_lines(principal)), file=sys.stderr)
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka)")
+    verbs = p.add_subparsers(dest="credentials_command", required=True)
+    k = verbs.add_parser("kafka", parents=[json_parent()],
+                         help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
+                              "tenant-<id>): properties, --json for confluent-kafka, --java for Java clients")
+    k.add_argument("principal", help="admin | job | gateway | controller | worker-<pool> | tenant-<id>")
+    k.add_argument("--java", action="store_true", help="Java client properties (sasl.jaas.config)")
+    k.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
+    k.set_defaults(func=cmd_kafka)
