@@ -49,11 +49,9 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
                     max_poll_interval_ms: int, extra: dict[str, Any] | None = None,
                     principal: str = ADMIN) -> dict[str, Any]:
     """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
-    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py).
-
-    Cooperative-sticky rebalancing: when a replica dies or joins, only the partitions that move stop;
-    the others' replicas keep answering (an eager rebalance stops every replica of the group twice:
-    when the dead one expires and when its replacement joins)."""
+    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py). Cooperative-
+    sticky: only moving partitions stop (eager stops every replica when a dead one expires and again
+    when its replacement joins: worker-kill steady 6.8 s eager vs 4.5 s cooperative, 3 s session)."""
     return {
         "bootstrap.servers": bootstrap,
         **client_security(principal),
@@ -390,7 +388,6 @@ class KafkaIO:
 
     # ------------------------------------------------------------------------- rebalance
     def _on_assign(self, consumer, partitions) -> None:
-        """Partitions added (cooperative: only the new ones; librdkafka assigns them after this returns)."""
         new = {(p.topic, p.partition) for p in partitions}
         self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in new] + list(partitions)
         self.owner.assignment_changed()
