@@ -28,6 +28,7 @@ from typing import Callable
 import httpx
 import psutil
 
+from rscf.kafka_clients import credentials_env
 from rscf.pools import ECHO
 from rscf.settings import SETTINGS
 from tools import harness
@@ -168,7 +169,7 @@ class PoolController:
 
     def start(self) -> None:
         env = {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo),
-               "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key}
+               "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env()}
         log = open(SETTINGS.paths.logs / f"eval-controller-{self.pool}.log", "ab")
         self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
 

@@ -26,6 +26,7 @@ from inference_workers.backfill_lanes import LANE_REPLICA_BASE
 from jobs.backfill_results import ResultsStore
 from operators.backfill import BackfillSpec
 from rscf.s3 import s3_client
+from rscf.kafka_clients import credentials_env
 from rscf.settings import SETTINGS
 from tests.integration.test_pool_controller import free_port_base
 from tools import harness
@@ -83,7 +84,7 @@ def lane_and_controller(stack, tmp_path):
            "--port", "-1", "--interval", "1", "--no-predictive", "--cpu-budget", "4",
            "--cooldown", "6", "--stabilization", "2", "--scale-down-period", "1"]
     log = open(data / "controller.log", "ab")
-    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+    env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
     ctl = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
     yield lane, ctl, data
     if ctl.poll() is None:

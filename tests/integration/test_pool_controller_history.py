@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from rscf.kafka_clients import credentials_env, producer_config
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ class Pool:
         from confluent_kafka import Producer
 
         def loop() -> None:
-            p = Producer({"bootstrap.servers": SETTINGS.kafka_bootstrap, "linger.ms": 5})
+            p = Producer(producer_config(linger_ms=5))
             i = 0
             while not self.stop.is_set():
                 p.produce(self.requests, key=str(i).encode(), value=b"x")
@@ -91,7 +92,7 @@ class Pool:
                "--requests-topic", self.requests, "--group", self.group, "--port", str(port),
                "--interval", str(TICK_S), "--season", str(SEASON_S), "--step", str(STEP_S),
                "--replica-rps", "10", "--cpu-budget", "0"]
-        env = {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo)}
+        env = {**os.environ, "RSCF_DATA_DIR": str(self.data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}
         log = open(self.data / f"controller-{len(self.procs)}.log", "ab")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=SETTINGS.paths.repo)
         self.procs.append(proc)
