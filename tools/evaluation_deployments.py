@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -136,22 +135,6 @@ def partial(mix: str = "echo") -> HttpDeployment:
     return HttpDeployment("partial", [*models.values(), front], front, models[ECHO], {p: [m] for p, m in models.items()})
 
 
-def _port_block(size: int, start: int = 47300) -> int:
-    """The first of `size` consecutive free loopback ports (replica i of a controller serves base + i)."""
-    for base in range(start, start + 2000, size):
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind((SETTINGS.host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free block of loopback ports for the evaluation's worker replicas")
-
-
 class PoolController:
     """A private pool controller for one pool of the run: own data dir (its replicas' PID files), the
     run's topics, the stack's object storage credentials."""
@@ -159,7 +142,7 @@ class PoolController:
     def __init__(self, pool: str, requests_topic: str, results_topic: str, group: str, max_replicas: int):
         self.pool = pool
         self.data = Path(tempfile.mkdtemp(prefix=f"rscf-eval-{pool}-"))
-        self.port_base = _port_block(max_replicas)
+        self.port_base = harness.free_port_block(max_replicas, start=47_300)
         self.argv = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", pool,
                      "--requests-topic", requests_topic, "--group", group, "--metrics-port-base", str(self.port_base),
                      "--port", "-1", "--interval", "1", "--min", "1", "--max", str(max_replicas), "--no-predictive",

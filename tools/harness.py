@@ -183,6 +183,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int, start: int = 20_000, span: int = 10_000) -> int:
+    """First of ``n`` consecutive free loopback ports at or above ``start`` (for ports that are computed,
+    e.g. replica i serving base + i, or a private broker's listener and controller)."""
+    for base in range(start, start + span, n):
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((SETTINGS.host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free loopback ports in {start}..{start + span}")
+
+
 class EchoWorker:
     """An echo worker on the run's topics, with its /metrics on a free port (model calls are read there)."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,22 +28,9 @@ from typing import Any
 
 from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
+from tools import harness
 
 MODES = ("none", "scram")
-
-
-def _free_pair(start: int) -> int:
-    for base in range(start, start + 2000, 2):
-        free = True
-        for port in (base, base + 1):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-        if free:
-            return base
-    raise RuntimeError("no two free loopback ports")
 
 
 class PrivateBroker:
@@ -52,7 +38,7 @@ class PrivateBroker:
 
     def __init__(self, mode: str, root: Path, start_port: int) -> None:
         self.mode, self.data = mode, root / mode
-        port = _free_pair(start_port)
+        port = harness.free_port_block(2, start=start_port, span=2000)
         self.bootstrap = f"127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RSCF_KAFKA")}
         self.env.update({"PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(self.data),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from rscf import kafka_security as ks
 from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
+from tools.harness import free_port_block
 
 pytestmark = pytest.mark.integration
 T = SETTINGS.topics
@@ -36,24 +36,10 @@ def _name(err) -> str:
     return names.get(code, f"error {code}")
 
 
-def _free_pair() -> int:
-    for base in range(43_000, 45_000, 2):
-        ok = True
-        for port in (base, base + 1):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-        if ok:
-            return base
-    raise RuntimeError("no two free ports for the private broker")
-
-
 class Broker:
     def __init__(self, data: Path) -> None:
         self.data = data
-        port = _free_pair()
+        port = free_port_block(2, start=43_000, span=2000)
         self.bootstrap = f"127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RSCF_KAFKA")}
         self.env.pop("RSCF_KAFKA_BOOTSTRAP", None)

@@ -24,6 +24,7 @@ from cli.demo import fetch_artifact
 from inference_workers.worker import Worker, WorkerSettings
 from rscf.kafka_clients import client_security, credentials_env
 from rscf.settings import SETTINGS
+from tools.harness import free_port_block
 from schemas.keys import tenant_object_prefix
 
 pytestmark = pytest.mark.integration
@@ -126,24 +127,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def free_port_block(n: int) -> int:
-    """First of ``n`` consecutive free ports (replica ports are computed, not chosen by the OS)."""
-    for base in range(20_000, 30_000, n):
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def start_worker_process(topics: Topics, port: int, *extra: str, delay_ms: float = 0) -> subprocess.Popen:
