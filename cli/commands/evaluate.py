@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", parents=[json_parent()],
                        help="RSCF vs a monolith vs a partially containerised deployment, same load")
     p.add_argument("--deployments", default=",".join(DEPLOYMENTS))
-    p.add_argument("--scenario", default=",".join(SCENARIOS), help="steady, burst, outage (comma-separated)")
+    p.add_argument("--scenario", default=",".join(SCENARIOS), help="steady, burst, outage, s3-outage (comma-separated)")
     p.add_argument("--rate", type=float, default=20.0, help="requests per second (a burst sends 10x)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per scenario")
     p.add_argument("--drain", type=float, default=60.0, help="seconds to wait for answers after the load")
