@@ -40,6 +40,8 @@ def _registry_argv() -> list[str]:
         "-Xms64m",
         "-Xmx384m",
         "-XX:+UseSerialGC",
+        # a JVM out of heap keeps its port open and answers nothing; exiting lets supervisord restart it
+        "-XX:+ExitOnOutOfMemoryError",
         f"-Dquarkus.http.host={H}",
         f"-Dquarkus.http.port={P.registry}",
         # the management interface (health, metrics) is always on in this build: keep it on loopback

@@ -48,6 +48,17 @@ def _consume(stack, topic: str, count: int, timeout: float = 30.0) -> list:
     return got
 
 
+def _registry_client(stack):
+    """A plain registry client with a read timeout, so a request the registry never answers is retried.
+
+    Its default has no timeout: on one CI run a single request sat unanswered for the whole 900 s test
+    budget while later tests reached the registry fine. The client retries timeouts (max.retries).
+    """
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": stack.registry_url, "timeout": 20})
+
+
 def _record(request_id: str = "r-1") -> dict:
     """A PromptRequest written by hand, as an outside producer would."""
     return {
@@ -60,7 +71,6 @@ def _record(request_id: str = "r-1") -> dict:
 
 
 def test_register_all_is_idempotent_and_backward(stack):
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from schemas.registry import register_all, subjects
 
@@ -68,7 +78,7 @@ def test_register_all_is_idempotent_and_backward(stack):
     assert set(first) == set(subjects())
     assert "genai.inference.requests.text-small-value" in first
     assert register_all(stack.registry_url) == first
-    client = SchemaRegistryClient({"url": stack.registry_url})
+    client = _registry_client(stack)
     for subject in ("genai.prompts-value", "genai.dlq-value", "genai.inference.requests.echo-value"):
         assert client.get_compatibility(subject) == "BACKWARD"
 
@@ -104,7 +114,6 @@ def test_incompatible_change_is_refused_with_the_registry_reason(stack, tmp_path
 def test_plain_confluent_producer_is_decoded_by_topic_serde(stack):
     """An outside producer (SerializingProducer + AvroSerializer, default config) on an older schema."""
     from confluent_kafka import SerializingProducer
-    from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroSerializer
     from confluent_kafka.serialization import StringSerializer
 
@@ -114,7 +123,7 @@ def test_plain_confluent_producer_is_decoded_by_topic_serde(stack):
     _create(stack, topic)
     older = json.loads(SCHEMA_FILE.read_text())
     older["fields"] = [f for f in older["fields"] if f["name"] not in ("metadata", "trace")]
-    client = SchemaRegistryClient({"url": stack.registry_url})
+    client = _registry_client(stack)
     producer = SerializingProducer({
         "bootstrap.servers": stack.kafka_bootstrap, **client_security(),
         "key.serializer": StringSerializer("utf_8"),
@@ -131,7 +140,6 @@ def test_plain_confluent_producer_is_decoded_by_topic_serde(stack):
 
 def test_topic_serde_output_is_read_by_plain_avro_deserializer(stack):
     from confluent_kafka import Producer
-    from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -144,7 +152,7 @@ def test_topic_serde_output_is_read_by_plain_avro_deserializer(stack):
     producer.produce(topic, key=b"out-1", value=value)
     assert producer.flush(15) == 0
     [msg] = _consume(stack, topic, 1)
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": stack.registry_url, "timeout": 10}))
+    deserializer = AvroDeserializer(_registry_client(stack))
     assert deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE)) == _record("out-1")
 
 
