@@ -19,69 +19,23 @@ woken by lag on `genai.inference.requests.<pool>.backfill`, at most 1, niced, fr
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 
-from inference_workers import supervisor
-from inference_workers.backfill_lanes import (LANE_REPLICA_BASE, lane_grants, lane_group, lane_policy, lane_port,
-                                              lane_topic, lane_worker_args, lower_priority)
+from inference_workers import standby, supervisor
+from inference_workers.backfill_lanes import lane_grants, lower_priority
 from inference_workers.controller_io import ControllerMetrics, LagReader, RateHistory, probe_ready
+from inference_workers.controller_targets import Target, parse, targets_from  # noqa: F401 - re-exported
 from inference_workers.forecast import peak_ahead, replicas_for_rate, resample
 from inference_workers.metrics import HealthServer, register_scrape_target, unregister_scrape_target
-from inference_workers.scaling import CrashBackoff, Decision, Policy, ScaleState, cost_of, decide, fit_budget
-from rscf.pools import POOLS, pool as pool_row
+from inference_workers.scaling import CrashBackoff, Decision, Policy, cost_of, decide, fit_budget
+from rscf.pools import pool as pool_row
 from rscf.settings import SETTINGS
 
 log = logging.getLogger("rscf.pool_controller")
-
-
-@dataclass
-class Target:
-    """A pool as the controller runs it (tests and benchmarks point it at private topics)."""
-
-    pool: str
-    policy: Policy
-    topic: str
-    group: str
-    worker_args: list[str] = field(default_factory=list)
-    metrics_port_base: int | None = None  # replica i serves /readyz on base + i (None: metrics_port())
-    replica_rps: float | None = None  # requests/s one replica serves (None: the pool table's)
-    lane: str = ""  # "": the pool's live lanes; else its backfill lane of that topic suffix (backfill_lanes.py)
-    nice: int = 0  # niceness of its replicas
-    state: ScaleState = field(default_factory=ScaleState)
-    spawned: dict[int, float] = field(default_factory=dict)  # index -> spawn time, until ready
-    draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
-
-    @property
-    def name(self) -> str:
-        """Key of its decisions, back-off and metrics label: the pool, or `<pool>.<lane>`."""
-        return f"{self.pool}.{self.lane}" if self.lane else self.pool
-
-    @property
-    def first_index(self) -> int:
-        return LANE_REPLICA_BASE if self.lane else 0
-
-    def owns(self, index: int) -> bool:
-        """Live targets own replica indices below LANE_REPLICA_BASE, lane targets those from it."""
-        return (index >= LANE_REPLICA_BASE) == bool(self.lane)
-
-    def port(self, index: int) -> int:
-        from inference_workers.metrics import metrics_port
-
-        if self.metrics_port_base is not None:
-            return self.metrics_port_base + index - self.first_index
-        return lane_port(self.pool, index) if self.lane else metrics_port(self.pool, index)
-
-    def args(self, index: int) -> list[str]:
-        extra = list(self.worker_args)
-        if self.metrics_port_base is not None or self.lane:
-            extra += ["--metrics-port", str(self.port(index))]
-        return extra
 
 
 class Controller:
@@ -201,7 +155,13 @@ class Controller:
 
     # ----------------------------------------------------------------- processes
     def _alive(self, t: Target) -> list[supervisor.Replica]:
-        return [r for r in supervisor.alive_replicas(t.pool) if t.owns(r.replica) and r.replica not in t.draining]
+        """Replicas serving (or starting to): not draining, not parked."""
+        parked = self._parked(t)
+        return [r for r in supervisor.alive_replicas(t.pool)
+                if t.owns(r.replica) and r.replica not in t.draining and r.replica not in parked]
+
+    def _parked(self, t: Target) -> dict[int, supervisor.Replica]:
+        return {i: r for i, r in standby.parked(t.pool).items() if t.owns(i) and i not in t.draining}
 
     def _reap(self) -> None:
         """Collect exited children (replicas started by this controller) so they do not linger as zombies."""
@@ -219,6 +179,7 @@ class Controller:
             r = supervisor.replica(t.pool, index)
             if not r.alive:
                 r.pid_file.unlink(missing_ok=True)
+                standby.marker(t.pool, index).unlink(missing_ok=True)
                 unregister_scrape_target(f"worker-{t.pool}-{index}")
                 del t.draining[index]
                 log.info("pool=%s replica=%d drained and stopped", t.name, index)
@@ -234,6 +195,7 @@ class Controller:
             except FileNotFoundError:
                 continue
             r.pid_file.unlink(missing_ok=True)
+            standby.marker(t.pool, r.replica).unlink(missing_ok=True)  # it may have died parked
             unregister_scrape_target(f"worker-{t.pool}-{r.replica}")
             t.spawned.pop(r.replica, None)
             retry_at = self.backoff.exited(t.name, 0, lifetime, now)
@@ -250,7 +212,9 @@ class Controller:
                 self.metrics.cold_start.labels(t.name).observe(cold)
                 self.metrics.last_cold_start[t.name] = cold
                 self.metrics.cold_start_last.labels(t.name).set(cold)
-                log.info("pool=%s replica=%d ready (consuming) %.1f s after its start (cold start)", t.name, index, cold)
+                how = "activation of a parked standby" if index in t.activated else "its start (cold start)"
+                t.activated.discard(index)
+                log.info("pool=%s replica=%d ready (consuming) %.1f s after %s", t.name, index, cold, how)
         alive = self._alive(t)
         if alive and all(now - _started(r) >= self.backoff.stable_s for r in alive):
             self.backoff.healthy(t.name, 0)
@@ -261,20 +225,42 @@ class Controller:
         if len(alive) < target:
             if not self.backoff.may_start(t.name, 0, now):
                 return  # crash back-off: the next tick tries again
-            taken = {r.replica for r in alive} | set(t.draining)
-            index = t.first_index
-            for _ in range(target - len(alive)):
-                while index in taken:
-                    index += 1
+            need = target - len(alive)
+            for r in sorted(self._parked(t).values(), key=lambda r: r.replica)[:need]:
+                if standby.activate(r, t.nice):  # warm: a signal and a group join, no cold start
+                    t.spawned[r.replica] = now
+                    t.activated.add(r.replica)
+                    need -= 1
+                    log.info("pool=%s replica=%d activated from standby (pid %s)", t.name, r.replica, r.pid)
+            for _ in range(need):
+                index = self._free_index(t)
                 r = supervisor.start_replica(t.pool, index, t.args(index))
                 if t.nice and r.pid is not None:
                     lower_priority(r.pid, t.nice)
                 t.spawned[index] = now
-                taken.add(index)
                 log.info("pool=%s replica=%d started (pid %s)", t.name, index, r.pid)
         elif len(alive) > target:
             for r in sorted(alive, key=lambda r: r.replica, reverse=True)[: len(alive) - target]:
                 self._drain(t, r, now)
+        self._keep_standby(t, now)
+
+    def _free_index(self, t: Target) -> int:
+        taken = {r.replica for r in supervisor.alive_replicas(t.pool)} | set(t.draining) | set(t.spawned)
+        index = t.first_index
+        while index in taken:
+            index += 1
+        return index
+
+    def _keep_standby(self, t: Target, now: float) -> None:
+        """Keep `t.standby` replicas parked: park one more per tick when short, drain the surplus."""
+        parked = self._parked(t)
+        if len(parked) < t.standby and self.backoff.may_start(t.name, 0, now):
+            index = self._free_index(t)
+            r = standby.park(t.pool, index, t.args(index))
+            log.info("pool=%s replica=%d parked as a warm standby (pid %s, nice %d)", t.name, index, r.pid,
+                     standby.STANDBY_NICE)
+        for r in sorted(parked.values(), key=lambda r: r.replica, reverse=True)[: max(0, len(parked) - t.standby)]:
+            self._drain(t, r, now)
 
     def _drain(self, t: Target, r: supervisor.Replica, now: float) -> None:
         if r.pid is None:
@@ -289,7 +275,8 @@ class Controller:
         for t in self.targets.values():
             for r in supervisor.replicas(t.pool):
                 if r.alive and t.owns(r.replica):
-                    log.info("pool=%s replica=%d adopted (pid %s, from its PID file)", t.name, r.replica, r.pid)
+                    parked = " as a parked standby" if standby.marker(t.pool, r.replica).exists() else ""
+                    log.info("pool=%s replica=%d adopted%s (pid %s, from its PID file)", t.name, r.replica, parked, r.pid)
 
     def run(self) -> None:
         self.adopt()
@@ -306,7 +293,7 @@ class Controller:
         """SIGTERM every replica, wait (the longest grace of a pool), SIGKILL what is left."""
         now = time.time()
         for t in self.targets.values():
-            for r in self._alive(t):
+            for r in [*self._alive(t), *self._parked(t).values()]:
                 self._drain(t, r, now)
         deadline = time.monotonic() + max((pool_row(t.pool).grace_s for t in self.targets.values()), default=0)
         while time.monotonic() < deadline and any(t.draining for t in self.targets.values()):
@@ -333,60 +320,6 @@ def _started(r: supervisor.Replica) -> float:
         return r.pid_file.stat().st_mtime
     except FileNotFoundError:
         return time.time()
-
-
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m inference_workers.pool_controller", description=__doc__.split("\n")[0])
-    p.add_argument("--pool", action="append", choices=POOLS, help="pools to run (default: RSCF_CONTROLLER_POOLS or all)")
-    p.add_argument("--interval", type=float, default=2.0)
-    p.add_argument("--requests-topic", default=None, help="one pool only: its base request topic (tests, benchmarks)")
-    p.add_argument("--group", default=None, help="one pool only: its base consumer group")
-    p.add_argument("--metrics-port-base", type=int, default=None, help="replica i serves health on base + i")
-    p.add_argument("--port", type=int, default=SETTINGS.ports.pool_controller, help="controller /metrics; -1 none")
-    p.add_argument("--min", type=int, default=None)
-    p.add_argument("--max", type=int, default=None)
-    p.add_argument("--lag-threshold", type=int, default=None)
-    p.add_argument("--cooldown", type=float, default=None)
-    p.add_argument("--stabilization", type=float, default=None)
-    p.add_argument("--scale-down-period", type=float, default=None)
-    p.add_argument("--season", type=float, default=3600.0, help="seconds of the recurring pattern to forecast")
-    p.add_argument("--step", type=float, default=10.0, help="seconds per rate sample in the forecast")
-    p.add_argument("--no-predictive", action="store_true")
-    p.add_argument("--replica-rps", type=float, default=None, help="requests/s a replica serves (forecast -> replicas)")
-    p.add_argument("--cpu-budget", type=float, default=None)
-    p.add_argument("--worker-arg", action="append", default=[], help="extra argument for `rscf worker run`")
-    p.add_argument("--backfill-lane", default=SETTINGS.topics.backfill_lane,
-                   help="topic suffix of the backfill lane whose replicas it runs too; '' for none")
-    p.add_argument("--backfill-max", type=int, default=None, help="lane replicas per pool (default: the setting)")
-    p.add_argument("--backfill-nice", type=int, default=SETTINGS.limits.backfill_nice)
-    p.add_argument("--backfill-metrics-port-base", type=int, default=None, help="lane replica i: health on base + i")
-    return p.parse_args(argv)
-
-
-def targets_from(ns: argparse.Namespace) -> list[Target]:
-    env = os.environ.get("RSCF_CONTROLLER_POOLS")
-    pools = ns.pool or ([p for p in env.split(",") if p] if env else list(POOLS))
-    if (ns.requests_topic or ns.group) and len(pools) != 1:
-        raise SystemExit("--requests-topic/--group need exactly one --pool")
-    out = []
-    for p in pools:
-        overrides = dict(lag_threshold=ns.lag_threshold, cooldown_s=ns.cooldown, stabilization_s=ns.stabilization,
-                         scale_down_period_s=ns.scale_down_period)
-        policy = Policy.of(pool_row(p), min_replicas=ns.min, max_replicas=ns.max, **overrides)
-        args = list(ns.worker_arg)
-        if ns.requests_topic:
-            args += ["--requests-topic", ns.requests_topic]
-        if ns.group:
-            args += ["--group", ns.group]
-        group = ns.group or f"rscf-workers-{p}"
-        out.append(Target(p, policy, ns.requests_topic or SETTINGS.topics.requests(p), group,
-                          args, ns.metrics_port_base, ns.replica_rps))
-        if ns.backfill_lane:
-            lane = ns.backfill_lane
-            out.append(Target(p, lane_policy(pool_row(p), ns.backfill_max, **overrides), lane_topic(p, lane),
-                              lane_group(group, lane), list(ns.worker_arg) + lane_worker_args(p, lane, group),
-                              ns.backfill_metrics_port_base, lane=lane, nice=ns.backfill_nice))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

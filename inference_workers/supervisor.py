@@ -38,11 +38,17 @@ class Replica:
             "alive": self.alive,
             "metrics_port": self.port,
             "log": str(self.log_file),
+            "parked": standby_marker(self.pool, self.replica).exists(),  # a warm standby (standby.py)
         }
 
 
 def pid_file(pool: str, replica: int) -> Path:
     return SETTINGS.paths.pids / f"worker-{pool}-{replica}.pid"
+
+
+def standby_marker(pool: str, replica: int) -> Path:
+    """Present while the replica is a parked warm standby (inference_workers/standby.py)."""
+    return SETTINGS.paths.pids / f"worker-{pool}-{replica}.standby"
 
 
 def log_file(pool: str, replica: int) -> Path:

@@ -81,6 +81,7 @@ class WorkerSettings:
     answered_cache: int = DEFAULT_CAPACITY  # results kept to answer re-delivered requests (0: off)
     consumer_extra: dict[str, Any] = field(default_factory=dict)
     lanes: bool = True  # read the pool's HIGH/NORMAL/LOW lane topics (kafka_io.py), not only the base topic
+    standby: bool = False  # parked: load the model, then wait for SIGUSR1 before joining the group (standby.py)
 
 
 class Worker:
@@ -132,6 +133,7 @@ class Worker:
         self.intake = Intake(self.request_serde, self.dlq_serde, self.dlq_topic, self.results, self.metrics,
                              self.s.registry_retry_max_s, answer=self._answer, send=self.outbox.send)
         self._stop = threading.Event()
+        self._activate = threading.Event()  # a parked replica joins its group when this is set
         self._model: Any = None
         self._model_loaded = False
         # The batcher is shared with the inference thread, guarded by _cv.
@@ -160,10 +162,23 @@ class Worker:
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, answer, commit and leave the group."""
         self._stop.set()
+        self._activate.set()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGUSR1, lambda *_: self._activate.set())
+
+    def _parked(self) -> bool:
+        """Wait, model loaded, until activated (True) or stopped (False): a warm standby replica."""
+        log.info("worker %s parked (model loaded, not in the group): waiting for SIGUSR1", self.worker_id)
+        started = time.monotonic()
+        while not self._activate.wait(0.5):
+            pass
+        if self._stop.is_set():
+            return False
+        log.info("worker %s activated after %.1f s parked", self.worker_id, time.monotonic() - started)
+        return True
 
     def start_health_server(self) -> int | None:
         port = self.s.metrics_port if self.s.metrics_port is not None else metrics_port(self.pool, self.s.replica)
@@ -192,6 +207,8 @@ class Worker:
         """Serve until stop(); always leaves the group cleanly."""
         self._store = ArtifactStore(self.s.artifact_bucket, self.metrics, self.s.s3_retry_max_s)
         self.load()
+        if self.s.standby and not self._parked():
+            return
         self.kafka.connect()
         log.info("worker %s consuming %s as %s", self.worker_id, self.requests_topic, self.group_id)
         self._thread = threading.Thread(target=self._inference_loop, name=f"infer-{self.pool}", daemon=True)

@@ -47,6 +47,7 @@ class Pool:
     scale_down_period_s: int = 15  # at most one replica removed per period
     gpu_memory_gb: float = 0.0  # GPU memory per replica where a GPU budget is set (RSCF_POOL_GPU_MEMORY_GB)
     replica_rps: float = 0.0  # requests/s one replica sustains (predictive scaling); 0: learnt from metrics
+    standby: int = 0  # warm replicas parked with the model loaded (a scale-up activates one): memory, no CPU
 
     @property
     def replica_cores(self) -> float:

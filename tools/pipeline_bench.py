@@ -228,7 +228,8 @@ def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar, text
 
 def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, progress: bool = True,
               parallelism: int = 1, warmup_s: float = 5.0, delivery: str = EXACTLY_ONCE,
-              checkpoint_interval_ms: int = 0, features: tuple[str, ...] = (), repeat_share: float = 0.3) -> dict:
+              checkpoint_interval_ms: int = 0, features: tuple[str, ...] = (), repeat_share: float = 0.3,
+              tier: str = "STANDARD") -> dict:
     from tqdm import tqdm
 
     from tools.prompt_mix import prompt_mix
@@ -240,7 +241,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
     producer, reader = harness.Producer(cfg, linger_ms=SETTINGS.limits.producer_linger_ms), FinalsReader(cfg)
     tenant = "bench-tenant"
     try:
-        producer.control(harness.policy_event(tenant, ["echo", *features], rate_per_s=1e6, burst=1_000_000))
+        producer.control(harness.policy_event(tenant, ["echo", *features], rate_per_s=1e6, burst=1_000_000, tier=tier))
         producer.flush()
         t0 = time.monotonic()
         job.start()

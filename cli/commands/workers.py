@@ -48,6 +48,7 @@ def worker_settings(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         # Only the real pool's replicas are announced to Prometheus, not test workers on private topics.
         announce=args.requests_topic is None,
+        standby=getattr(args, "standby", False),
     )
 
 
@@ -224,6 +225,8 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="default worker_metrics_first + index; 0 any; -1 none")
     p.add_argument("--echo-latency-ms", type=float, default=0.0,
                    help="echo only: simulated model time per request (tests and `rscf bench burst`)")
+    p.add_argument("--standby", action="store_true",
+                   help="load the model, then wait parked (not in the group) for SIGUSR1: the pool controller's warm standby")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_worker_run)
 

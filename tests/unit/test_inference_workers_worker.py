@@ -111,7 +111,7 @@ def test_a_worker_serves_and_commits_with_fake_clients(monkeypatch) -> None:
     consumer, producer = FakeConsumer(records), FakeProducer()
     monkeypatch.setattr("inference_workers.kafka_io.Consumer", lambda conf: consumer)
     monkeypatch.setattr("inference_workers.kafka_io.Producer", lambda conf: producer)
-    w = Worker("echo", ScriptedHandler(), WorkerSettings(max_batch=4, max_wait_ms=5, metrics_port=-1,
+    w = Worker("echo", ScriptedHandler(), WorkerSettings(max_batch=4, max_wait_ms=5, metrics_port=-1, lanes=False,
                                                          requests_topic="req", results_topic="res"), **codec)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
