@@ -101,8 +101,10 @@ def push_handler(name: str = ADMIN, data: Path | None = None) -> Callable:
 
     cert = client_cert(name, data)
 
-    def handler(url, method, timeout, headers, data_):  # noqa: ANN001 - prometheus_client's signature
-        return tls_auth_handler(url, method, timeout, headers, data_, certfile=str(cert.cert),
-                                keyfile=str(cert.key), cafile=str(ca_file(data)))
+    ca = str(ca_file(data))
+
+    def handler(url, method, timeout, headers, data):  # noqa: ANN001 - prometheus_client calls it by keyword
+        return tls_auth_handler(url, method, timeout, headers, data, certfile=str(cert.cert),
+                                keyfile=str(cert.key), cafile=ca)
 
     return handler
