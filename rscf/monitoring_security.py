@@ -80,8 +80,7 @@ def client_cert(name: str, data: Path | None = None) -> ClientCert:
     return ClientCert(name, base / f"{name}.pem", base / f"{name}.key")
 
 
-def pushgateway_url(data: Path | None = None) -> str:
-    del data  # one address per stack (settings)
+def pushgateway_url() -> str:
     return f"https://{SETTINGS.host}:{SETTINGS.ports.pushgateway}"
 
 

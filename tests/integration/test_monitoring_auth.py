@@ -83,6 +83,9 @@ def test_flink_metrics_still_reach_prometheus_through_the_pushgateway(monitoring
     found = _wait_for("max by (job) (flink_jobmanager_numRegisteredTaskManagers)", 60)
     assert found and float(found[0]["value"][1]) >= 1
     assert _wait_for('count(flink_taskmanager_Status_JVM_CPU_Load{job="flink-taskmanager"})', 60)
+    # pushed now, not left over: each role's last successful push is under 2 intervals (15 s) + a scrape old
+    for role in ("flink-jobmanager", "flink-taskmanager"):
+        assert _wait_for(f'time() - push_time_seconds{{job="{role}"}} < 45', 60), role
     targets = httpx.get(f"{SETTINGS.prometheus_url}/api/v1/targets", auth=ms.prometheus_auth(),
                         timeout=5).json()["data"]["activeTargets"]
     health = {t["labels"]["job"]: t["health"] for t in targets}
