@@ -56,6 +56,11 @@ def _ensure_ca(base: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
     return cert, key
 
 
+def ensure_ca(base: Path | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The stack's local CA (created on first use): other services' certificates are signed by it too."""
+    return _ensure_ca(secrets_dir(base or SETTINGS.paths.secrets))
+
+
 def ensure_tls(base: Path | None = None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TlsFiles:
     """The CA and a current gateway certificate, created or renewed as needed."""
     base = secrets_dir(base or SETTINGS.paths.secrets)

@@ -216,8 +216,11 @@ def push_progress(backfill_id: str, total: int, finished: int, dead: int) -> Non
                                  ("rows_finished", finished, "rows with a result written"),
                                  ("rows_dead", dead, "rows in the dead-letter files")):
             Gauge(f"rscf_backfill_{name}", doc, ["backfill"], registry=reg).labels(backfill_id).set(value)
-        push_to_gateway(f"{SETTINGS.host}:{SETTINGS.ports.pushgateway}", job=f"rscf-backfill-{backfill_id}",
-                        registry=reg, timeout=2)
+        from rscf.monitoring_security import push_handler, pushgateway_url
+
+        # the Pushgateway takes clients with a certificate of the stack's CA only (rscf/monitoring_security.py)
+        push_to_gateway(pushgateway_url(), job=f"rscf-backfill-{backfill_id}", registry=reg, timeout=2,
+                        handler=push_handler())
     except Exception:  # noqa: BLE001 - metrics are best effort
         log.debug("pushgateway unreachable", exc_info=True)
 

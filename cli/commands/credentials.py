@@ -1,4 +1,6 @@
-"""`rscf credentials kafka PRINCIPAL [--json|--java]`: a client configuration for this stack's broker.
+"""`rscf credentials kafka PRINCIPAL [--json|--java]`: a client configuration for this stack's broker;
+`rscf credentials prometheus [--user U] [--json]`: Prometheus' basic auth and the Pushgateway's client
+certificate (rscf/monitoring_security.py, README "Prometheus and Pushgateway authentication").
 
 The one command that prints a Kafka password (they live in ``<data>/secrets/kafka``, 0600). The
 output is what a plain confluent-kafka client takes as it is (`Consumer(json.load(f) | {...})`), or
@@ -58,8 +60,33 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prometheus(args: argparse.Namespace) -> int:
+    from rscf import monitoring_security as ms
+    from rscf.settings import SETTINGS
+
+    try:
+        user, pw = ms.prometheus_auth(args.user)
+        cert = ms.client_cert(args.cert)
+    except ms.MonitoringAuthError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not cert.cert.exists():
+        print(f"note: no certificates yet under {ms.monitoring_dir()}: `rscf up` makes them", file=sys.stderr)
+    out = {"prometheus_url": SETTINGS.prometheus_url, "username": user, "password": pw,
+           "pushgateway_url": ms.pushgateway_url(), "ca_file": str(ms.ca_file()),
+           "cert_file": str(cert.cert), "key_file": str(cert.key)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(f"{k}={v}" for k, v in out.items()))
+        print(f"curl -u {user}:\"$PASSWORD\" '{SETTINGS.prometheus_url}/api/v1/query?query=up'\n"
+              f"curl --cacert {out['ca_file']} --cert {out['cert_file']} --key {out['key_file']} "
+              f"{out['pushgateway_url']}/api/v1/metrics", file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka)")
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus)")
     verbs = p.add_subparsers(dest="credentials_command", required=True)
     k = verbs.add_parser("kafka", parents=[json_parent()],
                          help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
@@ -68,3 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--java", action="store_true", help="Java client properties (sasl.jaas.config)")
     k.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
     k.set_defaults(func=cmd_kafka)
+    m = verbs.add_parser("prometheus", parents=[json_parent()],
+                         help="Prometheus' URL and basic-auth user/password; the Pushgateway's client certificate")
+    m.add_argument("--user", default="admin", help="Prometheus user: admin | prometheus (its self-scrape)")
+    m.add_argument("--cert", default="admin", help="Pushgateway client certificate: admin | flink | prometheus")
+    m.set_defaults(func=cmd_prometheus)

@@ -46,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{summary['pools']['log']})")
         print(f"\nreport:            {report}")
         print(f"Flink Web UI:      {SETTINGS.flink_url}  (job rscf-content-pipeline)")
-        print(f"Prometheus:        {SETTINGS.prometheus_url}")
+        print(f"Prometheus:        {SETTINGS.prometheus_url}  (user admin: rscf credentials prometheus)")
         print('your own prompts:  .venv/bin/rscf submit --tenant globex --modality text "..."')
         print("follow results:    .venv/bin/rscf results --follow")
         print("stop everything:   .venv/bin/rscf down   (workers, job and stack)")

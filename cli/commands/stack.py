@@ -33,7 +33,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         print(f"stack healthy in {result['seconds']} s")
         _print_table(states)
-        print(f"\nFlink Web UI: {SETTINGS.flink_url}   Prometheus: {SETTINGS.prometheus_url}   stop: rscf down")
+        print(f"\nFlink Web UI: {SETTINGS.flink_url}   Prometheus: {SETTINGS.prometheus_url} (user admin: "
+              "rscf credentials prometheus)   stop: rscf down")
     return EXIT_OK
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from deploy.local import monitoring
+from rscf.secrets import write_private
 from rscf.settings import SETTINGS
 
 H = SETTINGS.host
@@ -75,7 +77,11 @@ def cluster_config(d: dict[str, Path], conf: dict) -> dict:
         "metrics.reporter.promgateway.factory.class": (
             "org.apache.flink.metrics.prometheus.PrometheusPushGatewayReporterFactory"
         ),
-        "metrics.reporter.promgateway.hostUrl": f"http://{H}:{P.pushgateway}",
+        # The Pushgateway takes only clients with a certificate of the stack's CA: the reporter has no
+        # credentials option, but its JVM presents the key store of `monitoring.flink_java_options`.
+        "metrics.reporter.promgateway.hostUrl": f"https://{H}:{P.pushgateway}",
+        "env.java.opts.jobmanager": monitoring.flink_java_options(),
+        "env.java.opts.taskmanager": monitoring.flink_java_options(),
         # One Pushgateway group per process role (jobName is set per process, see flink_script):
         # random group names piled up a stale group for every TaskManager that was killed
         # (8 MB scraped every 5 s, ~6 % of a core at idle, measured).
@@ -171,8 +177,11 @@ def write_cluster_config() -> None:
         (d["lib"] / jar.name).symlink_to(jar)
     write_plugins_dir(d)
 
+    monitoring.ensure_certificates()  # the Pushgateway reporter's client certificate, in Java key stores
+    monitoring.ensure_java_stores()
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
-    (d["conf"] / "config.yaml").write_text(yaml.safe_dump(cluster_config(d, conf), sort_keys=False))
+    # passwords inside (S3 keys, the key stores'): owner only
+    write_private(d["conf"] / "config.yaml", yaml.safe_dump(cluster_config(d, conf), sort_keys=False).encode())
 
 
 def write_zookeeper_config() -> None:

@@ -110,12 +110,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, **client: object) -> bool:
+    """GET ``url`` answers 200; ``client``: httpx's ``auth=``, ``verify=`` (a service that wants credentials)."""
     import httpx
 
     try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
+        return httpx.get(url, timeout=timeout, **client).status_code == 200
+    except (httpx.HTTPError, OSError):
         return False
 
 

@@ -44,7 +44,9 @@ def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
     if running("prometheus"):
         import httpx
 
-        httpx.post(f"{SETTINGS.prometheus_url}/-/reload", timeout=5)
+        from rscf.monitoring_security import prometheus_auth
+
+        httpx.post(f"{SETTINGS.prometheus_url}/-/reload", auth=prometheus_auth(), timeout=5)
     if not running("registry"):
         return
     try:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.local import flink, installed
+from deploy.local import flink, installed, monitoring
 from deploy.local.processes import Service, StackError, http_ok, port_in_use
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
+from rscf import monitoring_security
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
 
@@ -153,16 +154,19 @@ def write_prometheus_config() -> None:
     base = D / "prometheus"
     prometheus_targets_dir().mkdir(parents=True, exist_ok=True)
     rules = SETTINGS.paths.repo / "deploy" / "prometheus" / "rules.yml"
+    auth = monitoring.scrape_security()  # its own password; its certificate for the Pushgateway
     cfg = {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": [str(rules)] if rules.exists() else [],
         "scrape_configs": [
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"{H}:{P.prometheus}"]}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"{H}:{P.prometheus}"]}],
+             **auth["prometheus"]},
             {
                 "job_name": "flink",
                 "honor_labels": True,
                 "scrape_interval": "15s",  # Flink pushes every 15 s
                 "static_configs": [{"targets": [f"{H}:{P.pushgateway}"]}],
+                **auth["pushgateway"],
             },
             {"job_name": "seaweedfs", "static_configs": [{"targets": [f"{H}:{P.weed_master + 1000}"]}]},
             {"job_name": "rscf-embedder", "static_configs": [{"targets": [f"{H}:{P.embedder}"]}]},
@@ -177,11 +181,30 @@ def write_prometheus_config() -> None:
     (base / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+def _prepare_prometheus() -> None:
+    monitoring.ensure_certificates()
+    monitoring.prepare_prometheus_web()
+    write_prometheus_config()
+
+
+def _prometheus_healthy() -> bool:
+    return http_ok(f"{SETTINGS.prometheus_url}/-/ready", auth=monitoring_security.prometheus_auth())
+
+
+def _pushgateway_healthy() -> bool:
+    try:
+        ctx = monitoring_security.pushgateway_ssl()
+    except (monitoring_security.MonitoringAuthError, OSError):
+        return False
+    return http_ok(f"{monitoring_security.pushgateway_url()}/-/ready", verify=ctx)
+
+
 def _prometheus_argv() -> list[str]:
     base = D / "prometheus"
     return [
         "prometheus",
         f"--config.file={base / 'prometheus.yml'}",
+        f"--web.config.file={monitoring.web_config_path('prometheus')}",
         f"--storage.tsdb.path={base / 'data'}",
         f"--web.listen-address={H}:{P.prometheus}",
         "--storage.tsdb.retention.time=2d",
@@ -295,20 +318,23 @@ SERVICES: tuple[Service, ...] = (
         lambda: [
             installed.pushgateway_binary(),
             f"--web.listen-address={H}:{P.pushgateway}",
+            f"--web.config.file={monitoring.web_config_path('pushgateway')}",
             # Debian's build persists to /var/lib/prometheus by default: keep nothing (Flink re-pushes).
             "--persistence.file=",
         ],
-        lambda: http_ok(f"http://{H}:{P.pushgateway}/-/ready"),
-        f"http://{H}:{P.pushgateway} (Flink metrics are pushed here)",
+        _pushgateway_healthy,
+        f"{monitoring_security.pushgateway_url()} (Flink metrics are pushed here; client certificate: "
+        "rscf credentials prometheus)",
+        prepare=monitoring.prepare_pushgateway,
         start_timeout_s=30,
     ),
     Service(
         "prometheus",
         (P.prometheus,),
         _prometheus_argv,
-        lambda: http_ok(f"{SETTINGS.prometheus_url}/-/ready"),
-        f"{SETTINGS.prometheus_url}",
-        prepare=write_prometheus_config,
+        _prometheus_healthy,
+        f"{SETTINGS.prometheus_url} (basic auth: rscf credentials prometheus)",
+        prepare=_prepare_prometheus,
         start_timeout_s=30,
     ),
     Service(

@@ -101,14 +101,19 @@ def test_flink_has_taskmanager_with_free_slots(stack):
 
 def test_prometheus_scrapes_the_stack(stack):
     """Prometheus itself, the object store, and Flink (pushed through the loopback Pushgateway) are up."""
+    from rscf.monitoring_security import prometheus_auth
+
+    auth = prometheus_auth()
     deadline = time.monotonic() + 40
     up, tms = {}, []
     while time.monotonic() < deadline:
-        targets = httpx.get(f"{stack.prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        targets = httpx.get(f"{stack.prometheus_url}/api/v1/targets", auth=auth, timeout=5).json()["data"][
+            "activeTargets"]
         up = {t["labels"]["job"]: t["health"] for t in targets}
         q = httpx.get(
             f"{stack.prometheus_url}/api/v1/query",
             params={"query": "max(flink_jobmanager_numRegisteredTaskManagers)"},
+            auth=auth,
             timeout=5,
         ).json()["data"]["result"]
         tms = [float(r["value"][1]) for r in q]

@@ -165,6 +165,9 @@ def test_job_counters_reach_prometheus(run, stack):
     """
     import httpx
 
+    from rscf.monitoring_security import prometheus_auth
+
+    auth = prometheus_auth()  # Prometheus takes basic auth (README "Prometheus and Pushgateway authentication")
     cfg, _, reader = run
     finals_written = len(reader.settle(2).content)
     job = cfg.job_name.replace("-", "_")  # the reporter's label values keep [a-zA-Z0-9_] only
@@ -179,7 +182,8 @@ def test_job_counters_reach_prometheus(run, stack):
     republished: dict[str, float] = {}
     finals = 0.0
     while time.monotonic() < deadline:
-        res = {k: httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": q}, timeout=5).json()
+        res = {k: httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": q}, auth=auth,
+                            timeout=5).json()
                ["data"]["result"] for k, q in queries.items()}
         by_reason = {r["metric"].get("reason", ""): float(r["value"][1]) for r in res["dead"]}
         finals = float(res["finals"][0]["value"][1]) if res["finals"] else 0.0
