@@ -286,7 +286,9 @@ def _forget_history(group: str) -> None:
     try:
         from inference_workers.controller_io import RateHistory
 
-        hist = RateHistory(SETTINGS.redis_url)
+        from rscf import redis_security
+
+        hist = RateHistory(redis_security.url(redis_security.ADMIN))  # DEL: more than the controller may
         hist._client().delete(hist.key(group))
     except Exception:  # noqa: BLE001 - Redis down: nothing was kept
         pass
