@@ -198,6 +198,14 @@ def url(name: str, data: Path | None = None) -> str:
     return with_user(base, name, data)
 
 
+def credentials_env(name: str) -> dict[str, str]:
+    """Environment that makes a child process with a data dir of its own (a test's controller or gateway)
+    connect to this stack's Redis as ``name`` ({} without ACLs, or for a name that is no Redis user)."""
+    if auth_mode() == NONE or name not in USER_BY_NAME:
+        return {}
+    return {"RSCF_REDIS_URL": url(name)}
+
+
 def client(name: str, **kwargs):
     """A redis-py client connected as ``name`` (kwargs: socket_timeout ...)."""
     import redis
