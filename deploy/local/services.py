@@ -225,7 +225,8 @@ def _gateway_healthy() -> bool:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("redis", (P.redis,), _redis_argv, _redis_healthy, f"redis://{H}:{P.redis}", prepare=_prepare_redis,
+    Service("redis", (P.redis,), _redis_argv, _redis_healthy,
+            f"redis://{H}:{P.redis} (ACL users: `rscf credentials redis USER`)", prepare=_prepare_redis,
             start_timeout_s=30),
     Service(
         "s3",
