@@ -137,8 +137,9 @@ def password(name: str, data: Path | None = None, create: bool = False) -> str:
 
 
 def render_acl(hashes: dict[str, str]) -> str:
-    """The ACL file: ``default`` off with nothing, then each user with its password's SHA-256."""
-    lines = ["# written by `rscf up` (rscf/redis_security.py); edits are overwritten", "user default reset"]
+    """The ACL file: ``default`` off with nothing, then each user with its password's SHA-256. (Redis
+    takes no comments there: `rscf up` rewrites it from `USERS` before each start of Redis.)"""
+    lines = ["user default reset"]
     for u in USERS:
         lines.append(" ".join(["user", u.name, "reset", "on", f"#{hashes[u.name]}", *u.rules()]))
     return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ def may(name: str, command: str, key: str | None = None, write: bool = False) ->
 def test_acl_file_default_user_off_every_user_reset_with_a_hash_only(tmp_path):
     path = rs.write_acl(tmp_path)
     lines = _lines(tmp_path)
+    assert all(ln.startswith("user ") for ln in path.read_text().splitlines())  # Redis refuses anything else
     assert lines["default"] == ["reset"]  # reset: off, no password, no keys, no commands
     assert set(lines) == {"default", *rs.USER_BY_NAME}
     for u in rs.USERS:
