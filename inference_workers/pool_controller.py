@@ -97,7 +97,8 @@ class Controller:
         self.gpu_budget = SETTINGS.limits.pool_gpu_memory_gb if gpu_budget_gb is None else gpu_budget_gb
         self.lag = LagReader(bootstrap or SETTINGS.kafka_bootstrap)
         # one sample per tick, three seasons of them (the fit resamples them to `step_s`)
-        self.history = RateHistory(redis_url or redis_security.url(redis_security.CONTROLLER), keep=int(3 * season_s / interval_s) + 10)
+        self.history = RateHistory(redis_url or redis_security.url(redis_security.CONTROLLER),
+                                   keep=int(3 * season_s / interval_s) + 10)
         self._forecasts: dict[str, tuple[float, float | None]] = {}  # group -> (fitted at, peak): one fit per step
         self.metrics = ControllerMetrics()
         self.backoff = CrashBackoff()

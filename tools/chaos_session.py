@@ -232,7 +232,8 @@ class Session:
         from rscf import redis_security
 
         try:
-            RedisTemplateStore(redis_security.client(redis_security.OPERATOR, socket_timeout=2)).put(TEMPLATE_ID, TEMPLATE)
+            store = RedisTemplateStore(redis_security.client(redis_security.OPERATOR, socket_timeout=2))
+            store.put(TEMPLATE_ID, TEMPLATE)
         except redis.RedisError:
             pass  # template prompts then end REJECTED (unknown_template): still a final each
 

@@ -150,5 +150,6 @@ def test_credentials_command_prints_a_working_connection(acl):
     assert gw.hget(rs.TEMPLATES_KEY, "x") is None
     refused(lambda: gw.hset(rs.TEMPLATES_KEY, "x", "y"))
     assert redis.Redis.from_url(conf["url"]).ping()
-    bad = subprocess.run([*rscf, "credentials", "redis", "default"], capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run([*rscf, "credentials", "redis", "default"], capture_output=True, text=True, env=env,
+                         timeout=60)
     assert bad.returncode != 0 and "unknown redis user" in bad.stderr

@@ -1,4 +1,6 @@
-"""Redis ACL users as pure logic: the ACL file, modes, URLs (the server's answers: tests/integration/test_redis_acl.py)."""
+"""Redis ACL users as pure logic: the ACL file, modes, URLs.
+
+The server's own answers: tests/integration/test_redis_acl.py."""
 
 from __future__ import annotations
 
