@@ -86,7 +86,20 @@ def test_the_job_reads_templates_and_searches_the_knowledge_base_and_writes_noth
         acl.hdel(rs.TEMPLATES_KEY, tid)
 
 
-def test_the_gateway_reads_templates_only(acl):
+def test_the_gateway_reads_templates_only(acl, tmp_path):
+    from gateway import runtime
+    from operators.templates import RedisTemplateStore
+
+    tid = f"acl-gw-{RUN}"
+    RedisTemplateStore(rs.client(rs.OPERATOR)).put(tid, "Translate: {{prompt}}")
+    rt = runtime.build(secrets_base=tmp_path, start_reader=False)  # the gateway's own wiring
+    try:
+        assert rt.templates._client.connection_pool.connection_kwargs["username"] == rs.GATEWAY
+        assert rt.templates.get(tid) == "Translate: {{prompt}}"
+        assert rt.templates.get(f"missing-{RUN}") is None  # an unknown id, not "store unavailable"
+    finally:
+        rt.close()
+        acl.hdel(rs.TEMPLATES_KEY, tid)
     gw = rs.client(rs.GATEWAY)
     assert gw.hget(rs.TEMPLATES_KEY, f"missing-{RUN}") is None
     assert "hset" in refused(lambda: gw.hset(rs.TEMPLATES_KEY, f"acl-{RUN}", "x"))
