@@ -41,6 +41,14 @@ TEMPLATES_KEY = "rscf:templates"  # hash: template id -> template text
 KB_KEY = "rscf:kb"  # vector set: the RAG knowledge base
 POOL_RATE_PREFIX = "rscf:pool-rate:"  # list per worker pool's consumer group: "time rate" samples
 
+# The default user is OFF: a new connection is not authenticated (NOAUTH) and nobody can log in as it
+# (AUTH default ... is refused whatever the password). It keeps every permission for one reader only:
+# Redis 8.2 replays the AOF as `default`, and EXEC re-checks the ACL of a MULTI's commands for that
+# client, so with a default user without permissions every transaction in the AOF (the controller's
+# RPUSH + LTRIM) is silently dropped at the next start (redis/redis#14541, fixed after 8.2 by
+# redis/redis#14545; measured here: tests/integration/test_redis_acl.py).
+DEFAULT_RULES = ("reset", "off", "~*", "&*", "+@all")
+
 # Every connection may do these: PING, and redis-py's CLIENT SETINFO (library name and version) on connect.
 # (AUTH and HELLO need no grant: Redis lets anyone try to log in.)
 _CONNECT = ("ping", "client|setinfo")
@@ -137,9 +145,9 @@ def password(name: str, data: Path | None = None, create: bool = False) -> str:
 
 
 def render_acl(hashes: dict[str, str]) -> str:
-    """The ACL file: ``default`` off with nothing, then each user with its password's SHA-256. (Redis
-    takes no comments there: `rscf up` rewrites it from `USERS` before each start of Redis.)"""
-    lines = ["user default reset"]
+    """The ACL file: ``default`` off, then each user with its password's SHA-256. (Redis takes no
+    comments there: `rscf up` rewrites it from `USERS` before each start of Redis.)"""
+    lines = [f"user default {' '.join(DEFAULT_RULES)}"]
     for u in USERS:
         lines.append(" ".join(["user", u.name, "reset", "on", f"#{hashes[u.name]}", *u.rules()]))
     return "\n".join(lines) + "\n"

@@ -125,6 +125,37 @@ def test_the_controller_keeps_its_rate_history_and_nothing_else(acl):
         acl.delete(hist.key(group))
 
 
+def test_the_controllers_transactions_survive_a_redis_restart(acl):
+    """The AOF replays MULTI/EXEC as the (disabled) default user: it must keep them (see DEFAULT_RULES)."""
+    import signal
+    import time
+
+    from deploy.local.services import SERVICE_BY_NAME
+    from inference_workers.controller_io import RateHistory
+
+    group = f"acl-aof-{RUN}"
+    hist = RateHistory(rs.url(rs.CONTROLLER), keep=3)
+    try:
+        for i in range(6):  # each add past `keep` trims: RPUSH + LTRIM go to the AOF as one MULTI/EXEC
+            hist.add(group, 100.0 + i, float(i))
+        want = [(103.0, 3.0), (104.0, 4.0), (105.0, 5.0)]
+        assert hist.load(group) == want
+        time.sleep(1.5)  # appendfsync everysec
+        prog = supervision.program_states(supervision.layout())["redis"]
+        os.kill(prog.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = supervision.program_states(supervision.layout()).get("redis")
+            if now is not None and now.pid not in (None, prog.pid) and SERVICE_BY_NAME["redis"].health():
+                break
+            time.sleep(0.2)
+        fresh = RateHistory(rs.url(rs.CONTROLLER), keep=3)
+        assert fresh.load(group) == want  # not the state before the transactions
+        assert not [e for e in rs.client(rs.ADMIN).acl_log() if e.get("context") == "multi"]
+    finally:
+        rs.client(rs.ADMIN).delete(hist.key(group))
+
+
 def test_the_operator_writes_the_knowledge_base_and_templates_not_the_rest(acl):
     from operators.vector_index import RedisVectorSetIndex
 

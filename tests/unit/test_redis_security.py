@@ -35,7 +35,9 @@ def test_acl_file_default_user_off_every_user_reset_with_a_hash_only(tmp_path):
     path = rs.write_acl(tmp_path)
     lines = _lines(tmp_path)
     assert all(ln.startswith("user ") for ln in path.read_text().splitlines())  # Redis refuses anything else
-    assert lines["default"] == ["reset"]  # reset: off, no password, no keys, no commands
+    # off: no connection starts as it, no password logs in as it; its permissions are the AOF replay's
+    assert lines["default"] == ["reset", "off", "~*", "&*", "+@all"]
+    assert not any(r.startswith((">", "#", "nopass", "on")) for r in lines["default"])
     assert set(lines) == {"default", *rs.USER_BY_NAME}
     for u in rs.USERS:
         rules = lines[u.name]
