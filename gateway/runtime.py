@@ -53,10 +53,9 @@ def presigner(endpoint: str | None = None) -> Callable[[str, str, timedelta], st
 
 def build(prompts_topic: str | None = None, content_topic: str | None = None, control_topic: str | None = None,
           secrets_base: Path | None = None, start_reader: bool = True, **overrides: Any) -> Runtime:
-    import redis
-
     from gateway.sender import Sender
     from operators.templates import RedisTemplateStore
+    from rscf import redis_security
     from schemas.serde import TopicSerde
 
     g, t = SETTINGS.gateway, SETTINGS.topics
@@ -71,7 +70,7 @@ def build(prompts_topic: str | None = None, content_topic: str | None = None, co
         sender=Sender(SETTINGS.kafka_bootstrap),
         prompt_serde=TopicSerde(prompts_topic, schema_name="prompt_request", auto_register=False),
         control_serde=TopicSerde(control_topic, schema_name="control_event", auto_register=False),
-        templates=RedisTemplateStore(redis.Redis(host=SETTINGS.host, port=SETTINGS.ports.redis, socket_timeout=0.5)),
+        templates=RedisTemplateStore(redis_security.client(redis_security.GATEWAY, socket_timeout=0.5)),
         presign=presigner(), prompts_topic=prompts_topic, control_topic=control_topic,
         artifacts_bucket=SETTINGS.buckets.artifacts, rate_per_s=g.rate_per_s, burst=g.burst,
         max_body_bytes=g.max_body_bytes, presign_ttl_s=g.presign_ttl_s)

@@ -100,7 +100,9 @@ class RateHistory:
         self._warned = False
 
     def key(self, group: str) -> str:
-        return f"rscf:pool-rate:{group}"
+        from rscf.redis_security import POOL_RATE_PREFIX
+
+        return f"{POOL_RATE_PREFIX}{group}"
 
     def _client(self):
         if self._redis is None:

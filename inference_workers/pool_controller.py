@@ -32,6 +32,7 @@ from inference_workers.controller_targets import Target, parse, targets_from  # 
 from inference_workers.forecast import peak_ahead, replicas_for_rate, resample
 from inference_workers.metrics import HealthServer, register_scrape_target, unregister_scrape_target
 from inference_workers.scaling import CrashBackoff, Decision, Policy, cost_of, decide, fit_budget
+from rscf import redis_security
 from rscf.pools import pool as pool_row
 from rscf.settings import SETTINGS
 
@@ -50,7 +51,8 @@ class Controller:
         self.gpu_budget = SETTINGS.limits.pool_gpu_memory_gb if gpu_budget_gb is None else gpu_budget_gb
         self.lag = LagReader(bootstrap or SETTINGS.kafka_bootstrap)
         # one sample per tick, three seasons of them (the fit resamples them to `step_s`)
-        self.history = RateHistory(redis_url or SETTINGS.redis_url, keep=int(3 * season_s / interval_s) + 10)
+        self.history = RateHistory(redis_url or redis_security.url(redis_security.CONTROLLER),
+                                   keep=int(3 * season_s / interval_s) + 10)
         self._forecasts: dict[str, tuple[float, float | None]] = {}  # group -> (fitted at, peak): one fit per step
         self.metrics = ControllerMetrics()
         self.backoff = CrashBackoff()

@@ -18,7 +18,9 @@ def topic_serde(cfg: JobConfig, topic: str, role: str):
 def redis_client(cfg: JobConfig):
     import redis
 
-    return redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    from jobs.config import job_redis_url
+
+    return redis.Redis.from_url(job_redis_url(cfg), socket_timeout=2, socket_connect_timeout=2)
 
 
 _SHARED: dict[str, Any] = {}

@@ -58,7 +58,7 @@ class JobConfig:
     topic_suffix: str = ""
     bootstrap: str = SETTINGS.kafka_bootstrap
     registry_url: str = SETTINGS.registry_url
-    redis_url: str = SETTINGS.redis_url
+    redis_url: str = ""  # "": the stack's Redis as the `job` ACL user (`job_redis_url`)
     parallelism: int = 1
     delivery: str = EXACTLY_ONCE
     checkpoint_interval_ms: int = 0  # 0: the delivery mode's default (default_checkpoint_interval_ms)
@@ -134,7 +134,7 @@ class JobConfig:
     def to_args(self) -> list[str]:
         args = ["--job-name", self.job_name, "--parallelism", str(self.parallelism),
                 "--bootstrap", self.bootstrap, "--registry-url", self.registry_url,
-                "--redis-url", self.redis_url, "--checkpoint-interval-ms", str(self.checkpoint_interval_ms)]
+                "--redis-url", job_redis_url(self), "--checkpoint-interval-ms", str(self.checkpoint_interval_ms)]
         if self.topic_suffix:
             args += ["--topic-suffix", self.topic_suffix]
         args += ["--delivery", self.delivery]
@@ -147,6 +147,14 @@ class JobConfig:
         return args
 
 
+def job_redis_url(cfg: JobConfig) -> str:
+    """The job's Redis URL: as given, else the stack's Redis with the `job` user's credentials (read when
+    the job is submitted, so the job's arguments carry them: README "Redis users and ACLs")."""
+    from rscf import redis_security
+
+    return cfg.redis_url or redis_security.url(redis_security.JOB)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = JobConfig()
     p.add_argument("--job-name", default=d.job_name)
@@ -154,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallelism", "-p", type=int, default=d.parallelism)
     p.add_argument("--bootstrap", default=d.bootstrap)
     p.add_argument("--registry-url", default=d.registry_url)
-    p.add_argument("--redis-url", default=d.redis_url)
+    p.add_argument("--redis-url", default=d.redis_url, help="default: the stack's Redis as the job user")
     p.add_argument("--checkpoint-interval-ms", type=int, default=0, help="default: by delivery mode")
     add_delivery_arguments(p)
     p.add_argument("--local", action="store_true", help="run in a local MiniCluster instead of submitting")

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
-TEMPLATES_KEY = "rscf:templates"
+from rscf.redis_security import TEMPLATES_KEY  # noqa: F401 - named once there (its ACL users)
+
 PROMPT_VAR = "prompt"
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 

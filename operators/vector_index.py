@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-KB_KEY = "rscf:kb"
+from rscf.redis_security import KB_KEY  # noqa: F401 - named once there (its ACL users)
 
 Hit = tuple[str, float, dict[str, Any]]
 

@@ -136,12 +136,15 @@ def credential(principal: str) -> tuple[str, str]:
 
 def credentials_env(principal: str = ADMIN) -> dict[str, str]:
     """Environment that makes a child process (e.g. one with its own RSCF_DATA_DIR) connect to this
-    stack's broker as ``principal``."""
+    stack's broker as ``principal``, and to its Redis as the ACL user of that name (rscf/redis_security.py)."""
+    from rscf import redis_security
+
+    redis_env = redis_security.credentials_env(principal)
     mode = auth_mode()
     if mode == NONE:
-        return {"RSCF_KAFKA_AUTH": NONE}
+        return {**redis_env, "RSCF_KAFKA_AUTH": NONE}
     user, pw = credential(principal)
-    return {"RSCF_KAFKA_AUTH": mode, "RSCF_KAFKA_PRINCIPAL": user, "RSCF_KAFKA_PASSWORD": pw}
+    return {**redis_env, "RSCF_KAFKA_AUTH": mode, "RSCF_KAFKA_PRINCIPAL": user, "RSCF_KAFKA_PASSWORD": pw}
 
 
 def librdkafka_security(principal: str, data: Path | None = None) -> dict[str, str]:

@@ -285,8 +285,9 @@ def _forget_history(group: str) -> None:
     """The run's rate history in Redis (keyed by its private group)."""
     try:
         from inference_workers.controller_io import RateHistory
+        from rscf import redis_security
 
-        hist = RateHistory(SETTINGS.redis_url)
+        hist = RateHistory(redis_security.url(redis_security.ADMIN))  # DEL: more than the controller may
         hist._client().delete(hist.key(group))
     except Exception:  # noqa: BLE001 - Redis down: nothing was kept
         pass

@@ -140,7 +140,10 @@ class Session:
         if delivery != "default":
             kw["exactly_once"] = delivery == "exactly-once"
         if "redis" in self.proxied:
-            kw["redis_url"] = f"redis://{SETTINGS.host}:{self.proxied['redis']}/0"
+            from rscf import redis_security
+
+            kw["redis_url"] = redis_security.with_user(f"redis://{SETTINGS.host}:{self.proxied['redis']}/0",
+                                                       redis_security.JOB)
         if "registry" in self.proxied:
             kw["registry_url"] = f"http://{SETTINGS.host}:{self.proxied['registry']}/apis/ccompat/v7"
         self.cfg = harness.isolated_config("chaos", **kw)
@@ -226,9 +229,11 @@ class Session:
         import redis
 
         from operators.templates import RedisTemplateStore
+        from rscf import redis_security
 
         try:
-            RedisTemplateStore(redis.Redis.from_url(SETTINGS.redis_url, socket_timeout=2)).put(TEMPLATE_ID, TEMPLATE)
+            store = RedisTemplateStore(redis_security.client(redis_security.OPERATOR, socket_timeout=2))
+            store.put(TEMPLATE_ID, TEMPLATE)
         except redis.RedisError:
             pass  # template prompts then end REJECTED (unknown_template): still a final each
 

@@ -52,10 +52,10 @@ def corpus(n: int, seed: int = 0):
 def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None, efs=(None, 200, 500)) -> dict:
     import redis
 
-    from jobs.config import JobConfig
     from operators.vector_index import RedisVectorSetIndex
+    from rscf import redis_security
 
-    client = redis.Redis.from_url(JobConfig().redis_url, socket_timeout=30)
+    client = redis_security.client(redis_security.ADMIN, socket_timeout=30)  # a scratch key: not the job's
     out = {}
     for n in sizes:
         vectors, queries, answers = corpus(n)

@@ -1,6 +1,7 @@
 """`rscf credentials kafka PRINCIPAL [--json|--java]`: a client configuration for this stack's broker;
 `rscf credentials prometheus [--user U] [--json]`: Prometheus' basic auth and the Pushgateway's client
 certificate (rscf/monitoring_security.py, README "Prometheus and Pushgateway authentication").
+`rscf credentials redis USER [--json]`: how an ACL user connects to this stack's Redis.
 
 The one command that prints a Kafka password (they live in ``<data>/secrets/kafka``, 0600). The
 output is what a plain confluent-kafka client takes as it is (`Consumer(json.load(f) | {...})`), or
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from urllib.parse import unquote, urlsplit
 
 from cli.main import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, json_parent
 
@@ -85,8 +87,36 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_redis(args: argparse.Namespace) -> int:
+    from rscf import redis_security
+    from rscf.settings import SETTINGS
+
+    try:
+        user = redis_security.user(args.user)
+        url = redis_security.url(user.name)
+    except redis_security.RedisAuthError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    acl = redis_security.auth_mode() == redis_security.ACL
+    if not acl:
+        print(f"note: this data dir's Redis has no ACL users yet (started before they existed, or never): anyone on "
+              f"{SETTINGS.host} may "
+              "connect (`rscf down` + `rscf up` restarts it with its users); see README 'Redis users'",
+              file=sys.stderr)
+    parts = urlsplit(url)
+    conf = {"url": url, "host": parts.hostname, "port": parts.port, "db": int((parts.path or "/0").lstrip("/") or 0),
+            "username": unquote(parts.username) if acl and parts.username else None,
+            "password": unquote(parts.password) if acl and parts.password else None}
+    if args.json:
+        print(json.dumps(conf, indent=2))
+    else:
+        print(url)
+    print(f"{user.name} may: {user.describe()}", file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus)")
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis)")
     verbs = p.add_subparsers(dest="credentials_command", required=True)
     k = verbs.add_parser("kafka", parents=[json_parent()],
                          help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
@@ -100,3 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--user", default="admin", help="Prometheus user: admin | prometheus (its self-scrape)")
     m.add_argument("--cert", default="admin", help="Pushgateway client certificate: admin | flink | prometheus")
     m.set_defaults(func=cmd_prometheus)
+    r = verbs.add_parser("redis", parents=[json_parent()],
+                         help="how USER connects to the stack's Redis: a redis:// URL with its password, "
+                              "--json for its parts (redis.Redis(**...) without the url)")
+    r.add_argument("user", help="admin | job | gateway | controller | operator | health")
+    r.set_defaults(func=cmd_redis)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
-from rscf.settings import SETTINGS
 
 
 def register(subparsers) -> None:
@@ -19,7 +18,8 @@ def register(subparsers) -> None:
         "ingest", parents=[json_parent()], help="chunk, embed and index passages from .jsonl / text files"
     )
     ingest.add_argument("files", nargs="+", metavar="FILE")
-    ingest.add_argument("--redis-url", default=SETTINGS.redis_url)
+    ingest.add_argument("--redis-url", default=None,
+                        help="default: the stack's Redis as the operator user (rscf credentials redis operator)")
     ingest.add_argument("--key", default=None, help="vector set key (default rscf:kb)")
     ingest.add_argument("--replace", action="store_true", help="drop the existing vector set first")
     ingest.set_defaults(func=cmd_ingest)
@@ -43,11 +43,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"bad input: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    client = redis.Redis.from_url(args.redis_url)
+    from rscf import redis_security
+
+    try:
+        url = args.redis_url or redis_security.url(redis_security.OPERATOR)
+    except redis_security.RedisAuthError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.RedisError as exc:
-        print(f"redis not reachable at {args.redis_url}: {exc}", file=sys.stderr)
+        print(f"redis not reachable at {redis_security.redact(url)}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     index = RedisVectorSetIndex(client, key=args.key or KB_KEY)
     if args.replace:

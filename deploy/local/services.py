@@ -124,21 +124,31 @@ def _s3_healthy() -> bool:
 
 
 def _prepare_redis() -> None:
+    from rscf import redis_security
+
     (D / "redis").mkdir(parents=True, exist_ok=True)
+    redis_security.write_acl()  # users and password hashes; passwords generated once (<data>/secrets/redis)
 
 
 def _redis_argv() -> list[str]:
+    from rscf import redis_security
+
+    # Users: an ACL file written by _prepare_redis (rscf/redis_security.py; README "Redis users and ACLs"),
+    # so no password is on this command line. A Redis started before ACLs existed keeps running as it is.
+    acl = redis_security.server_args(running=port_in_use(P.redis))
     return [str(installed.redis_server()), "--bind", H, "--port", str(P.redis), "--dir", str(D / "redis"),
             "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--daemonize", "no",
-            "--maxmemory", "512mb"]
+            "--maxmemory", "512mb", *acl]
 
 
 def _redis_healthy() -> bool:
     import redis
 
-    try:
-        return bool(redis.Redis(host=H, port=P.redis, socket_timeout=1).ping())
-    except redis.RedisError:
+    from rscf import redis_security
+
+    try:  # as the `health` user (PING only); anonymously on a Redis started before ACLs
+        return bool(redis_security.client(redis_security.HEALTH, socket_timeout=1).ping())
+    except (redis.RedisError, redis_security.RedisAuthError):
         return False
 
 
@@ -238,7 +248,8 @@ def _gateway_healthy() -> bool:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("redis", (P.redis,), _redis_argv, _redis_healthy, f"redis://{H}:{P.redis}", prepare=_prepare_redis,
+    Service("redis", (P.redis,), _redis_argv, _redis_healthy,
+            f"redis://{H}:{P.redis} (ACL users: `rscf credentials redis USER`)", prepare=_prepare_redis,
             start_timeout_s=30),
     Service(
         "s3",

@@ -75,9 +75,9 @@ def test_object_store_put_get_list(stack):
 
 
 def test_redis_round_trip_and_vector_sets(stack):
-    import redis
+    from rscf import redis_security
 
-    r = redis.Redis.from_url(stack.redis_url)
+    r = redis_security.client(redis_security.ADMIN)  # test keys: the admin (the ACLs: test_redis_acl.py)
     key = f"test:{uuid.uuid4().hex}"
     r.set(key, "v", ex=60)
     assert r.get(key) == b"v"

@@ -10,9 +10,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def redis_client(stack):
-    import redis
+    from rscf import redis_security
 
-    return redis.Redis.from_url(stack.redis_url)
+    return redis_security.client(redis_security.ADMIN)  # test keys (test:...): the admin
 
 
 @pytest.fixture

@@ -99,14 +99,14 @@ class Pool:
         return proc, port
 
     def history_len(self) -> int:
-        import redis
+        from rscf import redis_security
 
-        return redis.Redis.from_url(SETTINGS.redis_url).llen(f"rscf:pool-rate:{self.group}")
+        return redis_security.client(redis_security.ADMIN).llen(f"{redis_security.POOL_RATE_PREFIX}{self.group}")
 
     def forget_history(self) -> None:
-        import redis
+        from rscf import redis_security
 
-        redis.Redis.from_url(SETTINGS.redis_url).delete(f"rscf:pool-rate:{self.group}")
+        redis_security.client(redis_security.ADMIN).delete(f"{redis_security.POOL_RATE_PREFIX}{self.group}")
 
     def log(self) -> str:
         return "\n".join(f.read_text(errors="replace")[-2000:] for f in sorted(self.data.glob("controller-*.log")))

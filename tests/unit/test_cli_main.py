@@ -34,7 +34,7 @@ def test_every_verb_is_registered():
         "tenants": ["keys"],
         "backfill": ["start", "status", "stop", "resume"],
         "topics": ["partitions"],
-        "credentials": ["kafka", "prometheus"],
+        "credentials": ["kafka", "prometheus", "redis"],
     }
 
 
@@ -47,3 +47,4 @@ def test_arguments_are_wired():
     assert parser.parse_args(["results", "--follow", "--max", "2"]).max == 2
     assert parser.parse_args(["credentials", "kafka", "tenant-acme", "--json"]).principal == "tenant-acme"
     assert parser.parse_args(["credentials", "prometheus", "--user", "prometheus", "--json"]).user == "prometheus"
+    assert parser.parse_args(["credentials", "redis", "operator", "--json"]).user == "operator"
