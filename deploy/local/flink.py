@@ -120,13 +120,17 @@ def s3_config() -> dict:
 
     Path-style addressing and an explicit endpoint serve SeaweedFS on loopback; real S3 is the same
     keys with RSCF_S3_ENDPOINT=s3.<region>.amazonaws.com, RSCF_S3_SECURE=1 and the account's keys.
+    The cluster reads and writes s3:// as the job's identity (rscf/s3_security.py: the backfill bucket).
     """
+    from rscf.s3_security import JOB, credential
+
     scheme = "https" if SETTINGS.s3.secure else "http"
+    access, secret = credential(JOB)
     return {
         "s3.endpoint": f"{scheme}://{SETTINGS.s3_endpoint}",
         "s3.path.style.access": True,
-        "s3.access-key": SETTINGS.s3.access_key,
-        "s3.secret-key": SETTINGS.s3.secret_key,
+        "s3.access-key": access,
+        "s3.secret-key": secret,
         "s3.endpoint.region": SETTINGS.s3.region,
     }
 
