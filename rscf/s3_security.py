@@ -169,5 +169,5 @@ def server_keys(data: Path | None = None) -> dict[str, tuple[str, str]]:
 def jwt_keys(data: Path | None = None) -> dict[str, str]:
     """The server's JWT signing keys, generated once (0600)."""
     base = _secrets(data)
-    return {s: load_or_create(f"jwt-{s.replace('.', '-')}", lambda: random_token(32), base).decode().strip()
+    return {s: load_or_create(s.replace('.', '-'), lambda: random_token(32), base).decode().strip()
             for s in JWT_SECTIONS}
