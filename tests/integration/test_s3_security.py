@@ -83,6 +83,15 @@ def test_component_keys_reach_only_their_buckets(s3):
     assert _code(lambda: worker.list_objects(B.artifacts, prefix="tenants/")) == "AccessDenied"
     assert _code(lambda: worker.put_object(B.backfill, probe, io.BytesIO(b"x"), 1)) == "AccessDenied"
     assert _code(lambda: worker.list_objects(B.models, prefix="models/")) == "ok"
+    assert _code(lambda: worker.put_object(B.models, probe, io.BytesIO(b"x"), 1)) == "AccessDenied"
+    # dead letters' claim checks, the workers' and the job's (rscf.s3.ObjectStorePayloads, as they use it)
+    from rscf.s3 import ObjectStorePayloads
+
+    for who in (s3s.WORKER, s3s.JOB):
+        assert ObjectStorePayloads(identity=who).put(f"{probe}-{who}", b"dead") == f"s3://{B.audit}/{probe}-{who}"
+        assert admin.get_object(B.audit, f"{probe}-{who}").read() == b"dead"
+        admin.remove_object(B.audit, f"{probe}-{who}")
+    assert _code(lambda: worker.get_object(B.audit, f"{probe}-{s3s.JOB}")) == "AccessDenied"
     # the job: the backfill bucket, no artifact
     assert _code(lambda: job.get_object(B.artifacts, key)) == "AccessDenied"
     assert _code(lambda: job.put_object(B.artifacts, probe, body, 1)) == "AccessDenied"

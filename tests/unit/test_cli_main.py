@@ -34,7 +34,7 @@ def test_every_verb_is_registered():
         "tenants": ["keys"],
         "backfill": ["start", "status", "stop", "resume"],
         "topics": ["partitions"],
-        "credentials": ["kafka"],
+        "credentials": ["kafka", "s3"],
     }
 
 
@@ -46,3 +46,4 @@ def test_arguments_are_wired():
     assert parser.parse_args(["bench", "serde", "--n", "10"]).n == 10
     assert parser.parse_args(["results", "--follow", "--max", "2"]).max == 2
     assert parser.parse_args(["credentials", "kafka", "tenant-acme", "--json"]).principal == "tenant-acme"
+    assert parser.parse_args(["credentials", "s3", "tenant-acme", "--json"]).name == "tenant-acme"
