@@ -23,7 +23,6 @@ unsigned reads and writes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from rscf.secrets import load_or_create, random_token
@@ -41,14 +40,6 @@ _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 class S3AuthError(RuntimeError):
     """An identity that cannot be used (unknown name, bad tenant id)."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """One s3.json identity: an access key and what it may do (``Action`` or ``Action:bucket[/prefix*]``)."""
-
-    name: str
-    actions: tuple[str, ...]
 
 
 def tenant_identity(tenant: str) -> str:
@@ -143,7 +134,8 @@ def known_tenants(data: Path | None = None) -> list[str]:
 
 
 def render_identities(keys: dict[str, tuple[str, str]]) -> dict:
-    """s3.json: one identity per entry of ``keys`` (name -> (access key, secret key))."""
+    """s3.json: one identity per entry of ``keys`` (name -> (access key, secret key)), the admin's first (a
+    data dir without a secrets file takes the admin key from the first identity: rscf/settings.py)."""
     return {"identities": [
         {"name": name, "credentials": [{"accessKey": ak, "secretKey": sk}], "actions": list(actions_for(name))}
         for name, (ak, sk) in keys.items()]}
