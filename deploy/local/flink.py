@@ -176,7 +176,10 @@ def write_cluster_config() -> None:
     write_plugins_dir(d)
 
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
-    (d["conf"] / "config.yaml").write_text(yaml.safe_dump(cluster_config(d, conf), sort_keys=False))
+    from rscf.secrets import write_private
+
+    # 0600: it holds the job's S3 key (s3.secret-key)
+    write_private(d["conf"] / "config.yaml", yaml.safe_dump(cluster_config(d, conf), sort_keys=False).encode())
 
 
 def write_zookeeper_config() -> None:
