@@ -43,11 +43,12 @@ class Runtime:
 
 
 def presigner(endpoint: str | None = None) -> Callable[[str, str, timedelta], str]:
-    """Presigned GETs, signed locally (the region is given, so no request to S3 per URL)."""
-    from minio import Minio
+    """Presigned GETs, signed locally (the region is given, so no request to S3 per URL) with the gateway's
+    key, which reads only under ``tenants/`` of the artifacts bucket (rscf/s3_security.py)."""
+    from rscf.s3 import s3_client
+    from rscf.s3_security import GATEWAY
 
-    client = Minio(endpoint or SETTINGS.s3_endpoint, access_key=SETTINGS.s3.access_key,
-                   secret_key=SETTINGS.s3.secret_key, secure=False, region="us-east-1")
+    client = s3_client(endpoint, identity=GATEWAY)
     return lambda bucket, key, ttl: client.presigned_get_object(bucket, key, expires=ttl)
 
 

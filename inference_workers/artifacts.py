@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff_delays, now_ms
 from rscf.s3 import ObjectStorePayloads
+from rscf.s3_security import WORKER
 from schemas.keys import tenant_object_prefix
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class ArtifactStore:
         self.bucket = bucket
         self.metrics = metrics
         self.max_retry_s = max_retry_s
-        self.objects = ObjectStorePayloads(bucket, endpoint)
+        self.objects = ObjectStorePayloads(bucket, endpoint, identity=WORKER)  # write-only key
 
     def put_artifact(self, pool: str, request: dict, data: bytes, content_type: str | None) -> str:
         """Store one request's artifact under its ``artifact_key``; returns ``s3://bucket/key``."""

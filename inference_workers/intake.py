@@ -47,8 +47,9 @@ def _object_store():
     """The process's object store for claim checks, built on first use."""
     if not _OBJECT_STORE:
         from rscf.s3 import ObjectStorePayloads
+        from rscf.s3_security import WORKER
 
-        _OBJECT_STORE.append(ObjectStorePayloads())
+        _OBJECT_STORE.append(ObjectStorePayloads(identity=WORKER))
     return _OBJECT_STORE[0]
 
 

@@ -14,12 +14,14 @@ import io
 from typing import Any, Iterator
 
 from operators.backfill import BackfillSpec, Manifest, input_files
+from rscf.s3_security import ADMIN, JOB
 
 
-def _client():
+def _client(identity: str = ADMIN):
+    """The operator's key (planning, in the CLI) or the job's (`read_unit`, in the Flink job)."""
     from rscf.s3 import s3_client
 
-    return s3_client()
+    return s3_client(identity=identity)
 
 
 def _read(client, bucket: str, key: str) -> bytes:
@@ -76,7 +78,7 @@ def read_unit(unit: dict[str, Any], fmt: str, client=None) -> Iterator[tuple[int
     from operators.backfill import BadRow
 
     bucket, _, key = unit["file"][len("s3://"):].partition("/")
-    data = _read(client or _client(), bucket, key)
+    data = _read(client or _client(JOB), bucket, key)
     row_no = unit["first_row"]
     if fmt == "parquet":
         import pyarrow.parquet as pq

@@ -25,6 +25,7 @@ from operators.backfill import (
     DEAD_LETTERS_DIR, MANIFEST, RESULT_COLUMNS, BackfillSpec, Manifest, file_tag, parse_request_id, result_row,
 )
 from rscf.clock import now_ms
+from rscf.s3_security import ADMIN, JOB
 from rscf.settings import SETTINGS
 
 log = logging.getLogger("rscf.backfill.results")
@@ -42,11 +43,11 @@ def _schema():
 class ResultsStore:
     """The `_results/` folder of one backfill in object storage."""
 
-    def __init__(self, spec: BackfillSpec, client=None):
+    def __init__(self, spec: BackfillSpec, client=None, identity: str = ADMIN):
         from rscf.s3 import s3_client
 
         self.spec = spec
-        self.client = client or s3_client()
+        self.client = client or s3_client(identity=identity)  # the job's key in the job, the admin's in the CLI
         self.prefix = spec.results_prefix
 
     def keys(self, sub: str = "") -> list[str]:
@@ -111,7 +112,7 @@ class ResultsWriter:
                  store: ResultsStore | None = None, bootstrap: str | None = None):
         self.spec = BackfillSpec.from_dict(manifest.spec)
         self.manifest = manifest
-        self.store = store or ResultsStore(self.spec)
+        self.store = store or ResultsStore(self.spec, identity=JOB)
         self.cfg = JobConfig(topic_suffix=lane, bootstrap=bootstrap or SETTINGS.kafka_bootstrap)
         self.part_rows, self.part_s = part_rows, part_s
         self.files_by_tag = {file_tag(f["file"]): f["file"] for f in manifest.input_files}
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     plan = json.loads(Path(ns.plan).read_text())
     manifest = Manifest.from_json(json.dumps(plan["manifest"]))
-    store = ResultsStore(BackfillSpec.from_dict(manifest.spec))
+    store = ResultsStore(BackfillSpec.from_dict(manifest.spec), identity=JOB)
     previous = store.manifest()
     if previous is not None and previous.started_at_ms:
         manifest.started_at_ms = previous.started_at_ms  # a resume keeps the first start

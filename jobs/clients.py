@@ -67,6 +67,7 @@ def payload_store():
     """One object store client per process for claim checks of dead letters (`rscf.s3.ObjectStorePayloads`)."""
     if "payloads" not in _SHARED:
         from rscf.s3 import ObjectStorePayloads
+        from rscf.s3_security import JOB
 
-        _SHARED["payloads"] = ObjectStorePayloads()
+        _SHARED["payloads"] = ObjectStorePayloads(identity=JOB)
     return _SHARED["payloads"]

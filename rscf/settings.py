@@ -174,6 +174,10 @@ class S3Credentials:
     def secret_key(self) -> str:
         return _s3_secret_key(str(Paths().data))
 
+    def given(self) -> bool:
+        """A key handed to this process (env): it then uses it for every S3 client (rscf/s3_security.py)."""
+        return bool(_env("S3_SECRET_KEY", "") or _env("S3_SECRET_KEY_FILE", ""))
+
 
 @lru_cache(maxsize=None)
 def _s3_secret_key(data_dir: str) -> str:

@@ -2,6 +2,7 @@
 `rscf credentials prometheus [--user U] [--json]`: Prometheus' basic auth and the Pushgateway's client
 certificate (rscf/monitoring_security.py, README "Prometheus and Pushgateway authentication").
 `rscf credentials redis USER [--json]`: how an ACL user connects to this stack's Redis.
+`rscf credentials s3 NAME [--json]`: an S3 key (access key, secret key, endpoint) of this stack.
 
 The one command that prints a Kafka password (they live in ``<data>/secrets/kafka``, 0600). The
 output is what a plain confluent-kafka client takes as it is (`Consumer(json.load(f) | {...})`), or
@@ -115,8 +116,35 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_s3(args: argparse.Namespace) -> int:
+    """A component's or tenant's S3 key. A tenant's is created on first use: the key is generated
+    (0600), s3.json re-rendered and the running server told to re-read it (SIGHUP)."""
+    from rscf import s3_security
+    from rscf.settings import SETTINGS
+
+    try:
+        name = s3_security.check_identity(args.name)
+    except s3_security.S3AuthError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    access, secret = s3_security.access_key(name), s3_security.secret_key(name)
+    if name.startswith(s3_security.TENANT_PREFIX):
+        from deploy.local.services import reload_s3_identities
+
+        if not reload_s3_identities():
+            print("note: the S3 server does not run here; it learns this key at the next `rscf up`", file=sys.stderr)
+    conf = {"endpoint": f"{'https' if SETTINGS.s3.secure else 'http'}://{SETTINGS.s3_endpoint}",
+            "access_key": access, "secret_key": secret, "region": SETTINGS.s3.region}
+    if args.json:
+        print(json.dumps(conf, indent=2))
+    else:
+        print("\n".join(f"{k}={v}" for k, v in conf.items()))
+    print(f"{name} may: " + ", ".join(s3_security.actions_for(name)), file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis)")
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis, S3)")
     verbs = p.add_subparsers(dest="credentials_command", required=True)
     k = verbs.add_parser("kafka", parents=[json_parent()],
                          help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
@@ -135,3 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "--json for its parts (redis.Redis(**...) without the url)")
     r.add_argument("user", help="admin | job | gateway | controller | operator | health")
     r.set_defaults(func=cmd_redis)
+    s = verbs.add_parser("s3", parents=[json_parent()],
+                         help="an S3 key for NAME (admin, rscf-worker, rscf-job, rscf-gateway, tenant-<id>): "
+                              "endpoint, access key, secret key (--json)")
+    s.add_argument("name", help="admin | rscf-worker | rscf-job | rscf-gateway | tenant-<id>")
+    s.set_defaults(func=cmd_s3)

@@ -126,13 +126,17 @@ def s3_config() -> dict:
 
     Path-style addressing and an explicit endpoint serve SeaweedFS on loopback; real S3 is the same
     keys with RSCF_S3_ENDPOINT=s3.<region>.amazonaws.com, RSCF_S3_SECURE=1 and the account's keys.
+    The cluster reads and writes s3:// as the job's identity (rscf/s3_security.py: the backfill bucket).
     """
+    from rscf.s3_security import JOB, credential
+
     scheme = "https" if SETTINGS.s3.secure else "http"
+    access, secret = credential(JOB)
     return {
         "s3.endpoint": f"{scheme}://{SETTINGS.s3_endpoint}",
         "s3.path.style.access": True,
-        "s3.access-key": SETTINGS.s3.access_key,
-        "s3.secret-key": SETTINGS.s3.secret_key,
+        "s3.access-key": access,
+        "s3.secret-key": secret,
         "s3.endpoint.region": SETTINGS.s3.region,
     }
 
@@ -180,7 +184,7 @@ def write_cluster_config() -> None:
     monitoring.ensure_certificates()  # the Pushgateway reporter's client certificate, in Java key stores
     monitoring.ensure_java_stores()
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())  # keeps env.java.opts.all
-    # passwords inside (S3 keys, the key stores'): owner only
+    # 0600: passwords inside (the job's S3 key s3.secret-key, the key stores')
     write_private(d["conf"] / "config.yaml", yaml.safe_dump(cluster_config(d, conf), sort_keys=False).encode())
 
 

@@ -43,6 +43,7 @@ class Service:
     startsecs: int = 3
     stop_signal: str = "TERM"
     stop_wait_s: int = 20  # then SIGKILL to the whole process group
+    directory: Path | None = None  # its working directory (default: the data dir)
 
     @property
     def log(self) -> Path:

@@ -40,6 +40,7 @@ def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)
         progress("buckets: ready")
+        _s3_identities_taken(progress)
     write_prometheus_config()  # a config change reaches a running Prometheus without a restart
     if running("prometheus"):
         import httpx
@@ -56,3 +57,25 @@ def provision(progress: Callable[[str], None] = lambda msg: None) -> None:
         return
     ids = register_all(SETTINGS.registry_url)
     progress(f"schemas: {len(ids)} subjects registered")
+
+
+def _s3_identities_taken(progress: Callable[[str], None], timeout_s: float = 15.0) -> None:
+    """A server started before a key existed (a stack from before per-component keys, left running)
+    learns every key now: s3.json re-rendered, SIGHUP, then wait until a component's key is taken."""
+    import time
+
+    from deploy.local.services import reload_s3_identities
+    from rscf.s3 import s3_client
+    from rscf.s3_security import WORKER
+
+    reload_s3_identities()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            s3_client(identity=WORKER).list_buckets()
+            break
+        except Exception as exc:  # noqa: BLE001 - InvalidAccessKeyId until the server has re-read s3.json
+            if time.monotonic() > deadline:
+                raise StackError(f"the S3 server did not take the components' keys: {exc}") from exc
+            time.sleep(0.3)
+    progress("s3 identities: ready (rscf credentials s3 NAME)")

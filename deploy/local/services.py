@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from deploy.local import flink, installed, monitoring
-from deploy.local.processes import Service, StackError, http_ok, port_in_use
+from deploy.local.processes import Service, StackError, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
 from rscf import monitoring_security
 from rscf.pools import POOL_TABLE
@@ -69,18 +69,36 @@ def _s3_dir() -> Path:
     return D / "s3"
 
 
+def write_s3_identities() -> None:
+    """s3.json (0600): the admin's key (a data dir's from before included) and each component's and known
+    tenant's (rscf/s3_security.py), rendered afresh; a running server re-reads it on SIGHUP."""
+    from rscf.s3_security import render_identities, server_keys
+    from rscf.secrets import write_private
+
+    write_private(_s3_dir() / "s3.json", json.dumps(render_identities(server_keys())).encode())
+
+
 def _prepare_s3() -> None:
+    """The identities, and security.toml in the server's working directory (SeaweedFS reads it from
+    there): with its JWT keys the volume and filer HTTP ports refuse unsigned reads and writes."""
+    from rscf.s3_security import jwt_keys, security_toml
+    from rscf.secrets import write_private
+
     _s3_dir().mkdir(parents=True, exist_ok=True)
-    identity = {
-        "identities": [
-            {
-                "name": "rscf",
-                "credentials": [{"accessKey": SETTINGS.s3.access_key, "secretKey": SETTINGS.s3.secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    (_s3_dir() / "s3.json").write_text(json.dumps(identity))
+    write_s3_identities()
+    write_private(_s3_dir() / "security.toml", security_toml(jwt_keys()).encode())
+
+
+def reload_s3_identities() -> bool:
+    """Re-render s3.json and have the running server re-read it (SIGHUP); False when it does not run."""
+    import signal
+
+    write_s3_identities()
+    proc = recorded_process(SERVICE_BY_NAME["s3"].pid_file)
+    if proc is None:
+        return False
+    proc.send_signal(signal.SIGHUP)
+    return True
 
 
 def _s3_argv() -> list[str]:
@@ -256,9 +274,10 @@ SERVICES: tuple[Service, ...] = (
         (P.s3, P.weed_master, P.weed_volume, P.weed_filer),
         _s3_argv,
         _s3_healthy,
-        f"http://{H}:{P.s3} (S3 API, access key {SETTINGS.s3.access_key})",
+        f"http://{H}:{P.s3} (S3 API, access key {SETTINGS.s3.access_key}; `rscf credentials s3 NAME`)",
         prepare=_prepare_s3,
         start_timeout_s=60,
+        directory=D / "s3",
     ),
     Service(
         "kafka",

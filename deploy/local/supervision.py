@@ -102,7 +102,7 @@ def program_for(svc: Service, priority: int, python: str = sys.executable) -> Pr
     return Program(
         name=svc.name,
         command=[python, "-S", str(EXEC_RECORDED), str(svc.pid_file), str(svc.log), *svc.argv()],
-        directory=str(SETTINGS.paths.data),
+        directory=str(svc.directory or SETTINGS.paths.data),
         log=str(svc.log),
         environment=svc.env(),
         startsecs=svc.startsecs,
@@ -213,7 +213,7 @@ def write_config(lay: Layout, programs: list[Program]) -> None:
     if len(str(lay.socket)) > UNIX_SOCKET_PATH_MAX:
         raise SupervisorError(f"control socket path too long for a unix socket: {lay.socket} "
                               "(set RSCF_DATA_DIR to a shorter path)")
-    for d in {lay.dir, *(Path(p.log).parent for p in programs)}:
+    for d in {lay.dir, *(Path(p.log).parent for p in programs), *(Path(p.directory) for p in programs)}:
         d.mkdir(parents=True, exist_ok=True)  # supervisord refuses a config naming a missing directory
     tmp = lay.conf.with_suffix(".conf.tmp")
     tmp.write_text(render_config(lay, programs))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rscf.pools import POOL_TABLE
+from rscf.s3_security import WORKER
 from rscf.settings import SETTINGS
 
 from .registry import MANIFEST, Manifest, ModelRegistry, RegistryError
@@ -204,7 +205,7 @@ def load_handler(pool_or_name: str, version: str | None = "latest", registry: Mo
         return EchoHandler(**overrides)
     if Path(name).is_dir():
         return handler_from_dir(Path(name), **overrides)
-    registry = registry or ModelRegistry()
+    registry = registry or ModelRegistry(identity=WORKER)
     try:
         resolved = registry.resolve(name, version)
     except RegistryError:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rscf.s3 import s3_client
+from rscf.s3_security import ADMIN
 from rscf.settings import SETTINGS
 
 PREFIX = "models"
@@ -78,8 +79,10 @@ def version_sort_key(version: str) -> tuple:
 
 
 class ModelRegistry:
-    def __init__(self, client=None, bucket: str | None = None, cache_dir: Path | None = None):
-        self.client = client or s3_client()
+    def __init__(self, client=None, bucket: str | None = None, cache_dir: Path | None = None,
+                 identity: str = ADMIN):
+        # the operator CLI publishes as the admin; workers read with their own key (catalog.load_handler)
+        self.client = client or s3_client(identity=identity)
         self.bucket = bucket or SETTINGS.buckets.models
         self.cache_dir = Path(cache_dir or SETTINGS.paths.models)
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from rscf.kafka_clients import client_security, credentials_env
+from rscf.s3_security import GATEWAY, secret_key
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,8 @@ def gw(services, tmp_path_factory):
         g.keys[name] = store.create(tenant, role)[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RSCF_DATA_DIR": str(g.data), "RSCF_GATEWAY_PORT": str(g.port),
            "RSCF_GATEWAY_RATE_PER_S": "20", "RSCF_GATEWAY_BURST": "40", "RSCF_GATEWAY_PRESIGN_TTL_S": "3",
-           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env()}
+           # the gateway's own S3 key (reads under tenants/ only), handed over as a container's Secret would be
+           "RSCF_S3_ACCESS_KEY": GATEWAY, "RSCF_S3_SECRET_KEY": secret_key(GATEWAY), **credentials_env()}
     with open(g.log, "wb") as log:
         g.proc = subprocess.Popen([sys.executable, "-m", "gateway.server", "--port", str(g.port), "--prompts-topic",
                                    g.prompts, "--content-topic", g.content, "--control-topic", g.control],
@@ -280,7 +282,7 @@ def test_no_secret_in_the_gateway_log(gw):
 
     log = gw.log.read_text(errors="replace")
     assert "POST /v1/prompts" in log  # the access log is there, and says what was asked
-    secrets = [k.split(".", 1)[1] for k in gw.keys.values()] + [SETTINGS.s3.secret_key]
+    secrets = [k.split(".", 1)[1] for k in gw.keys.values()] + [SETTINGS.s3.secret_key, secret_key(GATEWAY)]
     pem = (gw.data / "secrets" / KEY_FILE).read_text().splitlines()[1]
     for secret in secrets + [pem]:
         assert secret not in log

@@ -34,7 +34,7 @@ def test_every_verb_is_registered():
         "tenants": ["keys"],
         "backfill": ["start", "status", "stop", "resume"],
         "topics": ["partitions"],
-        "credentials": ["kafka", "prometheus", "redis"],
+        "credentials": ["kafka", "prometheus", "redis", "s3"],
     }
 
 
@@ -48,3 +48,4 @@ def test_arguments_are_wired():
     assert parser.parse_args(["credentials", "kafka", "tenant-acme", "--json"]).principal == "tenant-acme"
     assert parser.parse_args(["credentials", "prometheus", "--user", "prometheus", "--json"]).user == "prometheus"
     assert parser.parse_args(["credentials", "redis", "operator", "--json"]).user == "operator"
+    assert parser.parse_args(["credentials", "s3", "tenant-acme", "--json"]).name == "tenant-acme"

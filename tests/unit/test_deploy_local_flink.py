@@ -60,5 +60,5 @@ def test_s3_plugin_sits_in_its_own_plugins_folder_and_s3_keys_reach_the_config(t
     assert (d["plugins"] / "metrics-prometheus").is_dir()  # the wheel's reporters stay
     keys = _cluster_keys()
     assert keys["s3.endpoint"] == f"http://{SETTINGS.s3_endpoint}" and keys["s3.path.style.access"] is True
-    assert keys["s3.access-key"] == SETTINGS.s3.access_key
+    assert keys["s3.access-key"] == "rscf-job"  # the job's own key (rscf/s3_security.py)
     assert flink.flink_env()["FLINK_PLUGINS_DIR"] == str(flink.flink_dirs()["plugins"])
