@@ -35,6 +35,7 @@ class Target:
     spawned: dict[int, float] = field(default_factory=dict)  # index -> spawn time, until ready
     draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
     activated: set[int] = field(default_factory=set)  # parked replicas activated, until ready
+    seen: set[int] = field(default_factory=set)  # replicas alive at the last tick
 
     @property
     def name(self) -> str:
@@ -44,6 +45,16 @@ class Target:
     @property
     def first_index(self) -> int:
         return LANE_REPLICA_BASE if self.lane else 0
+
+    def notice(self, alive: set[int], now: float) -> set[int]:
+        """Replicas that appeared without this controller starting them (`rscf workers start`, the demo)
+        get a full cooldown from now. Without it an idle pool's last activity, a minute old, drained
+        the demo's four replicas 2 s after `rscf workers start`, before their models had loaded."""
+        arrived = alive - self.seen - set(self.spawned) - self.activated
+        if arrived:
+            self.state.last_active_at = now
+        self.seen = set(alive)
+        return arrived
 
     def owns(self, index: int) -> bool:
         """Live targets own replica indices below LANE_REPLICA_BASE, lane targets those from it."""

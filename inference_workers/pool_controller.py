@@ -67,7 +67,12 @@ class Controller:
         decisions: dict[str, Decision] = {}
         for t in self.targets.values():
             self._settle(t, now)
-            running[t.name] = len(self._alive(t))
+            alive = self._alive(t)
+            arrived = t.notice({r.replica for r in alive}, now)
+            if arrived:
+                log.info("pool=%s replicas %s started outside the controller: kept for a cooldown (%d s)",
+                         t.name, sorted(arrived), t.policy.cooldown_s)
+            running[t.name] = len(alive)
             decisions[t.name] = self._decide(t, running[t.name], now)
         costs = {n: cost_of(pool_row(t.pool), self.gpu_budget) for n, t in self.targets.items()}
         live = {n: d.target for n, d in decisions.items() if not self.targets[n].lane}

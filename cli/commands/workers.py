@@ -101,16 +101,17 @@ def _wait_ready(pools: list[str], timeout_s: float) -> list[str]:
     from inference_workers import supervisor
 
     deadline = time.monotonic() + timeout_s
-    waiting = set(pools)
+    waiting, gone = set(pools), set()
     while waiting and time.monotonic() < deadline:
         for pool in list(waiting):
             alive = supervisor.alive_replicas(pool)
-            if not alive:
-                break
-            if any(_probe(r.port) == "ready" for r in alive):
+            if not alive:  # exited (see its log) or drained by the pool controller: no use waiting
+                waiting.discard(pool)
+                gone.add(pool)
+            elif any(_probe(r.port) == "ready" for r in alive):
                 waiting.discard(pool)
         time.sleep(1)
-    return sorted(waiting)
+    return sorted(waiting | gone)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

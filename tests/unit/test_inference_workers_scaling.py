@@ -100,3 +100,19 @@ def test_replicas_found_running_get_a_full_cooldown() -> None:
     assert decide("p", P, st, 0, 1, now=1000).target == 1  # adopted, idle: not killed at once
     assert decide("p", P, st, 0, 1, now=1059).target == 1
     assert decide("p", P, st, 0, 1, now=1100).target == 0
+
+
+def test_replicas_started_by_hand_in_an_idle_pool_get_a_full_cooldown() -> None:
+    from inference_workers.controller_targets import Target
+
+    policy = Policy(min_replicas=0, max_replicas=4, lag_threshold=10, cooldown_s=60)
+    t = Target("echo", policy, "req", "grp")
+    t.state.last_active_at = 1000.0  # the pool's last activity, long ago
+    assert t.notice(set(), 1100.0) == set()
+    assert t.state.last_active_at == 1000.0
+    assert t.notice({0}, 1101.0) == {0}  # `rscf workers start` just added replica 0
+    assert decide("echo", policy, t.state, 0, 1, 1103.0).target == 1  # kept, not drained 2 s later
+    assert t.notice({0}, 1103.0) == set()  # already seen: no new cooldown
+    assert decide("echo", policy, t.state, 0, 1, 1161.0 + policy.stabilization_s).target == 0
+    t.spawned[1] = 1200.0  # the controller's own start is not an arrival
+    assert t.notice({0, 1}, 1201.0) == set()
