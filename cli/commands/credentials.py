@@ -53,6 +53,12 @@ def cmd_kafka(args: argparse.Namespace) -> int:
             return EXIT_UNAVAILABLE
     tls = args.tls or SETTINGS.kafka_auth.tls
     bootstrap = kafka_security.tls_bootstrap() if args.tls else SETTINGS.kafka_bootstrap
+    if args.tls:
+        from deploy.local.processes import port_in_use
+
+        if not port_in_use(SETTINGS.ports.kafka_tls):
+            print(f"note: nothing listens on {bootstrap} yet: a broker started before its TLS listener existed "
+                  "gets it when it restarts (`rscf down` + `rscf up`)", file=sys.stderr)
     if args.java:
         conf = {"bootstrap.servers": bootstrap, **kafka_security.java_security(principal, tls)}
     else:
