@@ -15,11 +15,12 @@ class TopicCreationError(RuntimeError):
     """A topic could not be created (other than because it already exists)."""
 
 
-def client_security(principal: str = ADMIN, data: Any = None) -> dict[str, Any]:
+def client_security(principal: str = ADMIN, data: Any = None, tls: bool | None = None) -> dict[str, Any]:
     """The librdkafka keys that authenticate as ``principal`` ({} on a broker without authentication).
     Every confluent-kafka client of RSCF adds these; the Flink job's DDL: `flink_security`. ``data``:
-    the data dir of another stack (a test's private one)."""
-    return kafka_security.librdkafka_security(principal, data)
+    the data dir of another stack (a test's private one); ``tls``: for the TLS listener (default
+    ``RSCF_KAFKA_TLS``, which also moves ``SETTINGS.kafka_bootstrap`` there)."""
+    return kafka_security.librdkafka_security(principal, data, tls)
 
 
 def flink_security(principal: str = kafka_security.JOB) -> dict[str, str]:

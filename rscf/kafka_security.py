@@ -19,6 +19,11 @@ by ``rscf credentials kafka``. Which mode a client uses: the mode the local brok
 (``<data>/kafka/auth_mode``), else ``RSCF_KAFKA_AUTH``, else none; a new broker is formatted with
 ``RSCF_KAFKA_AUTH``, else ``KafkaAuth.new_broker_mode`` (rscf/settings.py) — so a stack keeps working
 whatever the shell says, and a data dir from before authentication stays ``none``.
+
+TLS (README "Kafka over TLS"): the broker also listens on ``RSCF_KAFKA_TLS_PORT`` with SASL_SSL (SSL
+on a ``none`` broker), its certificate from the stack's CA (``<data>/secrets/ca.pem``); the same
+principals and ACLs apply there. ``tls=True`` (or ``RSCF_KAFKA_TLS=1`` for RSCF's own clients) gives
+the settings of that listener: the CA to verify against and host name verification on.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from rscf.settings import SETTINGS
 SCRAM, NONE = "scram", "none"
 AUTH_MODES = (SCRAM, NONE)
 MECHANISM = "SCRAM-SHA-512"
-PROTOCOL = "SASL_PLAINTEXT"  # loopback only; why not SASL_SSL: README "Kafka authentication"
+PROTOCOL = "SASL_PLAINTEXT"  # the first listener (RSCF_KAFKA_PORT); README "Kafka authentication"
+TLS_PROTOCOL = "SASL_SSL"  # the TLS listener (RSCF_KAFKA_TLS_PORT); SSL on a broker without authentication
 # The Flink SQL connector jar relocates the Kafka client under this package (checked in the jar).
 FLINK_SHADED = "org.apache.flink.kafka.shaded."
 SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
@@ -117,6 +123,27 @@ def password(principal: str, data: Path | None = None) -> str:
     return load_or_create(path.name, lambda: random_token(24), path.parent).decode().strip()
 
 
+# ----------------------------------------------------------------------------- TLS listener
+
+
+def ca_file(data: Path | None = None) -> Path:
+    """The stack's CA (gateway/tls.py): what a client of the TLS listener verifies the broker against."""
+    return (data or SETTINGS.paths.data) / "secrets" / "ca.pem"
+
+
+def tls_dir(data: Path | None = None) -> Path:
+    """The broker's certificate, key and PEM key store (0700/0600; deploy/local/kafka_broker.py)."""
+    return (data or SETTINGS.paths.data) / "secrets" / "kafka-tls"
+
+
+def tls_bootstrap() -> str:
+    return f"{SETTINGS.host}:{SETTINGS.ports.kafka_tls}"
+
+
+def _use_tls(tls: bool | None) -> bool:
+    return SETTINGS.kafka_auth.tls if tls is None else tls
+
+
 # ----------------------------------------------------------------------------- client settings
 
 
@@ -147,30 +174,46 @@ def credentials_env(principal: str = ADMIN) -> dict[str, str]:
     return {**redis_env, "RSCF_KAFKA_AUTH": mode, "RSCF_KAFKA_PRINCIPAL": user, "RSCF_KAFKA_PASSWORD": pw}
 
 
-def librdkafka_security(principal: str, data: Path | None = None) -> dict[str, str]:
-    """The keys a confluent-kafka client adds to connect as ``principal`` ({} without authentication);
-    ``data``: another stack's data dir (a test's private stack)."""
+def librdkafka_security(principal: str, data: Path | None = None, tls: bool | None = None) -> dict[str, str]:
+    """The keys a confluent-kafka client adds to connect as ``principal`` ({} without authentication on
+    the plaintext listener); ``data``: another stack's data dir (a test's private stack); ``tls``: for
+    the TLS listener (default: ``RSCF_KAFKA_TLS``)."""
+    tls = _use_tls(tls)
+    ssl = {"ssl.ca.location": str(ca_file(data)), "ssl.endpoint.identification.algorithm": "https"} if tls else {}
     if auth_mode(data) == NONE:
-        return {}
+        return {"security.protocol": "SSL", **ssl} if tls else {}
     user, pw = credential(principal) if data is None else (principal, password(principal, data))
-    return {"security.protocol": PROTOCOL, "sasl.mechanism": MECHANISM, "sasl.username": user, "sasl.password": pw}
+    return {"security.protocol": TLS_PROTOCOL if tls else PROTOCOL, **ssl, "sasl.mechanism": MECHANISM,
+            "sasl.username": user, "sasl.password": pw}
 
 
-def flink_security(principal: str = JOB) -> dict[str, str]:
+def _java_tls(prefix: str, data: Path | None = None) -> dict[str, str]:
+    """A Java client's trust store for the TLS listener: the CA's PEM file as it is (ssl.truststore.type=PEM)."""
+    return {f"{prefix}ssl.truststore.type": "PEM", f"{prefix}ssl.truststore.location": str(ca_file(data)),
+            f"{prefix}ssl.endpoint.identification.algorithm": "https"}
+
+
+def flink_security(principal: str = JOB, tls: bool | None = None) -> dict[str, str]:
     """The same for the Flink SQL Kafka connector's WITH options (``properties.*``, shaded login module)."""
+    tls = _use_tls(tls)
+    ssl = _java_tls("properties.") if tls else {}
     if auth_mode() == NONE:
-        return {}
+        return {"properties.security.protocol": "SSL", **ssl} if tls else {}
     user, pw = credential(principal)
     jaas = f'{FLINK_SHADED}{SCRAM_LOGIN_MODULE} required username="{user}" password="{pw}";'
-    return {"properties.security.protocol": PROTOCOL, "properties.sasl.mechanism": MECHANISM,
-            "properties.sasl.jaas.config": jaas}
+    return {"properties.security.protocol": TLS_PROTOCOL if tls else PROTOCOL, **ssl,
+            "properties.sasl.mechanism": MECHANISM, "properties.sasl.jaas.config": jaas}
 
 
-def java_security(principal: str) -> dict[str, str]:
+def java_security(principal: str, tls: bool = False) -> dict[str, str]:
     """The Java client's properties (a user's own Java/Kafka CLI client): unshaded login module."""
+    ssl = _java_tls("") if tls else {}
+    if auth_mode() == NONE:
+        return {"security.protocol": "SSL", **ssl} if tls else {}
     user, pw = credential(principal)
     jaas = f'{SCRAM_LOGIN_MODULE} required username="{user}" password="{pw}";'
-    return {"security.protocol": PROTOCOL, "sasl.mechanism": MECHANISM, "sasl.jaas.config": jaas}
+    return {"security.protocol": TLS_PROTOCOL if tls else PROTOCOL, **ssl, "sasl.mechanism": MECHANISM,
+            "sasl.jaas.config": jaas}
 
 
 # ----------------------------------------------------------------------------- ACLs as data

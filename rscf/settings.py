@@ -75,6 +75,9 @@ class Paths:
 class Ports:
     kafka: int = _env_int("KAFKA_PORT", 9092)
     kafka_controller: int = _env_int("KAFKA_CONTROLLER_PORT", 9093)
+    # The SASL_SSL client listener (README "Kafka over TLS"): by default the client port + 50 (9142), so a
+    # private stack that moves only RSCF_KAFKA_PORT (every test and env script from before) gets its own.
+    kafka_tls: int = _env_int("KAFKA_TLS_PORT", _env_int("KAFKA_PORT", 9092) + 50)
     flink_rest: int = _env_int("FLINK_PORT", 8081)
     flink_rpc: int = _env_int("FLINK_RPC_PORT", 6123)
     # ZooKeeper keeps the JobManager's leadership and job graphs (Flink HA): a restarted JobManager
@@ -212,6 +215,12 @@ class KafkaAuth:
     def requested_mode(self, default: str = "none") -> str:  # scram | none
         return _env("KAFKA_AUTH", default).strip().lower()
 
+    @property
+    def tls(self) -> bool:
+        """RSCF_KAFKA_TLS=1: RSCF's own clients use the SASL_SSL listener (RSCF_KAFKA_TLS_PORT), not 9092's
+        SASL_PLAINTEXT (README "Kafka over TLS"); off by default."""
+        return _env("KAFKA_TLS", "0").strip().lower() in ("1", "true", "yes", "on")
+
     def given_credential(self) -> tuple[str, str, str]:
         """(principal, password, password file) handed to this process (a container's Secret), or ''s."""
         return _env("KAFKA_PRINCIPAL", ""), _env("KAFKA_PASSWORD", ""), _env("KAFKA_PASSWORD_FILE", "")
@@ -326,7 +335,8 @@ class Settings:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return _env("KAFKA_BOOTSTRAP", f"{self.host}:{self.ports.kafka}")
+        port = self.ports.kafka_tls if self.kafka_auth.tls else self.ports.kafka
+        return _env("KAFKA_BOOTSTRAP", f"{self.host}:{port}")
 
     @property
     def registry_url(self) -> str:

@@ -1,4 +1,5 @@
-"""`rscf credentials kafka PRINCIPAL [--json|--java]`: a client configuration for this stack's broker;
+"""`rscf credentials kafka PRINCIPAL [--tls] [--json|--java]`: a client configuration for this stack's broker
+(`--tls`: its SASL_SSL listener, verified against the stack's CA; README "Kafka over TLS");
 `rscf credentials prometheus [--user U] [--json]`: Prometheus' basic auth and the Pushgateway's client
 certificate (rscf/monitoring_security.py, README "Prometheus and Pushgateway authentication").
 `rscf credentials redis USER [--json]`: how an ACL user connects to this stack's Redis.
@@ -50,11 +51,18 @@ def cmd_kafka(args: argparse.Namespace) -> int:
             print(f"kafka at {SETTINGS.kafka_bootstrap}: could not register {principal}: {str(exc)[:300]}",
                   file=sys.stderr)
             return EXIT_UNAVAILABLE
+    tls = args.tls or SETTINGS.kafka_auth.tls
+    bootstrap = kafka_security.tls_bootstrap() if args.tls else SETTINGS.kafka_bootstrap
+    if args.tls:
+        from deploy.local.processes import port_in_use
+
+        if not port_in_use(SETTINGS.ports.kafka_tls):
+            print(f"note: nothing listens on {bootstrap} yet: a broker started before its TLS listener existed "
+                  "gets it when it restarts (`rscf down` + `rscf up`)", file=sys.stderr)
     if args.java:
-        conf = {"bootstrap.servers": SETTINGS.kafka_bootstrap,
-                **(kafka_security.java_security(principal) if mode != kafka_security.NONE else {})}
+        conf = {"bootstrap.servers": bootstrap, **kafka_security.java_security(principal, tls)}
     else:
-        conf = kafka_clients.client_config(principal)
+        conf = kafka_clients.client_config(principal, bootstrap, **kafka_clients.client_security(principal, tls=tls))
     if args.json:
         print(json.dumps(conf, indent=2))
     else:
@@ -151,6 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "tenant-<id>): properties, --json for confluent-kafka, --java for Java clients")
     k.add_argument("principal", help="admin | job | gateway | controller | worker-<pool> | tenant-<id>")
     k.add_argument("--java", action="store_true", help="Java client properties (sasl.jaas.config)")
+    k.add_argument("--tls", action="store_true",
+                   help="for the TLS listener (SASL_SSL, RSCF_KAFKA_TLS_PORT): verifies the broker against the stack's CA")
     k.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
     k.set_defaults(func=cmd_kafka)
     m = verbs.add_parser("prometheus", parents=[json_parent()],

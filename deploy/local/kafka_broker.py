@@ -1,5 +1,8 @@
 """The local Kafka broker's config: single-node KRaft (broker + controller) on loopback, formatted once,
-with SASL/SCRAM and the StandardAuthorizer when the data dir's mode is ``scram`` (rscf/kafka_security.py)."""
+with SASL/SCRAM and the StandardAuthorizer when the data dir's mode is ``scram`` (rscf/kafka_security.py),
+and a second client listener with TLS (SASL_SSL; SSL on a ``none`` broker) whose certificate the stack's
+CA signs. server.properties is rendered at every `rscf up` and KRaft's format pins no listener, so a data
+dir from before the TLS listener gets it at its next start."""
 
 from __future__ import annotations
 
@@ -8,13 +11,16 @@ import hashlib
 import os
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import installed
+from deploy.local.monitoring import _issue as issue_certificate  # the monitoring's CA-signed certificates
 from deploy.local.processes import StackError, port_in_use
 from rscf import kafka_security
 from rscf.kafka_clients import admin_client
-from rscf.secrets import load_or_create, random_token, write_private
+from rscf.monitoring_security import ClientCert
+from rscf.secrets import load_or_create, random_token, secrets_dir, write_private
 from rscf.settings import SETTINGS
 
 D = SETTINGS.paths.data
@@ -26,28 +32,50 @@ def kafka_dir() -> Path:
     return D / "kafka"
 
 
-def _kafka_listeners(mode: str) -> str:
-    """Listener lines of server.properties. With SCRAM (rscf/kafka_security.py): the client listener takes
-    SCRAM-SHA-512 only; the controller listener (the broker's own link to its controller) takes PLAIN
-    with one static user, as KRaft controllers cannot check SCRAM (it lives in the metadata they serve);
-    the StandardAuthorizer refuses what no ACL allows; the admin is the super user."""
-    if mode == kafka_security.NONE:
-        return f"""listeners=PLAINTEXT://{H}:{P.kafka},CONTROLLER://{H}:{P.kafka_controller}
-advertised.listeners=PLAINTEXT://{H}:{P.kafka}
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+@dataclass(frozen=True)
+class TlsStore:
+    """The TLS listener's PEM key store (key + certificate chain) and trust store (the CA)."""
+
+    keystore: Path
+    truststore: Path
+
+
+def _tls_lines(listener: str, tls: TlsStore) -> str:
+    """The TLS listener's SSL settings (PEM stores: Kafka reads them as they are, no keytool)."""
+    pre = f"listener.name.{listener.lower()}."
+    return f"""{pre}ssl.keystore.type=PEM
+{pre}ssl.keystore.location={tls.keystore}
+{pre}ssl.truststore.type=PEM
+{pre}ssl.truststore.location={tls.truststore}
+{pre}ssl.enabled.protocols=TLSv1.3,TLSv1.2
+{pre}ssl.client.auth=none
 """
+
+
+def _kafka_listeners(mode: str, tls: TlsStore) -> str:
+    """Listener lines of server.properties. With SCRAM (rscf/kafka_security.py): both client listeners
+    (SASL_PLAINTEXT on RSCF_KAFKA_PORT, SASL_SSL on RSCF_KAFKA_TLS_PORT) take SCRAM-SHA-512 only; the
+    controller listener (the broker's own link to its controller) takes PLAIN with one static user, as
+    KRaft controllers cannot check SCRAM (it lives in the metadata they serve); the StandardAuthorizer
+    refuses what no ACL allows, whichever listener; the admin is the super user."""
+    if mode == kafka_security.NONE:
+        return f"""listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller}
+advertised.listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL
+inter.broker.listener.name=PLAINTEXT
+{_tls_lines("SSL", tls)}"""
     admin, ks = kafka_security.ADMIN, kafka_security
     internal = load_or_create("kafka_controller_password", lambda: random_token(24), SETTINGS.paths.secrets).decode()
-    return f"""listeners=SASL_PLAINTEXT://{H}:{P.kafka},CONTROLLER://{H}:{P.kafka_controller}
-advertised.listeners=SASL_PLAINTEXT://{H}:{P.kafka}
-listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+    scram_jaas = f'{ks.SCRAM_LOGIN_MODULE} required username="{admin}" password="{ks.password(admin)}";'
+    return f"""listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller}
+advertised.listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls}
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=SASL_PLAINTEXT
 sasl.enabled.mechanisms={ks.MECHANISM}
 sasl.mechanism.inter.broker.protocol={ks.MECHANISM}
-listener.name.sasl_plaintext.{ks.MECHANISM.lower()}.sasl.jaas.config={ks.SCRAM_LOGIN_MODULE} required \
-  username="{admin}" password="{ks.password(admin)}";
-sasl.mechanism.controller.protocol=PLAIN
+listener.name.sasl_plaintext.{ks.MECHANISM.lower()}.sasl.jaas.config={scram_jaas}
+listener.name.sasl_ssl.{ks.MECHANISM.lower()}.sasl.jaas.config={scram_jaas}
+{_tls_lines("SASL_SSL", tls)}sasl.mechanism.controller.protocol=PLAIN
 listener.name.controller.sasl.enabled.mechanisms=PLAIN
 listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \
   username="{admin}" password="{internal}" user_{admin}="{internal}";
@@ -77,15 +105,32 @@ def _scram_format_arg(principal: str) -> str:
             f'salt="{b64(salt)}",saltedpassword="{b64(salted)}"]')
 
 
+def ensure_tls_store() -> TlsStore:
+    """The broker's certificate (SAN 127.0.0.1 and localhost) from the stack's CA, issued or renewed by
+    the monitoring's helper, and its PEM key store: the key (unencrypted PKCS#8, as the key file itself:
+    Kafka 4.1 takes it without ssl.key.password, and a file password would sit next to it), the
+    certificate and the CA, 0600 under <data>/secrets/kafka-tls; rewritten at every start."""
+    from gateway.tls import ensure_ca
+
+    ca_cert, ca_key = ensure_ca()
+    base = secrets_dir(kafka_security.tls_dir())
+    leaf = ClientCert("kafka-broker", base / "broker.pem", base / "broker.key")
+    issue_certificate("kafka-broker", True, ca_cert, ca_key, leaf)
+    store = TlsStore(base / "keystore.pem", kafka_security.ca_file())
+    write_private(store.keystore, leaf.key.read_bytes() + leaf.cert.read_bytes() + store.truststore.read_bytes())
+    return store
+
+
 def prepare_kafka() -> None:
     conf = kafka_dir()
     (conf / "data").mkdir(parents=True, exist_ok=True)
     mode = _kafka_mode()
+    tls = ensure_tls_store()
     props = f"""# generated by rscf: single-node KRaft broker+controller on loopback (RSCF_KAFKA_AUTH={mode})
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={H}:{P.kafka_controller}
-{_kafka_listeners(mode)}controller.listener.names=CONTROLLER
+{_kafka_listeners(mode, tls)}controller.listener.names=CONTROLLER
 log.dirs={conf / 'data'}
 num.partitions={SETTINGS.topics.partitions}
 offsets.topic.replication.factor=1

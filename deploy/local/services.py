@@ -281,10 +281,10 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "kafka",
-        (P.kafka, P.kafka_controller),
+        (P.kafka, P.kafka_controller, P.kafka_tls),
         lambda: kafka_java("kafka.Kafka", "-Xmx768m") + [str(kafka_dir() / "server.properties")],
         kafka_healthy,
-        f"{H}:{P.kafka} (bootstrap)",
+        f"{H}:{P.kafka} (bootstrap), {H}:{P.kafka_tls} (TLS, CA {SETTINGS.paths.secrets / 'ca.pem'})",
         prepare=prepare_kafka,
         start_timeout_s=90,
         startsecs=15,
