@@ -18,17 +18,6 @@ from rscf.settings import SETTINGS
 H, P = SETTINGS.host, SETTINGS.ports
 
 
-@pytest.fixture
-def data(tmp_path):
-    """A data dir of its own: nothing lands in the stack's (Paths is frozen: set and restore by hand)."""
-    old = SETTINGS.paths.data
-    object.__setattr__(SETTINGS.paths, "data", tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        object.__setattr__(SETTINGS.paths, "data", old)
-
-
 def _props(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 

@@ -19,17 +19,6 @@ from rscf.secrets import mode_of
 from rscf.settings import SETTINGS
 
 
-@pytest.fixture
-def data(tmp_path):
-    """A data dir of its own: nothing lands in the stack's (Paths is frozen: set and restore by hand)."""
-    old = SETTINGS.paths.data
-    object.__setattr__(SETTINGS.paths, "data", tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        object.__setattr__(SETTINGS.paths, "data", old)
-
-
 def test_prometheus_web_config_holds_bcrypt_hashes_of_each_users_password(data):
     monitoring.prepare_prometheus_web()
     path = monitoring.web_config_path("prometheus")
