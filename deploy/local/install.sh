@@ -73,19 +73,19 @@ fetch_maven() {  # profile, output dir, marker file
   local profile=$1 out=$2 marker=$3
   if [ ! -e "$out/$marker" ]; then
     say "maven: $profile -> $out"
-    mkdir -p "$out"
+    rm -rf "$out" && mkdir -p "$out"  # a stale set (e.g. an older slf4j-api) must not share the classpath
     mvn -q -B -f "$REPO/deploy/local/pom.xml" -P"$profile" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$out" -Dmaven.repo.local="$CACHE/m2" \
       || die "maven could not fetch the $profile artifacts (is Maven Central reachable?)"
   fi
 }
-fetch_maven kafka "$CACHE/jars/kafka-$KAFKA_VERSION" "kafka_2.13-$KAFKA_VERSION.jar"
+fetch_maven kafka "$CACHE/jars/kafka-$KAFKA_VERSION" "slf4j-api-2.0.17.jar"  # marker: a cache without it has the no-op logger
 fetch_maven flink-connectors "$CACHE/jars/flink-connectors" "flink-sql-connector-kafka-$CONNECTOR_VERSION.jar"
 fetch_maven flink-plugins "$CACHE/jars/flink-plugins" "flink-s3-fs-hadoop-$S3_PLUGIN_VERSION.jar"
 fetch_maven registry "$CACHE/jars/registry" "apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
 # Optional: Kafka 4.4.0 (share groups) for `rscf bench sharegroups` only (the benchmark fetches it itself too)
 if [ "${RSCF_KAFKA_SHARE:-0}" = 1 ]; then
-  fetch_maven kafka-share "$CACHE/jars/kafka-4.4.0" "kafka_2.13-4.4.0.jar"
+  fetch_maven kafka-share "$CACHE/jars/kafka-4.4.0" "slf4j-api-2.0.17.jar"
 fi
 
 apicurio_home="$CACHE/apicurio-$APICURIO_VERSION"

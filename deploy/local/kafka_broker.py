@@ -152,12 +152,14 @@ num.io.threads=2
 background.threads=2
 """
     write_private(conf / "server.properties", props.encode())  # 0600: it holds the broker's passwords
+    # WARN: the log (never rotated, see supervision.py) keeps why the broker failed or exited, not the INFO
+    # chatter of every partition load and group rebalance
     (conf / "log4j2.properties").write_text(
-        "rootLogger.level = INFO\nrootLogger.appenderRef.stdout.ref = STDOUT\n"
+        "rootLogger.level = WARN\nrootLogger.appenderRef.stdout.ref = STDOUT\n"
         "appender.stdout.type = Console\nappender.stdout.name = STDOUT\n"
         "appender.stdout.layout.type = PatternLayout\n"
         "appender.stdout.layout.pattern = [%d] %p %m (%c)%n\n"
-        "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
+        "logger.kafka.name = kafka\nlogger.kafka.level = WARN\n"
         "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
     )
     if not (conf / "data" / "meta.properties").exists():

@@ -111,6 +111,19 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """A server could listen on ``port`` now. False also when nothing listens there but a connection holds it
+    as its local end (ports 32768-60999 are Linux's ephemeral range): `port_in_use` does not see that, and
+    the server would die at start with "Address already in use"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a TIME_WAIT socket is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def http_ok(url: str, timeout: float = 2.0, **client: object) -> bool:
     """GET ``url`` answers 200; ``client``: httpx's ``auth=``, ``verify=`` (a service that wants credentials)."""
     import httpx

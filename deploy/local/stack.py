@@ -22,7 +22,8 @@ from typing import Callable
 import psutil
 
 from deploy.local import supervision
-from deploy.local.processes import Service, StackError, log_tail, port_in_use, recorded_process, stop_recorded
+from deploy.local.processes import (Service, StackError, log_tail, port_bindable, port_in_use, recorded_process,
+                                    stop_recorded)
 from deploy.local.provision import provision
 from deploy.local.installed import require_installed
 from deploy.local.services import POOL_CONTROLLER, SERVICE_BY_NAME, SERVICES
@@ -161,6 +162,12 @@ def up(progress: Callable[[str], None] = lambda msg: None, only: list[str] | Non
                     raise StackError(
                         f"{svc.name}: port {port} on {SETTINGS.host} is already taken by another process "
                         f"(not started by rscf). Free it or set the RSCF_*_PORT variable in rscf/settings.py."
+                    )
+                if not port_bindable(port):
+                    raise StackError(
+                        f"{svc.name}: port {port} on {SETTINGS.host} cannot be bound: nothing listens there, but a "
+                        f"connection holds it as its local end (Linux's ephemeral range is 32768-60999). Choose a "
+                        f"port below 32768 with the RSCF_*_PORT variable in rscf/settings.py."
                     )
             svc.prepare()
             try:

@@ -39,13 +39,16 @@ def _name(err) -> str:
 class Broker:
     def __init__(self, data: Path) -> None:
         self.data = data
-        port = free_port_block(2, start=43_000, span=2000)
+        # below Linux's ephemeral range (32768-60999), where a client connection's local end can hold a port;
+        # the TLS listener's port is reserved too (by default it is the client port + 50, unchecked)
+        port = free_port_block(3, start=31_000, span=1500)
         self.bootstrap = f"127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RSCF_KAFKA")}
         self.env.pop("RSCF_KAFKA_BOOTSTRAP", None)
         self.env.update({"PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(data),
                          "RSCF_KAFKA_AUTH": "scram", "RSCF_KAFKA_PORT": str(port),
-                         "RSCF_KAFKA_CONTROLLER_PORT": str(port + 1), "RSCF_POOL_CONTROLLER": "off"})
+                         "RSCF_KAFKA_CONTROLLER_PORT": str(port + 1), "RSCF_KAFKA_TLS_PORT": str(port + 2),
+                         "RSCF_POOL_CONTROLLER": "off"})
 
     def rscf(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=SETTINGS.paths.repo, env=self.env,

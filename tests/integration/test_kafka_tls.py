@@ -45,7 +45,7 @@ public class Check {
 class Broker:
     def __init__(self, data: Path) -> None:
         self.data = data
-        port = free_port_block(3, start=41_000, span=2000)
+        port = free_port_block(3, start=32_500, span=260)  # below the ephemeral range (test_kafka_auth)
         self.plain, self.tls = f"127.0.0.1:{port}", f"127.0.0.1:{port + 2}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RSCF_KAFKA")}
         self.env.update({"PYTHONPATH": str(SETTINGS.paths.repo), "RSCF_DATA_DIR": str(data),

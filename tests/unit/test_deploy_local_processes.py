@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import psutil
 
-from deploy.local.processes import recorded_process, stop_recorded
+from deploy.local.processes import port_bindable, port_in_use, recorded_process, stop_recorded
 
 
 def test_recorded_process_is_the_one_started_not_a_reused_pid(tmp_path):
@@ -28,3 +29,19 @@ def test_stop_recorded_removes_a_stale_pid_file_and_stops_nothing(tmp_path):
     pid_file.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 3600}))
     assert stop_recorded(pid_file) is False
     assert not pid_file.exists() and me.is_running()
+
+
+def test_a_port_held_by_a_connection_is_not_listened_on_yet_cannot_be_bound():
+    """What crashed a test broker in CI: its TLS port was a client connection's local end (ephemeral range)."""
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(server.getsockname())
+        held = client.getsockname()[1]
+        assert not port_in_use(held)  # nothing listens there...
+        assert not port_bindable(held)  # ...and still a server could not start on it
+        assert port_in_use(server.getsockname()[1]) and not port_bindable(server.getsockname()[1])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert port_bindable(free)
