@@ -47,13 +47,15 @@ def _free(port: int) -> bool:
 
 def _port_block() -> dict[str, int]:
     """Ports for one private Kafka + SeaweedFS + Apicurio. SeaweedFS also binds each port + 10000
-    (gRPC) and the master port + 1000 (metrics, see deploy/local/services.py), so those must be free too."""
-    for base in range(31_000, 39_000, 20):
+    (gRPC) and the master port + 1000 (metrics, see deploy/local/services.py), so those must be free too.
+    All below 32768: above it (Linux's ephemeral range) a client connection's local end can take a port
+    between this check and the server's start."""
+    for base in range(21_000, 22_400, 20):
         ports = {
             "KAFKA_PORT": base, "KAFKA_CONTROLLER_PORT": base + 1, "S3_PORT": base + 2,
             "WEED_MASTER_PORT": base + 3, "WEED_VOLUME_PORT": base + 4, "WEED_FILER_PORT": base + 5,
             "REGISTRY_PORT": base + 6, "REGISTRY_MANAGEMENT_PORT": base + 7, "PROMETHEUS_PORT": base + 8,
-            "WORKER_METRICS_PORT": base + 9,
+            "WORKER_METRICS_PORT": base + 9, "KAFKA_TLS_PORT": base + 10,
         }
         extra = [base + 2 + 10_000, base + 3 + 10_000, base + 4 + 10_000, base + 5 + 10_000, base + 3 + 1000]
         if all(_free(p) for p in list(ports.values()) + extra):
