@@ -172,6 +172,11 @@ class S3Credentials:
     # https to the endpoint (real S3: RSCF_S3_ENDPOINT=s3.<region>.amazonaws.com RSCF_S3_SECURE=1)
     secure: bool = _env("S3_SECURE", "0") == "1"
     region: str = _env("S3_REGION", "us-east-1")
+    # SeaweedFS encrypts every chunk it writes to its volume files (AES-256-GCM, a random key per chunk kept in
+    # the filer's metadata): volume files and their backups hold no readable artifact or audit record. The
+    # filer's store (same data dir) holds the keys, so this protects volume disks, not the whole data dir.
+    # Cost: `rscf bench s3-encryption` (README "Encryption at rest"). Objects written before stay readable.
+    encrypt_at_rest: bool = _env("S3_ENCRYPT_AT_REST", "1") == "1"
 
     @property
     def secret_key(self) -> str:

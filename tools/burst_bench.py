@@ -52,6 +52,7 @@ class Plan:
     pool: str = "echo"  # echo (simulated model time) or image (the real shapes DDPM)
     max_batch: int = 1
     image_steps: int = 50
+    standby: int = 0  # the controller arm keeps this many warm replicas parked (model loaded, out of the group)
 
     @property
     def period_s(self) -> float:
@@ -166,6 +167,7 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
              if plan.predictive else ["--no-predictive"]),
            "--lag-threshold", str(plan.lag_threshold), "--cooldown", "20", "--stabilization", "10",
            "--scale-down-period", "5", "--cpu-budget", "64",
+           *(["--standby", str(plan.standby)] if elastic and plan.standby else []),
            "--worker-arg=--results-topic", f"--worker-arg={topics.results}",
            *(f"--worker-arg={a}" for a in worker_args(plan.pool, plan.item_ms, plan.max_batch))]
     env = {**os.environ, "RSCF_DATA_DIR": str(data), "PYTHONPATH": str(SETTINGS.paths.repo), **credentials_env()}

@@ -27,18 +27,11 @@ def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def _unpublished_models(mix: str) -> list[str]:
     """Models of the mix's pools that the registry cannot resolve (`rscf models build-defaults` publishes them)."""
-    from inference_workers.models.registry import ModelRegistry, RegistryError
+    from inference_workers.models.registry import unpublished
     from rscf.pools import ECHO, pool as pool_row
     from tools.evaluation_mix import pools
 
-    registry, missing = ModelRegistry(), []
-    for pool in pools(mix):
-        if pool != ECHO:
-            try:
-                registry.resolve(pool_row(pool).model)
-            except RegistryError:
-                missing.append(pool_row(pool).model)
-    return missing
+    return unpublished([pool_row(p).model for p in pools(mix) if p != ECHO])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

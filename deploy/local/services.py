@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from deploy.local import flink, installed, monitoring
-from deploy.local.processes import Service, StackError, http_ok, port_in_use, recorded_process
+from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
+from deploy.local.weed import stack_ports, weed_mini_argv
 from rscf import monitoring_security
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -102,28 +103,7 @@ def reload_s3_identities() -> bool:
 
 
 def _s3_argv() -> list[str]:
-    return [
-        installed.venv_bin("weed"),
-        "mini",
-        f"-dir={_s3_dir() / 'data'}",
-        f"-ip={H}",
-        f"-ip.bind={H}",
-        f"-s3.port={P.s3}",
-        f"-s3.config={_s3_dir() / 's3.json'}",
-        f"-master.port={P.weed_master}",
-        f"-volume.port={P.weed_volume}",
-        f"-filer.port={P.weed_filer}",
-        "-admin.ui=false",
-        "-webdav=false",
-        f"-metricsIp={H}",
-        f"-metricsPort={P.weed_master + 1000}",
-        # weed mini also opens an admin server (even with its UI off) and Iceberg/Lance catalogs on fixed
-        # default ports (23646 and +10000, 8181, 9101): a second stack on shifted ports would collide.
-        f"-admin.port={P.weed_master + 2000}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-master.volumeSizeLimitMB=256",
-    ]
+    return weed_mini_argv(_s3_dir() / "data", stack_ports(), _s3_dir() / "s3.json", SETTINGS.s3.encrypt_at_rest)
 
 
 def _s3_healthy() -> bool:

@@ -242,3 +242,15 @@ class ModelRegistry:
         shutil.rmtree(self.cache_path(name, version), ignore_errors=True)
         return len(keys)
 
+
+def unpublished(names: list[str], registry: ModelRegistry | None = None) -> list[str]:
+    """The models of `names` with no published version (`rscf models build-defaults` publishes the defaults):
+    a benchmark checks before it starts workers that would only crash-loop on them."""
+    registry = registry or ModelRegistry()
+    missing = []
+    for name in dict.fromkeys(names):
+        try:
+            registry.resolve(name)
+        except RegistryError:
+            missing.append(name)
+    return missing
