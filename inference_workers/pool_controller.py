@@ -86,7 +86,7 @@ class Controller:
             t = self.targets[p]
             target = min(d.target, granted[p]) if d.target > running[p] or t.lane else d.target
             self._report(d, target)
-            self._apply(t, target, now)
+            self._apply(t, target, now, keeping_up=d.lag is not None and d.lag <= t.policy.lag_threshold)
         self.last = decisions
         return list(decisions.values())
 
@@ -227,7 +227,7 @@ class Controller:
             self.backoff.healthy(t.name, 0)
             self.metrics.crash_loop.labels(t.name).set(0)
 
-    def _apply(self, t: Target, target: int, now: float) -> None:
+    def _apply(self, t: Target, target: int, now: float, keeping_up: bool = True) -> None:
         alive = self._alive(t)
         if len(alive) < target:
             if not self.backoff.may_start(t.name, 0, now):
@@ -249,7 +249,7 @@ class Controller:
         elif len(alive) > target:
             for r in sorted(alive, key=lambda r: r.replica, reverse=True)[: len(alive) - target]:
                 self._drain(t, r, now)
-        self._keep_standby(t, now)
+        self._keep_standby(t, now, keeping_up)
 
     def _free_index(self, t: Target) -> int:
         taken = {r.replica for r in supervisor.alive_replicas(t.pool)} | set(t.draining) | set(t.spawned)
@@ -258,10 +258,13 @@ class Controller:
             index += 1
         return index
 
-    def _keep_standby(self, t: Target, now: float) -> None:
-        """Keep `t.standby` replicas parked: park one more per tick when short, drain the surplus."""
+    def _keep_standby(self, t: Target, now: float, keeping_up: bool = True) -> None:
+        """Keep `t.standby` replicas parked: park one more per tick when short, drain the surplus. A
+        replacement is parked only while the pool keeps up (lag within its threshold): one loading its
+        model during a burst takes the cores the burst needs (image pool, 2 cores: the serving replicas
+        ran ~3x slower while one loaded), and it is for the next burst anyway."""
         parked = self._parked(t)
-        if len(parked) < t.standby and self.backoff.may_start(t.name, 0, now):
+        if len(parked) < t.standby and keeping_up and self.backoff.may_start(t.name, 0, now):
             index = self._free_index(t)
             r = standby.park(t.pool, index, t.args(index))
             log.info("pool=%s replica=%d parked as a warm standby (pid %s, nice %d)", t.name, index, r.pid,

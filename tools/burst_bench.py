@@ -186,6 +186,8 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         deadline = time.monotonic() + 60
         while not probe_ready(port_base) and time.monotonic() < deadline:
             time.sleep(0.3)
+        if elastic and plan.standby:
+            _wait_parked(data, plan.pool, plan.standby, progress)
         consumer = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": f"b-{uuid.uuid4().hex}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
         consumer.subscribe([topics.results])
@@ -269,6 +271,19 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
         topics.cleanup()
         _forget_history(topics.group)
     return res
+
+
+def _wait_parked(data: Path, pool: str, n: int, progress, timeout_s: float = 180.0) -> None:
+    """Load starts once `n` standbys are parked with their model loaded, as they would be long before a
+    real burst: a standby loading during the steady phase slowed the serving image replica ~3x."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        logs = (data / "logs").glob(f"worker-{pool}-*.log")
+        if sum(f.read_text(errors="replace").count("parked (model loaded") for f in logs) >= n:
+            progress(f"{n} standby replica(s) parked")
+            return
+        time.sleep(0.5)
+    progress(f"standby not parked after {timeout_s:.0f} s: starting the load anyway")
 
 
 def _kill_highest(data: Path, t: float, pool: str = "echo") -> dict | None:

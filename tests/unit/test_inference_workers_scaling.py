@@ -116,3 +116,22 @@ def test_replicas_started_by_hand_in_an_idle_pool_get_a_full_cooldown() -> None:
     assert decide("echo", policy, t.state, 0, 1, 1161.0 + policy.stabilization_s).target == 0
     t.spawned[1] = 1200.0  # the controller's own start is not an arrival
     assert t.notice({0, 1}, 1201.0) == set()
+
+
+def test_a_replacement_standby_is_parked_only_while_the_pool_keeps_up(monkeypatch) -> None:
+    """During a burst the cores go to the serving replicas; the next standby is parked after it."""
+    from inference_workers import pool_controller as pc
+    from inference_workers.controller_targets import Target
+
+    parked_calls: list[int] = []
+    monkeypatch.setattr(pc.standby, "park", lambda pool, index, args: parked_calls.append(index) or
+                        type("R", (), {"pid": None})())
+    ctl = pc.Controller.__new__(pc.Controller)  # no broker, no Redis: only the parking rule
+    ctl.backoff = CrashBackoff()
+    monkeypatch.setattr(ctl, "_parked", lambda t: {}, raising=False)
+    monkeypatch.setattr(ctl, "_free_index", lambda t: 3, raising=False)
+    t = Target("image", Policy(min_replicas=1, max_replicas=2, lag_threshold=5), "req", "grp", standby=1)
+    ctl._keep_standby(t, 100.0, keeping_up=False)
+    assert parked_calls == []  # a backlog: nothing loads a model beside the serving replicas
+    ctl._keep_standby(t, 101.0, keeping_up=True)
+    assert parked_calls == [3]
