@@ -27,6 +27,7 @@ import time
 
 import psutil
 
+from deploy.local.processes import cpu_seconds
 from jobs.config import EXACTLY_ONCE
 from rscf.clock import now_ms
 from rscf.kafka_clients import client_security
@@ -55,22 +56,11 @@ class CpuMeter:
                 self.procs[name] = psutil.Process(pid)
         self.start: dict[str, float] = {}
 
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        total = 0.0
-        for p in [proc, *proc.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
     def snapshot(self) -> dict[str, float]:
         out = {}
         for name, proc in self.procs.items():
             try:
-                out[name] = self._cpu(proc) if name != "bench" else sum(os.times()[:2])
+                out[name] = cpu_seconds(proc) if name != "bench" else sum(os.times()[:2])
             except psutil.NoSuchProcess:
                 out[name] = 0.0
         return out

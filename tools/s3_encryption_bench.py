@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from deploy.local.processes import cpu_seconds
 from deploy.local.weed import WeedPorts, weed_mini_argv
 from rscf.settings import SETTINGS
 
@@ -109,18 +110,9 @@ class PrivateWeed:
 
     def cpu_s(self) -> float:
         try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
+            return cpu_seconds(psutil.Process(self.proc.pid))
         except psutil.NoSuchProcess:
             return 0.0
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
 
     def volume_files(self) -> list[Path]:
         return sorted((self.dir / "data").rglob("*.dat"))

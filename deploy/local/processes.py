@@ -105,6 +105,22 @@ def stop_recorded(path: Path, timeout_s: float = 20.0) -> bool:
     return True
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU of a process and its children so far (benchmarks take differences); 0 for any gone."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.3)
