@@ -139,8 +139,13 @@ def test_a_tenant_key_reads_and_lists_only_its_own_prefix(s3):
     assert (SETTINGS.paths.data / "secrets" / "s3" / f"tenant-{own}").stat().st_mode & 0o777 == 0o600
 
 
+GCM_OVERHEAD = 28  # encryption at rest (SETTINGS.s3.encrypt_at_rest): a 12-byte nonce and a 16-byte tag per chunk
+
+
 def _a_volume_fid(size: int) -> str:
-    """The file id of a needle of ``size`` bytes in the artifacts collection (read from the volume index)."""
+    """The file id of a needle of ``size`` bytes (plus the cipher's overhead when the store encrypts) in the
+    artifacts collection (read from the volume index)."""
+    size += GCM_OVERHEAD if SETTINGS.s3.encrypt_at_rest else 0
     data = SETTINGS.paths.data / "s3" / "data"
     weed = str(Path(sys.executable).parent / "weed")
     for idx in sorted(data.glob(f"{B.artifacts}_*.idx")):

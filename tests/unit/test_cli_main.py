@@ -22,7 +22,7 @@ def test_every_verb_is_registered():
         "up": [], "status": [], "down": [],
         "schemas": ["register", "check"],
         "submit": [], "produce": [], "results": [],
-        "bench": ["serde", "pipeline", "embeddings", "vectors", "gateway", "handlers", "workers", "burst", "coldstart", "sharegroups", "backfill"],
+        "bench": ["serde", "pipeline", "embeddings", "vectors", "gateway", "handlers", "workers", "burst", "coldstart", "sharegroups", "s3-encryption", "backfill"],
         "job": ["start", "stop", "savepoint", "status"],
         "models": ["list", "publish", "fetch", "build-defaults", "train-image"],
         "worker": ["run"],
