@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
 
 from inference_workers import supervisor
 from rscf.settings import SETTINGS
@@ -48,6 +50,20 @@ def parked(pool: str) -> dict[int, supervisor.Replica]:
         elif not r.pid_file.exists():
             m.unlink(missing_ok=True)  # never started or already cleaned up (a crash while parked is the caller's)
     return out
+
+
+def wait_for_activation(activate: threading.Event, stopped: threading.Event, worker_id: str,
+                        worker_log: logging.Logger) -> bool:
+    """The parked replica's side: model loaded, wait until ACTIVATE_SIGNAL sets `activate` (True) or the
+    replica is stopped (False; stopping sets `activate` too)."""
+    worker_log.info("worker %s parked (model loaded, not in the group): waiting for SIGUSR1", worker_id)
+    started = time.monotonic()
+    while not activate.wait(0.5):
+        pass
+    if stopped.is_set():
+        return False
+    worker_log.info("worker %s activated after %.1f s parked", worker_id, time.monotonic() - started)
+    return True
 
 
 def park(pool: str, index: int, args: list[str]) -> supervisor.Replica:

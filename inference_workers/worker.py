@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_workers import standby
 from inference_workers.answered import DEFAULT_CAPACITY, AnsweredCache, cacheable
 from inference_workers.artifacts import ArtifactStore
 from inference_workers.batching import DEADLINE_EXCEEDED, Batch, MicroBatcher, OffsetTracker, Pending, to_epoch_ms
@@ -167,18 +168,7 @@ class Worker:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
-        signal.signal(signal.SIGUSR1, lambda *_: self._activate.set())
-
-    def _parked(self) -> bool:
-        """Wait, model loaded, until activated (True) or stopped (False): a warm standby replica."""
-        log.info("worker %s parked (model loaded, not in the group): waiting for SIGUSR1", self.worker_id)
-        started = time.monotonic()
-        while not self._activate.wait(0.5):
-            pass
-        if self._stop.is_set():
-            return False
-        log.info("worker %s activated after %.1f s parked", self.worker_id, time.monotonic() - started)
-        return True
+        signal.signal(standby.ACTIVATE_SIGNAL, lambda *_: self._activate.set())
 
     def start_health_server(self) -> int | None:
         port = self.s.metrics_port if self.s.metrics_port is not None else metrics_port(self.pool, self.s.replica)
@@ -207,7 +197,7 @@ class Worker:
         """Serve until stop(); always leaves the group cleanly."""
         self._store = ArtifactStore(self.s.artifact_bucket, self.metrics, self.s.s3_retry_max_s)
         self.load()
-        if self.s.standby and not self._parked():
+        if self.s.standby and not standby.wait_for_activation(self._activate, self._stop, self.worker_id, log):
             return
         self.kafka.connect()
         log.info("worker %s consuming %s as %s", self.worker_id, self.requests_topic, self.group_id)

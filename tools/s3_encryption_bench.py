@@ -17,17 +17,17 @@ import io
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 import psutil
 
-from deploy.local.processes import cpu_seconds
+from deploy.local.processes import cpu_seconds, port_bindable
 from deploy.local.weed import WeedPorts, weed_mini_argv
 from rscf.settings import SETTINGS
 
@@ -45,20 +45,11 @@ class Plan:
     rounds: int = 4
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((SETTINGS.host, port))
-            return True
-        except OSError:
-            return False
-
-
-def free_weed_ports(taken: set[int] = frozenset()) -> WeedPorts:
+def free_weed_ports(taken: Collection[int] = ()) -> WeedPorts:
     for base in PORT_RANGE:
         ports = WeedPorts(s3=base, master=base + 1, volume=base + 2, filer=base + 3)
         bound = ports.all_bound()
-        if not set(bound) & set(taken) and all(_bindable(p) for p in bound):
+        if not set(bound) & set(taken) and all(port_bindable(p, SETTINGS.host) for p in bound):
             return ports
     raise RuntimeError("no free block of loopback ports for a private weed mini")
 
@@ -119,6 +110,12 @@ class PrivateWeed:
 
     def files_holding(self, needle: bytes) -> list[str]:
         return [str(f.relative_to(self.dir)) for f in files_holding(self.dir / "data", needle)]
+
+
+def marker_object(pad: int = 32_768) -> tuple[bytes, bytes]:
+    """(a random marker, an object holding it between random bytes): incompressible, so stored as written."""
+    marker = secrets.token_hex(32).encode()
+    return marker, os.urandom(pad) + marker + os.urandom(pad)
 
 
 def files_holding(root: Path, needle: bytes) -> list[Path]:
@@ -184,8 +181,7 @@ def run(plan: Plan, say=lambda m: None) -> dict:
                     for op in ("put", "get")},
             }
         for mode, w in servers.items():
-            marker = secrets.token_hex(32).encode()
-            body = os.urandom(32_768) + marker + os.urandom(32_768)  # incompressible: stored as written
+            marker, body = marker_object()
             w.client().put_object(BUCKET, "marker", io.BytesIO(body), len(body))
             read_back = w.client().get_object(BUCKET, "marker")
             try:

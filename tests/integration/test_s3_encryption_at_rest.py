@@ -8,26 +8,19 @@ store's data dir (volume files, the filer's store) holds the marker. The same se
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import uuid
 
 import pytest
 
 from rscf.s3 import s3_client
 from rscf.settings import SETTINGS
-from tools.s3_encryption_bench import BUCKET, PrivateWeed, files_holding
+from tools.s3_encryption_bench import BUCKET, PrivateWeed, files_holding, marker_object
 
 pytestmark = pytest.mark.integration
 
 
-def _object_with_marker() -> tuple[bytes, bytes]:
-    marker = secrets.token_hex(32).encode()
-    return marker, os.urandom(16_384) + marker + os.urandom(16_384)  # incompressible: stored as written
-
-
 def test_the_search_finds_plaintext_in_a_store_without_encryption():
-    marker, body = _object_with_marker()
+    marker, body = marker_object(16_384)
     with PrivateWeed(encrypt=False) as weed:
         weed.client().put_object(BUCKET, "plain", io.BytesIO(body), len(body))
         assert any(f.endswith(".dat") for f in weed.files_holding(marker))
@@ -35,7 +28,7 @@ def test_the_search_finds_plaintext_in_a_store_without_encryption():
 
 @pytest.mark.skipif(not SETTINGS.s3.encrypt_at_rest, reason="RSCF_S3_ENCRYPT_AT_REST=0")
 def test_the_stacks_object_store_keeps_no_plaintext_on_disk():
-    marker, body = _object_with_marker()
+    marker, body = marker_object(16_384)
     client, key = s3_client(), f"tests/at-rest/{uuid.uuid4().hex}"
     client.put_object(SETTINGS.buckets.artifacts, key, io.BytesIO(body), len(body))
     try:
