@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import os
 
+from inference_workers.metrics import LANE_REPLICA_BASE
 from inference_workers.scaling import Cost, Policy
-from rscf.pools import POOLS, Pool
+from rscf.pools import Pool
 from rscf.settings import SETTINGS
 
 log = logging.getLogger("rscf.pool_controller")
 
-LANE_REPLICA_BASE = 100  # first replica index of a lane target; live replicas stay below it
 
 
 def lane_topic(pool: str, lane: str) -> str:
@@ -40,12 +40,6 @@ def lane_results(lane: str) -> str:
 
 def lane_group(base_group: str, lane: str) -> str:
     return f"{base_group}-{lane}"
-
-
-def lane_port(pool: str, index: int) -> int:
-    """Health/metrics port of a lane replica: first + pool index + (index - base) * pools."""
-    return (SETTINGS.ports.backfill_worker_metrics_first + POOLS.index(pool)
-            + (index - LANE_REPLICA_BASE) * len(POOLS))
 
 
 def lane_policy(row: Pool, max_replicas: int | None = None, **overrides) -> Policy:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
-from inference_workers.backfill_lanes import (LANE_REPLICA_BASE, lane_policy, lane_port, lane_topic,
-                                              lane_worker_args, lane_group)
+from inference_workers.backfill_lanes import lane_group, lane_policy, lane_topic, lane_worker_args
+from inference_workers.metrics import LANE_REPLICA_BASE, metrics_port
 from inference_workers.scaling import Policy, ScaleState
 from rscf.pools import POOLS, pool as pool_row
 from rscf.settings import SETTINGS
@@ -36,6 +37,7 @@ class Target:
     draining: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (pid, kill at)
     activated: set[int] = field(default_factory=set)  # parked replicas activated, until ready
     seen: set[int] = field(default_factory=set)  # replicas alive at the last tick
+    loading: set[int] = field(default_factory=set)  # arrivals not ready yet: the pool counts as active
 
     @property
     def name(self) -> str:
@@ -54,18 +56,26 @@ class Target:
         if arrived:
             self.state.last_active_at = now
         self.seen = set(alive)
+        self.loading |= arrived
         return arrived
+
+    def hold_while_loading(self, alive: set[int], ready: Callable[[int], bool], now: float) -> set[int]:
+        """Arrivals still loading their model keep the pool active, so its cooldown counts from when
+        they can serve: four pools loading at once on 2 busy cores can take longer than a cooldown
+        (60 s), and a replica drained before it was ready left `rscf workers start` waiting for nothing."""
+        self.loading = {i for i in self.loading & alive if not ready(i)}
+        if self.loading:
+            self.state.last_active_at = now
+        return self.loading
 
     def owns(self, index: int) -> bool:
         """Live targets own replica indices below LANE_REPLICA_BASE, lane targets those from it."""
         return (index >= LANE_REPLICA_BASE) == bool(self.lane)
 
     def port(self, index: int) -> int:
-        from inference_workers.metrics import metrics_port
-
         if self.metrics_port_base is not None:
             return self.metrics_port_base + index - self.first_index
-        return lane_port(self.pool, index) if self.lane else metrics_port(self.pool, index)
+        return metrics_port(self.pool, index)
 
     def args(self, index: int) -> list[str]:
         extra = list(self.worker_args)

@@ -25,10 +25,16 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _MS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 
+LANE_REPLICA_BASE = 100  # first replica index of a backfill lane (backfill_lanes.py); live replicas stay below
+
+
 def metrics_port(pool: str, replica: int = 0) -> int:
     """Port of a replica's health/metrics server: replica 0 of each pool gets first+pool index,
-    further replicas follow in blocks of len(POOLS), so no two replicas on a host collide."""
+    further replicas follow in blocks of len(POOLS), so no two replicas on a host collide. Backfill
+    lane replicas (index from LANE_REPLICA_BASE) count the same way from their own first port."""
     pool_index = POOLS.index(pool) if pool in POOLS else len(POOLS) - 1
+    if replica >= LANE_REPLICA_BASE:
+        return SETTINGS.ports.backfill_worker_metrics_first + pool_index + (replica - LANE_REPLICA_BASE) * len(POOLS)
     return SETTINGS.ports.worker_metrics_first + pool_index + replica * len(POOLS)
 
 

@@ -70,8 +70,9 @@ class Controller:
             alive = self._alive(t)
             arrived = t.notice({r.replica for r in alive}, now)
             if arrived:
-                log.info("pool=%s replicas %s started outside the controller: kept for a cooldown (%d s)",
-                         t.name, sorted(arrived), t.policy.cooldown_s)
+                log.info("pool=%s replicas %s started outside the controller: kept until ready, then for a "
+                         "cooldown (%d s)", t.name, sorted(arrived), t.policy.cooldown_s)
+            t.hold_while_loading({r.replica for r in alive}, lambda i, t=t: probe_ready(t.port(i)), now)
             running[t.name] = len(alive)
             decisions[t.name] = self._decide(t, running[t.name], now)
         costs = {n: cost_of(pool_row(t.pool), self.gpu_budget) for n, t in self.targets.items()}

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_workers.metrics import metrics_port, unregister_scrape_target
+from inference_workers.metrics import LANE_REPLICA_BASE, metrics_port, unregister_scrape_target
 from rscf.settings import SETTINGS
 
 
@@ -103,6 +103,19 @@ def replicas(pool: str | None = None) -> list[Replica]:
 
 def alive_replicas(pool: str) -> list[Replica]:
     return [r for r in replicas(pool) if r.alive]
+
+
+def serving_replicas(pool: str) -> list[Replica]:
+    """Alive replicas of the pool's live lanes: not a backfill lane's (they read other topics), not a
+    parked standby (not in the group). What `rscf workers start` counts as the pool already running."""
+    return [r for r in alive_replicas(pool)
+            if r.replica < LANE_REPLICA_BASE and not standby_marker(pool, r.replica).exists()]
+
+
+def free_index(pool: str) -> int:
+    """Lowest live replica index with no replica alive (a dead one's PID file is reused)."""
+    taken = {r.replica for r in alive_replicas(pool)}
+    return next(i for i in range(LANE_REPLICA_BASE) if i not in taken)
 
 
 def start_replica(pool: str, index: int, extra_args: list[str] | None = None) -> Replica:

@@ -76,42 +76,61 @@ def _pools(args: argparse.Namespace) -> list[str]:
     return args.pool or list(POOLS)
 
 
+START_ATTEMPTS = 3  # a pool whose replica exits before it is ready is started this many times in all
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from inference_workers import supervisor
 
     started = []
     for pool in _pools(args):
-        if supervisor.alive_replicas(pool):
+        if supervisor.serving_replicas(pool):  # a backfill lane's or a parked standby does not count
             continue
-        started.append(supervisor.start_replica(pool, 0).as_dict())
-    not_ready = _wait_ready(_pools(args), args.wait) if args.wait else []
+        started.append(supervisor.start_replica(pool, supervisor.free_index(pool)).as_dict())
+    failed = _wait_ready(_pools(args), args.wait, {r["pool"] for r in started}) if args.wait else {}
     _out(
         args,
-        {"started": started, "not_ready": not_ready},
+        {"started": started, "not_ready": sorted(failed), "why": failed},
         "\n".join(f"started {r['pool']}#{r['replica']} pid {r['pid']}" for r in started) or "already running",
     )
-    if not_ready:
-        print(f"not ready after {args.wait:.0f} s: {', '.join(not_ready)} (see their logs)", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    for pool, why in sorted(failed.items()):
+        print(f"{pool}: {why}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
-def _wait_ready(pools: list[str], timeout_s: float) -> list[str]:
-    """Block until one replica of each pool answers /readyz (model loaded, partitions assigned)."""
+def _wait_ready(pools: list[str], timeout_s: float, started: set[str]) -> dict[str, str]:
+    """Block until one replica of each pool answers /readyz (model loaded, partitions assigned); pool ->
+    why not. A pool left with no serving replica (it exited, or was draining when we looked: the pool
+    controller scales an idle pool to zero) gets a new one, START_ATTEMPTS starts in all."""
     from inference_workers import supervisor
 
     deadline = time.monotonic() + timeout_s
-    waiting, gone = set(pools), set()
+    starts = {p: 1 if p in started else 0 for p in pools}
+    logs = {p: supervisor.log_file(p, 0) for p in pools}
+    waiting, failed = set(pools), {}
     while waiting and time.monotonic() < deadline:
-        for pool in list(waiting):
-            alive = supervisor.alive_replicas(pool)
-            if not alive:  # exited (see its log) or drained by the pool controller: no use waiting
+        for pool in sorted(waiting):
+            serving = supervisor.serving_replicas(pool)
+            if serving:
+                logs[pool] = serving[0].log_file
+            if any(_probe(r.port) == "ready" for r in serving):
                 waiting.discard(pool)
-                gone.add(pool)
-            elif any(_probe(r.port) == "ready" for r in alive):
+            elif not serving and starts[pool] >= START_ATTEMPTS:
                 waiting.discard(pool)
+                failed[pool] = f"no replica stayed up ({starts[pool]} started){_log_tail(logs[pool])}"
+            elif not serving:
+                starts[pool] += 1
+                logs[pool] = supervisor.start_replica(pool, supervisor.free_index(pool)).log_file
         time.sleep(1)
-    return sorted(waiting | gone)
+    return failed | {p: f"not ready after {timeout_s:.0f} s{_log_tail(logs[p])}" for p in waiting}
+
+
+def _log_tail(path, lines: int = 8) -> str:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"; no log at {path}"
+    return f"; log {path} ends:\n  " + "\n  ".join(tail)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ are in tests/integration/test_gateway_service.py."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient

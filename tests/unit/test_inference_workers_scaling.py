@@ -135,3 +135,23 @@ def test_a_replacement_standby_is_parked_only_while_the_pool_keeps_up(monkeypatc
     assert parked_calls == []  # a backlog: nothing loads a model beside the serving replicas
     ctl._keep_standby(t, 101.0, keeping_up=True)
     assert parked_calls == [3]
+
+
+def test_a_replica_started_by_hand_is_kept_while_it_loads_then_for_a_cooldown() -> None:
+    """Four models loading at once on 2 busy cores can outlast a cooldown: the pool is not scaled to
+    zero under a replica that is still loading, and its cooldown counts from when it is ready."""
+    from inference_workers.controller_targets import Target
+
+    policy = Policy(min_replicas=0, max_replicas=4, lag_threshold=10, cooldown_s=60, stabilization_s=0)
+    t = Target("echo", policy, "req", "grp")
+    ready: set[int] = set()
+    t.notice({0}, 1000.0)
+    for now in (1030.0, 1090.0, 1150.0):  # still loading, well past one cooldown
+        assert t.hold_while_loading({0}, ready.__contains__, now) == {0}
+        assert decide("echo", policy, t.state, 0, 1, now).target == 1
+    ready.add(0)  # loaded at 1150
+    assert t.hold_while_loading({0}, ready.__contains__, 1152.0) == set()
+    assert decide("echo", policy, t.state, 0, 1, 1200.0).target == 1  # the cooldown runs from readiness
+    assert decide("echo", policy, t.state, 0, 1, 1211.0).target == 0
+    t.notice({1}, 1300.0)
+    assert t.hold_while_loading(set(), ready.__contains__, 1302.0) == set(), "an arrival that exited holds nothing"

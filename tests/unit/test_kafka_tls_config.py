@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ssl
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID

@@ -1,0 +1,89 @@
+"""`rscf workers start --wait`: what counts as a pool already running, and what happens when the replica
+it waits for goes away (a crash, or the pool controller draining an idle pool) before it is ready.
+
+Replicas here are real processes whose command line names the pool (the supervisor's PID check reads
+/proc), sleeping or exiting at once; only the /readyz probe is replaced."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cli.commands import workers as workers_cli
+from inference_workers import supervisor
+from inference_workers.metrics import LANE_REPLICA_BASE, metrics_port
+from rscf.settings import SETTINGS
+
+POOL = "echo"
+
+
+def _spawn(index: int, code: str, children: list[subprocess.Popen]) -> supervisor.Replica:
+    """A process that passes for replica `index` of POOL: its PID file, its log, `worker` and the pool in argv."""
+    SETTINGS.paths.pids.mkdir(parents=True, exist_ok=True)
+    SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
+    with open(supervisor.log_file(POOL, index), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code, "worker", POOL], stdout=log, stderr=subprocess.STDOUT)
+    children.append(proc)
+    supervisor.pid_file(POOL, index).write_text(f"{proc.pid}\n")
+    return supervisor.replica(POOL, index)
+
+
+@pytest.fixture
+def children(data):
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+SLEEP = "import time; print('loading the model', flush=True); time.sleep(60)"
+CRASH = "import sys; print('cannot load the model: boom', flush=True); sys.exit(3)"
+
+
+def test_lane_replicas_and_parked_standbys_do_not_count_as_the_pool_running(children) -> None:
+    _spawn(LANE_REPLICA_BASE, SLEEP, children)  # a backfill lane's replica reads other topics
+    _spawn(0, SLEEP, children)
+    supervisor.standby_marker(POOL, 0).touch()  # parked: not in the consumer group
+    assert supervisor.serving_replicas(POOL) == []
+    assert supervisor.free_index(POOL) == 1
+    supervisor.standby_marker(POOL, 0).unlink()
+    assert [r.replica for r in supervisor.serving_replicas(POOL)] == [0]
+    # the lane replica's health port is the one its controller gave it, not a live replica's
+    assert supervisor.replica(POOL, LANE_REPLICA_BASE).port == SETTINGS.ports.backfill_worker_metrics_first + \
+        supervisor.replica(POOL, 0).port - SETTINGS.ports.worker_metrics_first
+    assert metrics_port(POOL, LANE_REPLICA_BASE) != metrics_port(POOL, 0)
+
+
+def test_a_replica_gone_before_it_was_ready_is_replaced(children, monkeypatch) -> None:
+    """Replica 0 exits while we wait (drained or crashed): a new one is started, and its readiness counts."""
+    _spawn(0, "import time; time.sleep(1.5)", children)
+    starts: list[int] = []
+    monkeypatch.setattr(supervisor, "start_replica",
+                        lambda pool, index, extra=None: starts.append(index) or _spawn(index, SLEEP, children))
+    ready_port = metrics_port(POOL, 0)
+    monkeypatch.setattr(workers_cli, "_probe", lambda port: "ready" if port == ready_port and starts else "no-http")
+    t0 = time.monotonic()
+    assert workers_cli._wait_ready([POOL], 30, started={POOL}) == {}
+    assert starts == [0], "the replacement took the freed index"
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_replica_that_keeps_exiting_is_reported_with_its_log(children, monkeypatch) -> None:
+    monkeypatch.setattr(supervisor, "start_replica", lambda pool, index, extra=None: _spawn(index, CRASH, children))
+    monkeypatch.setattr(workers_cli, "_probe", lambda port: "no-http")
+    supervisor.start_replica(POOL, 0)
+    failed = workers_cli._wait_ready([POOL], 30, started={POOL})
+    assert list(failed) == [POOL]
+    assert f"({workers_cli.START_ATTEMPTS} started)" in failed[POOL]
+    assert "cannot load the model: boom" in failed[POOL], "the reason is in the message, not only in the log"
+
+
+def test_a_replica_that_never_gets_ready_is_reported_after_the_wait(children, monkeypatch) -> None:
+    _spawn(0, SLEEP, children)
+    monkeypatch.setattr(workers_cli, "_probe", lambda port: "not-ready")
+    failed = workers_cli._wait_ready([POOL], 2, started=set())
+    assert failed[POOL].startswith("not ready after 2 s") and "loading the model" in failed[POOL]
