@@ -78,7 +78,9 @@ class Ports:
     # The SASL_SSL client listener (README "Kafka over TLS"): by default the client port + 50 (9142), so a
     # private stack that moves only RSCF_KAFKA_PORT (every test and env script from before) gets its own.
     kafka_tls: int = _env_int("KAFKA_TLS_PORT", _env_int("KAFKA_PORT", 9092) + 50)
-    flink_rest: int = _env_int("FLINK_PORT", 8081)
+    flink_rest: int = _env_int("FLINK_PORT", 8081)  # Web UI and REST for people: the proxy in front (README)
+    # The JobManager's own REST endpoint behind it: mutual TLS, only the stack's Flink REST certificate.
+    flink_rest_internal: int = _env_int("FLINK_REST_INTERNAL_PORT", 8082)
     flink_rpc: int = _env_int("FLINK_RPC_PORT", 6123)
     # ZooKeeper keeps the JobManager's leadership and job graphs (Flink HA): a restarted JobManager
     # takes its jobs back from their latest checkpoint.
@@ -109,6 +111,7 @@ class Ports:
 @dataclass(frozen=True)
 class Versions:
     flink: str = "2.2.1"
+    caddy: str = "2.11.9"  # the proxy in front of Flink's REST API (deploy/local/flink_rest.py), built by install.sh
     kafka: str = "4.1.1"
     flink_kafka_connector: str = "5.0.0-2.2"
     flink_s3_plugin: str = "2.2.0"  # 2.2.1 is not on Maven Central
@@ -358,7 +361,14 @@ class Settings:
 
     @property
     def flink_url(self) -> str:
+        """Flink's Web UI and REST API as people and outside clients reach them: reads are open, anything
+        else (job submission is code execution) asks for the operator's password (README)."""
         return _env("FLINK_URL", f"http://{self.host}:{self.ports.flink_rest}")
+
+    @property
+    def flink_rest_auth(self) -> bool:
+        """RSCF_FLINK_REST_AUTH=0: the JobManager serves REST itself on flink_rest, plain HTTP, no credential."""
+        return _env("FLINK_REST_AUTH", "1").strip().lower() not in ("0", "false", "no", "off")
 
     @property
     def embedder_url(self) -> str:

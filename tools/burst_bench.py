@@ -155,10 +155,12 @@ def run_once(name: str, plan: Plan, elastic: bool, progress=lambda m: None) -> R
     from inference_workers.controller_io import LagReader, probe_ready
     from schemas.serde import serde_for
     from tools.burst_pools import build_request, replica_rps, worker_args
+    from tools.harness import free_port_block
 
     topics = PrivateTopics()
     data = Path(tempfile.mkdtemp(prefix=f"rscf-burst-{name}-"))
-    port_base = 47100 if elastic else 47150
+    # replica i serves health on base + i; below 32768, where no connection's local end takes a port
+    port_base = free_port_block(2 * max(plan.max_replicas, 1) + plan.standby + 2, start=24_000, span=4_000)
     max_r = plan.max_replicas if elastic else 1
     cmd = [sys.executable, "-m", "inference_workers.pool_controller", "--pool", plan.pool, "--requests-topic",
            topics.requests, "--group", topics.group, "--metrics-port-base", str(port_base), "--port", "-1",

@@ -22,6 +22,7 @@ import httpx
 
 from rscf.clock import now_ms
 from rscf.kafka_clients import client_security
+from deploy.local import flink_rest
 from rscf.settings import SETTINGS
 from tools import harness
 
@@ -266,8 +267,8 @@ class Session:
     # ------------------------------------------------------------------ the job, by REST
     def _failures(self) -> list[dict] | None:
         try:
-            body = httpx.get(f"{SETTINGS.flink_url}/jobs/{self.job.job_id}/exceptions",
-                             params={"maxExceptions": 10_000}, timeout=5).json()
+            body = flink_rest.get(f"/jobs/{self.job.job_id}/exceptions",
+                                  params={"maxExceptions": 10_000}, timeout=5).json()
             return list(body["exceptionHistory"]["entries"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
@@ -279,8 +280,8 @@ class Session:
         value = None
         for attempt in range(2):
             try:
-                body = httpx.get(f"{SETTINGS.flink_url}/jobs/{self.job.job_id}/metrics",
-                                 params={"get": "numRestarts"}, timeout=5).json()
+                body = flink_rest.get(f"/jobs/{self.job.job_id}/metrics",
+                                      params={"get": "numRestarts"}, timeout=5).json()
                 value = int(body[0]["value"]) if body else None
             except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
                 value = None
@@ -293,7 +294,7 @@ class Session:
         `loop_restarts` failures in the last `loop_window_s` and no checkpoint completed since the
         last one, e.g. a record the sink can never write)."""
         try:
-            r = httpx.get(f"{SETTINGS.flink_url}/jobs/{self.job.job_id}", timeout=5)
+            r = flink_rest.get(f"/jobs/{self.job.job_id}", timeout=5)
         except httpx.HTTPError:
             return "JOBMANAGER_UNREACHABLE"
         if r.status_code == 404:
@@ -315,7 +316,7 @@ class Session:
 
     def _last_checkpoint_ms(self) -> int:
         try:
-            body = httpx.get(f"{SETTINGS.flink_url}/jobs/{self.job.job_id}/checkpoints", timeout=5).json()
+            body = flink_rest.get(f"/jobs/{self.job.job_id}/checkpoints", timeout=5).json()
             return int(((body.get("latest") or {}).get("completed") or {}).get("latest_ack_timestamp") or 0)
         except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             return 0

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import psutil
 
+from deploy.local import flink_rest
 from rscf.settings import SETTINGS
 
 # ----------------------------------------------------------------------------- stack processes
@@ -78,7 +79,7 @@ def taskmanager_ids() -> set[str]:
     import httpx
 
     try:
-        body = httpx.get(f"{SETTINGS.flink_url}/taskmanagers", timeout=3).json()
+        body = flink_rest.get("/taskmanagers", timeout=3).json()
         return {tm["id"] for tm in body.get("taskmanagers", [])}
     except (httpx.HTTPError, ValueError, KeyError):
         return set()

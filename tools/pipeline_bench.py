@@ -27,6 +27,7 @@ import time
 
 import psutil
 
+from deploy.local import flink_rest
 from deploy.local.processes import cpu_seconds
 from jobs.config import EXACTLY_ONCE
 from rscf.clock import now_ms
@@ -86,7 +87,7 @@ def checkpoint_stats(job_id: str | None) -> dict | None:
     import httpx
 
     try:
-        body = httpx.get(f"{SETTINGS.flink_url}/jobs/{job_id}/checkpoints", timeout=5).json()
+        body = flink_rest.get(f"/jobs/{job_id}/checkpoints", timeout=5).json()
     except (httpx.HTTPError, ValueError):
         return None
     summary, latest = body.get("summary") or {}, (body.get("latest") or {}).get("completed") or {}

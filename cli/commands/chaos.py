@@ -20,6 +20,7 @@ def _stack_reachable() -> str | None:
     import httpx
     from confluent_kafka.admin import AdminClient
 
+    from deploy.local import flink_rest
     from rscf.kafka_clients import client_config
     from rscf.settings import SETTINGS
 
@@ -29,9 +30,9 @@ def _stack_reachable() -> str | None:
     except Exception:  # noqa: BLE001
         return f"Kafka at {SETTINGS.kafka_bootstrap}"
     try:
-        httpx.get(f"{SETTINGS.flink_url}/overview", timeout=5).raise_for_status()
+        flink_rest.get("/overview", timeout=5).raise_for_status()
     except httpx.HTTPError:
-        return f"Flink at {SETTINGS.flink_url}"
+        return f"Flink at {flink_rest.rest_url()}"
     return None
 
 

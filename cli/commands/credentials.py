@@ -4,6 +4,7 @@
 certificate (rscf/monitoring_security.py, README "Prometheus and Pushgateway authentication").
 `rscf credentials redis USER [--json]`: how an ACL user connects to this stack's Redis.
 `rscf credentials s3 NAME [--json]`: an S3 key (access key, secret key, endpoint) of this stack.
+`rscf credentials flink [--json]`: the operator's password for writes to Flink's REST API (deploy/local/flink_rest.py).
 
 The one command that prints a Kafka password (they live in ``<data>/secrets/kafka``, 0600). The
 output is what a plain confluent-kafka client takes as it is (`Consumer(json.load(f) | {...})`), or
@@ -151,8 +152,29 @@ def cmd_s3(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_flink(args: argparse.Namespace) -> int:
+    """The operator's password for writes through Flink's REST proxy, and the certificate behind it."""
+    from deploy.local import flink_rest
+    from rscf.settings import SETTINGS
+
+    if not SETTINGS.flink_rest_auth:
+        print(f"note: Flink's REST API takes no credential here (RSCF_FLINK_REST_AUTH=0): anyone on {SETTINGS.host} "
+              "may submit jobs; see README 'Flink REST API'", file=sys.stderr)
+    f = flink_rest.files()
+    out = {"url": SETTINGS.flink_url, "username": flink_rest.OPERATOR, "password": flink_rest.operator_password(),
+           "internal_url": flink_rest.rest_url(), "cert_file": str(f.cert), "key_file": str(f.key)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(f"{k}={v}" for k, v in out.items()))
+        print(f"curl -u {flink_rest.OPERATOR}:\"$PASSWORD\" -X PATCH '{SETTINGS.flink_url}/jobs/<job id>?mode=cancel'"
+              "\nreads (GET) need no credential; the internal URL takes the certificate as client and CA",
+              file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis, S3)")
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis, S3, Flink REST)")
     verbs = p.add_subparsers(dest="credentials_command", required=True)
     k = verbs.add_parser("kafka", parents=[json_parent()],
                          help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
@@ -178,3 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "endpoint, access key, secret key (--json)")
     s.add_argument("name", help="admin | rscf-worker | rscf-job | rscf-gateway | tenant-<id>")
     s.set_defaults(func=cmd_s3)
+    f = verbs.add_parser("flink", parents=[json_parent()],
+                         help="the operator's password for Flink REST writes (submit, cancel, stop, savepoint) "
+                              "through the proxy, and the mutual-TLS certificate of the JobManager's own endpoint")
+    f.set_defaults(func=cmd_flink)

