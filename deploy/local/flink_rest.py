@@ -152,6 +152,9 @@ def _trust_store(path: Path, cert: Path, pw: str) -> None:
     tmp.replace(path)
 
 
+REST_CIPHER_SUITES = ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")
+
+
 def ssl_config() -> dict:
     """Flink's REST SSL keys (the cluster's config.yaml; `flink run` reads the same file)."""
     if not SETTINGS.flink_rest_auth:
@@ -166,6 +169,8 @@ def ssl_config() -> dict:
         "security.ssl.rest.key-password": pw,
         "security.ssl.rest.truststore": str(f.truststore),
         "security.ssl.rest.truststore-password": pw,
+        # Flink's default suite is TLS_RSA_WITH_AES_128_CBC_SHA: "no cipher suites in common" with this EC key
+        "security.ssl.algorithms": ",".join(REST_CIPHER_SUITES),
     }
 
 

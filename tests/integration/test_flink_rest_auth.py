@@ -79,8 +79,9 @@ def test_the_jobmanager_endpoint_takes_only_its_certificate(flink):
     f = flink_rest.files()
     internal = flink_rest.rest_url()
     assert internal.startswith("https://") and str(SETTINGS.ports.flink_rest_internal) in internal
-    with pytest.raises(httpx.HTTPError):  # plain HTTP: no answer
-        httpx.get(internal.replace("https://", "http://") + "/overview", timeout=5)
+    plain = httpx.get(internal.replace("https://", "http://") + "/overview", timeout=5)
+    assert plain.status_code == 301 and plain.headers["location"].startswith("https://"), "plain HTTP: a redirect only"
+    assert not plain.content
     anonymous = ssl.create_default_context(cafile=str(f.cert))  # trusts the server, shows no certificate
     with pytest.raises((httpx.HTTPError, ssl.SSLError)):
         httpx.get(f"{internal}/overview", verify=anonymous, timeout=5).raise_for_status()
