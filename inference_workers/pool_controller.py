@@ -184,11 +184,14 @@ class Controller:
     def _settle(self, t: Target, now: float) -> None:
         """Finish drains, notice crashes (exits not asked for), measure cold starts."""
         for index, (pid, kill_at) in list(t.draining.items()):
-            r = supervisor.replica(t.pool, index)
-            if not r.alive:
-                r.pid_file.unlink(missing_ok=True)
-                standby.marker(t.pool, index).unlink(missing_ok=True)
-                unregister_scrape_target(f"worker-{t.pool}-{index}")
+            if not supervisor.is_worker(pid, t.pool):  # the drained process is gone
+                r = supervisor.replica(t.pool, index)
+                # Its PID file may already name a new replica with the same index (`rscf workers start`
+                # right after the drain): that one is not ours to forget, watch or kill.
+                if r.pid == pid or not r.alive:
+                    r.pid_file.unlink(missing_ok=True)
+                    standby.marker(t.pool, index).unlink(missing_ok=True)
+                    unregister_scrape_target(f"worker-{t.pool}-{index}")
                 del t.draining[index]
                 log.info("pool=%s replica=%d drained and stopped", t.name, index)
             elif now >= kill_at:
@@ -315,7 +318,8 @@ class Controller:
         for t in self.targets.values():
             for index, (pid, _) in t.draining.items():
                 _signal(pid, signal.SIGKILL)
-                supervisor.pid_file(t.pool, index).unlink(missing_ok=True)
+                if supervisor.replica(t.pool, index).pid == pid:  # not a newer replica's PID file
+                    supervisor.pid_file(t.pool, index).unlink(missing_ok=True)
         log.info("controller stopped; every replica drained")
 
 

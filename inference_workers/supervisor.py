@@ -55,7 +55,7 @@ def log_file(pool: str, replica: int) -> Path:
     return SETTINGS.paths.logs / f"worker-{pool}-{replica}.log"
 
 
-def _is_our_worker(pid: int, pool: str) -> bool:
+def is_worker(pid: int, pool: str) -> bool:
     """True when ``pid`` runs and is a worker of this pool (guards against PID reuse)."""
     try:
         os.kill(pid, 0)
@@ -83,7 +83,7 @@ def replica(pool: str, index: int) -> Replica:
             pid = int(pf.read_text().strip())
         except ValueError:
             pid = None
-    alive = pid is not None and _is_our_worker(pid, pool)
+    alive = pid is not None and is_worker(pid, pool)
     return Replica(pool, index, pid, alive, pf, log_file(pool, index), metrics_port(pool, index))
 
 
@@ -142,14 +142,14 @@ def stop_replica(r: Replica, grace_s: float = 60.0) -> bool:
     if r.alive and r.pid is not None:
         os.kill(r.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _is_our_worker(r.pid, r.pool):
+        while time.monotonic() < deadline and is_worker(r.pid, r.pool):
             _reap(r.pid)
             time.sleep(0.2)
-        if _is_our_worker(r.pid, r.pool):
+        if is_worker(r.pid, r.pool):
             os.kill(r.pid, signal.SIGKILL)
             time.sleep(0.2)
             _reap(r.pid)
-    gone = r.pid is None or not _is_our_worker(r.pid, r.pool)
+    gone = r.pid is None or not is_worker(r.pid, r.pool)
     if gone:
         r.pid_file.unlink(missing_ok=True)
         unregister_scrape_target(f"worker-{r.pool}-{r.replica}")  # a SIGKILLed replica leaves it behind

@@ -320,9 +320,9 @@ def test_workers_cli_scale_and_status(stack, tmp_path) -> None:
     finally:
         stopped = rscf("workers", "stop", "--pool", "echo", "--grace", "20")
     assert stopped["failed"] == []
-    from inference_workers.supervisor import _is_our_worker
+    from inference_workers.supervisor import is_worker
 
-    assert not any(_is_our_worker(pid, "echo") for pid in pids)  # gone (or an unreaped zombie)
+    assert not any(is_worker(pid, "echo") for pid in pids)  # gone (or an unreaped zombie)
 
 
 def test_image_pool_stores_a_png_artifact(topics: Topics, tmp_path) -> None:

@@ -87,3 +87,30 @@ def test_a_replica_that_never_gets_ready_is_reported_after_the_wait(children, mo
     monkeypatch.setattr(workers_cli, "_probe", lambda port: "not-ready")
     failed = workers_cli._wait_ready([POOL], 2, started=set())
     assert failed[POOL].startswith("not ready after 2 s") and "loading the model" in failed[POOL]
+
+
+def test_a_new_replica_on_a_drained_index_is_not_mistaken_for_the_drained_one(children, monkeypatch) -> None:
+    """The controller drained replica 0, it exited, and `rscf workers start` started a new replica 0 at
+    once. The controller took the new process for the old one: "still running after SIGTERM" every
+    tick, and at its stop it deleted the new replica's PID file, so `rscf down` never stopped it and it
+    kept the pool's health port (the next CI run's replica fell back to an ephemeral one, never ready)."""
+    from inference_workers import pool_controller as pc
+    from inference_workers.controller_targets import Target
+    from inference_workers.scaling import CrashBackoff, Policy
+
+    old = _spawn(0, "pass", children)  # drained: exits at once
+    children[-1].wait()
+    new = _spawn(0, SLEEP, children)  # the index's new replica
+    killed: list[int] = []
+    monkeypatch.setattr(pc, "_signal", lambda pid, sig: killed.append(pid))
+    ctl = pc.Controller.__new__(pc.Controller)  # no broker, no Redis: only the drain bookkeeping
+    ctl.backoff = CrashBackoff()
+    t = Target(POOL, Policy(min_replicas=0, max_replicas=2, lag_threshold=5), "req", "grp")
+    t.draining[0] = (old.pid, 0.0)  # its grace long over
+    ctl._settle(t, 10.0)
+    assert t.draining == {} and killed == [], "the drain is over; the new process is not killed"
+    assert supervisor.pid_file(POOL, 0).exists() and supervisor.replica(POOL, 0).pid == new.pid
+    t.draining[0] = (old.pid, 0.0)
+    ctl.targets = {POOL: t}
+    ctl.drain_all()
+    assert supervisor.replica(POOL, 0).alive, "drain_all leaves another process's PID file alone"
