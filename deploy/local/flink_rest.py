@@ -250,6 +250,16 @@ def proxy_argv() -> list[str]:
     return [installed.caddy_binary(), "run", "--config", str(files().caddyfile), "--adapter", "caddyfile"]
 
 
+def proxy_healthy() -> bool:
+    """Caddy answers on the public port: 401 to an anonymous write (it does not ask Flink for that)."""
+    import httpx
+
+    try:
+        return httpx.post(f"{SETTINGS.flink_url}/jobs", timeout=2).status_code == 401
+    except httpx.HTTPError:
+        return False
+
+
 def proxy_env() -> dict[str, str]:
     """Caddy keeps nothing outside the data dir (it would write under ~/.local/share and ~/.config)."""
     home = SETTINGS.paths.data / "caddy"

@@ -63,19 +63,6 @@ def _registry_argv() -> list[str]:
     ]
 
 
-# ----------------------------------------------------------------------------- Flink REST proxy
-
-
-def _flink_proxy_healthy() -> bool:
-    """Caddy answers on the public port: 401 to an anonymous write (it does not ask Flink for that)."""
-    import httpx
-
-    try:
-        return httpx.post(f"{SETTINGS.flink_url}/jobs", timeout=2).status_code == 401
-    except httpx.HTTPError:
-        return False
-
-
 # ----------------------------------------------------------------------------- S3 (SeaweedFS)
 
 
@@ -319,7 +306,7 @@ SERVICES: tuple[Service, ...] = (
         "flink-rest-proxy",
         (P.flink_rest,),
         flink_rest.proxy_argv,
-        _flink_proxy_healthy,
+        flink_rest.proxy_healthy,
         f"{SETTINGS.flink_url} (Web UI and REST: reads open, writes need `rscf credentials flink`)",
         prepare=flink_rest.prepare_proxy,
         env=flink_rest.proxy_env,

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from rscf.settings import SETTINGS
+from tests.helpers.stack_services import services_up
 
 SERVICES = ["zookeeper", "flink-jobmanager", "flink-taskmanager", "flink-rest-proxy"]
 NO_SUCH_JOB = "0" * 32  # a write that reaches Flink gets 404, one stopped at the proxy 401
@@ -21,13 +22,7 @@ pytestmark = pytest.mark.skipif(not SETTINGS.flink_rest_auth, reason="RSCF_FLINK
 
 @pytest.fixture(scope="module")
 def flink():
-    from deploy.local import stack as local_stack
-    from deploy.local.processes import StackError
-
-    try:
-        local_stack.up(only=SERVICES)
-    except StackError as exc:
-        pytest.fail(f"Flink and its REST proxy did not come up: {exc}")
+    services_up(SERVICES, "Flink and its REST proxy")
     return SETTINGS.flink_url
 
 

@@ -13,19 +13,14 @@ import pytest
 
 from rscf import monitoring_security as ms
 from rscf.settings import SETTINGS
+from tests.helpers.stack_services import services_up
 
 SERVICES = ["zookeeper", "flink-jobmanager", "flink-taskmanager", "pushgateway", "prometheus"]
 
 
 @pytest.fixture(scope="module")
 def monitoring():
-    from deploy.local import stack as local_stack
-    from deploy.local.processes import StackError
-
-    try:
-        local_stack.up(only=SERVICES)
-    except StackError as exc:
-        pytest.fail(f"the monitoring services did not come up: {exc}")
+    services_up(SERVICES, "the monitoring services")
     return SETTINGS
 
 
