@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,11 +22,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 
 from gateway.auth import AuthError, Authenticator, Principal
-from gateway.edge import Accepted, EdgeError, PromptIn, build_record, check_request_id
+from gateway.edge import Accepted, EdgeError, PromptIn, check_request_id, describe_invalid
 from gateway.finals import FinalsCache, Subscriber
 from gateway.limits import BodyLimit
 from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.runtime import Runtime
+from gateway.submit import SubmitRoute
 from schemas.keys import tenant_object_prefix
 
 log = logging.getLogger("rscf.gateway")
@@ -51,7 +51,7 @@ def _error(status: int, code: str, detail: str, headers: dict | None = None) -> 
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
-def create_app(rt: Runtime) -> FastAPI:
+def create_app(rt: Runtime) -> SubmitRoute:
     app = FastAPI(title="RSCF gateway", version="1.0",
                   description="Submit prompts, read your tenant's results and artifacts. Issue #16.")
     app.add_middleware(BodyLimit, max_bytes=rt.max_body_bytes)
@@ -82,14 +82,9 @@ def create_app(rt: Runtime) -> FastAPI:
                 auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             except AuthError as auth_exc:
                 return await _auth_error(request, auth_exc)
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return _error(400, "malformed_json", "the body is not valid JSON")
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors[:10]]
-        code = "unknown_field" if any(e.get("type") == "extra_forbidden" for e in errors) else "invalid_body"
-        return _error(422, code, "; ".join(parts))
+        return _error(*describe_invalid(exc.errors()))
 
-    def caller(request: Request, _b: Any = Depends(_bearer), _k: Any = Depends(_api_key)) -> Principal:
+    async def caller(request: Request, _b: Any = Depends(_bearer), _k: Any = Depends(_api_key)) -> Principal:
         principal = auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
         wait = limiter.take(principal.key_id)
         if wait:
@@ -139,22 +134,8 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.post("/v1/prompts", status_code=202, response_model=Accepted, tags=["prompts"])
     async def submit(body: PromptIn, who: Principal = Depends(caller)) -> Accepted:
         """Validate (the job's own checks), then produce to the prompts topic keyed by the caller's tenant;
-        202 once the broker has it."""
-        if body.request_id is None:
-            body.request_id = str(uuid.uuid4())
-        record = build_record(body, who.tenant, rt.templates)
-        try:
-            value = rt.prompt_serde.encode(record)
-        except Exception as exc:  # noqa: BLE001 - the registry is down or the subject is not registered
-            log.warning("schema lookup failed for key %s: %s", who.key_id, type(exc).__name__)
-            raise EdgeError(503, "registry_unavailable", "the prompt was not accepted; retry later") from None
-        try:
-            await rt.sender.send(rt.prompts_topic, who.tenant.encode(), value)
-        except Exception as exc:  # noqa: BLE001 - broker refused or unreachable
-            log.warning("produce failed for key %s: %s", who.key_id, type(exc).__name__)
-            raise EdgeError(503, "kafka_unavailable", "the prompt was not accepted; retry later") from None
-        return Accepted(request_id=record["request_id"], tenant_id=who.tenant,
-                        result_url=f"/v1/results/{record['request_id']}")
+        202 once the broker has it. Declared here for OpenAPI; answered by `gateway.submit.SubmitRoute`."""
+        raise RuntimeError("POST /v1/prompts is answered by gateway.submit.SubmitRoute in front of this app")
 
     @app.get("/v1/results/{request_id}", tags=["results"])
     async def result(request_id: str, wait: float = Query(0, ge=0, le=30, description="long-poll seconds"),
@@ -213,7 +194,7 @@ def create_app(rt: Runtime) -> FastAPI:
     from gateway.control import register_control
 
     register_control(app, rt, caller)
-    return app
+    return SubmitRoute(app, rt, auth, limiter)
 
 
 async def _wait_for(cache: FinalsCache, tenant: str, request_id: str, wait_s: float) -> dict | None:

@@ -65,6 +65,16 @@ class Accepted(BaseModel):
     result_url: str
 
 
+def describe_invalid(errors: list[dict[str, Any]]) -> tuple[int, str, str]:
+    """(status, code, detail) for a body that failed the strict model: 400 malformed_json, 422 unknown_field
+    or invalid_body with the first ten problems (field path: message)."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "malformed_json", "the body is not valid JSON"
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors[:10]]
+    code = "unknown_field" if any(e.get("type") == "extra_forbidden" for e in errors) else "invalid_body"
+    return 422, code, "; ".join(parts)
+
+
 def check_request_id(request_id: str) -> str:
     """Ids in paths: a fixed character set, no `..`, at most 128 characters (path tricks get 400)."""
     if not REQUEST_ID_RE.fullmatch(request_id) or ".." in request_id:

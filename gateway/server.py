@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         uvicorn.run(create_app(rt), host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
                     log_level=os.environ.get("RSCF_GATEWAY_LOG_LEVEL", "info"), access_log=True,
-                    server_header=False, timeout_graceful_shutdown=5, **ssl)  # SSE streams never end by themselves
+                    server_header=False, proxy_headers=False, timeout_graceful_shutdown=5, **ssl)  # SSE streams never end by themselves
     finally:
         rt.close()
 

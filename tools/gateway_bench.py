@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from rscf.kafka_clients import client_security, credentials_env
+from rscf.kafka_clients import GATEWAY, client_security, credentials_env
 from rscf.settings import SETTINGS
 
 
@@ -73,22 +73,35 @@ async def open_loop(rate: float, duration_s: float, call: Callable[[int], Awaita
 
 
 class HttpPool:
-    """Keep-alive HTTPS connections for one host; one request at a time per connection."""
+    """At most `size` keep-alive HTTPS connections to one host, one request at a time on each; a request
+    that finds none free waits for one (its latency still counts from its scheduled time). Without the cap
+    a slow moment makes the client open new connections, and their TLS handshakes (~1 ms of CPU on each
+    side) slow both further. A connection idle longer than `max_idle_s` (under uvicorn's 5 s keep-alive)
+    is closed rather than reused: the server may have closed it, and a request on it would fail unsent."""
 
-    def __init__(self, port: int, ca: Path | None, size: int = 64) -> None:
+    def __init__(self, port: int, ca: Path | None, size: int = 64, max_idle_s: float = 4.0) -> None:
         self.port = port
         self.ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.size = size
+        self.slots = asyncio.Semaphore(size)
+        self.max_idle_s = max_idle_s
         self.status: dict[int, int] = {}
 
     async def _conn(self):
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < self.max_idle_s:
+                return reader, writer
+            writer.close()
         return await asyncio.open_connection(SETTINGS.host, self.port, ssl=self.ctx,
                                              server_hostname=SETTINGS.host if self.ctx else None)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        async with self.slots:
+            return await self._post(path, body, headers)
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         reader, writer = await self._conn()
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(f"POST {path} HTTP/1.1\r\nHost: {SETTINGS.host}\r\nContent-Type: application/json\r\n"
@@ -100,19 +113,18 @@ class HttpPool:
         if length:
             await reader.readexactly(length)
         self.status[status] = self.status.get(status, 0) + 1
-        if len(self.idle) < self.size:
-            self.idle.append((reader, writer))
-        else:
-            writer.close()
+        self.idle.append((reader, writer, time.monotonic()))
         return status
 
 
 def start_gateway(data_dir: Path, port: int, prompts_topic: str, plain: bool = False,
                   content_topic: str | None = None, rate_per_s: int = 1_000_000) -> subprocess.Popen:
-    """A gateway process of its own (private data dir and port); the S3 key is passed on, not regenerated."""
+    """A gateway process of its own (private data dir and port) as the stack's gateway principal, whose
+    Kafka ACLs cover ``genai.prompts.*`` / ``genai.content.*`` topics; the S3 key is passed on, not
+    regenerated."""
     env = {**os.environ, "RSCF_DATA_DIR": str(data_dir), "RSCF_GATEWAY_PORT": str(port),
            "RSCF_GATEWAY_RATE_PER_S": str(rate_per_s), "RSCF_GATEWAY_BURST": str(rate_per_s),
-           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env(),
+           "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key, **credentials_env(GATEWAY),
            "RSCF_GATEWAY_LOG_LEVEL": "warning", "PYTHONPATH": str(SETTINGS.paths.repo)}
     argv = [sys.executable, "-m", "gateway.server", "--port", str(port), "--prompts-topic", prompts_topic,
             "--content-topic", content_topic or prompts_topic + ".finals"] + (["--plain-http"] if plain else [])
@@ -147,14 +159,15 @@ def run(rate: float = 1000, duration_s: float = 10, warmup_s: float = 2, plain: 
     from schemas.serde import TopicSerde
     from tools.harness import free_port
 
-    topic = f"bench.gateway.{uuid.uuid4().hex[:8]}"
-    create_topics([topic, topic + ".finals"], partitions=SETTINGS.topics.partitions)
+    topic = f"{SETTINGS.topics.prompts}.bench.{uuid.uuid4().hex[:8]}"  # within the gateway principal's ACLs
+    finals = f"{SETTINGS.topics.content}.bench.{uuid.uuid4().hex[:8]}"
+    create_topics([topic, finals], partitions=SETTINGS.topics.partitions)
     serde = TopicSerde(topic, schema_name="prompt_request")  # registers the subject for the gateway too
     serde.writer_id
     data_dir = Path(tempfile.mkdtemp(prefix="rscf-gwbench-"))
     _, key = KeyStore(data_dir / "secrets").create("bench")
     port = port or free_port()
-    proc = start_gateway(data_dir, port, topic, plain)
+    proc = start_gateway(data_dir, port, topic, plain, content_topic=finals)
     try:
         from gateway.tls import ensure_tls
 
@@ -223,4 +236,4 @@ def run(rate: float = 1000, duration_s: float = 10, warmup_s: float = 2, plain: 
             proc.kill()
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security()}).delete_topics([topic, topic + ".finals"])
+        AdminClient({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security()}).delete_topics([topic, finals])

@@ -208,3 +208,40 @@ def test_long_poll_returns_the_final_when_it_lands(gw):
     t0 = time.monotonic()
     r = client.get("/v1/results/late?wait=5", headers=_h(key_a))
     assert r.status_code == 200 and r.json()["tenant_id"] == "acme" and time.monotonic() - t0 < 4
+
+
+def test_submit_hot_path_limits_a_streamed_body_and_rate_limits_before_reading_it(gw):
+    rt, client, key_a, key_b, _ = gw
+
+    def chunks():  # no Content-Length: the limit applies to what is streamed
+        for _ in range(10):
+            yield b"x" * 1000
+
+    r = client.post("/v1/prompts", content=chunks(), headers={**_h(key_a), "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    rt.burst = 2
+    client = TestClient(create_app(rt))
+    codes = [client.post("/v1/prompts", content=b"{not json", headers=_h(key_b)).status_code for _ in range(4)]
+    assert codes[:2] == [400, 400] and codes[2:] == [429, 429]  # a flood of bad bodies is limited too
+    assert rt.sender.sent == []
+
+
+def test_submit_answers_503_when_the_registry_or_the_broker_refuses(gw):
+    rt, client, key_a, *_ = gw
+
+    class Down:
+        def encode(self, record):
+            raise ConnectionError("registry down")
+
+    class Refusing:
+        async def send(self, topic, key, value):
+            raise RuntimeError("broker down")
+
+    good = rt.prompt_serde
+    rt.prompt_serde = Down()
+    r = client.post("/v1/prompts", json={"prompt": "x", "modality": "text"}, headers=_h(key_a))
+    assert r.status_code == 503 and r.json()["error"] == "registry_unavailable"
+    rt.prompt_serde, rt.sender = good, Refusing()
+    r = client.post("/v1/prompts", json={"prompt": "x", "modality": "text"}, headers=_h(key_a))
+    assert r.status_code == 503 and r.json()["error"] == "kafka_unavailable"
+    assert "broker" not in r.text
