@@ -163,10 +163,11 @@ def credential(principal: str) -> tuple[str, str]:
 
 def credentials_env(principal: str = ADMIN) -> dict[str, str]:
     """Environment that makes a child process (e.g. one with its own RSCF_DATA_DIR) connect to this
-    stack's broker as ``principal``, and to its Redis as the ACL user of that name (rscf/redis_security.py)."""
-    from rscf import redis_security
+    stack's broker as ``principal``, to its Redis as the ACL user of that name (rscf/redis_security.py),
+    and sign registry writes with its key (rscf/registry_security.py)."""
+    from rscf import redis_security, registry_security
 
-    redis_env = redis_security.credentials_env(principal)
+    redis_env = {**redis_security.credentials_env(principal), **registry_security.env()}
     mode = auth_mode()
     if mode == NONE:
         return {**redis_env, "RSCF_KAFKA_AUTH": NONE}

@@ -211,6 +211,18 @@ def _s3_secret_key(data_dir: str) -> str:
     return load_or_create("s3_secret_key", existing_or_new, Path(data_dir) / "secrets").decode().strip()
 
 
+def _redis_credential(url: str) -> str:
+    """``url`` with RSCF_REDIS_USER's password (env or file) in it, if given and the URL names no user."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    user, pw, pw_file = _env("REDIS_USER", ""), _env("REDIS_PASSWORD", ""), _env("REDIS_PASSWORD_FILE", "")
+    pw = pw or (Path(pw_file).read_text().strip() if user and pw_file else "")
+    parts = urlsplit(url)
+    if not (user and pw) or parts.username or parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(pw, safe='')}@{parts.netloc}"))
+
+
 @dataclass(frozen=True)
 class KafkaAuth:
     """Kafka authentication (rscf/kafka_security.py; README "Kafka authentication and ACLs"), read when
@@ -357,13 +369,24 @@ class Settings:
 
     @property
     def redis_url(self) -> str:
-        return _env("REDIS_URL", f"redis://{self.host}:{self.ports.redis}/0")
+        """RSCF_REDIS_URL, with RSCF_REDIS_USER + RSCF_REDIS_PASSWORD[_FILE] (a container's Secret) in it."""
+        return _redis_credential(_env("REDIS_URL", f"redis://{self.host}:{self.ports.redis}/0"))
 
     @property
     def flink_url(self) -> str:
         """Flink's Web UI and REST API as people and outside clients reach them: reads are open, anything
         else (job submission is code execution) asks for the operator's password (README)."""
         return _env("FLINK_URL", f"http://{self.host}:{self.ports.flink_rest}")
+
+    @property
+    def registry_auth(self) -> bool:
+        """RSCF_REGISTRY_AUTH=0: the registry takes writes without a credential (rscf/registry_security.py)."""
+        return _env("REGISTRY_AUTH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+    @property
+    def registry_key_file(self) -> str:
+        """RSCF_REGISTRY_KEY_FILE: another stack's registry signing key (a test's private data dir)."""
+        return _env("REGISTRY_KEY_FILE", "")
 
     @property
     def flink_rest_auth(self) -> bool:

@@ -66,7 +66,9 @@ def _load_candidate(schema: str | Path) -> tuple[str, str]:
 
 def _refusal_reason(registry_url: str, subject: str, text: str) -> str:
     """Why the registry refuses ``text`` under ``subject``: Confluent's verbose messages, else Apicurio's dry run."""
-    headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
+    from rscf.registry_security import auth_headers
+
+    headers = {"Content-Type": "application/vnd.schemaregistry.v1+json", **auth_headers()}
     payload = {"schema": text, "schemaType": "AVRO"}
     try:
         resp = httpx.post(
@@ -88,6 +90,7 @@ def _refusal_reason(registry_url: str, subject: str, text: str) -> str:
                 f"{base}/apis/registry/v3/groups/default/artifacts/{subject}/versions",
                 params={"dryRun": "true"},
                 json={"content": {"content": text, "contentType": "application/json"}},
+                headers=auth_headers(),  # a dry run is still a write to Apicurio's authorisation
                 timeout=10,
             )
             if resp.status_code >= 400:

@@ -187,7 +187,10 @@ def registry_client(registry_url: str | None = None) -> Any:
         if client is None:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
-            client = SchemaRegistryClient({"url": url, "max.retries": 2, "retries.wait.ms": 200, "timeout": 10})
+            from rscf.registry_security import client_auth
+
+            client = SchemaRegistryClient({"url": url, "max.retries": 2, "retries.wait.ms": 200, "timeout": 10,
+                                           **client_auth()})
             _CLIENTS[key] = client
     return client
 

@@ -173,8 +173,36 @@ def cmd_flink(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    """A bearer token for schema registry writes (reads need none), and a confluent-kafka client config."""
+    import time
+
+    from rscf import registry_security
+    from rscf.settings import SETTINGS
+
+    if not SETTINGS.registry_auth:
+        print("note: the registry takes writes without a credential here (RSCF_REGISTRY_AUTH=0)", file=sys.stderr)
+    try:
+        token = registry_security.mint(args.subject, args.role, args.ttl)
+    except registry_security.RegistryAuthError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    client = {"url": SETTINGS.registry_url, "bearer.auth.credentials.source": "STATIC_TOKEN",
+              "bearer.auth.token": token, "bearer.auth.logical.cluster": "rscf"}
+    out = {"url": SETTINGS.registry_url, "role": args.role, "subject": args.subject, "token": token,
+           "expires_at": int(time.time()) + args.ttl, "schema_registry_client": client}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(token)
+        print(f"curl -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/vnd.schemaregistry.v1+json' "
+              f"-d '{{\"schema\": ...}}' {SETTINGS.registry_url}/subjects/<subject>/versions\n"
+              f"{args.role} for {args.ttl} s; reads (GET, serde look-ups) need no token", file=sys.stderr)
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis, S3, Flink REST)")
+    p = sub.add_parser("credentials", help="client credentials for the stack's services (Kafka, Prometheus, Redis, S3, Flink REST, registry)")
     verbs = p.add_subparsers(dest="credentials_command", required=True)
     k = verbs.add_parser("kafka", parents=[json_parent()],
                          help="a client config for PRINCIPAL (admin, job, gateway, controller, worker-<pool>, "
@@ -204,3 +232,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="the operator's password for Flink REST writes (submit, cancel, stop, savepoint) "
                               "through the proxy, and the mutual-TLS certificate of the JobManager's own endpoint")
     f.set_defaults(func=cmd_flink)
+    g = verbs.add_parser("registry", parents=[json_parent()],
+                         help="a bearer token for schema registry writes, signed by the stack's key "
+                              "(--json: with a confluent-kafka SchemaRegistryClient config)")
+    g.add_argument("--role", default="sr-developer", choices=("sr-developer", "sr-admin", "sr-readonly"),
+                   help="sr-developer: register versions, subject compatibility; sr-admin: also delete, global rules")
+    g.add_argument("--subject", default="operator", help="who the token names (the registry's audit log shows it)")
+    g.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (at most 7 days)")
+    g.set_defaults(func=cmd_registry)

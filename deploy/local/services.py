@@ -15,7 +15,7 @@ from deploy.local import flink, flink_rest, installed, monitoring
 from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
 from deploy.local.weed import stack_ports, weed_mini_argv
-from rscf import monitoring_security
+from rscf import monitoring_security, registry_security
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
 
@@ -58,6 +58,7 @@ def _registry_argv() -> list[str]:
         "-Dapicurio.rest.deletion.artifact.enabled=true",
         "-Dapicurio.rest.deletion.artifact-version.enabled=true",
         "-Dapicurio.rest.deletion.group.enabled=true",
+        *registry_security.registry_flags(),  # writes need a token signed by the stack's key; reads stay open
         "-jar",
         str(installed.apicurio_jar()),
     ]

@@ -26,6 +26,7 @@ import pytest
 from tools.harness import terminate
 from cli.demo import fetch_artifact
 
+from rscf import registry_security
 from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 
@@ -76,6 +77,7 @@ class PrivateStack:
             **{f"RSCF_{k}": str(v) for k, v in self.ports.items()},
             # its own data dir would generate an S3 secret of its own; this process signs with the main one
             "RSCF_S3_SECRET_KEY": SETTINGS.s3.secret_key,
+            **registry_security.env(),  # its registry checks tokens signed with the main stack's key, as ours are
         }
         for k in ("RSCF_KAFKA_BOOTSTRAP", "RSCF_REGISTRY_URL", "RSCF_S3_ENDPOINT"):
             self.env.pop(k, None)  # would override the shifted ports

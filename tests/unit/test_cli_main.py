@@ -34,7 +34,7 @@ def test_every_verb_is_registered():
         "tenants": ["keys"],
         "backfill": ["start", "status", "stop", "resume"],
         "topics": ["partitions"],
-        "credentials": ["kafka", "prometheus", "redis", "s3", "flink"],
+        "credentials": ["kafka", "prometheus", "redis", "s3", "flink", "registry"],
     }
 
 
