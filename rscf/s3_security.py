@@ -23,6 +23,7 @@ unsigned reads and writes.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from rscf.secrets import load_or_create, random_token
@@ -141,14 +142,37 @@ def render_identities(keys: dict[str, tuple[str, str]]) -> dict:
         for name, (ak, sk) in keys.items()]}
 
 
-def security_toml(jwt_keys: dict[str, str], expires_s: int = JWT_EXPIRES_S) -> str:
-    """security.toml: the volume and filer HTTP ports refuse requests without a JWT signed by these keys."""
+# Every gRPC server and client role of SeaweedFS 4.x: in `weed mini` they all run in one process and dial
+# each other, so each gets the same certificate (its own server side, and its client side towards the others).
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
+GRPC_COMMON_NAME = "rscf-weed"  # the only certificate of the stack's CA that the gRPC ports accept
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def security_toml(jwt_keys: dict[str, str], expires_s: int = JWT_EXPIRES_S, grpc: GrpcTls | None = None) -> str:
+    """security.toml: the volume and filer HTTP ports refuse requests without a JWT signed by these keys;
+    with ``grpc`` every gRPC port demands a client certificate of that CA named GRPC_COMMON_NAME."""
     lines = []
     for section in JWT_SECTIONS:
         key = jwt_keys[section]
         if not re.fullmatch(r"[A-Za-z0-9_-]{16,}", key):
             raise S3AuthError(f"JWT key of [{section}] must be 16+ URL-safe characters")
         lines += [f"[{section}]", f'key = "{key}"', f"expires_after_seconds = {expires_s}", ""]
+    if grpc is not None:
+        for path in (grpc.ca, grpc.cert, grpc.key):
+            if '"' in str(path) or "\\" in str(path):
+                raise S3AuthError(f"certificate path not usable in TOML: {path}")
+        lines += ["[grpc]", f'ca = "{grpc.ca}"', ""]
+        for component in GRPC_COMPONENTS:
+            lines += [f"[grpc.{component}]", f'cert = "{grpc.cert}"', f'key = "{grpc.key}"',
+                      f'allowed_commonNames = "{GRPC_COMMON_NAME}"', ""]
+        lines += ["[grpc.client]", f'cert = "{grpc.cert}"', f'key = "{grpc.key}"', ""]
     return "\n".join(lines)
 
 

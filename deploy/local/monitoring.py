@@ -59,8 +59,9 @@ def web_config_path(service: str) -> Path:
 
 
 def _issue(name: str, server: bool, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-           out: ms.ClientCert) -> None:
-    """A certificate for ``name`` signed by the CA (server: 127.0.0.1 and localhost; else a client)."""
+           out: ms.ClientCert, client_too: bool = False) -> None:
+    """A certificate for ``name`` signed by the CA (server: 127.0.0.1 and localhost; else a client;
+    ``client_too``: a server's certificate it also presents when it dials its peers, as mutual TLS needs)."""
     if out.cert.exists() and out.key.exists():
         current = x509.load_pem_x509_certificate(out.cert.read_bytes())
         now = dt.datetime.now(dt.timezone.utc)
@@ -68,14 +69,15 @@ def _issue(name: str, server: bool, ca_cert: x509.Certificate, ca_key: ec.Ellipt
             return
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    usages += [ExtendedKeyUsageOID.CLIENT_AUTH] if client_too or not server else []
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rscf-{name}")]))
                .issuer_name(ca_cert.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                               critical=False))
     if server:

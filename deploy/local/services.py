@@ -14,7 +14,7 @@ from pathlib import Path
 from deploy.local import flink, flink_rest, installed, monitoring
 from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
-from deploy.local.weed import stack_ports, weed_mini_argv
+from deploy.local.weed import stack_ports, weed_grpc_tls, weed_mini_argv
 from rscf import monitoring_security, registry_security
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -82,13 +82,14 @@ def write_s3_identities() -> None:
 
 def _prepare_s3() -> None:
     """The identities, and security.toml in the server's working directory (SeaweedFS reads it from
-    there): with its JWT keys the volume and filer HTTP ports refuse unsigned reads and writes."""
+    there): with its JWT keys the volume and filer HTTP ports refuse unsigned reads and writes, and
+    with its certificate the gRPC ports (HTTP + 10000) every client but `weed mini` itself."""
     from rscf.s3_security import jwt_keys, security_toml
     from rscf.secrets import write_private
 
     _s3_dir().mkdir(parents=True, exist_ok=True)
     write_s3_identities()
-    write_private(_s3_dir() / "security.toml", security_toml(jwt_keys()).encode())
+    write_private(_s3_dir() / "security.toml", security_toml(jwt_keys(), grpc=weed_grpc_tls()).encode())
 
 
 def reload_s3_identities() -> bool:

@@ -48,6 +48,25 @@ def test_render_identities_one_per_key_with_its_actions():
     json.dumps(doc)  # what the server reads
 
 
+def test_security_toml_locks_every_grpc_server_and_client_to_one_certificate(tmp_path):
+    import tomllib
+
+    keys = {s: f"key-{i}-0123456789abcdef" for i, s in enumerate(s3s.JWT_SECTIONS)}
+    assert "grpc" not in tomllib.loads(s3s.security_toml(keys))  # without the certificate: JWT only
+    tls = s3s.GrpcTls(tmp_path / "ca.pem", tmp_path / "weed.pem", tmp_path / "weed.key")
+    doc = tomllib.loads(s3s.security_toml(keys, grpc=tls))
+    assert doc["grpc"]["ca"] == str(tls.ca)
+    for component in s3s.GRPC_COMPONENTS:
+        section = doc["grpc"][component]
+        assert (section["cert"], section["key"]) == (str(tls.cert), str(tls.key))
+        assert section["allowed_commonNames"] == s3s.GRPC_COMMON_NAME
+    assert doc["grpc"]["client"] == {"cert": str(tls.cert), "key": str(tls.key)}
+    assert doc["jwt"]["signing"]["key"] == keys["jwt.signing"]
+    bad = s3s.GrpcTls(tmp_path / 'we"ird' / "ca.pem", tls.cert, tls.key)
+    with pytest.raises(s3s.S3AuthError):
+        s3s.security_toml(keys, grpc=bad)
+
+
 def test_security_toml_has_every_jwt_section():
     keys = {s: f"key-{i}-0123456789abcdef" for i, s in enumerate(s3s.JWT_SECTIONS)}
     text = s3s.security_toml(keys)
