@@ -1,4 +1,4 @@
-"""Render each pool's Kubernetes worker Deployment and KEDA ScaledObject from the pool table.
+"""Render each pool's Kubernetes worker Deployment and KEDA ScaledObject from the pool table, and the init Job.
 
 The committed files under deploy/k8s/ are this module's output (a unit test compares them), so a
 pool is named once, in rscf/pools.py. Rebuild after changing the table:
@@ -64,8 +64,16 @@ spec:
           env:
             - name: HF_HUB_OFFLINE
               value: "1"
-            - name: RSCF_S3_SECRET_KEY  # Secret rscf-s3, created from the generated key (never committed)
-              valueFrom: {{secretKeyRef: {{name: rscf-s3, key: secret-key}}}}
+            # Its own credentials, from Secrets `python -m deploy.container_secrets k8s` creates (never committed):
+            # the pool's Kafka principal, the workers' S3 key (write artifacts, read models); no Redis user.
+            - name: RSCF_KAFKA_PRINCIPAL
+              value: worker-{name}
+            - name: RSCF_KAFKA_PASSWORD
+              valueFrom: {{secretKeyRef: {{name: rscf-kafka-worker-{name}, key: password}}}}
+            - name: RSCF_S3_ACCESS_KEY
+              valueFrom: {{secretKeyRef: {{name: rscf-s3-worker, key: access-key}}}}
+            - name: RSCF_S3_SECRET_KEY
+              valueFrom: {{secretKeyRef: {{name: rscf-s3-worker, key: secret-key}}}}
           ports:
             - name: metrics
               containerPort: {port}
@@ -88,7 +96,8 @@ _SCALED_OBJECT = """\
 # KEDA scales rscf-worker-{name} on the consumer lag of its priority lanes (groups rscf-workers-{name}
 # .high / plain / .low): the same numbers as the local pool controller (rscf/pools.py row `{name}`:
 # lagThreshold {lag}, activation {activation}, cooldown {cooldown} s, scale-down stabilisation {window} s,
-# one pod per {period} s; inference_workers/scaling.py). KEDA takes the highest of the three triggers,
+# one pod per {period} s; inference_workers/scaling.py). KEDA reads the lag as the `controller` principal (SASL/SCRAM,
+# TriggerAuthentication rscf-kafka-controller: describe only). KEDA takes the highest of the three triggers,
 # the local controller their sum. Workers commit only after their results are acknowledged, so lag
 # counts queued and in-flight requests alike. Replicas beyond the topic's partition count would idle,
 # so KEDA caps there (allowIdleConsumers false), as the local controller does.
@@ -132,6 +141,66 @@ _TRIGGER = """\
         offsetResetPolicy: earliest
         allowIdleConsumers: "false"
         scaleToZeroOnInvalidOffset: "false"
+        sasl: scram_sha512
+        tls: disable
+      authenticationRef:
+        name: rscf-kafka-controller
+"""
+
+_INIT_JOB = """\
+# One-shot set-up, the only pod with the Kafka and S3 admin credentials (deploy/container_init.py): every
+# component's SCRAM credential and ACLs, S3 users and policies (MinIO's admin API; `--s3-users print` prints the IAM
+# policies for another S3 service), topics, buckets (and rscf-flink-state for the FlinkDeployment), schema subjects.
+# Its Secrets come from `python -m deploy.container_secrets k8s` (never committed). Rerun after a change:
+#   kubectl -n rscf delete job rscf-init && kubectl apply -k deploy/k8s
+# Generated from rscf/pools.py and rscf/kafka_security.py by `python -m deploy.k8s_pools`: do not edit.
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: rscf-init
+  labels:
+    app.kubernetes.io/name: rscf-init
+spec:
+  backoffLimit: 20
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: rscf-init
+    spec:
+      restartPolicy: OnFailure
+      containers:
+        - name: init
+          image: rscf:0.1.0
+          imagePullPolicy: IfNotPresent
+          command: ["python", "-m", "deploy.container_init", "--secrets", "/run/secrets/rscf",
+                    "--s3-users", "minio", "--flink-state-bucket", "rscf-flink-state"]
+          envFrom:
+            - configMapRef:
+                name: rscf-settings
+          env:
+            - name: RSCF_DATA_DIR  # its own: the SCRAM passwords it stages stay in this pod
+              value: /tmp/rscf-init
+            - name: RSCF_KAFKA_PRINCIPAL
+              value: admin
+            - name: RSCF_KAFKA_PASSWORD_FILE
+              value: /run/secrets/rscf/kafka-admin
+            - name: RSCF_S3_ACCESS_KEY
+              valueFrom: {{secretKeyRef: {{name: rscf-s3-admin, key: access-key}}}}
+            - name: RSCF_S3_SECRET_KEY_FILE
+              value: /run/secrets/rscf/s3-admin
+          volumeMounts:
+            - {{name: secrets, mountPath: /run/secrets/rscf, readOnly: true}}
+          resources:
+            requests: {{cpu: "100m", memory: 256Mi}}
+            limits: {{memory: 1Gi}}
+      volumes:
+        - name: secrets
+          projected:
+            sources:
+{sources}"""
+
+_INIT_SOURCE = """\
+              - secret: {{name: rscf-{file}, items: [{{key: {key}, path: {file}}}]}}
 """
 
 
@@ -153,8 +222,18 @@ def render(pool: Pool) -> dict[str, str]:
             f"keda-scaledobject-{pool.name}.yaml": _SCALED_OBJECT.format(**fields)}
 
 
+def render_init_job() -> str:
+    """The init Job: a projected volume of every principal's password and every S3 identity's key."""
+    from deploy.container_secrets import S3_IDENTITIES, kafka_name, s3_name
+    from rscf.kafka_security import fixed_principals
+
+    files = [(kafka_name(p), "password") for p in fixed_principals()] + [(s3_name(i), "secret-key") for i in S3_IDENTITIES]
+    return _INIT_JOB.format(sources="".join(_INIT_SOURCE.format(file=f, key=k) for f, k in files))
+
+
 def render_all() -> dict[str, str]:
-    return {name: text for pool in POOL_TABLE for name, text in render(pool).items()}
+    files = {name: text for pool in POOL_TABLE for name, text in render(pool).items()}
+    return {**files, "init-job.yaml": render_init_job()}
 
 
 def main() -> int:

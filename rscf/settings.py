@@ -180,6 +180,8 @@ class S3Credentials:
     # filer's store (same data dir) holds the keys, so this protects volume disks, not the whole data dir.
     # Cost: `rscf bench s3-encryption` (README "Encryption at rest"). Objects written before stay readable.
     encrypt_at_rest: bool = _env("S3_ENCRYPT_AT_REST", "1") == "1"
+    # SeaweedFS' internal gRPC ports (HTTP port + 10000) take only the stack's weed certificate (mutual TLS)
+    grpc_mtls: bool = _env("S3_GRPC_MTLS", "1") == "1"
 
     @property
     def secret_key(self) -> str:

@@ -105,8 +105,9 @@ def test_compose_images_pinned_to_the_local_stack_versions():
     assert images["redis"].startswith("redis:8.")
     assert images["s3"].startswith("minio/minio:RELEASE.")
     assert images["prometheus"].startswith("prom/prometheus:v")
+    assert images["flink-rest-proxy"] == f"caddy:{SETTINGS.versions.caddy}"  # the local stack's Caddy
     built = {n for n, s in services.items() if "build" in s}
-    assert {"provision", "job", "worker-echo", "flink-taskmanager"} <= built
+    assert {"init", "job", "worker-echo", "flink-taskmanager"} <= built
     for n in built:
         assert services[n]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     # The TaskManager image is the official one plus Python, at the same Flink version.
@@ -142,11 +143,14 @@ def test_compose_rscf_env_and_commands():
         for key in env:
             if key.startswith("RSCF_"):
                 assert key in known, f"{name}: {key} is not read by rscf/settings.py"
-    provision = doc["services"]["provision"]["command"]
-    assert "from deploy.local.provision import provision" in provision[-1]
-    compile(provision[-1], "provision", "exec")  # the inline Python is valid
-    job = doc["services"]["job"]["command"][-1]
+    assert doc["services"]["init"]["command"][:3] == ["python", "-m", "deploy.container_init"]
+    assert (ROOT / "deploy" / "container_init.py").exists()
+    assert doc["services"]["job"]["command"] == ["bash", "deploy/compose/submit-job.sh"]
+    job = (ROOT / "deploy" / "compose" / "submit-job.sh").read_text()
     assert "-py jobs/content_pipeline.py" in job
+    for script in (ROOT / "deploy" / "compose").glob("*.sh"):  # bash parses them
+        out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"{script.name}: {out.stderr}"
     for pool in ("echo", "text-small", "image", "speech"):
         cmd = doc["services"][f"worker-{pool}"]["command"]
         assert cmd[:5] == ["rscf", "worker", "run", "--pool", pool] and pool in POOLS

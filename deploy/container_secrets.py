@@ -1,0 +1,246 @@
+"""Credentials for docker-compose and Kubernetes, generated on this machine, never committed (issue #16).
+
+    python -m deploy.container_secrets              # writes <data>/secrets/containers/ (docker-compose.yml reads it)
+    python -m deploy.container_secrets k8s | sh     # the same, then `kubectl create secret` for namespace rscf
+
+The values are the local stack's own secret files (``<data>/secrets/kafka/<principal>``, ``redis/<user>``,
+``s3/<identity>``, ``s3_secret_key``, ``monitoring/``, ``flink-rest/operator.password``), made by the same code
+when absent: a host's ``rscf`` CLI is then the admin of a compose stack too. Derived files are written next to
+them: Redis' ACL file (SHA-256), Prometheus' web config and the Flink REST proxy's Caddyfiles (bcrypt), the
+JobManager's REST certificate and PKCS12 key store (its own trust store: Java trusts a key entry's certificate).
+
+Files are 0644 in a 0700 directory: compose bind-mounts a secret file with its host mode, and each image runs
+as a uid of its own (redis 999, kafka 1000, flink 9999, prometheus 65534, rscf 10001); the directory keeps the
+host's other users out. Each container gets only the files its service lists. Nothing here prints a value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from rscf import kafka_security, monitoring_security, redis_security, s3_security
+from rscf.secrets import load_or_create, random_token, write_private
+from rscf.settings import SETTINGS
+
+NAMESPACE = "rscf"
+PROXY_PORT = 8081  # the Flink REST proxy's port, as the local stack's (Caddy in front of the JobManager)
+JOBMANAGER_REST = 8082  # compose: the JobManager's mutual-TLS REST port (RSCF_FLINK_REST_INTERNAL_PORT's default)
+K8S_REST_SERVICE = "rscf-content-pipeline-rest"  # the Flink operator's REST Service of the FlinkDeployment
+S3_IDENTITIES = (s3_security.ADMIN, s3_security.WORKER, s3_security.JOB, s3_security.GATEWAY)
+
+KAFKA_CONTROLLER_LISTENER = "kafka-controller-listener"  # the broker's own PLAIN user on its controller listener
+REDIS_ACL = "redis-users-acl"
+PROMETHEUS_WEB = "prometheus-web-config"
+FLINK_REST_OPERATOR = "flink-rest-operator"  # the proxy's basic-auth password (user `operator`)
+FLINK_REST_CERT, FLINK_REST_KEY = "flink-rest-cert", "flink-rest-key"
+FLINK_REST_KEYSTORE, FLINK_REST_STORE_PASSWORD = "flink-rest-keystore", "flink-rest-store-password"
+CADDYFILE_COMPOSE, CADDYFILE_K8S = "flink-rest-caddyfile", "flink-rest-caddyfile-k8s"
+
+
+def kafka_name(principal: str) -> str:
+    return f"kafka-{kafka_security.check_principal(principal)}"
+
+
+def s3_name(identity: str) -> str:
+    """s3-admin, s3-worker, s3-job, s3-gateway (the identity without its rscf- prefix)."""
+    s3_security.check_identity(identity)
+    return "s3-admin" if identity == s3_security.ADMIN else f"s3-{identity.removeprefix('rscf-')}"
+
+
+def redis_name(user: str) -> str:
+    return f"redis-{redis_security.user(user).name}"
+
+
+def prometheus_name(user: str) -> str:
+    return f"prometheus-{user}"
+
+
+def out_dir(data: Path | None = None) -> Path:
+    return (data or SETTINGS.paths.data) / "secrets" / "containers"
+
+
+# ----------------------------------------------------------------------------- values (the local stack's files)
+
+
+def passwords(data: Path | None = None) -> dict[str, str]:
+    """Secret name -> value, from the local stack's secret files under ``data`` (created there when absent)."""
+    secrets = (data or SETTINGS.paths.data) / "secrets"
+
+    def local(name: str, base: Path = secrets, nbytes: int = 24) -> str:
+        return load_or_create(name, lambda: random_token(nbytes), base).decode().strip()
+
+    values = {kafka_name(p): kafka_security.password(p, data) for p in kafka_security.fixed_principals()}
+    values[KAFKA_CONTROLLER_LISTENER] = local("kafka_controller_password")  # deploy/local/kafka_broker.py's
+    values |= {redis_name(u.name): redis_security.password(u.name, data, create=True) for u in redis_security.USERS}
+    values |= {s3_name(i): s3_security.secret_key(i, data) for i in S3_IDENTITIES}
+    values |= {prometheus_name(u): monitoring_security.password(u, data) for u in monitoring_security.PROMETHEUS_USERS}
+    values[FLINK_REST_OPERATOR] = local("operator.password", secrets / "flink-rest", 18)  # deploy/local/flink_rest.py's
+    values[FLINK_REST_STORE_PASSWORD] = local("containers-flink-rest-store.password", nbytes=18)
+    return values
+
+
+# ----------------------------------------------------------------------------- derived files (pure)
+
+
+def caddyfile(upstream: str, password_hash: str, client_cert: tuple[str, str] | None = None,
+              port: int = PROXY_PORT) -> str:
+    """The Flink REST proxy: reads open, writes and the reads that show secrets ask for the operator's
+    password (the local stack's rules, deploy/local/flink_rest.py); ``client_cert`` (cert, key): mutual TLS
+    to the JobManager with that certificate, which is also the only one trusted."""
+    from deploy.local.flink_rest import OPERATOR, SENSITIVE_READS
+
+    transport = ""
+    if client_cert:
+        cert, key = client_cert
+        transport = (f"\t\ttransport http {{\n\t\t\ttls_client_auth {cert} {key}\n"
+                     f"\t\t\ttls_trust_pool file {cert}\n\t\t}}\n")
+    auth = "".join(f"\tbasic_auth @{m} {{\n\t\t{OPERATOR} {password_hash}\n\t}}\n" for m in ("write", "sensitive"))
+    return (f"{{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tgrace_period 5s\n}}\n\n"
+            f"http://:{port} {{\n\t@write not method GET HEAD\n\t@sensitive path {' '.join(SENSITIVE_READS)}\n"
+            f"{auth}\treverse_proxy {upstream} {{\n{transport}\t}}\n}}\n")
+
+
+def _kept_hash(path: Path, user: str, password: str) -> str | None:
+    """A bcrypt hash for ``user`` in an earlier file that still matches (bcrypt is slow on purpose)."""
+    import bcrypt
+
+    try:
+        for line in path.read_text().splitlines():
+            parts = line.replace(":", " ").split()
+            if len(parts) == 2 and parts[0] == user and parts[1].strip("'\"").startswith("$2"):
+                digest = parts[1].strip("'\"")
+                return digest if bcrypt.checkpw(password.encode(), digest.encode()) else None
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _hash(path: Path, user: str, password: str) -> str:
+    from deploy.local.monitoring import bcrypt_hash
+
+    return _kept_hash(path, user, password) or bcrypt_hash(password)
+
+
+def _rest_tls(out: Path, store_password: str) -> None:
+    """Self-signed P-256 certificate for the JobManager's REST server and its one client (SAN 127.0.0.1,
+    localhost, the operator's REST Service), its key, and a PKCS12 key store of both; kept while it has
+    more than 30 days left and the store opens with the password."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    cert_path, key_path, store = out / FLINK_REST_CERT, out / FLINK_REST_KEY, out / FLINK_REST_KEYSTORE
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        pkcs12.load_key_and_certificates(store.read_bytes(), store_password.encode())
+        if current.not_valid_after_utc - now > dt.timedelta(days=30) and key_path.exists():
+            return
+    except (FileNotFoundError, ValueError):
+        pass
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rscf-flink-rest")])
+    sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+            x509.DNSName(K8S_REST_SERVICE), x509.DNSName(f"{K8S_REST_SERVICE}.{NAMESPACE}.svc")]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    _write(store, pkcs12.serialize_key_and_certificates(
+        b"rscf-flink-rest", key, cert, None, serialization.BestAvailableEncryption(store_password.encode())))
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomically, then 0644 (the directory is 0700): readable by the container's own uid."""
+    if path.exists() and path.read_bytes() == data:
+        return
+    write_private(path, data)
+    os.chmod(path, 0o644)
+
+
+# ----------------------------------------------------------------------------- everything
+
+
+def write_all(out: Path | None = None, data: Path | None = None) -> Path:
+    """Every secret file compose and the Kubernetes Secrets need, under ``out`` (0700); values from ``data``'s."""
+    import yaml
+
+    from deploy.local.flink_rest import OPERATOR
+    from deploy.local.monitoring import prometheus_web_config
+
+    out = out or out_dir(data)
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    values = passwords(data)
+    for name, value in values.items():
+        _write(out / name, value.encode())
+    hashes = {u.name: redis_security.password_hash(values[redis_name(u.name)]) for u in redis_security.USERS}
+    _write(out / REDIS_ACL, redis_security.render_acl(hashes).encode())
+    web = out / PROMETHEUS_WEB
+    users = {u: _hash(web, u, values[prometheus_name(u)]) for u in monitoring_security.PROMETHEUS_USERS}
+    _write(web, yaml.safe_dump(prometheus_web_config(users), sort_keys=True).encode())
+    for name, upstream, client in (
+        (CADDYFILE_COMPOSE, f"https://127.0.0.1:{JOBMANAGER_REST}",
+         (f"/run/secrets/{FLINK_REST_CERT}", f"/run/secrets/{FLINK_REST_KEY}")),
+        (CADDYFILE_K8S, f"http://{K8S_REST_SERVICE}:{PROXY_PORT}", None),
+    ):
+        digest = _hash(out / name, OPERATOR, values[FLINK_REST_OPERATOR])
+        _write(out / name, caddyfile(upstream, digest, client).encode())
+    _rest_tls(out, values[FLINK_REST_STORE_PASSWORD])
+    return out
+
+
+def k8s_secrets() -> dict[str, dict[str, str]]:
+    """Kubernetes Secret -> {key: file name in the output dir, or "=literal" for a non-secret value}."""
+    secrets = {f"rscf-{kafka_name(p)}": {"username": f"={p}", "password": kafka_name(p)}
+               for p in kafka_security.fixed_principals()}
+    secrets |= {f"rscf-{s3_name(i)}": {"access-key": f"={s3_security.access_key(i)}", "secret-key": s3_name(i)}
+                for i in S3_IDENTITIES}
+    secrets |= {f"rscf-{redis_name(u.name)}": {"username": f"={u.name}", "password": redis_name(u.name)}
+                for u in redis_security.USERS}
+    secrets["rscf-redis-acl"] = {"users.acl": REDIS_ACL}  # for your Redis: --aclfile
+    secrets["rscf-prometheus-web"] = {"web.yml": PROMETHEUS_WEB}  # for your Prometheus: --web.config.file
+    secrets["rscf-flink-rest-proxy"] = {"Caddyfile": CADDYFILE_K8S}
+    return secrets
+
+
+def kubectl_commands(out: Path, namespace: str = NAMESPACE) -> list[str]:
+    """Idempotent `kubectl` lines (create or update); they name files, never a value."""
+    lines = []
+    for secret, keys in k8s_secrets().items():
+        args = " ".join(f"--from-literal={k}={v[1:]}" if v.startswith("=") else f"--from-file={k}={out / v}"
+                        for k, v in keys.items())
+        lines.append(f"kubectl -n {namespace} create secret generic {secret} {args} "
+                     f"--dry-run=client -o yaml | kubectl apply -f -")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.container_secrets", description=__doc__.split("\n\n")[0])
+    p.add_argument("target", nargs="?", choices=("compose", "k8s"), default="compose")
+    p.add_argument("--out", type=Path, default=None, help=f"default: {out_dir()}")
+    p.add_argument("--namespace", default=NAMESPACE)
+    args = p.parse_args(argv)
+    out = write_all(args.out)
+    print(f"secrets written to {out} (0700; values from {SETTINGS.paths.secrets})", file=sys.stderr)
+    if args.target == "k8s":
+        print("\n".join(kubectl_commands(out.resolve(), args.namespace)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
