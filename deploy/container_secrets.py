@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from rscf import kafka_security, monitoring_security, redis_security, s3_security
+from rscf import kafka_security, monitoring_security, redis_security, registry_security, s3_security
 from rscf.secrets import load_or_create, random_token, write_private
 from rscf.settings import SETTINGS
 
@@ -36,6 +36,8 @@ S3_IDENTITIES = (s3_security.ADMIN, s3_security.WORKER, s3_security.JOB, s3_secu
 KAFKA_CONTROLLER_LISTENER = "kafka-controller-listener"  # the broker's own PLAIN user on its controller listener
 REDIS_ACL = "redis-users-acl"
 PROMETHEUS_WEB = "prometheus-web-config"
+REGISTRY_AUTH = "registry-auth"  # the registry's Quarkus OIDC settings with the stack's public key (not secret)
+REGISTRY_SIGNING_KEY = "registry-signing-key"  # signs registry write tokens: the init step's only
 FLINK_REST_OPERATOR = "flink-rest-operator"  # the proxy's basic-auth password (user `operator`)
 FLINK_REST_CERT, FLINK_REST_KEY = "flink-rest-cert", "flink-rest-key"
 FLINK_REST_KEYSTORE, FLINK_REST_STORE_PASSWORD = "flink-rest-keystore", "flink-rest-store-password"
@@ -201,6 +203,8 @@ def write_all(out: Path | None = None, data: Path | None = None) -> Path:
         digest = _hash(out / name, OPERATOR, values[FLINK_REST_OPERATOR])
         _write(out / name, caddyfile(upstream, digest, client).encode())
     _rest_tls(out, values[FLINK_REST_STORE_PASSWORD])
+    _write(out / REGISTRY_AUTH, registry_security.registry_properties(data).encode())
+    _write(out / REGISTRY_SIGNING_KEY, registry_security.ensure_key(data))
     return out
 
 
@@ -215,6 +219,8 @@ def k8s_secrets() -> dict[str, dict[str, str]]:
     secrets["rscf-redis-acl"] = {"users.acl": REDIS_ACL}  # for your Redis: --aclfile
     secrets["rscf-prometheus-web"] = {"web.yml": PROMETHEUS_WEB}  # for your Prometheus: --web.config.file
     secrets["rscf-flink-rest-proxy"] = {"Caddyfile": CADDYFILE_K8S}
+    secrets["rscf-registry-auth"] = {"auth.properties": REGISTRY_AUTH}  # your registry: QUARKUS_CONFIG_LOCATIONS
+    secrets[f"rscf-{REGISTRY_SIGNING_KEY}"] = {"key.pem": REGISTRY_SIGNING_KEY}  # the init Job only
     return secrets
 
 

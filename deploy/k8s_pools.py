@@ -188,6 +188,8 @@ spec:
               valueFrom: {{secretKeyRef: {{name: rscf-s3-admin, key: access-key}}}}
             - name: RSCF_S3_SECRET_KEY_FILE
               value: /run/secrets/rscf/s3-admin
+            - name: RSCF_REGISTRY_KEY_FILE  # registers the subjects; every other pod only looks them up
+              value: /run/secrets/rscf/registry-signing-key
           volumeMounts:
             - {{name: secrets, mountPath: /run/secrets/rscf, readOnly: true}}
           resources:
@@ -224,10 +226,11 @@ def render(pool: Pool) -> dict[str, str]:
 
 def render_init_job() -> str:
     """The init Job: a projected volume of every principal's password and every S3 identity's key."""
-    from deploy.container_secrets import S3_IDENTITIES, kafka_name, s3_name
+    from deploy.container_secrets import REGISTRY_SIGNING_KEY, S3_IDENTITIES, kafka_name, s3_name
     from rscf.kafka_security import fixed_principals
 
     files = [(kafka_name(p), "password") for p in fixed_principals()] + [(s3_name(i), "secret-key") for i in S3_IDENTITIES]
+    files.append((REGISTRY_SIGNING_KEY, "key.pem"))
     return _INIT_JOB.format(sources="".join(_INIT_SOURCE.format(file=f, key=k) for f, k in files))
 
 

@@ -94,6 +94,12 @@ def registry_flags(data: Path | None = None) -> list[str]:
     ]
 
 
+def registry_properties(data: Path | None = None) -> str:
+    """The same settings as a properties file, for a registry in a container: point Quarkus at it with
+    QUARKUS_CONFIG_LOCATIONS=file:<path> (checked on the Apicurio 3.3.3 jar: anonymous write 401, token 200)."""
+    return "".join(flag.removeprefix("-D") + "\n" for flag in registry_flags(data))
+
+
 def mint(subject: str, role: str = DEVELOPER, ttl_s: int = TOKEN_TTL_S, data: Path | None = None) -> str:
     """A signed token for ``subject`` with ``role``; RegistryAuthError without a readable key."""
     import jwt

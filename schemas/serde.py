@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 from rscf.settings import POOLS, SETTINGS
+
+log = logging.getLogger("rscf.serde")
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = 0
@@ -281,14 +284,27 @@ class TopicSerde:
             schema = Schema(schema_str(self.schema_name), "AVRO")
             with self._lock:
                 if self._writer_id is None:
-                    if self.auto_register:
-                        sid = self.client.register_schema(self.subject, schema)
-                    else:
-                        sid = self.client.lookup_schema(self.subject, schema).schema_id
+                    sid = self._register_or_look_up(schema)
                     self._header = b"\x00" + int(sid).to_bytes(4, "big")
                     self._readers.setdefault(int(sid), _Reader(self._parsed, None))
                     self._writer_id = int(sid)
         return self._writer_id
+
+    def _register_or_look_up(self, schema: Any) -> int:
+        """Register (idempotent for the same schema), or only look up: when ``auto_register`` is off, and
+        when the registry refuses this process a write (401/403: it holds no registry token, e.g. a
+        container that the set-up step registered the subjects for; rscf/registry_security.py)."""
+        if self.auto_register:
+            from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+            try:
+                return self.client.register_schema(self.subject, schema)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code not in (401, 403):
+                    raise
+                log.info("registry refused to register %s (%s): looking the schema up instead",
+                         self.subject, exc.http_status_code)
+        return self.client.lookup_schema(self.subject, schema).schema_id
 
     def encode(self, record: dict) -> bytes:
         """Confluent-framed Avro of ``record``; raises ValueError/TypeError if it breaks the schema."""

@@ -138,3 +138,22 @@ def test_rscf_serdes_register_new_subjects_transparently(url):
     value = serde.encode(prompt_request({"tenant_id": "acme", "prompt": "hi", "modality": "text"}))
     assert serde.decode(value)["tenant_id"] == "acme"
     assert f"{topic}-value" in httpx.get(f"{url}/subjects", timeout=10).json()
+
+
+def test_a_producer_without_a_token_looks_up_a_registered_subject_and_cannot_add_one(url, monkeypatch):
+    """A container that holds no registry key (docker-compose, Kubernetes: only the set-up step has it)
+    still produces on subjects the set-up registered, and cannot register a new one."""
+    from schemas import serde as serde_module
+    from schemas.prompt_input import prompt_request
+    from schemas.serde import TopicSerde
+
+    topic = f"rscf.test.auth.{uuid.uuid4().hex[:8]}"
+    TopicSerde(topic, url, schema_name="prompt_request").writer_id  # the set-up step, with its token
+    monkeypatch.setenv("RSCF_REGISTRY_KEY_FILE", "/nonexistent/registry_signing_key.pem")
+    monkeypatch.setattr(serde_module, "_CLIENTS", {})  # a fresh process: clients built without the key
+    keyless = TopicSerde(topic, url, schema_name="prompt_request")
+    value = keyless.encode(prompt_request({"tenant_id": "acme", "prompt": "hi", "modality": "text"}))
+    assert keyless.decode(value)["prompt"] == "hi"
+    with pytest.raises(SchemaRegistryError) as refused:
+        TopicSerde(f"rscf.test.auth.{uuid.uuid4().hex[:8]}", url, schema_name="prompt_request").writer_id
+    assert refused.value.http_status_code == 404  # looked up, not registered: the subject does not exist

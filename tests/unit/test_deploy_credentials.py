@@ -20,7 +20,7 @@ import yaml
 from deploy import container_secrets as cs
 from deploy.container_init import s3_policy
 from rscf import kafka_security as ks
-from rscf import s3_security
+from rscf import registry_security, s3_security
 from rscf.pools import POOLS
 from rscf.settings import SETTINGS
 
@@ -394,3 +394,25 @@ def test_redis_url_takes_a_user_from_the_environment(monkeypatch, tmp_path):
     assert Settings().redis_url == "redis://job:s3cr%2Ft@redis:6379/0"
     monkeypatch.setenv("RSCF_REDIS_URL", "redis://other:pw@redis:6379/0")
     assert Settings().redis_url == "redis://other:pw@redis:6379/0"  # a URL with its own user wins
+
+
+def test_registry_writes_take_a_token_and_only_init_holds_the_signing_key(generated):
+    out, data = generated
+    registry = services()["registry"]
+    assert registry["environment"]["QUARKUS_CONFIG_LOCATIONS"] == f"file:/run/secrets/{cs.REGISTRY_AUTH}"
+    assert cs.REGISTRY_AUTH in registry["secrets"]
+    props = dict(line.split("=", 1) for line in (out / cs.REGISTRY_AUTH).read_text().splitlines())
+    assert props["quarkus.oidc.tenant-enabled"] == "true"
+    assert props["apicurio.auth.role-based-authorization"] == "true"
+    assert props["quarkus.oidc.public-key"] == registry_security.public_key_b64(data)  # the key init signs with
+    assert (out / cs.REGISTRY_SIGNING_KEY).read_bytes() == registry_security.ensure_key(data)
+    for name, svc in services().items():
+        if cs.REGISTRY_SIGNING_KEY in svc.get("secrets", []) or "RSCF_REGISTRY_KEY_FILE" in (svc.get("environment") or {}):
+            assert name == "init", f"{name} could mint registry tokens"
+    assert services()["init"]["environment"]["RSCF_REGISTRY_KEY_FILE"] == f"/run/secrets/{cs.REGISTRY_SIGNING_KEY}"
+    for workload, spec in workloads().items():
+        if f"rscf-{cs.REGISTRY_SIGNING_KEY}" in {s for s, _ in secret_refs(spec)}:
+            assert workload == "Job/rscf-init", f"{workload} could mint registry tokens"
+    init = workloads()["Job/rscf-init"]
+    assert f"rscf-{cs.REGISTRY_SIGNING_KEY}" in {s for s, _ in secret_refs(init)}
+    assert env_of(init["containers"][0])["RSCF_REGISTRY_KEY_FILE"] == f"/run/secrets/rscf/{cs.REGISTRY_SIGNING_KEY}"
