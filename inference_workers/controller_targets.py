@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from inference_workers.backfill_lanes import lane_group, lane_policy, lane_topic, lane_worker_args
-from inference_workers.metrics import LANE_REPLICA_BASE, metrics_port
+from inference_workers.metrics import LANE_REPLICA_BASE, announced_port
 from inference_workers.scaling import Policy, ScaleState
 from rscf.pools import POOLS, pool as pool_row
 from rscf.settings import SETTINGS
@@ -75,7 +75,7 @@ class Target:
     def port(self, index: int) -> int:
         if self.metrics_port_base is not None:
             return self.metrics_port_base + index - self.first_index
-        return metrics_port(self.pool, index)
+        return announced_port(self.pool, index)
 
     def args(self, index: int) -> list[str]:
         extra = list(self.worker_args)

@@ -135,6 +135,17 @@ def unregister_scrape_target(name: str) -> None:
     scrape_target_file(name).unlink(missing_ok=True)
 
 
+def announced_port(pool: str, replica: int) -> int:
+    """The health port a stack replica announced (its scrape target: the real one, also when it found its own
+    port taken and fell back to an ephemeral one), else the one `metrics_port` gives it. Probes read this:
+    a replica on a fallback port used to stay "not ready" to `rscf workers start` and the pool controller."""
+    try:
+        doc = json.loads(scrape_target_file(f"worker-{pool}-{replica}").read_text())
+        return int(str(doc[0]["targets"][0]).rsplit(":", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return metrics_port(pool, replica)
+
+
 class AutoscalerMetrics:
     """What `rscf workers autoscale` exports (deploy/prometheus/METRICS.md, pool autoscaler)."""
 

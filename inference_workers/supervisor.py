@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_workers.metrics import LANE_REPLICA_BASE, metrics_port, unregister_scrape_target
+from inference_workers.metrics import LANE_REPLICA_BASE, announced_port, unregister_scrape_target
 from rscf.settings import SETTINGS
 
 
@@ -84,7 +84,7 @@ def replica(pool: str, index: int) -> Replica:
         except ValueError:
             pid = None
     alive = pid is not None and is_worker(pid, pool)
-    return Replica(pool, index, pid, alive, pf, log_file(pool, index), metrics_port(pool, index))
+    return Replica(pool, index, pid, alive, pf, log_file(pool, index), announced_port(pool, index))
 
 
 def replicas(pool: str | None = None) -> list[Replica]:
@@ -170,6 +170,7 @@ def scale(pool: str, n: int, grace_s: float = 60.0, extra_args: list[str] | None
         raise ValueError("replicas must be >= 0")
     for dead in [r for r in replicas(pool) if not r.alive]:
         dead.pid_file.unlink(missing_ok=True)
+        unregister_scrape_target(f"worker-{pool}-{dead.replica}")  # its announced port is no longer its
     alive = alive_replicas(pool)
     started, stopped = [], []
     if len(alive) < n:

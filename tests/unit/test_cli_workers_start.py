@@ -114,3 +114,23 @@ def test_a_new_replica_on_a_drained_index_is_not_mistaken_for_the_drained_one(ch
     ctl.targets = {POOL: t}
     ctl.drain_all()
     assert supervisor.replica(POOL, 0).alive, "drain_all leaves another process's PID file alone"
+
+
+def test_a_replica_on_a_fallback_port_is_probed_where_it_announced_itself(children) -> None:
+    """A replica that found its health port taken serves on an ephemeral one and announces it (its scrape
+    target); the supervisor and the pool controller probe that port, not the one it was given. (Before, such
+    a replica stayed "not ready" for 600 s: the e2e failure of session 7.)"""
+    from inference_workers.controller_targets import Target
+    from inference_workers.metrics import register_scrape_target, unregister_scrape_target
+    from inference_workers.scaling import Policy
+
+    _spawn(0, SLEEP, children)
+    assert supervisor.replica(POOL, 0).port == metrics_port(POOL, 0)  # nothing announced yet
+    register_scrape_target(f"worker-{POOL}-0", 47_123, {"pool": POOL, "replica": "0"})
+    try:
+        assert supervisor.replica(POOL, 0).port == 47_123
+        assert Target(POOL, Policy(min_replicas=0, max_replicas=2, lag_threshold=5), "req", "grp").port(0) == 47_123
+        assert supervisor.replica(POOL, 1).port == metrics_port(POOL, 1)
+    finally:
+        unregister_scrape_target(f"worker-{POOL}-0")
+    assert supervisor.replica(POOL, 0).port == metrics_port(POOL, 0)
