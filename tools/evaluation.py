@@ -35,8 +35,9 @@ import psutil
 
 from rscf.clock import now_ms
 from tools.evaluation_deployments import DEPLOYMENT_FACTORIES, Deployment, HttpDeployment, RscfDeployment
-from tools.evaluation_metrics import Sample
+from tools.evaluation_metrics import PRICE_PER_CORE_HOUR, Sample
 from tools.evaluation_mix import is_premium, kind_of, prompt_record
+from tools.gpu_sampler import GpuSampler
 
 SCENARIOS = ("steady", "burst", "outage", "s3-outage")
 DEPLOYMENTS = ("rscf", "monolith", "partial")
@@ -90,6 +91,7 @@ class RunResult:
     cpu_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     replicas: list[tuple[int, dict[str, int]]] = field(default_factory=list)  # (ms since start, pool -> live)
+    gpu: dict | None = None  # tools/gpu_sampler.py; None without nvidia-smi
 
 
 def s3_pid() -> int:
@@ -151,6 +153,7 @@ def drive(dep: Deployment, scenario: str, rate: float, duration_s: float, drain_
             dep, scenario, result, duration_s / 3, restart_delay_s, s3_down_s, snaps)))
     for t in threads:
         t.start()
+    gpu = GpuSampler().start()  # the handlers run on CUDA where torch sees a GPU: the GPU variant
     if isinstance(dep, RscfDeployment):
         _drive_kafka(dep, plan, samples, duration_s + drain_s, progress, mix)
     else:
@@ -160,6 +163,7 @@ def drive(dep: Deployment, scenario: str, rate: float, duration_s: float, drain_
     done.set()
     threads[0].join()
     result.cpu_s = cpu_used(cpu0, *snaps, cpu_by_pid(dep.processes()))
+    result.gpu = gpu.stop() if gpu is not None else None
     return result
 
 
@@ -231,6 +235,14 @@ def _drive_kafka(dep: RscfDeployment, plan, samples: list[Sample], limit_s: floa
     reader.join(5)
 
 
+def gpu_cost(figures: dict, gpu: dict | None) -> dict:
+    """Cost per 1,000 answers with the GPU's held time added to the CPU's (both prices stated assumptions)."""
+    if not gpu or not gpu.get("gpus") or not figures.get("answered"):
+        return {}
+    cpu_usd = figures["cpu_s"] * PRICE_PER_CORE_HOUR / 3600
+    return {"usd_per_1k_answers_with_gpu": round(1000 * (cpu_usd + gpu["usd_gpu_held"]) / figures["answered"], 5)}
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one `rscf evaluate` run does; every figure in its report is read under these parameters."""
@@ -273,7 +285,7 @@ def evaluate(plan: Plan, progress: Callable[[int], None] = lambda _n: None) -> d
                                  "kill_at_s": None if r.kill_ms is None else round((r.kill_ms - r.started_ms) / 1000, 1),
                                  "restart_at_s": None if r.restart_ms is None else
                                  round((r.restart_ms - r.started_ms) / 1000, 1),
-                                 "notes": r.notes, **figures})
+                                 "notes": r.notes, "gpu": r.gpu, **figures, **gpu_cost(figures, r.gpu)})
                     series.append({"deployment": name, "scenario": scenario, "repeat": repeat,
                                    "points": [(s.sent_ms - r.started_ms, s.latency_ms, s.status, s.premium)
                                               for s in r.samples if s.sent_ms is not None],

@@ -29,9 +29,19 @@ COLUMNS = [
 ]
 
 
+GPU_COLUMNS = [  # only when a run had a GPU (tools/gpu_sampler.py)
+    ("GPU util mean/max %", lambda r: "" if not (r.get("gpu") or {}).get("gpus") else " / ".join(
+        f"{g['util_mean_pct']}/{g['util_max_pct']}" for g in r["gpu"]["per_gpu"].values())),
+    ("GPU-s busy/held", lambda r: "" if not (r.get("gpu") or {}).get("gpus") else
+     f"{r['gpu']['gpu_busy_s']} / {r['gpu']['gpu_held_s']}"),
+    ("USD/1k with GPU", lambda r: r.get("usd_per_1k_answers_with_gpu", "")),
+]
+
+
 def table_markdown(runs: list[dict]) -> str:
-    head = "| " + " | ".join(c for c, _ in COLUMNS) + " |\n| " + " | ".join("---" for _ in COLUMNS) + " |\n"
-    return head + "".join("| " + " | ".join(str(f(r)) for _, f in COLUMNS) + " |\n" for r in runs)
+    columns = COLUMNS + (GPU_COLUMNS if any((r.get("gpu") or {}).get("gpus") for r in runs) else [])
+    head = "| " + " | ".join(c for c, _ in columns) + " |\n| " + " | ".join("---" for _ in columns) + " |\n"
+    return head + "".join("| " + " | ".join(str(f(r)) for _, f in columns) + " |\n" for r in runs)
 
 
 def _scale(lo: float, hi: float, a: float, b: float):

@@ -50,8 +50,6 @@ def corpus(n: int, seed: int = 0):
 
 
 def run(sizes=(10_000, 100_000), k: int = 3, batch: int = 64, progress=None, efs=(None, 200, 500)) -> dict:
-    import redis
-
     from operators.vector_index import RedisVectorSetIndex
     from rscf import redis_security
 
