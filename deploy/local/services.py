@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.local import flink, flink_rest, installed, monitoring
+from deploy.local import flink, flink_rest, installed, monitoring, registry_proxy
 from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
 from deploy.local.weed import stack_ports, weed_grpc_tls, weed_mini_argv
@@ -35,6 +35,11 @@ def _prepare_registry() -> None:
     _registry_db().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _registry_port() -> int:
+    """Apicurio's own port: behind its proxy (deploy/local/registry_proxy.py) when writes take a token."""
+    return P.registry_internal if SETTINGS.registry_auth else P.registry
+
+
 def _registry_argv() -> list[str]:
     db = _registry_db()
     return [
@@ -45,7 +50,7 @@ def _registry_argv() -> list[str]:
         # a JVM out of heap keeps its port open and answers nothing; exiting lets supervisord restart it
         "-XX:+ExitOnOutOfMemoryError",
         f"-Dquarkus.http.host={H}",
-        f"-Dquarkus.http.port={P.registry}",
+        f"-Dquarkus.http.port={_registry_port()}",
         # the management interface (health, metrics) is always on in this build: keep it on loopback
         f"-Dquarkus.management.host={H}",
         f"-Dquarkus.management.port={P.registry_management}",
@@ -274,14 +279,24 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "registry",
-        (P.registry, P.registry_management),
+        (_registry_port(), P.registry_management),
         _registry_argv,
-        lambda: http_ok(f"{SETTINGS.registry_url}/subjects"),
-        SETTINGS.registry_url,
+        lambda: http_ok(f"{SETTINGS.registry_internal_url}/subjects"),
+        SETTINGS.registry_internal_url,
         prepare=_prepare_registry,
         start_timeout_s=120,
         startsecs=20,
     ),
+    *((Service(
+        "registry-proxy",
+        (P.registry,),
+        registry_proxy.argv,
+        lambda: http_ok(f"{SETTINGS.registry_url}/subjects"),
+        f"{SETTINGS.registry_url} (reads open; writes need `rscf credentials registry`)",
+        prepare=registry_proxy.prepare,
+        env=registry_proxy.env,
+        start_timeout_s=30,
+    ),) if SETTINGS.registry_auth else ()),
     Service(
         "zookeeper",
         (P.zookeeper,),

@@ -138,6 +138,8 @@ def up(progress: Callable[[str], None] = lambda msg: None, only: list[str] | Non
     started_supervisord = _ensure_supervisord(SERVICES, progress)
     started: list[Service] = []
     pending: list[tuple[Service, float, bool]] = []  # service, deadline, under supervisord
+    if only is not None and "registry" in only:
+        only = [*only, "registry-proxy"]  # the registry's clients reach it through its proxy (registry_proxy.py)
     wanted = [s for s in SERVICES if only is None or s.name in only]
     try:
         for svc in wanted:

@@ -56,7 +56,11 @@ def _registry_client(stack):
     """
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient({"url": stack.registry_url, "timeout": 20})
+    from rscf.registry_security import client_auth
+
+    # an outside client that registers (an older schema below) holds a registry token, as
+    # `rscf credentials registry` issues one; reads alone need none (tests/integration/test_registry_auth.py)
+    return SchemaRegistryClient({"url": stack.registry_url, "timeout": 20, **client_auth("outside-producer")})
 
 
 def _record(request_id: str = "r-1") -> dict:

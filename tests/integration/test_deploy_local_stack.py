@@ -51,7 +51,10 @@ def test_registry_avro_round_trip(stack):
         '{"type":"record","name":"Ping","namespace":"io.rscf.test",'
         '"fields":[{"name":"id","type":"string"},{"name":"n","type":"int"}]}'
     )
-    client = SchemaRegistryClient({"url": stack.registry_url, "timeout": 10})
+    from rscf.registry_security import client_auth
+
+    # a new subject: registering it takes a registry token (README "Schema registry")
+    client = SchemaRegistryClient({"url": stack.registry_url, "timeout": 10, **client_auth("platform-test")})
     ser = AvroSerializer(client, schema)
     de = AvroDeserializer(client)
     ctx = SerializationContext(topic, MessageField.VALUE)

@@ -30,7 +30,7 @@ CT = {"content-type": "application/vnd.schemaregistry.v1+json"}
 
 @pytest.fixture(scope="module")
 def url():
-    services_up(["registry"], "the schema registry")
+    services_up(["registry", "registry-proxy"], "the schema registry and its proxy")
     return SETTINGS.registry_url
 
 
@@ -57,7 +57,10 @@ def _forged(claims: dict, key: bytes | None = None) -> str:
 
 def test_anonymous_writes_are_refused_and_reads_are_open(url):
     subject = _subject()
-    assert _register(url, subject, CT).status_code == 401
+    # through the proxy an anonymous registration is a look-up: 404, nothing written; Apicurio itself: 401
+    assert _register(url, subject, CT).status_code == 404
+    assert _register(SETTINGS.registry_internal_url, subject, CT).status_code == 401
+    assert subject not in httpx.get(f"{url}/subjects", timeout=10).json()
     assert httpx.put(f"{url}/config", json={"compatibility": "NONE"}, timeout=10).status_code == 401
     assert httpx.put(f"{url}/config/{subject}", json={"compatibility": "NONE"}, timeout=10).status_code == 401
     # reads: the subjects the stack registered, their schemas by id, a serde's look-up (a POST that reads)
@@ -115,7 +118,7 @@ def test_a_plain_confluent_client_reads_anonymously_and_writes_with_the_cli_toke
     assert anonymous.get_schema(prompts.schema_id).schema_str
     with pytest.raises(SchemaRegistryError) as refused:
         anonymous.register_schema(subject, Schema(SCHEMA, "AVRO"))
-    assert refused.value.http_status_code == 401
+    assert refused.value.http_status_code == 404  # the proxy's look-up: no such subject, nothing registered
     out = subprocess.run([sys.executable, "-m", "cli.main", "credentials", "registry", "--json", "--ttl", "120"],
                          cwd=SETTINGS.paths.repo, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -157,3 +160,27 @@ def test_a_producer_without_a_token_looks_up_a_registered_subject_and_cannot_add
     with pytest.raises(SchemaRegistryError) as refused:
         TopicSerde(f"rscf.test.auth.{uuid.uuid4().hex[:8]}", url, schema_name="prompt_request").writer_id
     assert refused.value.http_status_code == 404  # looked up, not registered: the subject does not exist
+
+
+def test_a_default_confluent_serializer_still_produces_on_a_registered_subject(url):
+    """auto.register.schemas is on by default: the proxy answers an anonymous re-registration of a registered
+    schema with its id (a look-up), and an anonymous registration of a new schema is refused."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from schemas.prompt_input import prompt_request
+    from schemas.serde import schema_str
+
+    client = SchemaRegistryClient({"url": url, "timeout": 10})  # no credential, default serializer settings
+    serializer = AvroSerializer(client, schema_str("prompt_request"))
+    record = prompt_request({"tenant_id": "acme", "prompt": "hi", "modality": "text"})
+    value = serializer(record, SerializationContext(SETTINGS.topics.prompts, MessageField.VALUE))
+    registered = httpx.get(f"{url}/subjects/{SETTINGS.topics.prompts}-value/versions/latest", timeout=10).json()
+    assert int.from_bytes(value[1:5], "big") == registered["id"]
+    with pytest.raises(SchemaRegistryError) as refused:
+        AvroSerializer(client, SCHEMA)({"a": "x"}, SerializationContext(_subject()[:-6], MessageField.VALUE))
+    assert refused.value.http_status_code == 404  # not registered, and not registrable anonymously
+    # Apicurio's own port, around the proxy: anonymous writes are refused there too
+    internal = SETTINGS.registry_internal_url
+    assert _register(internal, _subject(), CT).status_code == 401
+    assert _register(internal, f"{SETTINGS.topics.prompts}-value", CT, schema_str("prompt_request")).status_code == 401

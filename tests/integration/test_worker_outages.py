@@ -56,7 +56,7 @@ def _port_block() -> dict[str, int]:
             "KAFKA_PORT": base, "KAFKA_CONTROLLER_PORT": base + 1, "S3_PORT": base + 2,
             "WEED_MASTER_PORT": base + 3, "WEED_VOLUME_PORT": base + 4, "WEED_FILER_PORT": base + 5,
             "REGISTRY_PORT": base + 6, "REGISTRY_MANAGEMENT_PORT": base + 7, "PROMETHEUS_PORT": base + 8,
-            "WORKER_METRICS_PORT": base + 9, "KAFKA_TLS_PORT": base + 10,
+            "WORKER_METRICS_PORT": base + 9, "KAFKA_TLS_PORT": base + 10, "REGISTRY_INTERNAL_PORT": base + 11,
         }
         extra = [base + 2 + 10_000, base + 3 + 10_000, base + 4 + 10_000, base + 5 + 10_000, base + 3 + 1000]
         if all(_free(p) for p in list(ports.values()) + extra):
