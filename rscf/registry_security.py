@@ -146,10 +146,15 @@ def _bearer_fields(config: dict[str, Any]) -> dict[str, str]:
             "bearer.auth.logical.cluster": "rscf"}  # required by the client; Apicurio ignores it
 
 
+def _can_sign() -> bool:
+    """The registry checks tokens and this process holds the key (else it sends none and can only read)."""
+    return SETTINGS.registry_auth and key_file().is_file()
+
+
 def client_auth(subject: str = "rscf", role: str = DEVELOPER) -> dict[str, Any]:
     """SchemaRegistryClient keys that sign every request's token from the key file ({} when the stack runs
     the registry without authentication, or this process has no key: it can then only read)."""
-    if not SETTINGS.registry_auth or not key_file().is_file():
+    if not _can_sign():
         return {}
     return {"bearer.auth.credentials.source": "CUSTOM",
             "bearer.auth.custom.provider.function": _bearer_fields,
@@ -158,7 +163,7 @@ def client_auth(subject: str = "rscf", role: str = DEVELOPER) -> dict[str, Any]:
 
 def auth_headers(subject: str = "rscf", role: str = DEVELOPER) -> dict[str, str]:
     """An Authorization header for a plain HTTP call to the registry ({} as in `client_auth`)."""
-    if not SETTINGS.registry_auth or not key_file().is_file():
+    if not _can_sign():
         return {}
     return {"Authorization": f"Bearer {_CACHE.get(subject, role)}"}
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.harness import terminate
+
 PRICE_PER_GPU_HOUR = 2.50
 QUERY = "index,utilization.gpu,memory.used,memory.total"
 INTERVAL_MS = 500
@@ -67,13 +69,7 @@ class GpuSampler:
 
     def stop(self) -> dict[str, Any]:
         wall_s = time.monotonic() - self._started
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc, 5)
         if self._thread is not None:
             self._thread.join(5)
         return summarise(self.samples, self.interval_ms / 1000, wall_s)

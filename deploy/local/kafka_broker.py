@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import installed
-from deploy.local.monitoring import _issue as issue_certificate  # the monitoring's CA-signed certificates
+from deploy.local.monitoring import issue_certificate  # the stack CA's certificates
 from deploy.local.processes import StackError, port_in_use
 from rscf import kafka_security
 from rscf.kafka_clients import admin_client

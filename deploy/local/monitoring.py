@@ -58,7 +58,7 @@ def web_config_path(service: str) -> Path:
 # ----------------------------------------------------------------------------- certificates
 
 
-def _issue(name: str, server: bool, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+def issue_certificate(name: str, server: bool, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
            out: ms.ClientCert, client_too: bool = False) -> None:
     """A certificate for ``name`` signed by the CA (server: 127.0.0.1 and localhost; else a client;
     ``client_too``: a server's certificate it also presents when it dials its peers, as mutual TLS needs)."""
@@ -94,9 +94,9 @@ def ensure_certificates() -> None:
 
     ca_cert, ca_key = ensure_ca()
     secrets_dir(ms.monitoring_dir())
-    _issue("pushgateway", True, ca_cert, ca_key, ms.client_cert(ms.PUSHGATEWAY_SERVER))
+    issue_certificate("pushgateway", True, ca_cert, ca_key, ms.client_cert(ms.PUSHGATEWAY_SERVER))
     for name in ms.PUSH_CLIENTS:
-        _issue(name, False, ca_cert, ca_key, ms.client_cert(name))
+        issue_certificate(name, False, ca_cert, ca_key, ms.client_cert(name))
 
 
 # ----------------------------------------------------------------------------- Flink's JVM key stores

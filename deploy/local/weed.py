@@ -62,7 +62,7 @@ def weed_mini_argv(data_dir: Path, ports: WeedPorts, config: Path | None, encryp
 def weed_grpc_tls() -> GrpcTls | None:
     """The gRPC certificate of `weed mini` (CN rscf-weed, server and client use, from the stack's CA), or None
     with RSCF_S3_GRPC_MTLS=0."""
-    from deploy.local.monitoring import _issue
+    from deploy.local.monitoring import issue_certificate
     from gateway.tls import ensure_ca
     from rscf.monitoring_security import ClientCert, ca_file
     from rscf.s3_security import GRPC_COMMON_NAME
@@ -73,5 +73,5 @@ def weed_grpc_tls() -> GrpcTls | None:
     ca_cert, ca_key = ensure_ca()
     base = secrets_dir(SETTINGS.paths.secrets / "weed-grpc")
     leaf = ClientCert(GRPC_COMMON_NAME, base / "weed.pem", base / "weed.key")
-    _issue(GRPC_COMMON_NAME.removeprefix("rscf-"), True, ca_cert, ca_key, leaf, client_too=True)
+    issue_certificate(GRPC_COMMON_NAME.removeprefix("rscf-"), True, ca_cert, ca_key, leaf, client_too=True)
     return GrpcTls(ca_file(), leaf.cert, leaf.key)
