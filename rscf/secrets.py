@@ -7,12 +7,13 @@ atomically so a concurrent reader never sees half a key. Callers never log the v
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as _random
 import tempfile
 from pathlib import Path
 from typing import Callable
-
+from urllib.parse import quote, urlsplit, urlunsplit
 
 
 def secrets_dir(path: Path) -> Path:
@@ -63,3 +64,33 @@ def random_token(nbytes: int = 32) -> bytes:
 
 def mode_of(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def s3_secret_key(data_dir: str, given: str = "", given_file: str = "") -> str:
+    """``given`` (RSCF_S3_SECRET_KEY), else the file ``given_file`` names, else the secrets file, else (a data
+    dir from before secrets were generated) the key its S3 server was configured with (``s3/s3.json``),
+    kept in the secrets file; else a new random one. rscf/settings.py reads the env and caches the key."""
+    if given:
+        return given
+    if given_file:  # compose secrets, Kubernetes Secret volumes
+        return Path(given_file).read_text().strip()
+
+    def existing_or_new() -> bytes:
+        try:
+            identities = json.loads((Path(data_dir) / "s3" / "s3.json").read_text())["identities"]
+            return identities[0]["credentials"][0]["secretKey"].encode()
+        except (OSError, ValueError, KeyError, IndexError):
+            return random_token(24)
+
+    return load_or_create("s3_secret_key", existing_or_new, Path(data_dir) / "secrets").decode().strip()
+
+
+def redis_credential(url: str, user: str, password: str, password_file: str) -> str:
+    """``url`` with ``user``'s password (``password``, else the file ``password_file`` names) in it, if both
+    are given and the URL names no user: a container handed a Redis Secret connects as that user."""
+    password = password or (Path(password_file).read_text().strip() if user and password_file else "")
+    parts = urlsplit(url)
+    if not (user and password) or parts.username or parts.password:
+        return url
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))

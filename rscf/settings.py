@@ -7,13 +7,13 @@ needs to change them, otherwise from the defaults below. Everything binds to
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from rscf.pools import POOLS, PRIORITY_LANES
+from rscf.secrets import redis_credential, s3_secret_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,35 +195,8 @@ class S3Credentials:
 
 @lru_cache(maxsize=None)
 def _s3_secret_key(data_dir: str) -> str:
-    """Env, else the secrets file, else (a data dir from before secrets were generated) the key its S3
-    server was configured with (``s3/s3.json``), kept in the secrets file; else a new random one."""
-    from rscf.secrets import load_or_create, random_token
-
-    if _env("S3_SECRET_KEY", ""):
-        return _env("S3_SECRET_KEY", "")
-    if _env("S3_SECRET_KEY_FILE", ""):  # compose secrets, Kubernetes Secret volumes
-        return Path(_env("S3_SECRET_KEY_FILE", "")).read_text().strip()
-
-    def existing_or_new() -> bytes:
-        try:
-            identities = json.loads((Path(data_dir) / "s3" / "s3.json").read_text())["identities"]
-            return identities[0]["credentials"][0]["secretKey"].encode()
-        except (OSError, ValueError, KeyError, IndexError):
-            return random_token(24)
-
-    return load_or_create("s3_secret_key", existing_or_new, Path(data_dir) / "secrets").decode().strip()
-
-
-def _redis_credential(url: str) -> str:
-    """``url`` with RSCF_REDIS_USER's password (env or file) in it, if given and the URL names no user."""
-    from urllib.parse import quote, urlsplit, urlunsplit
-
-    user, pw, pw_file = _env("REDIS_USER", ""), _env("REDIS_PASSWORD", ""), _env("REDIS_PASSWORD_FILE", "")
-    pw = pw or (Path(pw_file).read_text().strip() if user and pw_file else "")
-    parts = urlsplit(url)
-    if not (user and pw) or parts.username or parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(pw, safe='')}@{parts.netloc}"))
+    """One S3 key per data dir and process (rscf/secrets.py finds or makes it; env names stay here)."""
+    return s3_secret_key(data_dir, _env("S3_SECRET_KEY", ""), _env("S3_SECRET_KEY_FILE", ""))
 
 
 @dataclass(frozen=True)
@@ -377,7 +350,8 @@ class Settings:
     @property
     def redis_url(self) -> str:
         """RSCF_REDIS_URL, with RSCF_REDIS_USER + RSCF_REDIS_PASSWORD[_FILE] (a container's Secret) in it."""
-        return _redis_credential(_env("REDIS_URL", f"redis://{self.host}:{self.ports.redis}/0"))
+        return redis_credential(_env("REDIS_URL", f"redis://{self.host}:{self.ports.redis}/0"),
+                                _env("REDIS_USER", ""), _env("REDIS_PASSWORD", ""), _env("REDIS_PASSWORD_FILE", ""))
 
     @property
     def flink_url(self) -> str:

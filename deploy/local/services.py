@@ -1,8 +1,9 @@
 """The local stack's services: each one's config and argv, and the table.
 
-Schema registry, S3 (SeaweedFS), Redis, Prometheus, Pushgateway and the
-embedding service are configured here; Kafka's in `deploy.local.kafka_broker`; the Flink cluster's config in
-`deploy.local.flink`; where the installed parts live in `deploy.local.installed`.
+S3 (SeaweedFS), Redis, Prometheus, Pushgateway and the embedding service are configured here; the
+schema registry in `deploy.local.registry` (its proxy in `deploy.local.registry_proxy`); Kafka's in
+`deploy.local.kafka_broker`; the Flink cluster's config in `deploy.local.flink`; where the installed
+parts live in `deploy.local.installed`.
 Every service binds to 127.0.0.1.
 """
 
@@ -11,62 +12,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.local import flink, flink_rest, installed, monitoring, registry_proxy
+from deploy.local import flink, flink_rest, installed, monitoring, registry, registry_proxy
 from deploy.local.processes import Service, http_ok, port_in_use, recorded_process
 from deploy.local.kafka_broker import kafka_dir, kafka_healthy, kafka_java, prepare_kafka
 from deploy.local.weed import stack_ports, weed_grpc_tls, weed_mini_argv
-from rscf import monitoring_security, registry_security
+from rscf import monitoring_security
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
 
 D = SETTINGS.paths.data
 H = SETTINGS.host
 P = SETTINGS.ports
-
-
-# ----------------------------------------------------------------------------- schema registry
-
-
-def _registry_db() -> Path:
-    return D / "registry" / "registry"
-
-
-def _prepare_registry() -> None:
-    _registry_db().parent.mkdir(parents=True, exist_ok=True)
-
-
-def _registry_port() -> int:
-    """Apicurio's own port: behind its proxy (deploy/local/registry_proxy.py) when writes take a token."""
-    return P.registry_internal if SETTINGS.registry_auth else P.registry
-
-
-def _registry_argv() -> list[str]:
-    db = _registry_db()
-    return [
-        installed.registry_java(),
-        "-Xms64m",
-        "-Xmx384m",
-        "-XX:+UseSerialGC",
-        # a JVM out of heap keeps its port open and answers nothing; exiting lets supervisord restart it
-        "-XX:+ExitOnOutOfMemoryError",
-        f"-Dquarkus.http.host={H}",
-        f"-Dquarkus.http.port={_registry_port()}",
-        # the management interface (health, metrics) is always on in this build: keep it on loopback
-        f"-Dquarkus.management.host={H}",
-        f"-Dquarkus.management.port={P.registry_management}",
-        # Persistent storage: schema ids must survive restarts or old Kafka records become undecodable.
-        "-Dapicurio.storage.kind=sql",
-        "-Dapicurio.storage.sql.kind=h2",
-        f"-Dapicurio.datasource.url=jdbc:h2:file:{db};DB_CLOSE_ON_EXIT=FALSE",
-        "-Dapicurio.datasource.username=sa",
-        "-Dapicurio.datasource.password=sa",
-        "-Dapicurio.rest.deletion.artifact.enabled=true",
-        "-Dapicurio.rest.deletion.artifact-version.enabled=true",
-        "-Dapicurio.rest.deletion.group.enabled=true",
-        *registry_security.registry_flags(),  # writes need a token signed by the stack's key; reads stay open
-        "-jar",
-        str(installed.apicurio_jar()),
-    ]
 
 
 # ----------------------------------------------------------------------------- S3 (SeaweedFS)
@@ -277,16 +233,7 @@ SERVICES: tuple[Service, ...] = (
         startsecs=15,
         stop_wait_s=45,  # a controlled shutdown writes the log end offsets; a kill means a log recovery
     ),
-    Service(
-        "registry",
-        (_registry_port(), P.registry_management),
-        _registry_argv,
-        lambda: http_ok(f"{SETTINGS.registry_internal_url}/subjects"),
-        SETTINGS.registry_internal_url,
-        prepare=_prepare_registry,
-        start_timeout_s=120,
-        startsecs=20,
-    ),
+    registry.SERVICE,  # Apicurio (deploy/local/registry.py)
     *((Service(
         "registry-proxy",
         (P.registry,),
