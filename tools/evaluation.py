@@ -13,7 +13,9 @@ Scenarios: steady (the rate throughout), burst (10x the rate in the middle third
 echo model worker, model service or monolith SIGKILLed at a third of the run; a baseline is
 started again after `restart_delay_s`, as a container restart policy would, RSCF's pool controller
 restarts its replica by itself), s3-outage (object storage frozen for `s3_down_s` at a third of
-the run: image artifacts cannot be stored). Every request ends answered, rejected
+the run: image artifacts cannot be stored), slow-s3 (object storage answers `s3_latency_ms` late,
+each way, through the middle third: tools/slow_store.py; the s3 scenarios touch the image and speech
+requests of `--mix real`, the echo mix stores nothing). Every request ends answered, rejected
 with a reason, or lost (no answer by the end of the drain); `metrics.summarise` does the figures.
 The baselines are started and stopped here, by PID, on free loopback ports.
 """
@@ -27,6 +29,7 @@ import signal
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,8 +41,10 @@ from tools.evaluation_deployments import DEPLOYMENT_FACTORIES, Deployment, HttpD
 from tools.evaluation_metrics import PRICE_PER_CORE_HOUR, Sample
 from tools.evaluation_mix import is_premium, kind_of, prompt_record
 from tools.gpu_sampler import GpuSampler
+from tools.slow_store import SlowObjectStore, object_store_behind_proxy
 
-SCENARIOS = ("steady", "burst", "outage", "s3-outage")
+SCENARIOS = ("steady", "burst", "outage", "s3-outage", "slow-s3")
+S3_SCENARIOS = ("s3-outage", "slow-s3")  # their affected kind: image (an artifact in object storage)
 DEPLOYMENTS = ("rscf", "monolith", "partial")
 BURST_FACTOR = 10
 
@@ -105,11 +110,25 @@ def s3_pid() -> int:
 
 
 def _fault(dep: Deployment, scenario: str, result: RunResult, at_s: float, restart_delay_s: float,
-           s3_down_s: float, snaps: list[dict[int, float]]) -> None:
+           s3_down_s: float, snaps: list[dict[int, float]], slow_store: SlowObjectStore | None = None) -> None:
     """outage: SIGKILL the model (RSCF's pool controller restarts it; a baseline is restarted after
     `restart_delay_s`). s3-outage: object storage frozen (SIGSTOP: connections hang, as for a dead
-    host) for `s3_down_s`, then SIGCONT; every deployment stores its artifacts there."""
+    host) for `s3_down_s`, then SIGCONT; every deployment stores its artifacts there. slow-s3: object
+    storage slow (a latency toxic) from `at_s` for another `at_s` (the middle third)."""
     time.sleep(at_s)
+    if scenario == "slow-s3":
+        if slow_store is None:
+            raise RuntimeError("slow-s3 needs the object store behind its proxy (evaluate() starts it)")
+        slow_store.slow()
+        result.kill_ms = now_ms()
+        try:
+            time.sleep(at_s)
+        finally:
+            slow_store.fast()
+        result.restart_ms = now_ms()
+        result.notes.append(f"object storage {slow_store.latency_ms} ms (+-{slow_store.jitter_ms}) late each way "
+                            f"for {at_s:.0f} s")
+        return
     if scenario == "outage":
         snaps.append(cpu_by_pid(dep.processes()))  # the killed process's CPU up to its end
         result.kill_ms = now_ms()
@@ -131,7 +150,7 @@ def _fault(dep: Deployment, scenario: str, result: RunResult, at_s: float, resta
 
 def drive(dep: Deployment, scenario: str, rate: float, duration_s: float, drain_s: float,
           restart_delay_s: float, progress: Callable[[int], None] = lambda _n: None, mix: str = "echo",
-          s3_down_s: float = 10.0) -> RunResult:
+          s3_down_s: float = 10.0, slow_store: SlowObjectStore | None = None) -> RunResult:
     """One scenario on a started deployment: send on schedule, collect answers, inject its fault."""
     run_id = f"{dep.name[:3]}{scenario[:2]}{uuid.uuid4().hex[:6]}"
     plan = schedule(scenario, rate, duration_s)
@@ -148,9 +167,9 @@ def drive(dep: Deployment, scenario: str, rate: float, duration_s: float, drain_
             done.wait(0.5)
 
     threads = [threading.Thread(target=watch_replicas, daemon=True)]
-    if scenario in ("outage", "s3-outage"):
+    if scenario in ("outage", *S3_SCENARIOS):
         threads.append(threading.Thread(target=_fault, daemon=True, args=(
-            dep, scenario, result, duration_s / 3, restart_delay_s, s3_down_s, snaps)))
+            dep, scenario, result, duration_s / 3, restart_delay_s, s3_down_s, snaps, slow_store)))
     for t in threads:
         t.start()
     gpu = GpuSampler().start()  # the handlers run on CUDA where torch sees a GPU: the GPU variant
@@ -258,14 +277,27 @@ class Plan:
     repeats: int = 1
     mix: str = "echo"  # tools.evaluation_mix.MIXES
     s3_down_s: float = 10.0
+    s3_latency_ms: int = 500  # slow-s3: added each way to every object storage request (+-20 % jitter)
 
 
 def evaluate(plan: Plan, progress: Callable[[int], None] = lambda _n: None) -> dict:
     """Every deployment through every scenario (`repeats` times); figures per run, stack left as found."""
-    from tools.evaluation_metrics import summarise
-
     os.environ["RSCF_ECHO_BATCH_MS"] = str(plan.echo_batch_ms)  # the worker and the baselines read these
     os.environ["RSCF_ECHO_ITEM_MS"] = str(plan.echo_item_ms)
+    with ExitStack() as stack:
+        slow_store = stack.enter_context(object_store_behind_proxy(plan.s3_latency_ms, plan.s3_latency_ms // 5)) \
+            if "slow-s3" in plan.scenarios else None  # before any deployment starts: all inherit its endpoint
+        runs, series = _run_all(plan, progress, slow_store)
+    return {"plan": plan.__dict__ | {"deployments": list(plan.deployments), "scenarios": list(plan.scenarios)},
+            "machine": {"cores": psutil.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+            "runs": runs, "series": series}
+
+
+def _run_all(plan: Plan, progress: Callable[[int], None],
+             slow_store: SlowObjectStore | None) -> tuple[list[dict], list[dict]]:
+    """(runs, series): the figures of every run and the points its charts are drawn from."""
+    from tools.evaluation_metrics import summarise
+
     runs: list[dict] = []
     series: list[dict] = []
     for name in plan.deployments:
@@ -277,10 +309,10 @@ def evaluate(plan: Plan, progress: Callable[[int], None] = lambda _n: None) -> d
             for repeat in range(plan.repeats):
                 for scenario in plan.scenarios:
                     r = drive(dep, scenario, plan.rate, plan.duration_s, plan.drain_s, plan.restart_delay_s, progress,
-                              plan.mix, plan.s3_down_s)
+                              plan.mix, plan.s3_down_s, slow_store)
                     offered = plan.rate
                     figures = summarise(r.samples, plan.duration_s, r.cpu_s, offered, r.kill_ms,
-                                        "image" if scenario == "s3-outage" else "echo")
+                                        "image" if scenario in S3_SCENARIOS else "echo")
                     runs.append({"deployment": name, "scenario": scenario, "repeat": repeat, "startup_s": startup_s,
                                  "kill_at_s": None if r.kill_ms is None else round((r.kill_ms - r.started_ms) / 1000, 1),
                                  "restart_at_s": None if r.restart_ms is None else
@@ -292,6 +324,4 @@ def evaluate(plan: Plan, progress: Callable[[int], None] = lambda _n: None) -> d
                                    "replicas": r.replicas})
         finally:
             dep.stop()
-    return {"plan": plan.__dict__ | {"deployments": list(plan.deployments), "scenarios": list(plan.scenarios)},
-            "machine": {"cores": psutil.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
-            "runs": runs, "series": series}
+    return runs, series

@@ -124,4 +124,10 @@ def summarise(samples: list[Sample], duration_s: float, cpu_s: float, offered_pe
         out["premium_burst_latency_ms"] = latency_stats(premium_burst)
     if kill_ms is not None:
         out["recovery"] = recovery(samples, kill_ms, offered_per_s, affected_kind)
+    if affected_kind is not None and any(s.kind == affected_kind for s in samples):
+        # the affected kind before, during and after its fault (slow-s3: image requests while storage is slow)
+        out["affected_by_phase"] = {phase: latency_stats([float(s.latency_ms) for s in samples if s.phase == phase
+                                                          and s.kind == affected_kind and s.status == "SUCCEEDED"
+                                                          and s.latency_ms is not None])
+                                    for phase in sorted({s.phase for s in samples})}
     return out

@@ -45,12 +45,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             scenarios=_names(args.scenario, evaluation.SCENARIOS, "scenario"),
             rate=args.rate, duration_s=args.duration, drain_s=args.drain, restart_delay_s=args.restart_delay,
             echo_batch_ms=args.echo_batch_ms, echo_item_ms=args.echo_item_ms, repeats=args.repeats,
-            mix=_names(args.mix, MIXES, "mix")[0], s3_down_s=args.s3_down)
+            mix=_names(args.mix, MIXES, "mix")[0], s3_down_s=args.s3_down,
+            s3_latency_ms=args.s3_latency_ms)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.rate <= 0 or args.duration <= 0:
-        print("error: --rate and --duration must be positive", file=sys.stderr)
+    if args.rate <= 0 or args.duration <= 0 or args.s3_latency_ms < 0:
+        print("error: --rate and --duration must be positive, --s3-latency-ms not negative", file=sys.stderr)
         return EXIT_BAD_INPUT
     if "rscf" in plan.deployments and (missing := _stack_reachable()):
         print(f"error: {missing} is not reachable; start the stack with `rscf up`", file=sys.stderr)
@@ -89,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", parents=[json_parent()],
                        help="RSCF vs a monolith vs a partially containerised deployment, same load")
     p.add_argument("--deployments", default=",".join(DEPLOYMENTS))
-    p.add_argument("--scenario", default=",".join(SCENARIOS), help="steady, burst, outage, s3-outage (comma-separated)")
+    p.add_argument("--scenario", default=",".join(SCENARIOS), help="steady, burst, outage, s3-outage, slow-s3 (comma-separated)")
     p.add_argument("--rate", type=float, default=20.0, help="requests per second (a burst sends 10x)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per scenario")
     p.add_argument("--drain", type=float, default=60.0, help="seconds to wait for answers after the load")
@@ -101,5 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", default="echo", help="echo (simulated model cost) or real (SmolLM2 text, shapes "
                    "image, Piper speech and echo: tools/evaluation_mix.py)")
     p.add_argument("--s3-down", type=float, default=10.0, help="seconds object storage is frozen in s3-outage")
+    p.add_argument("--s3-latency-ms", type=int, default=500,
+                   help="slow-s3: milliseconds added each way to every object storage request in the middle third")
     p.add_argument("--out", default=".data/evaluation/evaluation.json", help="figures; the HTML report goes next to it")
     p.set_defaults(func=cmd_evaluate)

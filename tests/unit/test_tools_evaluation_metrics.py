@@ -56,3 +56,20 @@ def test_burst_schedule_sends_ten_times_the_rate_in_its_middle_third():
     assert phases.count("before") == 100 and phases.count("after") == 100
     steady = schedule("steady", rate=10, duration_s=30)
     assert len(steady) == 300 and all(b > a for (a, _), (b, _) in zip(steady, steady[1:]))
+
+
+def test_the_affected_kind_is_figured_per_phase_and_other_kinds_do_not_blur_it():
+    def kinded(i: int, phase: str, kind: str, latency: int) -> Sample:
+        s = _s(i, 0, latency, phase=phase)
+        s.kind = kind
+        return s
+
+    samples = [kinded(i, "before", "image", 100) for i in range(5)] + \
+              [kinded(10 + i, "during", "image", 1_100) for i in range(5)] + \
+              [kinded(20 + i, "during", "echo", 5) for i in range(50)] + [kinded(90, "after", "image", 120)]
+    out = summarise(samples, duration_s=10, cpu_s=1.0, offered_per_s=6, kill_ms=0, affected_kind="image")
+    assert out["affected_by_phase"]["before"]["p50"] == 100.0
+    assert out["affected_by_phase"]["during"]["p50"] == 1_100.0  # the echo answers do not pull it down
+    assert out["by_phase"]["during"]["p50"] == 5.0
+    assert out["affected_by_phase"]["after"]["n"] == 1
+    assert "affected_by_phase" not in summarise(samples, 10, 1.0, 6, affected_kind="speech")
