@@ -10,13 +10,14 @@ for tests and benchmarks that share the Kafka broker with other users.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import site
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from rscf.pools import POOLS
-from rscf.settings import SETTINGS
+from rscf.settings import SETTINGS, Limits
 
 JOB_NAME = "rscf-content-pipeline"
 JOB_VERSION = "content-pipeline/1"
@@ -65,12 +66,20 @@ class JobConfig:
     local: bool = False  # run in a MiniCluster in this process (python jobs/content_pipeline.py --local)
     connector_jar: str = ""  # only needed in local mode; the cluster has it in lib/
     use_redis: bool = True  # templates, RAG index; off for runs without Redis
+    # an attempt's deadline; 0: SETTINGS.limits.request_timeout_ms (the backfill lane's is its own: backfills.py)
+    request_timeout_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}, not {self.delivery!r}")
         if self.checkpoint_interval_ms <= 0:
             object.__setattr__(self, "checkpoint_interval_ms", default_checkpoint_interval_ms(self.delivery))
+
+    def limits(self) -> Limits:
+        """The stack's limits with this job's attempt deadline."""
+        if self.request_timeout_ms <= 0:
+            return SETTINGS.limits
+        return dataclasses.replace(SETTINGS.limits, request_timeout_ms=self.request_timeout_ms)
 
     def topic(self, base: str) -> str:
         return f"{base}.{self.topic_suffix}" if self.topic_suffix else base
@@ -144,6 +153,8 @@ class JobConfig:
             args += ["--connector-jar", self.connector_jar]
         if not self.use_redis:
             args.append("--no-redis")
+        if self.request_timeout_ms > 0:
+            args += ["--request-timeout-ms", str(self.request_timeout_ms)]
         return args
 
 
@@ -168,6 +179,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="run in a local MiniCluster instead of submitting")
     p.add_argument("--connector-jar", default="")
     p.add_argument("--no-redis", action="store_true", help="no template store and no RAG index")
+    p.add_argument("--request-timeout-ms", type=int, default=0, help="an attempt's deadline (default: the stack's)")
 
 
 def add_delivery_arguments(p: argparse.ArgumentParser) -> None:
@@ -185,6 +197,7 @@ def from_args(ns: argparse.Namespace) -> JobConfig:
         registry_url=ns.registry_url, redis_url=ns.redis_url, parallelism=ns.parallelism,
         delivery=ns.delivery, checkpoint_interval_ms=ns.checkpoint_interval_ms,
         local=ns.local, connector_jar=ns.connector_jar, use_redis=not ns.no_redis,
+        request_timeout_ms=ns.request_timeout_ms,
     )
 
 

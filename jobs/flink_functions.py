@@ -259,12 +259,12 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         resolve_retired_state_classes()
         self.serde = topic_serde(self.cfg, self.cfg.results, "result")
         self.slot = ctx.get_state(slot_descriptor())
-        # Write-through mirror of in-flight slots (this subtask is the only writer of its keys):
-        # a result finds its request here instead of crossing into Java state and unpickling it.
-        # Finished slots (tombstones) are not mirrored; after a restore the mirror starts empty.
+        # Write-through mirror of in-flight slots (this subtask is the only writer of its keys): a result finds its
+        # request here, not by unpickling Java state. Tombstones are not mirrored; a restore starts it empty.
         self.inflight: dict[str, Slot] = {}
         self.counters = Counters(ctx)
-        self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False)
+        self.logic = Orchestrator(Moderator(classifier_source=shared_classifier()), tombstone_timers=False,
+                                  limits=self.cfg.limits())
         self.encoder = Encoder(self.cfg, self.counters, topic_serde, payload_store)
         self._control_loaded = False
         self.awaiting = ctx.get_state(ValueStateDescriptor("awaiting_moderation", Types.PICKLED_BYTE_ARRAY()))

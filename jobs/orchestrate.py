@@ -37,6 +37,7 @@ from operators.route import (
     DEFAULT_ROLLOUTS, DISPATCH, BreakerConfig, CircuitBreaker, Rollout, RouteDecision, apply_breaker_command,
     apply_rollout_event, route,
 )
+from rscf.settings import SETTINGS, Limits
 
 
 class Orchestrator:
@@ -48,9 +49,12 @@ class Orchestrator:
     """
 
     def __init__(self, moderator: Moderator | None = None, job_version: str = JOB_VERSION,
-                 breaker_cfg: BreakerConfig = BreakerConfig(), tombstone_timers: bool = True):
+                 breaker_cfg: BreakerConfig = BreakerConfig(), tombstone_timers: bool = True,
+                 limits: Limits | None = None):
         """`tombstone_timers=False` when the state backend expires tombstones itself (state TTL =
-        dedup_ttl_ms): one timer registration and one timer callback less per request."""
+        dedup_ttl_ms): one timer registration and one timer callback less per request. `limits`: the
+        job's (`JobConfig.limits()`: the backfill lane's attempts have a longer deadline)."""
+        self.limits = limits or SETTINGS.limits
         self.rollouts: dict[str, Rollout] = dict(DEFAULT_ROLLOUTS)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.moderator = moderator or Moderator()
@@ -79,7 +83,7 @@ class Orchestrator:
         if slot is not None:  # the same (tenant_id, request_id) again, pending or within the dedup TTL
             return self.on_duplicate(value, slot, now_ms)
         if isinstance(value, Finished):
-            return self._settle(correlate.on_finished(value.state, now_ms), value.features, now_ms)
+            return self._settle(correlate.on_finished(value.state, now_ms, self.limits), value.features, now_ms)
         return self.on_admitted(value, now_ms)
 
     def on_duplicate(self, value: Admitted | Finished, slot: Slot, now_ms: int) -> Effects:
@@ -110,20 +114,20 @@ class Orchestrator:
         if decision.failed:
             state = correlate.finished_early(value.record, "FAILED", decision.reason, now_ms,
                                              value.sanitized_prompt, value.verdicts, value.degraded, value.source)
-            effects = correlate.on_finished(state, now_ms)
+            effects = correlate.on_finished(state, now_ms, self.limits)
             effects.counter = "no_healthy_pool"
             return self._settle(effects, value.features, now_ms)
         pending = new_pending(value.record, decision, value.accepted_at_ms, value.sanitized_prompt,
                               value.verdicts, tier=value.tier, degraded=value.degraded,
                               moderation_fail_closed=value.moderation_fail_closed, source=value.source)
-        return self._settle(correlate.on_dispatch(pending, now_ms), value.features, now_ms)
+        return self._settle(correlate.on_dispatch(pending, now_ms, self.limits), value.features, now_ms)
 
     def on_result(self, result: Mapping[str, Any], slot: Slot | None, now_ms: int) -> Effects:
         self.intake.observe(result, now_ms)
         pending = slot.pending if slot else None
         features = slot.features if slot else frozenset()
-        effects = self._settle(correlate.on_result(pending, result, now_ms, self._fallback(features, now_ms)),
-                               features, now_ms)
+        effects = self._settle(correlate.on_result(pending, result, now_ms, self._fallback(features, now_ms),
+                                                   self.limits), features, now_ms)
         deadline = pending.deadline_ms if pending is not None else None
         if deadline is not None and (effects.state is None or effects.state.deadline_ms != deadline):
             effects.cancel_timers = (deadline,)  # answered: its timeout timer would only find nothing to do
@@ -133,7 +137,7 @@ class Orchestrator:
         if slot is None:
             return Effects(EffectKind.WAIT, None)
         return self._settle(correlate.on_timer(slot.pending, now_ms, self._fallback(slot.features, now_ms),
-                                               job_lag_ms=self.intake.lag_ms(now_ms)), slot.features, now_ms)
+                                               self.limits, self.intake.lag_ms(now_ms)), slot.features, now_ms)
 
     # -- steps
     def dispatch(self, effects: Effects, now_ms: int) -> None:

@@ -58,7 +58,7 @@ def lane_config(lane: str = LANE, checkpoint_ms: int = SETTINGS.limits.backfill_
     """The lane's job: the live job's code on the lane's topics; checkpoints every `checkpoint_ms` (each one
     commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer)."""
     return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
-                     checkpoint_interval_ms=checkpoint_ms)
+                     checkpoint_interval_ms=checkpoint_ms, request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms)
 
 
 def state_dir(backfill_id: str) -> Path:

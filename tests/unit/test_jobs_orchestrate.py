@@ -302,3 +302,21 @@ def test_a_timer_that_fires_late_after_a_restore_defers_instead_of_opening_the_b
     assert very_late.timers == (deadline + 11 * SETTINGS.limits.request_timeout_ms,)  # capped at one timeout
     on_time = orch.on_timer(_slot(outs[1]), outs[1].state.deadline_ms)
     assert on_time.kind is EffectKind.SCHEDULE_RETRY and on_time.breaker_event == ("echo", "timeout")
+
+
+def test_a_job_with_its_own_attempt_deadline_times_out_on_it_not_on_the_stacks():
+    """The backfill lane's job (`JobConfig.request_timeout_ms`): a row queued behind live traffic keeps its
+    attempt; the stack's 30 s deadline would have expired or retried it."""
+    from jobs.config import JobConfig, parse
+
+    cfg = parse(JobConfig(topic_suffix="lane", request_timeout_ms=900_000).to_args())
+    assert cfg.request_timeout_ms == 900_000 and cfg.limits().request_timeout_ms == 900_000
+    assert cfg.limits().dedup_ttl_ms == SETTINGS.limits.dedup_ttl_ms  # only the deadline differs
+    assert JobConfig().limits() is SETTINGS.limits and "--request-timeout-ms" not in JobConfig().to_args()
+    orch = Orchestrator(limits=cfg.limits())
+    eff = orch.on_input(_admitted(), None, 1_000)
+    assert eff.timers == (901_000,) and eff.request["deadline"] == 901_000
+    early = orch.on_timer(_slot(eff), 1_000 + SETTINGS.limits.request_timeout_ms + 1)  # the stack's would fire
+    assert early.kind is EffectKind.WAIT
+    late = orch.on_timer(_slot(eff), 901_001)
+    assert late.kind is EffectKind.SCHEDULE_RETRY and late.state.attempt == 2
