@@ -68,6 +68,7 @@ class JobConfig:
     use_redis: bool = True  # templates, RAG index; off for runs without Redis
     # an attempt's deadline; 0: SETTINGS.limits.request_timeout_ms (the backfill lane's is its own: backfills.py)
     request_timeout_ms: int = 0
+    admit_by_created_at: bool = False  # quota by the rows' read time: the backfill lane's (jobs/gate.py)
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
@@ -155,6 +156,8 @@ class JobConfig:
             args.append("--no-redis")
         if self.request_timeout_ms > 0:
             args += ["--request-timeout-ms", str(self.request_timeout_ms)]
+        if self.admit_by_created_at:
+            args.append("--admit-by-created-at")
         return args
 
 
@@ -180,6 +183,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connector-jar", default="")
     p.add_argument("--no-redis", action="store_true", help="no template store and no RAG index")
     p.add_argument("--request-timeout-ms", type=int, default=0, help="an attempt's deadline (default: the stack's)")
+    p.add_argument("--admit-by-created-at", action="store_true",
+                   help="tenant quotas count prompts by their created_at (a backfill lane; never a live job)")
 
 
 def add_delivery_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,7 +202,7 @@ def from_args(ns: argparse.Namespace) -> JobConfig:
         registry_url=ns.registry_url, redis_url=ns.redis_url, parallelism=ns.parallelism,
         delivery=ns.delivery, checkpoint_interval_ms=ns.checkpoint_interval_ms,
         local=ns.local, connector_jar=ns.connector_jar, use_redis=not ns.no_redis,
-        request_timeout_ms=ns.request_timeout_ms,
+        request_timeout_ms=ns.request_timeout_ms, admit_by_created_at=ns.admit_by_created_at,
     )
 
 

@@ -214,7 +214,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
         bucket = self.buckets.get(tenant)
         if bucket is None:
             bucket = self.bucket.value()
-        result = gate(value, policy, bucket, now_ms(), self.moderator, self.enricher)
+        result = gate(value, policy, bucket, now_ms(), self.moderator, self.enricher, self.cfg.admit_by_created_at)
         if result.bucket is not None:
             self.bucket.update(result.bucket)
             self.buckets[tenant] = result.bucket

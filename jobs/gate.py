@@ -21,7 +21,7 @@ from operators import correlate
 from operators.admit import TenantPolicy, TokenBucket, admit
 from operators.enrich import RAG_FEATURE, enrich
 from operators.moderate import MODEL_FEATURE, Moderator, moderate_input
-from operators.records import degradation
+from operators.records import degradation, to_ms
 
 Enricher = Callable[[dict, frozenset[str]], dict]
 # A tenant with one of these needs its prompts embedded (the classifier, RAG): the gate batches them.
@@ -37,9 +37,15 @@ class GateResult:
 
 def gate(
     prompt: PromptIn, policy: TenantPolicy, bucket: TokenBucket | None, now_ms: int,
-    moderator: Moderator, enricher: Enricher | None = None,
+    moderator: Moderator, enricher: Enricher | None = None, admit_by_created_at: bool = False,
 ) -> GateResult:
-    """Moderate input, then spend a token, then enrich. A blocked prompt costs no token."""
+    """Moderate input, then spend a token, then enrich. A blocked prompt costs no token.
+
+    `admit_by_created_at` (the backfill lane's job): the bucket counts rows at the time the ingest read
+    them (`created_at`, paced to the budget), not when a backed-up lane catches up on them. By arrival,
+    607 of 29,361 rows of a 500 rows/s backfill beside live traffic were REJECTED quota_exceeded: the lane
+    stalled behind live work, then caught up faster than its budget. Never for live prompts: a client
+    sets its own created_at."""
     record = prompt.record
     mod = moderate_input(record["prompt"], policy, moderator.classifier(policy), moderator.blocked_terms)
     verdicts = list(mod.verdicts)
@@ -49,7 +55,8 @@ def gate(
         state = correlate.finished_early(record, "REJECTED", mod.reason or "moderation", now_ms,
                                          prompt.sanitized_prompt, verdicts, degraded, prompt.source)
         return GateResult(bucket, Finished(state, policy.features), ("rejected_moderation", *classifier_counters))
-    ok, new_bucket, _retry_after = admit(bucket, policy, now_ms)
+    admit_ms = min(now_ms, to_ms(record.get("created_at") or now_ms)) if admit_by_created_at else now_ms
+    ok, new_bucket, _retry_after = admit(bucket, policy, admit_ms)
     if not ok:
         state = correlate.finished_early(record, "REJECTED", "quota_exceeded", now_ms,
                                          prompt.sanitized_prompt, verdicts, degraded, prompt.source)

@@ -56,9 +56,12 @@ NOT_YIELDING = Yielding("thread", 0.0, 0, 0)  # as before: thread mode on the li
 
 def lane_config(lane: str = LANE, checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms) -> JobConfig:
     """The lane's job: the live job's code on the lane's topics; checkpoints every `checkpoint_ms` (each one
-    commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer)."""
+    commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer);
+    a row's attempt waits up to `backfill_request_timeout_ms`, and the budget counts rows as the ingest read
+    them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota."""
     return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
-                     checkpoint_interval_ms=checkpoint_ms, request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms)
+                     checkpoint_interval_ms=checkpoint_ms, admit_by_created_at=True,
+                     request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms)
 
 
 def state_dir(backfill_id: str) -> Path:

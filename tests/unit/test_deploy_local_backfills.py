@@ -49,3 +49,36 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     lane = backfills.lane_config("x", 2000)
     assert lane.limits().request_timeout_ms == settings.limits.backfill_request_timeout_ms > 10 * 30_000
     assert "--request-timeout-ms" in lane.to_args() and "--request-timeout-ms" not in backfills.JobConfig().to_args()
+
+
+def test_the_lane_counts_its_budget_by_read_time_so_a_lane_that_catches_up_rejects_nothing():
+    """Rows read at the budget's pace (created_at 2 ms apart = 500/s), arriving at the gate all at once after
+    a stall behind live traffic: by arrival the bucket (10 s of budget) runs dry; by read time none is over."""
+    from deploy.local import backfills
+    from jobs.envelopes import Admitted, Finished, PromptIn
+    from jobs.gate import gate
+    from operators.admit import TenantPolicy
+    from operators.moderate import Moderator
+    from tools.harness import prompt
+
+    assert backfills.lane_config("x").admit_by_created_at and not backfills.JobConfig().admit_by_created_at
+    assert "--admit-by-created-at" in backfills.lane_config("x").to_args()
+    policy = TenantPolicy("bf", rate_per_s=500, burst=5_000)
+    read_at = 1_000_000
+
+    def run(by_created_at: bool) -> dict[str, int]:
+        bucket, out = None, {"admitted": 0, "quota": 0}
+        for i in range(8_000):  # 16 s of rows, caught up 60 s after the first was read, in 1 s
+            rec = prompt(f"r{i}", "bf", "hello", created_at=read_at + 2 * i)
+            r = gate(PromptIn(rec, "hello", (0, i)), policy, bucket, read_at + 60_000 + i // 8, Moderator(),
+                     admit_by_created_at=by_created_at)
+            bucket = r.bucket
+            if isinstance(r.out, Admitted):
+                out["admitted"] += 1
+            elif isinstance(r.out, Finished) and r.out.state.reason == "quota_exceeded":
+                out["quota"] += 1
+        return out
+
+    assert run(True) == {"admitted": 8_000, "quota": 0}
+    by_arrival = run(False)
+    assert by_arrival["quota"] > 2_000, by_arrival  # what the lane did before
