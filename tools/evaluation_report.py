@@ -44,6 +44,49 @@ def table_markdown(runs: list[dict]) -> str:
     return head + "".join("| " + " | ".join(str(f(r)) for _, f in columns) + " |\n" for r in runs)
 
 
+SPREAD_FIGURES = (("p50 ms", lambda r: r["latency_ms"]["p50"]), ("p99 ms", lambda r: r["latency_ms"]["p99"]),
+                  ("premium p99 ms", lambda r: r["premium_latency_ms"]["p99"]),
+                  ("answers/s", lambda r: r["throughput_per_s"]), ("CPU ms/answer", lambda r: r["cpu_ms_per_answer"]))
+
+
+def spread(runs: list[dict]) -> list[dict]:
+    """Per deployment and scenario over its repeats: the median and the range of each figure, and every
+    request's fate summed (a single run on a noisy 2-core machine is one draw; `--repeats N` gives N)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["deployment"], r["scenario"]), []).append(r)
+    out = []
+    for (dep, scenario), rs in groups.items():
+        row: dict = {"deployment": dep, "scenario": scenario, "repeats": len(rs),
+                     **{k: sum(r[k] for r in rs) for k in ("sent", "answered", "rejected", "errors", "lost")}}
+        for name, f in SPREAD_FIGURES:
+            values = sorted(v for v in (f(r) for r in rs) if v is not None)
+            if values:
+                mid = len(values) // 2
+                median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+                row[name] = {"median": round(median, 2), "min": values[0], "max": values[-1]}
+            else:
+                row[name] = None
+        out.append(row)
+    return out
+
+
+def spread_markdown(runs: list[dict]) -> str:
+    """The spread table; empty when every scenario ran once."""
+    rows = spread(runs)
+    if all(r["repeats"] < 2 for r in rows):
+        return ""
+    names = [n for n, _ in SPREAD_FIGURES]
+    head = "| deployment | scenario | repeats | sent | answered | lost | " + " | ".join(
+        f"{n} median [min-max]" for n in names) + " |\n|" + " --- |" * (6 + len(names)) + "\n"
+
+    def cell(v: dict | None) -> str:
+        return "" if v is None else f"{v['median']} [{v['min']}-{v['max']}]"
+
+    return head + "".join(f"| {r['deployment']} | {r['scenario']} | {r['repeats']} | {r['sent']} | {r['answered']} | "
+                          f"{r['lost']} | " + " | ".join(cell(r[n]) for n in names) + " |\n" for r in rows)
+
+
 def _scale(lo: float, hi: float, a: float, b: float):
     span = (hi - lo) or 1.0
     return lambda v: a + (v - lo) / span * (b - a)
@@ -137,6 +180,15 @@ def write_html(report: dict, path: Path, discussion: str = "") -> Path:
         "Redis, Prometheus, the worker), idle work and other jobs on the cluster included; a baseline's is its own "
         "processes only.</p><table><tr>" + "".join(f"<th>{c}</th>" for c, _ in COLUMNS) + f"</tr>{rows}</table>",
     ]
+    if spread_markdown(runs):
+        names = [n for n, _ in SPREAD_FIGURES]
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            r["deployment"], r["scenario"], r["repeats"], r["sent"], r["answered"], r["lost"],
+            *("" if r[n] is None else f"{r[n]['median']} [{r[n]['min']}-{r[n]['max']}]" for n in names))) + "</tr>"
+                        for r in spread(runs))
+        parts.append("<h2>Spread over the repeats: median [min-max]</h2><table><tr>" + "".join(
+            f"<th>{c}</th>" for c in ("deployment", "scenario", "repeats", "sent", "answered", "lost", *names))
+                     + f"</tr>{cells}</table>")
     if discussion:
         parts.append(f"<h2>Discussion</h2><p>{html.escape(discussion)}</p>")
     for scenario in dict.fromkeys(r["scenario"] for r in runs):

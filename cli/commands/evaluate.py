@@ -37,7 +37,7 @@ def _unpublished_models(mix: str) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tools import evaluation
     from tools.evaluation_mix import MIXES
-    from tools.evaluation_report import table_markdown, write_html
+    from tools.evaluation_report import spread, spread_markdown, table_markdown, write_html
 
     try:
         plan = evaluation.Plan(
@@ -75,9 +75,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, default=str) + "\n")
     html = write_html(report, out.with_suffix(".html"))
     if args.json:
-        print(json.dumps({"runs": report["runs"], "plan": report["plan"], "report": str(html)}, default=str))
+        print(json.dumps({"runs": report["runs"], "spread": spread(report["runs"]), "plan": report["plan"],
+                          "report": str(html)}, default=str))
     else:
         print(table_markdown(report["runs"]))
+        print(spread_markdown(report["runs"]))
         print(f"figures: {out}   report: {html}")
     accounted = all(r["answered"] + r["rejected"] + r["errors"] + r["lost"] == r["sent"] for r in report["runs"])
     no_loss = all(r["lost"] == 0 for r in report["runs"] if r["scenario"] in ("steady", "burst"))

@@ -73,3 +73,24 @@ def test_the_affected_kind_is_figured_per_phase_and_other_kinds_do_not_blur_it()
     assert out["by_phase"]["during"]["p50"] == 5.0
     assert out["affected_by_phase"]["after"]["n"] == 1
     assert "affected_by_phase" not in summarise(samples, 10, 1.0, 6, affected_kind="speech")
+
+
+def test_repeats_are_summarised_as_a_median_and_a_range_and_every_fate_is_summed(tmp_path):
+    from tools.evaluation_report import spread, spread_markdown, write_html
+
+    def run(dep: str, p99: float, answered: int, lost: int = 0) -> dict:
+        return {"deployment": dep, "scenario": "steady", "sent": 10, "answered": answered, "rejected": 0,
+                "errors": 10 - answered - lost, "lost": lost, "duplicated": 0, "latency_ms": {"p50": p99 / 2,
+                "p99": p99, "mean": 1, "sd": 0, "p95": p99}, "premium_latency_ms": {"p99": None},
+                "throughput_per_s": answered / 10, "cpu_ms_per_answer": 1.0, "usd_per_1k_answers": 0.0}
+
+    runs = [run("rscf", 300, 10), run("rscf", 100, 10), run("rscf", 900, 9, lost=1), run("monolith", 50, 10)]
+    rows = {r["deployment"]: r for r in spread(runs)}
+    assert rows["rscf"]["repeats"] == 3 and rows["rscf"]["sent"] == 30 and rows["rscf"]["lost"] == 1
+    assert rows["rscf"]["p99 ms"] == {"median": 300, "min": 100, "max": 900}
+    assert rows["rscf"]["premium p99 ms"] is None  # no premium request answered: no figure, not a zero
+    assert rows["monolith"]["p99 ms"] == {"median": 50, "min": 50, "max": 50}
+    assert "300 [100-900]" in spread_markdown(runs)
+    assert spread_markdown([runs[0], runs[3]]) == ""  # one run each: nothing to spread
+    page = write_html({"runs": runs, "series": [], "plan": {}, "machine": {}}, tmp_path / "r.html").read_text()
+    assert "Spread over the repeats" in page and "300 [100-900]" in page
