@@ -198,6 +198,26 @@ class Controller:
                 log.warning("pool=%s replica=%d still running %.0f s after SIGTERM: SIGKILL", t.name, index,
                             pool_row(t.pool).grace_s)
                 _signal(pid, signal.SIGKILL)
+        self._notice_exits(t, now)
+        for index, spawned_at in list(t.spawned.items()):
+            if probe_ready(t.port(index)):
+                cold = now - spawned_at
+                del t.spawned[index]
+                self.metrics.cold_start.labels(t.name).observe(cold)
+                self.metrics.last_cold_start[t.name] = cold
+                self.metrics.cold_start_last.labels(t.name).set(cold)
+                how = "activation of a parked standby" if index in t.activated else "its start (cold start)"
+                t.activated.discard(index)
+                log.info("pool=%s replica=%d ready (consuming) %.1f s after %s", t.name, index, cold, how)
+        alive = self._alive(t)
+        if alive and all(now - _started(r) >= self.backoff.stable_s for r in alive):
+            self.backoff.healthy(t.name, 0)
+            self.metrics.crash_loop.labels(t.name).set(0)
+
+    def _notice_exits(self, t: Target, now: float) -> None:
+        """Replicas gone without being asked: forget them and hold the next start back (crash back-off).
+        `_apply` asks again right before it starts one: a replica that died since `_settle` looked (CI:
+        it died 3 s into its life, in between) was otherwise replaced at once, past its back-off."""
         for r in supervisor.replicas(t.pool):
             if r.alive or r.replica in t.draining or not t.owns(r.replica):
                 continue
@@ -216,24 +236,11 @@ class Controller:
             log.warning("pool=%s replica=%d (pid %s) exited on its own after %.1f s; restart not before %.1f s%s; "
                         "log: %s", t.name, r.replica, r.pid, lifetime, retry_at - now,
                         " CRASH LOOP" if loop else "", r.log_file)
-        for index, spawned_at in list(t.spawned.items()):
-            if probe_ready(t.port(index)):
-                cold = now - spawned_at
-                del t.spawned[index]
-                self.metrics.cold_start.labels(t.name).observe(cold)
-                self.metrics.last_cold_start[t.name] = cold
-                self.metrics.cold_start_last.labels(t.name).set(cold)
-                how = "activation of a parked standby" if index in t.activated else "its start (cold start)"
-                t.activated.discard(index)
-                log.info("pool=%s replica=%d ready (consuming) %.1f s after %s", t.name, index, cold, how)
-        alive = self._alive(t)
-        if alive and all(now - _started(r) >= self.backoff.stable_s for r in alive):
-            self.backoff.healthy(t.name, 0)
-            self.metrics.crash_loop.labels(t.name).set(0)
 
     def _apply(self, t: Target, target: int, now: float, keeping_up: bool = True) -> None:
         alive = self._alive(t)
         if len(alive) < target:
+            self._notice_exits(t, now)  # one that just died counts against the back-off before anything starts
             if not self.backoff.may_start(t.name, 0, now):
                 return  # crash back-off: the next tick tries again
             need = target - len(alive)

@@ -88,3 +88,32 @@ def test_lower_priority_renices_a_real_process():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_replica_that_dies_just_before_a_start_counts_against_the_back_off_first(tmp_path, monkeypatch):
+    """CI caught it: replica 0 died between the tick's look at exits and its start, and the controller
+    started replica 1 at once, past the back-off; the exit was noticed a tick later. Now the start asks
+    about exits first: the death is a crash, and nothing starts before its back-off."""
+    from inference_workers import supervisor
+
+    target = _targets("--pool", "echo")["echo"]
+    pid_file = tmp_path / "worker-echo-0.pid"
+    pid_file.write_text("999999")
+    os.utime(pid_file, (1_000.0, 1_000.0))  # started at t=1000, dead at t=1003
+    dead = supervisor.Replica("echo", 0, 999999, False, pid_file, tmp_path / "worker-echo-0.log", 0)
+    started: list[int] = []
+    monkeypatch.setattr(pc.supervisor, "replicas", lambda pool=None: [dead] if pid_file.exists() else [])
+    monkeypatch.setattr(pc.supervisor, "alive_replicas", lambda pool: [])
+    monkeypatch.setattr(pc.supervisor, "start_replica", lambda pool, index, args=None: started.append(index) or
+                        supervisor.Replica(pool, index, 1, True, pid_file, pid_file, 0))
+    monkeypatch.setattr(pc.standby, "parked", lambda pool: {})
+    monkeypatch.setattr(pc.standby, "marker", lambda pool, index: tmp_path / f"parked-{index}")
+    monkeypatch.setattr(pc, "unregister_scrape_target", lambda name: None)
+    ctl = object.__new__(pc.Controller)  # no Kafka, no Redis: only what _apply uses
+    ctl.backoff, ctl.metrics = pc.CrashBackoff(), pc.ControllerMetrics()
+    target.spawned[0] = 1_000.0
+    ctl._apply(target, 1, 1_003.0, keeping_up=False)
+    assert started == [] and not pid_file.exists()  # noticed as a crash, and the back-off holds the start
+    assert not ctl.backoff.may_start(target.name, 0, 1_003.5) and 0 not in target.spawned
+    ctl._apply(target, 1, 1_004.5, keeping_up=False)  # past the first back-off (1 s): one start, index 0 again
+    assert started == [0]
