@@ -1,5 +1,5 @@
-"""The worker's Kafka side: client configuration, polling, rebalances, and the outbox that sends
-answers and commits only what the broker acknowledged.
+"""The worker's Kafka side: polling, rebalances, and the outbox that sends answers and commits only
+what the broker acknowledged (client configuration: `inference_workers.kafka_config`).
 
 Priority lanes: a pool's requests come on one topic per priority (rscf/settings.py Topics.lane),
 each read by its own consumer in its own group (the lane's suffix on the pool's group), so each lane
@@ -24,10 +24,11 @@ from typing import Any, Iterator, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from inference_workers.batching import OffsetTracker
+from inference_workers.kafka_config import consumer_config, results_producer_config  # noqa: F401 - re-exported
 from inference_workers.lanes import ensure_lane_topics
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff, backoff_delays
-from rscf.kafka_clients import ADMIN, client_security, producer_config
+from rscf.kafka_clients import ADMIN
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +43,6 @@ _RETRIABLE_COMMIT = (
     KafkaError.REQUEST_TIMED_OUT,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 )
-
-
-# ----------------------------------------------------------------------------- client config
-def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
-                    max_poll_interval_ms: int, extra: dict[str, Any] | None = None,
-                    principal: str = ADMIN) -> dict[str, Any]:
-    """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
-    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py). Cooperative-
-    sticky: only moving partitions stop (eager stops every replica when a dead one expires and again
-    when its replacement joins: worker-kill steady 6.8 s eager vs 4.5 s cooperative, 3 s session)."""
-    return {
-        "bootstrap.servers": bootstrap,
-        **client_security(principal),
-        "client.id": client_id,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": session_timeout_ms,
-        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
-        "max.poll.interval.ms": max_poll_interval_ms,
-        "partition.assignment.strategy": "cooperative-sticky",
-        **(extra or {}),
-    }
-
-
-def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int,
-                            principal: str = ADMIN) -> dict[str, Any]:
-    """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
-    return producer_config(bootstrap, principal=principal,
-                           **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
 
 
 class KafkaOutage:

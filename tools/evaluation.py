@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -284,9 +284,9 @@ def evaluate(plan: Plan, progress: Callable[[int], None] = lambda _n: None) -> d
     """Every deployment through every scenario (`repeats` times); figures per run, stack left as found."""
     os.environ["RSCF_ECHO_BATCH_MS"] = str(plan.echo_batch_ms)  # the worker and the baselines read these
     os.environ["RSCF_ECHO_ITEM_MS"] = str(plan.echo_item_ms)
-    with ExitStack() as stack:
-        slow_store = stack.enter_context(object_store_behind_proxy(plan.s3_latency_ms, plan.s3_latency_ms // 5)) \
-            if "slow-s3" in plan.scenarios else None  # before any deployment starts: all inherit its endpoint
+    # before any deployment starts: they all inherit its endpoint
+    with object_store_behind_proxy(plan.s3_latency_ms, plan.s3_latency_ms // 5) if "slow-s3" in plan.scenarios \
+            else nullcontext() as slow_store:
         runs, series = _run_all(plan, progress, slow_store)
     return {"plan": plan.__dict__ | {"deployments": list(plan.deployments), "scenarios": list(plan.scenarios)},
             "machine": {"cores": psutil.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},

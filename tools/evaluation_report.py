@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from pathlib import Path
 
 COLOURS = {"rscf": "#1f77b4", "monolith": "#d62728", "partial": "#2ca02c"}
@@ -60,31 +61,34 @@ def spread(runs: list[dict]) -> list[dict]:
         row: dict = {"deployment": dep, "scenario": scenario, "repeats": len(rs),
                      **{k: sum(r[k] for r in rs) for k in ("sent", "answered", "rejected", "errors", "lost")}}
         for name, f in SPREAD_FIGURES:
-            values = sorted(v for v in (f(r) for r in rs) if v is not None)
-            if values:
-                mid = len(values) // 2
-                median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-                row[name] = {"median": round(median, 2), "min": values[0], "max": values[-1]}
-            else:
-                row[name] = None
+            values = [v for v in (f(r) for r in rs) if v is not None]
+            row[name] = {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)} \
+                if values else None
         out.append(row)
     return out
 
 
-def spread_markdown(runs: list[dict]) -> str:
-    """The spread table; empty when every scenario ran once."""
+SPREAD_HEAD = ("deployment", "scenario", "repeats", "sent", "answered", "lost")
+
+
+def spread_cells(runs: list[dict]) -> list[list[str]]:
+    """The spread table's rows as text (SPREAD_HEAD, then each figure as `median [min-max]`); none when
+    every scenario ran once."""
     rows = spread(runs)
     if all(r["repeats"] < 2 for r in rows):
+        return []
+    return [[str(r[k]) for k in SPREAD_HEAD] + ["" if r[n] is None else f"{r[n]['median']} [{r[n]['min']}-{r[n]['max']}]"
+                                                for n, _ in SPREAD_FIGURES] for r in rows]
+
+
+def spread_markdown(runs: list[dict]) -> str:
+    """The spread table; empty when every scenario ran once."""
+    cells = spread_cells(runs)
+    if not cells:
         return ""
-    names = [n for n, _ in SPREAD_FIGURES]
-    head = "| deployment | scenario | repeats | sent | answered | lost | " + " | ".join(
-        f"{n} median [min-max]" for n in names) + " |\n|" + " --- |" * (6 + len(names)) + "\n"
-
-    def cell(v: dict | None) -> str:
-        return "" if v is None else f"{v['median']} [{v['min']}-{v['max']}]"
-
-    return head + "".join(f"| {r['deployment']} | {r['scenario']} | {r['repeats']} | {r['sent']} | {r['answered']} | "
-                          f"{r['lost']} | " + " | ".join(cell(r[n]) for n in names) + " |\n" for r in rows)
+    head = [*SPREAD_HEAD, *(f"{n} median [min-max]" for n, _ in SPREAD_FIGURES)]
+    return "| " + " | ".join(head) + " |\n|" + " --- |" * len(head) + "\n" + \
+        "".join("| " + " | ".join(row) + " |\n" for row in cells)
 
 
 def _scale(lo: float, hi: float, a: float, b: float):
@@ -180,15 +184,10 @@ def write_html(report: dict, path: Path, discussion: str = "") -> Path:
         "Redis, Prometheus, the worker), idle work and other jobs on the cluster included; a baseline's is its own "
         "processes only.</p><table><tr>" + "".join(f"<th>{c}</th>" for c, _ in COLUMNS) + f"</tr>{rows}</table>",
     ]
-    if spread_markdown(runs):
-        names = [n for n, _ in SPREAD_FIGURES]
-        cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["deployment"], r["scenario"], r["repeats"], r["sent"], r["answered"], r["lost"],
-            *("" if r[n] is None else f"{r[n]['median']} [{r[n]['min']}-{r[n]['max']}]" for n in names))) + "</tr>"
-                        for r in spread(runs))
+    if cells := spread_cells(runs):
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in cells)
         parts.append("<h2>Spread over the repeats: median [min-max]</h2><table><tr>" + "".join(
-            f"<th>{c}</th>" for c in ("deployment", "scenario", "repeats", "sent", "answered", "lost", *names))
-                     + f"</tr>{cells}</table>")
+            f"<th>{c}</th>" for c in (*SPREAD_HEAD, *(n for n, _ in SPREAD_FIGURES))) + f"</tr>{rows}</table>")
     if discussion:
         parts.append(f"<h2>Discussion</h2><p>{html.escape(discussion)}</p>")
     for scenario in dict.fromkeys(r["scenario"] for r in runs):

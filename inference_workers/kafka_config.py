@@ -1,0 +1,41 @@
+"""The worker's Kafka client configurations: the consumer of a lane and the shared results producer.
+
+Split from `inference_workers.kafka_io` (which re-exports them) so that module stays about polling,
+rebalances and the outbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rscf.kafka_clients import ADMIN, client_security, producer_config
+
+
+def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
+                    max_poll_interval_ms: int, extra: dict[str, Any] | None = None,
+                    principal: str = ADMIN) -> dict[str, Any]:
+    """Nothing is committed or stored automatically: the outbox commits what the broker acknowledged.
+    ``max.poll.interval.ms`` only has to exceed the slowest expected batch (see worker.py). Cooperative-
+    sticky: only moving partitions stop (eager stops every replica when a dead one expires and again
+    when its replacement joins: worker-kill steady 6.8 s eager vs 4.5 s cooperative, 3 s session)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        **client_security(principal),
+        "client.id": client_id,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
+        "max.poll.interval.ms": max_poll_interval_ms,
+        "partition.assignment.strategy": "cooperative-sticky",
+        **(extra or {}),
+    }
+
+
+def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int,
+                            principal: str = ADMIN) -> dict[str, Any]:
+    """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
+    return producer_config(bootstrap, principal=principal,
+                           **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
