@@ -163,7 +163,9 @@ background.threads=2
         "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
     )
     if not (conf / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # `-t -x...` reads as a missing value (1 in 64; as Kafka's Uuid does)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         scram = [] if mode == kafka_security.NONE else ["--add-scram", _scram_format_arg(kafka_security.ADMIN)]
         out = subprocess.run(
             kafka_java("kafka.tools.StorageTool")
