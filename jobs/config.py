@@ -23,23 +23,30 @@ JOB_NAME = "rscf-content-pipeline"
 JOB_VERSION = "content-pipeline/1"
 
 # Delivery modes of the job's Kafka output (jobs/README.md, "Delivery"):
-# exactly-once (the default): the final hop (content, audit, dead letters, republished records) is
-#   one Kafka transaction per checkpoint, so a read_committed reader sees each final exactly once
-#   through a restore; requests to the workers stay at-least-once (a re-dispatch after a restore is a
-#   duplicate request, answered from the worker's cache and dropped by request id in the job).
-# at-least-once: no transactions; after a restore a reader may see a final twice.
+# exactly-once (the default): a read_committed reader sees each final (content, audit, dead letter)
+#   exactly once through a restore. Finals are written at once, at-least-once, and a restored job drops
+#   what it writes a second time by reading back what the topics already hold (`jobs.replay_filter`); a
+#   record republished under its right Kafka key goes through a transaction per checkpoint.
+# transactional: the same promise the way Flink's Kafka sink keeps it: every final in a transaction per
+#   checkpoint, so it waits for the next checkpoint (+150-650 ms at p99 at 200 ms checkpoints).
+# at-least-once: no read-back, no transactions; after a restore a reader may see a final twice.
+# In every mode requests to the workers are at-least-once (a re-dispatch after a restore is a duplicate
+# request, answered from the worker's cache and dropped by request id in the job).
 EXACTLY_ONCE = "exactly-once"
+TRANSACTIONAL = "transactional"
 AT_LEAST_ONCE = "at-least-once"
-DELIVERY_MODES = (EXACTLY_ONCE, AT_LEAST_ONCE)
-# Checkpoint interval by mode, unless given: in exactly-once mode each checkpoint commits the final
-# hop's transaction, so a final waits for the next checkpoint (SETTINGS.limits.checkpoint_interval_ms,
-# chosen by measurement in jobs/README.md); at-least-once commits nothing, and the interval only bounds
-# what is replayed after a restore, so it stays long and cheap.
+DELIVERY_MODES = (EXACTLY_ONCE, TRANSACTIONAL, AT_LEAST_ONCE)
+# Checkpoint interval by mode, unless given: in transactional mode each checkpoint commits the finals,
+# so a final waits for the next one (SETTINGS.limits.checkpoint_interval_ms, chosen by measurement in
+# jobs/README.md); otherwise a checkpoint commits only republished records (exactly-once), or nothing, and
+# bounds what is replayed after a restore.
 AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS = 5_000
+READ_BACK_CHECKPOINT_INTERVAL_MS = 1_000
 
 
 def default_checkpoint_interval_ms(delivery: str) -> int:
-    return SETTINGS.limits.checkpoint_interval_ms if delivery == EXACTLY_ONCE else AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS
+    return {TRANSACTIONAL: SETTINGS.limits.checkpoint_interval_ms,
+            EXACTLY_ONCE: READ_BACK_CHECKPOINT_INTERVAL_MS}.get(delivery, AT_LEAST_ONCE_CHECKPOINT_INTERVAL_MS)
 
 # Record type (schema name) of each output role; request topics all carry InferenceRequest.
 ROLE_SCHEMAS = {
@@ -121,13 +128,22 @@ class JobConfig:
         return [t for p in POOLS for t in SETTINGS.topics.lanes(self.requests(p))]
 
     def final_topics(self) -> list[str]:
-        """What the finals sink writes (transactional in exactly-once mode): every output but requests,
-        and the prompts and results topics for a record republished under its right Kafka key."""
-        return [self.content, self.audit, self.dlq, self.prompts, self.results]
+        """What the finals sink writes (transactional in transactional mode, read back in exactly-once)."""
+        return [self.content, self.audit, self.dlq]
+
+    def republish_topics(self) -> list[str]:
+        """Where a record read under the wrong Kafka key goes back under its right one (transactional in
+        both exactly-once modes: read twice, it would be a second prompt or result)."""
+        return [self.prompts, self.results]
 
     @property
     def exactly_once(self) -> bool:
-        return self.delivery == EXACTLY_ONCE
+        """Whether a read_committed reader sees each final once through a restore (either mechanism)."""
+        return self.delivery in (EXACTLY_ONCE, TRANSACTIONAL)
+
+    @property
+    def transactional(self) -> bool:
+        return self.delivery == TRANSACTIONAL
 
     def all_topics(self) -> list[str]:
         return [self.prompts, self.results, self.control, *self.output_topics()]
@@ -190,8 +206,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_delivery_arguments(p: argparse.ArgumentParser) -> None:
     """`--delivery MODE`, and `--exactly-once`, kept for scripts that pass it: the default now."""
     p.add_argument("--delivery", choices=DELIVERY_MODES, default=EXACTLY_ONCE,
-                   help="exactly-once (default): one final per prompt for read_committed readers, committed "
-                        "with each checkpoint; at-least-once: no transactions, a final may repeat after a restore")
+                   help="exactly-once (default): one final per prompt for read_committed readers, written at "
+                        "once, a restored job's replays dropped by read-back; transactional: the same promise, "
+                        "each final committed with the next checkpoint; at-least-once: a final may repeat after a "
+                        "restore")
     p.add_argument("--exactly-once", dest="delivery", action="store_const", const=EXACTLY_ONCE,
                    help="same as --delivery exactly-once (the default)")
 

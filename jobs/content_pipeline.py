@@ -5,9 +5,10 @@
     control ─▶ ControlIntake ─▶ broadcast ─▶ (TenantGate, Orchestrator)│   ─▶ RequestOrchestrator
                             └─▶ dead letters ──────────────────────────┘      (+ Confluent Avro encode)
     ─▶ split by topic (SQL WHERE, in Java) ─▶ requests sink (requests.<pool>; at-least-once)
-                                          └─▶ finals sink (content, audit, dlq; prompts/results for a
-                                              record that came under the wrong Kafka key; transactional,
-                                              committed with each checkpoint, in exactly-once mode)
+                                          ├─▶ finals sink (content, audit, dlq; an identity header each:
+                                          │   exactly-once by read-back after a restore, or transactional)
+                                          └─▶ republish sink (prompts/results for a record that came under
+                                              the wrong Kafka key; transactional in exactly-once modes)
 
 Three Python calls per prompt and its result: the gate, and the orchestrator twice.
 Prompts and results are keyed in Java by their Kafka key (producers key prompts by
@@ -55,8 +56,8 @@ PRIMITIVE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 RECORD = Types.ROW([Types.STRING(), PRIMITIVE_BYTES, Types.STRING(), Types.INT(), Types.LONG()])
 WIRE = Types.ROW([Types.STRING(), RECORD])
 KEYED_BY_KAFKA_KEY = """SELECT COALESCE(`k`, '') AS `key`, ROW(`k`, `v`, `topic`, `part`, `off`) AS `rec` FROM `{}`"""
-SINK_ROW = Types.ROW_NAMED(
-    ["topic", "k", "v"], [Types.STRING(), PRIMITIVE_BYTES, PRIMITIVE_BYTES]
+SINK_ROW = Types.ROW_NAMED(  # h: Kafka headers, a final's identity (jobs/replay_filter.py); None otherwise
+    ["topic", "k", "v", "h"], [Types.STRING(), PRIMITIVE_BYTES, PRIMITIVE_BYTES, Types.MAP(Types.STRING(), PRIMITIVE_BYTES)]
 )
 
 
@@ -128,27 +129,32 @@ CREATE TABLE `{name}` (
 
 REQUESTS_SINK = "requests_out"
 FINALS_SINK = "finals_out"
+REPUBLISH_SINK = "republish_out"
+HEADERS_COLUMN = ",\n  `h` MAP<STRING, BYTES> METADATA FROM 'headers'"
+REPUBLISH_TRANSACTIONS = "-republish"  # its transactional ids: the job's prefix + this (the finals sink's stay the job's)
 ORCHESTRATOR_OUTPUT = "orchestrator_out"
 
 
-def sink_ddl(name: str, topics: list[str], cfg: JobConfig, transactional: bool, topic_column: bool = True) -> str:
+def sink_ddl(name: str, topics: list[str], cfg: JobConfig, transactional: bool, topic_column: bool = True,
+             headers: bool = False, id_suffix: str = "") -> str:
     """A Kafka table sink writing raw key + value to the per-record `topic` (one of `topics`); one topic
-    and `topic_column=False`: no `topic` column (the connector makes it writable only for a topic list)."""
-    extra = ""
+    and `topic_column=False`: no `topic` column (the connector makes it writable only for a topic list).
+    `headers`: an `h` column of Kafka headers; `id_suffix`: after the job's transactional-id prefix."""
+    extra = ",\n  'properties.enable.idempotence' = 'true'"  # no duplicate from the producer's own retries
     if transactional:
         # A stable prefix per job, so a restored job aborts its predecessor's open transactions; Flink's
         # default transaction timeout (1 h) is above the broker's 15 min maximum: measured failure.
         # POOLING reuses a few transactional ids per subtask (needs Kafka >= 3.0). The connector's default,
         # INCREMENTING, opens a new id per checkpoint, which the broker remembers for
         # transactional.id.expiration.ms (7 days): ~3 million ids a week at one checkpoint every 200 ms.
-        extra = (f",\n  'sink.transactional-id-prefix' = '{cfg.transactional_id_prefix}'"
+        extra += (f",\n  'sink.transactional-id-prefix' = '{cfg.transactional_id_prefix}{id_suffix}'"
                  ",\n  'properties.transaction.timeout.ms' = '600000'"
                  ",\n  'sink.transaction-naming-strategy' = 'POOLING'")
     return f"""
 CREATE TABLE `{name}` (
   {"`topic` STRING METADATA," if topic_column else ""}
   `k` BYTES,
-  `v` BYTES
+  `v` BYTES{HEADERS_COLUMN if headers else ""}
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{";".join(topics)}',
@@ -172,18 +178,22 @@ def sink_split(cfg: JobConfig) -> dict[str, tuple[str, str]]:
     Requests to the workers go to an at-least-once sink in every mode: a request written twice after a
     restore is a duplicate model call at worst (answered from the worker's cache, dropped by request id
     in the job), while making it transactional would hold every request back until the next checkpoint
-    (measured: p50 8.0 s with both hops on 5 s checkpoints). Everything else (content, audit, dead
-    letters, republished prompts and results) is the finals sink, transactional in exactly-once mode.
+    (measured: p50 8.0 s with both hops on 5 s checkpoints). Finals (content, audit, dead letters) carry
+    their identity header: at-least-once and read back after a restore (exactly-once), or transactional.
+    Records republished under their right Kafka key: transactional in both exactly-once modes.
     The split is a SQL WHERE over the `topic` column: it runs in Java, chained to the orchestrator.
     """
-    requests = cfg.request_topics()
-    where = f"`topic` IN ({_sql_list(requests)})"
-    select = f"SELECT `topic`, `k`, `v` FROM `{ORCHESTRATOR_OUTPUT}` WHERE "
+    select = f"SELECT `topic`, `k`, `v` FROM `{ORCHESTRATOR_OUTPUT}` WHERE `topic` IN "
+    requests, finals, republish = cfg.request_topics(), cfg.final_topics(), cfg.republish_topics()
     return {
         REQUESTS_SINK: (sink_ddl(REQUESTS_SINK, requests, cfg, transactional=False),
-                        f"INSERT INTO `{REQUESTS_SINK}` {select}{where}"),
-        FINALS_SINK: (sink_ddl(FINALS_SINK, cfg.final_topics(), cfg, transactional=cfg.exactly_once),
-                      f"INSERT INTO `{FINALS_SINK}` {select}NOT ({where})"),
+                        f"INSERT INTO `{REQUESTS_SINK}` {select}({_sql_list(requests)})"),
+        FINALS_SINK: (sink_ddl(FINALS_SINK, finals, cfg, transactional=cfg.transactional, headers=True),
+                      f"INSERT INTO `{FINALS_SINK}` {select.replace('`v` FROM', '`v`, `h` FROM')}"
+                      f"({_sql_list(finals)})"),
+        REPUBLISH_SINK: (sink_ddl(REPUBLISH_SINK, republish, cfg, transactional=cfg.exactly_once,
+                                  id_suffix=REPUBLISH_TRANSACTIONS),
+                         f"INSERT INTO `{REPUBLISH_SINK}` {select}({_sql_list(republish)})"),
     }
 
 

@@ -1,4 +1,4 @@
-"""The job's output rows: records -> Row(topic, key, value) for the one Kafka sink, never one it cannot write.
+"""The job's output rows: records -> Row(topic, key, value, headers) for the Kafka sinks, never one they cannot write.
 
 Every value is Confluent-framed Avro (`schemas.serde`). Whatever the record, the row
 that leaves fits the sink's producer (`SETTINGS.limits.max_record_bytes`, below its
@@ -12,6 +12,9 @@ loop (issue #13: 19 restarts in 40 s). So:
 - a record that cannot be encoded, or any other record too large (an inference request, a
   record to republish), becomes a dead letter (stage `serialize`),
 - a dead letter that cannot be encoded becomes a minimal one with a preview of its payload.
+
+Headers carry a final's identity across a replay (`jobs.replay_filter`); whatever row a record
+becomes (itself, cut, or a dead letter in its place) carries the record's identity.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pyflink.common import Row
 from jobs.config import JobConfig
 from jobs.envelopes import Republish, SinkRecord
 from jobs.metrics import Counters
+from jobs.replay_filter import headers_of, identity
 from operators.dead_letters import PREVIEW_BYTES, PayloadStore, dead_letter, with_claim_check
 from operators.record_size import RecordTooLarge, max_record_bytes, too_large, truncate_to_fit, with_reason
 from rscf.pools import ECHO
@@ -34,7 +38,8 @@ ENCODE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, AttributeError)
 
 
 class Encoder:
-    """Records -> Row(topic, key, value) in the Confluent wire format; what cannot go as is -> see the module."""
+    """Records -> Row(topic, key, value, headers) in the Confluent wire format; what cannot go as is -> see the
+    module. The private steps yield (topic, key, value); `encode` and `rows` make them Rows."""
 
     def __init__(self, cfg: JobConfig, counters: Counters, serde_for: Callable[[JobConfig, str, str], Any],
                  payload_store: Callable[[], PayloadStore | None] = lambda: None, limit: int | None = None):
@@ -51,12 +56,13 @@ class Encoder:
             topic = self.cfg.prompts if rec.role == "prompt" else self.cfg.results
             key = rec.key.encode("utf-8")
             if too_large(key, rec.data, self.limit):  # readable here, but the sink could not write it back
-                yield from self.dead_letter(rec.data, "intake", "record_too_large",
-                                            f"{len(rec.data)} bytes under the wrong key: too large to write back",
-                                            topic, rec.key)
+                for row in self._dead_letter(rec.data, "intake", "record_too_large",
+                                             f"{len(rec.data)} bytes under the wrong key: too large to write back",
+                                             topic, rec.key):
+                    yield Row(*row, None)
                 return
             self.counters.inc("republished", role=rec.role)
-            yield Row(topic, key, rec.data)
+            yield Row(topic, key, rec.data, None)
             return
         yield from self.encode(rec.role, rec.key, rec.record, rec.pool)
 
@@ -66,8 +72,14 @@ class Encoder:
             serde = self.serdes[topic] = self.serde_for(self.cfg, topic, role)
         return serde
 
-    def encode(self, role: str, key: str | None, record: dict, pool: str | None = None):
-        """The row of one record for the topic of `role` (requests: the pool's topic)."""
+    def encode(self, role: str, key: str | None, record: dict, pool: str | None = None, final_id: str | None = None):
+        """The row of one record for the topic of `role` (requests: the pool's topic); `final_id`: a final's
+        name across replays (`jobs.orchestrate.number_final`, `jobs.replay_filter.identity`)."""
+        headers = headers_of(identity(role, record, final_id)) if role != "request" else None
+        for topic, raw_key, value in self._encode(role, key, record, pool):
+            yield Row(topic, raw_key, value, headers)
+
+    def _encode(self, role: str, key: str | None, record: dict, pool: str | None = None):
         topic = (self.cfg.requests(pool or ECHO, record.get("priority")) if role == "request"
                  else self.topics[role])  # requests: the lane of their priority
         serde = self._serde(topic, role)
@@ -78,21 +90,21 @@ class Encoder:
             if role == "dlq":
                 yield from self._minimal_dead_letter(record, raw_key, exc)
                 return
-            yield from self.dead_letter(repr(record).encode("utf-8"), "serialize", "encode_failed",
-                                        f"{type(exc).__name__}: {exc}", topic, key)
+            yield from self._dead_letter(repr(record).encode("utf-8"), "serialize", "encode_failed",
+                                         f"{type(exc).__name__}: {exc}", topic, key)
             return
         if too_large(raw_key, value, self.limit):
             yield from self._oversize(role, topic, key, raw_key, record, serde, len(value))
             return
         self.counters.inc("records_out", role=role)
-        yield Row(topic, raw_key, value)
+        yield topic, raw_key, value
 
-    def dead_letter(self, original: bytes, stage: str, reason: str, error: str, topic: str, key: str | None):
+    def _dead_letter(self, original: bytes, stage: str, reason: str, error: str, topic: str, key: str | None):
         """A dead letter (stage, reason) for `original`, which came from or was meant for `topic`."""
         dl = dead_letter(original, stage=stage, reason=reason, error=error, source_topic=topic,
                          source_partition=-1, source_offset=-1, request_id=_request_id(key), tenant_id=_tenant(key))
         self.counters.inc("dead_letters", stage=stage, reason=reason)
-        yield from self.encode("dlq", key, dl)
+        yield from self._encode("dlq", key, dl)
 
     def _oversize(self, role: str, topic: str, key: str | None, raw_key: bytes | None, record: dict, serde,
                   size: int):
@@ -103,7 +115,7 @@ class Encoder:
             value = serde.encode(checked)
             if not too_large(raw_key, value, self.limit):
                 self.counters.inc("records_out", role=role)
-                yield Row(topic, raw_key, value)
+                yield topic, raw_key, value
                 return
             record = checked  # still too large (a huge error text?): cut it like any other record
         if role in ("content", "audit", "dlq"):
@@ -117,10 +129,10 @@ class Encoder:
                     return
             else:
                 self.counters.inc("records_out", role=role)
-                yield Row(topic, raw_key, value)
+                yield topic, raw_key, value
                 return
-        yield from self.dead_letter(repr(record).encode("utf-8"), "serialize", "record_too_large",
-                                    f"{role} record of {size} bytes > {self.limit}", topic, key)
+        yield from self._dead_letter(repr(record).encode("utf-8"), "serialize", "record_too_large",
+                                     f"{role} record of {size} bytes > {self.limit}", topic, key)
 
     def _minimal_dead_letter(self, record: dict, raw_key: bytes | None, exc: Exception):
         """A dead letter that broke its own schema: the bare facts and a preview, or nothing (logged)."""
@@ -137,7 +149,7 @@ class Encoder:
             self.counters.inc("dropped_records", role="dlq")
             return
         self.counters.inc("records_out", role="dlq")
-        yield Row(self.topics["dlq"], raw_key, value)
+        yield self.topics["dlq"], raw_key, value
 
     def _store(self) -> PayloadStore | None:
         try:

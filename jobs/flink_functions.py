@@ -33,7 +33,8 @@ from jobs.embed_batch import EmbedBatches, prefetch_retrieval, texts_to_embed
 from jobs.gate import EMBEDDING_FEATURES, gate, rag_enricher
 from jobs.intake import TENANT, control_updates
 from jobs.metrics import Counters
-from jobs.orchestrate import Orchestrator
+from jobs.orchestrate import Orchestrator, number_final
+from jobs.replay_filter import open_filter
 from jobs.state import control_descriptor, slot_descriptor
 from jobs.clients import caching_embedder, payload_store, redis_client, shared_classifier, shared_embedder, topic_serde
 from operators.admit import TenantPolicy, default_policy, policy_from_dict
@@ -76,20 +77,17 @@ class TenantGate(KeyedBroadcastProcessFunction):
     def open(self, ctx: RuntimeContext):
         resolve_retired_state_classes()
         self.serde = topic_serde(self.cfg, self.cfg.prompts, "prompt")
-        self.templates = None
+        self.templates, self.enricher, self.index = None, None, None
         if self.cfg.use_redis:
             from operators.templates import RedisTemplateStore
+            from operators.vector_index import PrefetchedIndex, RedisVectorSetIndex
 
             self.templates = RedisTemplateStore(redis_client(self.cfg))
+            self.index = PrefetchedIndex(RedisVectorSetIndex(redis_client(self.cfg), ef=SETTINGS.limits.rag_ef or None))
+            self.enricher = rag_enricher(shared_embedder(), self.index)
         self.bucket = ctx.get_state(ValueStateDescriptor("token_bucket", Types.PICKLED_BYTE_ARRAY()))
         self.counters = Counters(ctx)
         self.moderator = Moderator(classifier_source=shared_classifier())
-        self.enricher, self.index = None, None
-        if self.cfg.use_redis:
-            from operators.vector_index import PrefetchedIndex, RedisVectorSetIndex
-
-            self.index = PrefetchedIndex(RedisVectorSetIndex(redis_client(self.cfg), ef=SETTINGS.limits.rag_ef or None))
-            self.enricher = rag_enricher(shared_embedder(), self.index)
         self.policies: dict[str, TenantPolicy] | None = None
         self.buckets: dict[str, Any] = {}  # write-through mirror of the keyed bucket (one per tenant)
         self.held = ctx.get_state(ValueStateDescriptor("held_prompts", Types.PICKLED_BYTE_ARRAY()))
@@ -270,6 +268,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         self.awaiting = ctx.get_state(ValueStateDescriptor("awaiting_moderation", Types.PICKLED_BYTE_ARRAY()))
         self.batches = EmbedBatches(caching_embedder(), min(SETTINGS.limits.gate_batch_max, 2),
                                     SETTINGS.limits.gate_batch_wait_ms)
+        self.replays = open_filter(self.cfg, now_ms(), self.counters)  # what a restored job already wrote: not again
 
     def _load_control(self, ctx) -> None:
         """After a restore the broadcast state is back but this instance is new: apply it once."""
@@ -284,6 +283,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
 
     def _apply(self, effects: Effects, ctx, key: str):
         """Keep the state, cancel and set timers, count, emit the records: what `effects` says."""
+        final_id = number_final(effects)
         state = effects.state
         if state is None:
             self.slot.clear()
@@ -314,8 +314,8 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             self.counters.inc("finals", status=content["status"])
             # mean end-to-end latency = rate(final_latency_ms) / rate(finals)
             self.counters.inc("final_latency_ms", int((content.get("latency") or {}).get("total_ms") or 0))
-            yield from self.encoder.encode("content", out_key, content)
-            yield from self.encoder.encode("audit", out_key, audit)
+            yield from self.encoder.encode("content", out_key, content, final_id=final_id)
+            yield from self.encoder.encode("audit", out_key, audit, final_id=final_id)
 
     def process_element(self, value, ctx):
         key, data, topic, partition, offset = value  # the record part of a wire row
@@ -326,7 +326,7 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
             if envelope is not None:
                 key = request_key(envelope)
             rows = list(self._failed(exc, ctx, key, original, topic or self.cfg.prompts, partition, offset, envelope))
-        yield from rows
+        yield from self.replays.rows(rows, now_ms())
         self.counters.schedule_flush(ctx)
 
     def _process(self, key, data, topic, partition, offset, ctx):
@@ -416,5 +416,5 @@ class RequestOrchestrator(KeyedBroadcastProcessFunction):
         except Exception as exc:  # noqa: BLE001 - a request whose timer crashes would wait forever: fail it
             pending = slot.pending if slot is not None else None
             rows = list(self._failed(exc, ctx, key, repr(pending).encode("utf-8"), value=pending))
-        yield from rows
+        yield from self.replays.rows(rows, now_ms())
         self.counters.schedule_flush(ctx)

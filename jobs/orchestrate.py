@@ -193,6 +193,20 @@ class Orchestrator:
 DUPLICATE_REQUEST_ID = "duplicate_request_id"
 
 
+def number_final(effects: Effects) -> str | None:
+    """The name of the final `effects` carries, the same on a replay from a checkpoint and different for
+    any other final (`jobs.replay_filter`): its number under the request identity (0 first, 1 for a
+    re-sent id's REJECTED final, ..., counted in the state it keeps, which a restore brings back) and the
+    Kafka position of the prompt that made that state (a job started afresh numbers from 0 again, but
+    its prompts are other records). None: no final, or no state to count in."""
+    state = effects.state
+    if effects.final is None or state is None:
+        return None
+    effects.state = evolve(state, final_seq=state.final_seq + 1)
+    where = f"@{state.source[0]}:{state.source[1]}" if state.source else ""
+    return f"{state.final_seq}{where}"
+
+
 class ResultIntakeLag:
     """How far behind this subtask reads results: read time minus the worker's `completed_at`.
 

@@ -96,6 +96,7 @@ class PendingRequest:
     moderation_fail_closed: bool = False  # the tenant's policy when the classifier is unavailable
     source: tuple[int, int] | None = None  # (partition, offset) of the prompt: the same record read again matches
     job_waits: int = 0  # issue #14: deadlines moved on because the job itself was behind (`DEFER_TIMEOUT`)
+    final_seq: int = 0  # finals this identity has had: the next one's number (`jobs.replay_filter`)
 
     @property
     def finished(self) -> bool:

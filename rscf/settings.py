@@ -237,6 +237,7 @@ class Limits:
     retry_base_ms: int = 200
     retry_cap_ms: int = 5_000  # exponential backoff stops growing here
     dedup_ttl_ms: int = 600_000  # how long a finished request's tombstone drops duplicates
+    final_readback_ms: int = 300_000  # finals a restored job reads back (< dedup_ttl_ms: jobs/replay_filter.py)
     voices: tuple[str, ...] = ("joe", "en_US-joe-medium", "en-us")  # AUDIO params.voice (speech worker names)
     # Each checkpoint commits the job's final hop (exactly-once delivery, the default): a final waits
     # for the next one. Chosen by measurement: jobs/README.md, "Delivery".

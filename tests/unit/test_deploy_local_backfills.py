@@ -44,7 +44,10 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     old = parse(backfills._ingest_args("b1", "backfill", 500, backfills.NOT_YIELDING))
     assert (old.execution_mode, old.yield_busy, old.python_executable) == ("thread", 0.0, None)
     assert backfills.lane_config("x", 2000).checkpoint_interval_ms == 2000
-    assert backfills.lane_config("x", 0).checkpoint_interval_ms == 200, "0: the delivery mode's default"
+    from jobs.config import EXACTLY_ONCE, default_checkpoint_interval_ms
+
+    assert backfills.lane_config("x", 0).checkpoint_interval_ms == default_checkpoint_interval_ms(EXACTLY_ONCE), \
+        "0: the delivery mode's default"
     # a row queued behind live traffic is not expired on the live 30 s deadline; the live job keeps it
     lane = backfills.lane_config("x", 2000)
     assert lane.limits().request_timeout_ms == settings.limits.backfill_request_timeout_ms > 10 * 30_000

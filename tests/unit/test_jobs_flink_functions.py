@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import pickle
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from jobs import flink_functions as ff
 from jobs import flink_wire
 from jobs.config import ROLE_SCHEMAS, JobConfig
+from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter
 from tools.harness import policy_event, prompt
 from rscf.settings import SETTINGS
 from schemas.keys import identity_key
@@ -116,9 +118,14 @@ def _serde(cfg, topic, role):
     return TopicSerde(topic, "http://unused", schema_name=ROLE_SCHEMAS[role], client=REGISTRY)
 
 
+def _no_read_back(cfg, now, counters=None):
+    return ReplayFilter(collections.Counter(), now, 0, counters)
+
+
 @pytest.fixture
 def functions(monkeypatch):
     monkeypatch.setattr(ff, "topic_serde", _serde)
+    monkeypatch.setattr(ff, "open_filter", _no_read_back)  # no broker to read back from: tests below give one
     monkeypatch.setattr(flink_wire, "topic_serde", _serde)
     cfg = JobConfig(use_redis=False, topic_suffix="t")
     broadcast = BroadcastState()
@@ -403,6 +410,7 @@ def model_tenants(monkeypatch):
     monkeypatch.setattr(ff, "topic_serde", _serde)
     monkeypatch.setattr(flink_wire, "topic_serde", _serde)
     monkeypatch.setattr(ff, "now_ms", lambda: NOW)
+    monkeypatch.setattr(ff, "open_filter", _no_read_back)
     cfg = JobConfig(use_redis=False, topic_suffix="t")
     broadcast = BroadcastState()
     gate_ctx, orch_ctx = Ctx(broadcast), Ctx(broadcast)
@@ -473,3 +481,52 @@ def test_outputs_to_moderate_wait_for_a_batch_then_finish(model_tenants):
     assert inner.calls == [["answer 0", "answer 1"]]
     statuses = [_serde(cfg, cfg.content, "content").decode(r[2])["status"] for r in finals]
     assert statuses == ["SUCCEEDED", "SUCCEEDED"] and orch_fn.awaiting.values == {}
+
+
+# ----------------------------------------------------------------------------- exactly-once by read-back
+
+
+def test_a_restored_orchestrator_drops_the_finals_it_wrote_and_keeps_new_ones(functions, monkeypatch):
+    """Checkpoint after dispatch, final written, crash: the restored function replays the result and
+    writes nothing (the read-back holds both records); a re-sent id and another request still get theirs."""
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    (request,) = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r1", "acme", "hello"), 5)
+    assert request[3] is None  # requests carry no identity: they are at-least-once by design
+    checkpoint = {name: dict(state.values) for name, state in orch_ctx.states.items()}
+    orch_ctx.key = KEY
+    raw = _serde(cfg, cfg.results, "result").encode(_result("r1", "acme"))
+    written = list(orch_fn.process_element((KEY, raw, cfg.results, 0, 1), orch_ctx))
+    assert [r[0] for r in written] == [cfg.content, cfg.audit]
+    assert [r[3][IDENTITY_HEADER] for r in written] == [b"content/0@0:5", b"audit/0@0:5"]
+
+    held = collections.Counter((r[0], r[1], r[3][IDENTITY_HEADER]) for r in written)
+    monkeypatch.setattr(ff, "open_filter", lambda cfg, now, counters=None: ReplayFilter(held.copy(), now, 60_000, counters))
+    restored_ctx = ff_ctx = type(orch_ctx)(orch_ctx.broadcast)
+    for name, values in checkpoint.items():
+        ff_ctx.get_state(type("D", (), {"name": name})()).values.update(values)
+    restored = ff.RequestOrchestrator(cfg)
+    restored.open(restored_ctx)
+    restored_ctx.key = KEY
+    assert list(restored.process_element((KEY, raw, cfg.results, 0, 1), restored_ctx)) == []  # replayed: dropped
+    assert restored.replays.dropped == 2 and restored_ctx.count("finals_replayed") == 2
+    assert restored.slot.value().pending.status == "SUCCEEDED"  # its state moved on as before the crash
+
+    gate_ctx.key = "acme"
+    again = _through(cfg, gate_fn, gate_ctx, restored, restored_ctx, prompt("r1", "acme", "hello"), 6)
+    assert [(_decode(cfg, r)["reason"], r[3][IDENTITY_HEADER]) for r in again] == [
+        ("duplicate_request_id", b"content/1@0:5"), ("duplicate_request_id", b"audit/1@0:5")]  # a re-send: kept
+    (other,) = _through(cfg, gate_fn, gate_ctx, restored, restored_ctx, prompt("r2", "acme", "hi"), 7)
+    assert other[0] == cfg.requests("echo")
+
+
+def test_a_job_started_afresh_keeps_a_final_for_an_id_it_no_longer_knows(functions, monkeypatch):
+    """No state (a start without a checkpoint) numbers from 0 again, but its prompt is another Kafka record."""
+    cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
+    held = collections.Counter({(cfg.content, KEY.encode(), b"content/0@0:5"): 1,
+                                (cfg.audit, KEY.encode(), b"audit/0@0:5"): 1})
+    orch_fn.replays = ReplayFilter(held, 0, 10**15)
+    _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r1", "acme", "hello"), 8)
+    orch_ctx.key = KEY
+    raw = _serde(cfg, cfg.results, "result").encode(_result("r1", "acme"))
+    rows = list(orch_fn.process_element((KEY, raw, cfg.results, 0, 1), orch_ctx))
+    assert [r[3][IDENTITY_HEADER] for r in rows] == [b"content/0@0:8", b"audit/0@0:8"] and orch_fn.replays.dropped == 0
