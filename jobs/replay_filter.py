@@ -112,7 +112,10 @@ def read_written(config: dict[str, Any], topics: list[str], since_ms: int, timeo
     written: Written = Counter()
     try:
         meta = consumer.list_topics(timeout=timeout_s)
-        wanted = [TopicPartition(t, p, since_ms) for t in topics for p in (meta.topics[t].partitions or {})]
+        present = {t: meta.topics[t].partitions or {} for t in topics if t in meta.topics}  # absent: nothing written
+        wanted = [TopicPartition(t, p, since_ms) for t, parts in present.items() for p in parts]
+        if not wanted:
+            return written
         starts = consumer.offsets_for_times(wanted, timeout=timeout_s)
         todo: dict[tuple[str, int], int] = {}
         assign = []

@@ -139,7 +139,7 @@ class Session:
         self.proxied = dict(proxy_ports or {})
         kw: dict[str, Any] = {}
         if delivery != "default":
-            kw["exactly_once"] = delivery == "exactly-once"
+            kw["delivery"] = delivery
         if "redis" in self.proxied:
             from rscf import redis_security
 

@@ -33,6 +33,7 @@ from jobs.config import EXACTLY_ONCE
 from rscf.clock import now_ms
 from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
+from schemas.keys import SEP
 from tools import harness
 
 
@@ -142,10 +143,11 @@ TICK_S = 0.005  # prompts go out in 5 ms bursts (10 at 2000/s)
 
 
 class UncommittedArrivals:
-    """When each final's Kafka key (its request id) first shows up to a read_uncommitted reader.
+    """When each final's request id (from its Kafka key) first shows up to a read_uncommitted reader.
 
-    In exactly-once mode the sink writes a final at once and commits it with the next checkpoint;
-    this reader sees it at the write, as an at-least-once job's reader would. Comparing it with the
+    In transactional mode the sink writes a final at once and commits it with the next checkpoint;
+    this reader sees it at the write, as an at-least-once job's reader would (in exactly-once mode,
+    read-back, there is no transaction: the wait is ~0). Comparing it with the
     read_committed arrival of the same final, in the same run, gives what the promise costs without
     the run-to-run noise of a shared machine. Keys only, no decoding: it must cost the benchmark little.
     """
@@ -164,8 +166,8 @@ class UncommittedArrivals:
         while msgs:
             now = now_ms()
             for msg in msgs:
-                if not msg.error() and msg.key():
-                    self.arrival_ms.setdefault(msg.key().decode("utf-8", "replace"), now)
+                if not msg.error() and msg.key():  # keyed by identity (tenant, request id): the request id
+                    self.arrival_ms.setdefault(msg.key().decode("utf-8", "replace").rsplit(SEP, 1)[-1], now)
             msgs = self.c.consume(500, 0) if len(msgs) == 500 else None
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, json_parent
+from jobs.config import DELIVERY_MODES
 
 
 def _stack_reachable() -> str | None:
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=50.0, help="prompts per second offered during each fault")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per fault (injected at 1/4)")
     p.add_argument("--workers", type=int, default=2, help="echo workers of the isolated pipeline")
-    p.add_argument("--delivery", choices=("default", "at-least-once", "exactly-once"), default="default",
+    p.add_argument("--delivery", choices=("default", *DELIVERY_MODES), default="default",
                    help="the job's sink guarantee (default: what `rscf job start` uses)")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.set_defaults(func=cmd_chaos)
