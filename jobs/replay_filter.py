@@ -24,6 +24,7 @@ identity (a dead letter the job made itself, with no source position) is never d
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -32,7 +33,15 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 IDENTITY_HEADER = "rscf-final"
-Written = Counter  # (topic, key bytes or None, identity bytes) -> copies already in the topic
+Written = Counter  # `fingerprint(topic, key, identity)` -> copies already in the topic
+
+
+def fingerprint(topic: str, key: bytes | None, ident: bytes) -> bytes:
+    """12 bytes for (topic, key, identity): a 5-minute read-back at 500 prompts/s holds 300,000 of them,
+    24 MB counted (60 MB as tuples of the three); two different finals share one with odds ~1e-17."""
+    h = hashlib.blake2b(topic.encode(), digest_size=12)
+    h.update(b"\0" + (key or b"") + b"\0" + ident)
+    return h.digest()
 
 
 def identity(role: str, record: Mapping[str, Any], final_id: str | None) -> bytes | None:
@@ -67,7 +76,8 @@ class ReplayFilter:
     """Drops an output row that the topic already holds (read back at open), once per copy held.
 
     Held for `hold_ms` after the read-back, then forgotten: a replay follows its restore within
-    seconds, and the counts are ~100 bytes a row (300k rows at 500 finals/s over 5 minutes)."""
+    seconds. Measured: reading back 300,000 finals (5 minutes at 500 prompts/s) took 2.6 s and 1.6 s
+    of CPU, and the counts 24 MB (jobs/README.md, "Delivery")."""
 
     def __init__(self, written: Written, now_ms: int, hold_ms: int, counters: Any = None):
         self.written = written
@@ -83,7 +93,10 @@ class ReplayFilter:
         if now_ms > self.until_ms:
             self.written = Counter()
             return True
-        ident = (topic, key, headers.get(IDENTITY_HEADER))
+        ident = headers.get(IDENTITY_HEADER)
+        if ident is None:
+            return True
+        ident = fingerprint(topic, key, ident)
         if self.written[ident] <= 0:
             return True
         self.written[ident] -= 1
@@ -102,7 +115,7 @@ class ReplayFilter:
 
 
 def read_written(config: dict[str, Any], topics: list[str], since_ms: int, timeout_s: float = 60.0) -> Written:
-    """(topic, key, identity) of every record with an identity header that `topics` received from
+    """The fingerprint of (topic, key, identity) of every record with an identity header that `topics` received from
     `since_ms` up to their ends now, counted. Raises if the broker cannot be read (the task fails and
     Flink restarts it: writing without the read-back would duplicate finals)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -137,7 +150,7 @@ def read_written(config: dict[str, Any], topics: list[str], since_ms: int, timeo
                 where = (msg.topic(), msg.partition())
                 for name, value in msg.headers() or ():
                     if name == IDENTITY_HEADER:
-                        written[(msg.topic(), msg.key(), value)] += 1
+                        written[fingerprint(msg.topic(), msg.key(), value)] += 1
                 if where in todo and msg.offset() + 1 >= todo[where]:
                     del todo[where]
             for where, high in list(todo.items()):  # transaction markers may end a partition without a record

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from jobs.replay_filter import IDENTITY_HEADER, read_written
+from jobs.replay_filter import IDENTITY_HEADER, fingerprint, read_written
 from rscf import kafka_clients
 from rscf.settings import SETTINGS
 
@@ -37,9 +37,9 @@ def test_counts_identities_written_since_the_window_start_in_every_partition(top
     p.flush(10)
     config = kafka_clients.client_config(kafka_clients.JOB, **{"group.id": f"rscf-test-read-back-{uuid.uuid4().hex[:6]}"})
     written = read_written(config, [content, audit, f"{content}.absent"], now - 300_000, timeout_s=30)
-    assert written[(content, b"t\x1fr0", b"content/0@0:0")] == 2
-    assert all(written[(content, f"t\x1fr{i}".encode(), b"content/0@0:%d" % i)] == 1 for i in range(1, 40))
-    assert written[(audit, b"t\x1fr1", b"audit/0@0:1")] == 1
-    assert (content, b"t\x1fold", b"content/0@0:1") not in written
+    assert written[fingerprint(content, b"t\x1fr0", b"content/0@0:0")] == 2
+    assert all(written[fingerprint(content, f"t\x1fr{i}".encode(), b"content/0@0:%d" % i)] == 1 for i in range(1, 40))
+    assert written[fingerprint(audit, b"t\x1fr1", b"audit/0@0:1")] == 1
+    assert fingerprint(content, b"t\x1fold", b"content/0@0:1") not in written
     assert sum(written.values()) == 42
     assert read_written(config, [content], now + 60_000, timeout_s=30) == {}  # nothing since then

@@ -10,7 +10,7 @@ import pytest
 from jobs import flink_functions as ff
 from jobs import flink_wire
 from jobs.config import ROLE_SCHEMAS, JobConfig
-from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter
+from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter, fingerprint
 from tools.harness import policy_event, prompt
 from rscf.settings import SETTINGS
 from schemas.keys import identity_key
@@ -499,7 +499,7 @@ def test_a_restored_orchestrator_drops_the_finals_it_wrote_and_keeps_new_ones(fu
     assert [r[0] for r in written] == [cfg.content, cfg.audit]
     assert [r[3][IDENTITY_HEADER] for r in written] == [b"content/0@0:5", b"audit/0@0:5"]
 
-    held = collections.Counter((r[0], r[1], r[3][IDENTITY_HEADER]) for r in written)
+    held = collections.Counter(fingerprint(r[0], r[1], r[3][IDENTITY_HEADER]) for r in written)
     monkeypatch.setattr(ff, "open_filter", lambda cfg, now, counters=None: ReplayFilter(held.copy(), now, 60_000, counters))
     restored_ctx = ff_ctx = type(orch_ctx)(orch_ctx.broadcast)
     for name, values in checkpoint.items():
@@ -522,8 +522,8 @@ def test_a_restored_orchestrator_drops_the_finals_it_wrote_and_keeps_new_ones(fu
 def test_a_job_started_afresh_keeps_a_final_for_an_id_it_no_longer_knows(functions, monkeypatch):
     """No state (a start without a checkpoint) numbers from 0 again, but its prompt is another Kafka record."""
     cfg, gate_fn, gate_ctx, orch_fn, orch_ctx = functions
-    held = collections.Counter({(cfg.content, KEY.encode(), b"content/0@0:5"): 1,
-                                (cfg.audit, KEY.encode(), b"audit/0@0:5"): 1})
+    held = collections.Counter({fingerprint(cfg.content, KEY.encode(), b"content/0@0:5"): 1,
+                                fingerprint(cfg.audit, KEY.encode(), b"audit/0@0:5"): 1})
     orch_fn.replays = ReplayFilter(held, 0, 10**15)
     _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("r1", "acme", "hello"), 8)
     orch_ctx.key = KEY

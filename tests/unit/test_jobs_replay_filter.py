@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from jobs.orchestrate import number_final
-from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter, headers_of, identity
+from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter, fingerprint, headers_of, identity
 from operators.correlate import EffectKind, Effects, PendingRequest
 
 
@@ -14,7 +14,7 @@ def _row(topic, key, ident):
 
 
 def test_a_final_is_dropped_once_per_copy_already_written():
-    held = Counter({("content", b"k", b"content/0@0:5"): 2})
+    held = Counter({fingerprint("content", b"k", b"content/0@0:5"): 2})
     f = ReplayFilter(held, now_ms=1_000, hold_ms=10_000)
     rows = [_row("content", b"k", b"content/0@0:5")] * 3 + [_row("content", b"k", b"content/1@0:5")]
     kept = f.rows(rows, 2_000)
@@ -23,7 +23,7 @@ def test_a_final_is_dropped_once_per_copy_already_written():
 
 
 def test_another_topic_key_or_no_identity_is_never_dropped():
-    f = ReplayFilter(Counter({("content", b"k", b"content/0"): 1}), 0, 10_000)
+    f = ReplayFilter(Counter({fingerprint("content", b"k", b"content/0"): 1}), 0, 10_000)
     assert f.keep("audit", b"k", {IDENTITY_HEADER: b"content/0"}, 1)
     assert f.keep("content", b"other", {IDENTITY_HEADER: b"content/0"}, 1)
     assert f.keep("content", b"k", None, 1) and f.keep("content", b"k", {}, 1)
@@ -31,7 +31,7 @@ def test_another_topic_key_or_no_identity_is_never_dropped():
 
 
 def test_the_read_back_is_forgotten_after_its_hold():
-    f = ReplayFilter(Counter({("content", b"k", b"content/0"): 1}), now_ms=0, hold_ms=100)
+    f = ReplayFilter(Counter({fingerprint("content", b"k", b"content/0"): 1}), now_ms=0, hold_ms=100)
     assert f.keep("content", b"k", {IDENTITY_HEADER: b"content/0"}, 101) and not f.written
 
 
@@ -77,3 +77,12 @@ def test_a_state_pickled_before_final_seq_existed_reads_it_as_zero():
     assert old.final_seq == 0
     args = state.__reduce__()[1][:-1]  # a positional pickle of the version before: one field fewer
     assert PendingRequest(*args).final_seq == 0
+
+
+def test_fingerprints_tell_topic_key_and_identity_apart():
+    base = fingerprint("content", b"k", b"content/0")
+    assert len(base) == 12 and base == fingerprint("content", b"k", b"content/0")
+    others = {fingerprint("audit", b"k", b"content/0"), fingerprint("content", b"k2", b"content/0"),
+              fingerprint("content", b"k", b"content/1"), fingerprint("content", None, b"content/0"),
+              fingerprint("content", b"k\0content/0", b"")}
+    assert base not in others and len(others) == 5
