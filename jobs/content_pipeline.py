@@ -183,17 +183,16 @@ def sink_split(cfg: JobConfig) -> dict[str, tuple[str, str]]:
     Records republished under their right Kafka key: transactional in both exactly-once modes.
     The split is a SQL WHERE over the `topic` column: it runs in Java, chained to the orchestrator.
     """
-    select = f"SELECT `topic`, `k`, `v` FROM `{ORCHESTRATOR_OUTPUT}` WHERE `topic` IN "
+    def insert(sink: str, topics: list[str], columns: str = "`topic`, `k`, `v`") -> str:
+        return f"INSERT INTO `{sink}` SELECT {columns} FROM `{ORCHESTRATOR_OUTPUT}` WHERE `topic` IN ({_sql_list(topics)})"
+
     requests, finals, republish = cfg.request_topics(), cfg.final_topics(), cfg.republish_topics()
     return {
-        REQUESTS_SINK: (sink_ddl(REQUESTS_SINK, requests, cfg, transactional=False),
-                        f"INSERT INTO `{REQUESTS_SINK}` {select}({_sql_list(requests)})"),
+        REQUESTS_SINK: (sink_ddl(REQUESTS_SINK, requests, cfg, transactional=False), insert(REQUESTS_SINK, requests)),
         FINALS_SINK: (sink_ddl(FINALS_SINK, finals, cfg, transactional=cfg.transactional, headers=True),
-                      f"INSERT INTO `{FINALS_SINK}` {select.replace('`v` FROM', '`v`, `h` FROM')}"
-                      f"({_sql_list(finals)})"),
+                      insert(FINALS_SINK, finals, "`topic`, `k`, `v`, `h`")),
         REPUBLISH_SINK: (sink_ddl(REPUBLISH_SINK, republish, cfg, transactional=cfg.exactly_once,
-                                  id_suffix=REPUBLISH_TRANSACTIONS),
-                         f"INSERT INTO `{REPUBLISH_SINK}` {select}({_sql_list(republish)})"),
+                                  id_suffix=REPUBLISH_TRANSACTIONS), insert(REPUBLISH_SINK, republish)),
     }
 
 

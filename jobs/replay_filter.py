@@ -30,6 +30,10 @@ import time
 from collections import Counter
 from typing import Any, Mapping
 
+from jobs.config import EXACTLY_ONCE, JobConfig
+from rscf import kafka_clients
+from rscf.settings import SETTINGS
+
 log = logging.getLogger(__name__)
 
 IDENTITY_HEADER = "rscf-final"
@@ -48,7 +52,8 @@ def identity(role: str, record: Mapping[str, Any], final_id: str | None) -> byte
     """The header value that names this output across a replay, or None (not deduplicated)."""
     if final_id is not None:
         return f"{role}/{final_id}".encode()
-    if role == "dlq" and int(record.get("source_offset") if record.get("source_offset") is not None else -1) >= 0:
+    offset = record.get("source_offset")
+    if role == "dlq" and offset is not None and offset >= 0:
         return "/".join(str(record.get(f)) for f in ("source_topic", "source_partition", "source_offset",
                                                      "stage", "reason")).encode()
     return None
@@ -58,13 +63,9 @@ def headers_of(ident: bytes | None) -> dict[str, bytes] | None:
     return {IDENTITY_HEADER: ident} if ident is not None else None
 
 
-def open_filter(cfg: Any, now_ms: int, counters: Any = None) -> "ReplayFilter":
-    """A starting orchestrator's filter (`cfg`: its JobConfig): what the finals topics hold from the last
-    `final_readback_ms` in exactly-once mode; nothing to drop in the other modes (transactions, or none)."""
-    from jobs.config import EXACTLY_ONCE
-    from rscf import kafka_clients
-    from rscf.settings import SETTINGS
-
+def open_filter(cfg: JobConfig, now_ms: int, counters: Any = None) -> "ReplayFilter":
+    """A starting orchestrator's filter: what the finals topics hold from the last `final_readback_ms` in
+    exactly-once mode; nothing to drop in the other modes (transactions, or none)."""
     window = SETTINGS.limits.final_readback_ms
     if cfg.delivery != EXACTLY_ONCE:
         return ReplayFilter(Counter(), now_ms, 0, counters)
