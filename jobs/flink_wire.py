@@ -54,7 +54,8 @@ def wired_dead_letter(value) -> Row:
 
 
 class ControlIntake(FlatMapFunction):
-    """Control events; undecodable ones go to the dead-letter topic like any other input."""
+    """Control events, each with where it came from (`intake.SOURCE`); undecodable ones go to the dead-letter
+    topic like any other input, and their position on to the gate (`jobs.policy_wait`)."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -73,6 +74,7 @@ class ControlIntake(FlatMapFunction):
         if dl is not None:
             self.counters.count_dead_letter(dl)
             yield SINK, dl
+            yield NEXT, {intake.SOURCE: (row[2], row[3])}  # read all the same: the gate's start-up wait counts it
         else:
             self.counters.inc("control_events")
-            yield NEXT, record
+            yield NEXT, {**record, intake.SOURCE: (row[2], row[3])}

@@ -28,8 +28,10 @@ RESULT_TIMESTAMPS = ("completed_at",)
 TEMPLATES_UNAVAILABLE = "templates_unavailable"  # the template store (Redis) is down
 
 # Broadcast-state keys of control events: "tenant:<id>" -> TenantPolicy dict,
-# "rollout:<pool>" -> ModelRollout dict, "breaker:<pool>" -> the pool's last breaker command.
-TENANT, ROLLOUT, BREAKER = "tenant:", "rollout:", "breaker:"
+# "rollout:<pool>" -> ModelRollout dict, "breaker:<pool>" -> the pool's last breaker command,
+# "position:<partition>" -> offset of the last control record applied (`jobs.policy_wait`).
+TENANT, ROLLOUT, BREAKER, POSITION = "tenant:", "rollout:", "breaker:", "position:"
+SOURCE = "_source"  # the (partition, offset) a control event came from, set by the control intake
 
 
 def millis_timestamps(record: dict, names: tuple[str, ...]) -> dict:
@@ -171,4 +173,7 @@ def control_updates(event: dict) -> list[tuple[str, Any]]:
         updates.append((ROLLOUT + event["rollout"]["pool"], dict(event["rollout"])))
     if event.get("breaker"):
         updates.append((BREAKER + event["breaker"]["pool"], dict(event["breaker"])))
+    if event.get(SOURCE):
+        partition, offset = event[SOURCE]
+        updates.append((POSITION + str(partition), offset))
     return updates

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from jobs import flink_functions as ff
-from jobs import flink_wire
+from jobs import flink_gate, flink_orchestrator, flink_wire
 from jobs.config import ROLE_SCHEMAS, JobConfig
 from jobs.replay_filter import IDENTITY_HEADER, ReplayFilter, fingerprint
 from tools.harness import policy_event, prompt
@@ -118,15 +118,21 @@ def _serde(cfg, topic, role):
     return TopicSerde(topic, "http://unused", schema_name=ROLE_SCHEMAS[role], client=REGISTRY)
 
 
+def _local_serdes(monkeypatch) -> None:
+    """No registry and no broker: local serdes, and a control topic the gate finds empty (no start-up wait)."""
+    for module in (flink_gate, flink_orchestrator, flink_wire):
+        monkeypatch.setattr(module, "topic_serde", _serde)
+    monkeypatch.setattr(flink_gate, "control_ends", lambda cfg: {})
+
+
 def _no_read_back(cfg, now, counters=None):
     return ReplayFilter(collections.Counter(), now, 0, counters)
 
 
 @pytest.fixture
 def functions(monkeypatch):
-    monkeypatch.setattr(ff, "topic_serde", _serde)
-    monkeypatch.setattr(ff, "open_filter", _no_read_back)  # no broker to read back from: tests below give one
-    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
+    _local_serdes(monkeypatch)
+    monkeypatch.setattr(flink_orchestrator, "open_filter", _no_read_back)  # no broker to read back from: tests below give one
     cfg = JobConfig(use_redis=False, topic_suffix="t")
     broadcast = BroadcastState()
     gate_ctx, orch_ctx = Ctx(broadcast), Ctx(broadcast)
@@ -337,15 +343,14 @@ def test_a_step_that_crashes_makes_a_dead_letter_and_a_failed_final_not_a_job_fa
     def boom(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(ff, "gate", boom)
+    monkeypatch.setattr(flink_gate, "gate", boom)
     rows = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash", "acme", "x"), 11)
     dead, content, audit = (_decode(cfg, r) for r in rows)
     assert (dead["stage"], dead["reason"], dead["source_offset"]) == ("gate", "internal_error", 11)
     assert "RuntimeError: a bug" in dead["error"]
     assert (content["request_id"], content["status"], content["reason"]) == ("crash", "FAILED", "internal_error")
     monkeypatch.undo()
-    monkeypatch.setattr(ff, "topic_serde", _serde)
-    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
+    _local_serdes(monkeypatch)
     _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash3", "acme", "z"), 13)  # dispatched
     monkeypatch.setattr(orch_fn.logic, "on_input", boom)
     rows = _through(cfg, gate_fn, gate_ctx, orch_fn, orch_ctx, prompt("crash2", "acme", "y"), 12)
@@ -367,8 +372,84 @@ def test_a_control_event_that_breaks_the_policy_reader_is_a_dead_letter(function
     fn.open(Ctx(BroadcastState()))
     raw = _serde(cfg, cfg.control, "control").encode(policy_event("acme", ["echo"]))
     monkeypatch.setattr(intake, "policy_from_dict", lambda entry: 1 / 0)
-    ((tag, dl),) = fn.flat_map((raw, cfg.control, 0, 3))
+    ((tag, dl), (next_tag, position)) = fn.flat_map((raw, cfg.control, 0, 3))
     assert tag == ff.SINK and (dl.record["stage"], dl.record["reason"]) == ("control", "invalid_control_event")
+    assert next_tag == ff.NEXT and position == {intake.SOURCE: (0, 3)}  # read all the same: the gate's wait counts it
+
+
+# ----------------------------------------------------------------------------- the gate's start-up wait
+
+
+def _waiting_gate(monkeypatch, ends, broadcast=()):
+    from jobs import intake
+
+    _local_serdes(monkeypatch)
+    monkeypatch.setattr(flink_gate, "control_ends", lambda cfg: ends)
+    clock = [NOW]
+    monkeypatch.setattr(flink_gate, "now_ms", lambda: clock[0])
+    cfg = JobConfig(use_redis=False, topic_suffix="t")
+    ctx = Ctx(BroadcastState(broadcast))
+    gate_fn = ff.TenantGate(cfg)
+    gate_fn.open(ctx)
+
+    def control(tenant, features, offset):
+        gate_fn.process_broadcast_element({**policy_event(tenant, features), intake.SOURCE: (0, offset)}, ctx)
+
+    def send(rid, tenant, offset):
+        ctx.key = tenant
+        raw = _serde(cfg, cfg.prompts, "prompt").encode(prompt(rid, tenant, f"hello {rid}"))
+        return [pickle.loads(row[1][1]) for row in gate_fn.process_element((tenant, raw, cfg.prompts, 0, offset), ctx)]
+
+    return gate_fn, ctx, clock, control, send
+
+
+def test_a_prompt_waits_for_its_policy_until_the_control_topic_is_read_to_its_end(monkeypatch):
+    gate_fn, ctx, clock, control, send = _waiting_gate(monkeypatch, {0: 3})  # the control topic ended at offset 2
+    control("other", [], 0)
+    assert send("a", "late", 10) == [] and send("b", "late", 11) == []  # held, in order
+    assert NOW + flink_gate.POLL_MS in ctx.timers.registered
+    clock[0] += flink_gate.POLL_MS
+    assert list(gate_fn.on_timer(clock[0], ctx)) == []  # not read to the end yet: look again later
+    assert NOW + 2 * flink_gate.POLL_MS in ctx.timers.registered
+    control("late", ["echo"], 2)
+    clock[0] += flink_gate.POLL_MS
+    released = [pickle.loads(row[1][1]) for row in gate_fn.on_timer(clock[0], ctx)]
+    assert [v.record["request_id"] for v in released] == ["a", "b"]
+    assert all(v.features == {"echo"} for v in released)  # the tenant's policy, not the default
+    send("c", "new", 12)  # after the wait: gated at once (with the default policy: into the embedding batch)
+    assert "new" not in ctx.states["held_prompts"].values and "new" in ctx.states["embed_batch"].values
+    gate_fn.counters.flush()
+    assert ctx.count("held_for_policy") == 2
+
+
+def test_a_prompt_of_a_held_tenant_does_not_overtake_the_held_ones(monkeypatch):
+    gate_fn, ctx, clock, control, send = _waiting_gate(monkeypatch, {0: 1})
+    assert send("a", "late", 10) == []
+    control("late", ["echo"], 0)  # read to the end; the held prompt's timer has not fired yet
+    assert [v.record["request_id"] for v in send("b", "late", 11)] == ["a", "b"]
+    assert list(gate_fn.on_timer(clock[0] + flink_gate.POLL_MS, ctx)) == []  # nothing left to let go twice
+
+
+def test_without_the_control_topic_ends_a_prompt_waits_the_whole_cap(monkeypatch):
+    gate_fn, ctx, clock, control, send = _waiting_gate(monkeypatch, None)  # the broker could not tell
+    control("other", [], 0)
+    assert send("a", "late", 10) == []
+    clock[0] += SETTINGS.limits.policy_wait_ms - 1
+    assert list(gate_fn.on_timer(clock[0], ctx)) == []
+    clock[0] += 1
+    assert [v.record["request_id"] for v in (pickle.loads(r[1][1]) for r in gate_fn.on_timer(clock[0], ctx))] == ["a"]
+
+
+def test_a_restored_gate_does_not_wait_for_control_events_it_read_before(monkeypatch):
+    from jobs import intake
+
+    read = {intake.POSITION + "0": 4}  # checkpointed broadcast state: the control topic read up to offset 4
+    _, ctx, _, _, send = _waiting_gate(monkeypatch, {0: 5}, read)
+    send("a", "late", 10)
+    assert "late" not in ctx.states["held_prompts"].values and "late" in ctx.states["embed_batch"].values
+    _, ctx, _, _, send = _waiting_gate(monkeypatch, {0: 5}, {intake.POSITION + "0": 3})  # offset 4 not read yet
+    send("a", "late", 10)
+    assert "late" in ctx.states["held_prompts"].values
 
 
 # ----------------------------------------------------------------------------- issue #14
@@ -407,10 +488,10 @@ def model_tenants(monkeypatch):
     classifier = dataclasses.replace(moderation_model.load(caching), block_threshold=2.0)  # never blocks
     monkeypatch.setitem(clients._SHARED, "caching", caching)
     monkeypatch.setitem(clients._SHARED, "classifier", (caching, classifier))
-    monkeypatch.setattr(ff, "topic_serde", _serde)
-    monkeypatch.setattr(flink_wire, "topic_serde", _serde)
-    monkeypatch.setattr(ff, "now_ms", lambda: NOW)
-    monkeypatch.setattr(ff, "open_filter", _no_read_back)
+    _local_serdes(monkeypatch)
+    monkeypatch.setattr(flink_gate, "now_ms", lambda: NOW)
+    monkeypatch.setattr(flink_orchestrator, "now_ms", lambda: NOW)
+    monkeypatch.setattr(flink_orchestrator, "open_filter", _no_read_back)
     cfg = JobConfig(use_redis=False, topic_suffix="t")
     broadcast = BroadcastState()
     gate_ctx, orch_ctx = Ctx(broadcast), Ctx(broadcast)
@@ -500,7 +581,7 @@ def test_a_restored_orchestrator_drops_the_finals_it_wrote_and_keeps_new_ones(fu
     assert [r[3][IDENTITY_HEADER] for r in written] == [b"content/0@0:5", b"audit/0@0:5"]
 
     held = collections.Counter(fingerprint(r[0], r[1], r[3][IDENTITY_HEADER]) for r in written)
-    monkeypatch.setattr(ff, "open_filter", lambda cfg, now, counters=None: ReplayFilter(held.copy(), now, 60_000, counters))
+    monkeypatch.setattr(flink_orchestrator, "open_filter", lambda cfg, now, counters=None: ReplayFilter(held.copy(), now, 60_000, counters))
     restored_ctx = ff_ctx = type(orch_ctx)(orch_ctx.broadcast)
     for name, values in checkpoint.items():
         ff_ctx.get_state(type("D", (), {"name": name})()).values.update(values)
