@@ -282,6 +282,7 @@ def configuration(ns: argparse.Namespace, fmt: str = "jsonl"):
     from pyflink.common import Configuration
 
     from jobs.config import python_executable, python_path
+    from rscf.code_digest import GLOBAL_PARAMETER, code_digest
     from rscf.settings import SETTINGS
 
     conf = Configuration()
@@ -291,6 +292,7 @@ def configuration(ns: argparse.Namespace, fmt: str = "jsonl"):
         "python.client.executable": python_executable(),
         "python.pythonpath": python_path(),
         "pipeline.name": ns.job_name,
+        "pipeline.global-job-parameters": f"{GLOBAL_PARAMETER}:{code_digest()}",  # `rscf job status`: stale code?
         "execution.checkpointing.interval": f"{ns.checkpoint_interval_ms}ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",

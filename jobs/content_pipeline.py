@@ -47,6 +47,7 @@ from pyflink.table import StreamTableEnvironment
 from jobs import flink_functions as ff
 from jobs.config import JobConfig, parse, python_executable, python_path
 from rscf import kafka_clients
+from rscf.code_digest import GLOBAL_PARAMETER, code_digest
 from rscf.settings import SETTINGS
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
@@ -72,6 +73,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "python.pythonpath": python_path(),
         "execution.buffer-timeout.interval": "5ms",
         "pipeline.name": cfg.job_name,
+        "pipeline.global-job-parameters": f"{GLOBAL_PARAMETER}:{code_digest()}",  # `rscf job status`: stale code?
         # Exactly-once delivery: each checkpoint commits the finals written before it, so a final waits for
         # the next one (200 ms by default: +150-200 ms at p50, +280-660 ms at p99; jobs/README.md "Delivery").
         "execution.checkpointing.interval": f"{cfg.checkpoint_interval_ms}ms",

@@ -80,9 +80,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         found = flink_jobs.jobs(None if args.all else args.name)
     except flink_jobs.ClusterError as exc:
         return _fail(exc)
-    data = {"jobs": [j.to_dict() for j in found], "running": any(j.state == "RUNNING" for j in found)}
+    stale = {j.job_id for j in flink_jobs.stale_jobs(found)}
+    data = {"jobs": [{**j.to_dict(), "stale_code": j.job_id in stale} for j in found],
+            "running": any(j.state == "RUNNING" for j in found)}
     lines = [f"{j.state:<10} {j.job_id} {j.name} ({j.duration_ms // 1000} s)" for j in found]
     _emit(args, data, "\n".join(lines) or f"no job named {args.name}")
+    for job in found:
+        if job.job_id in stale:
+            print(f"warning: {job.name} ({job.job_id}) {flink_jobs.STALE_ADVICE}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -35,7 +35,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print_table(states)
         print(f"\nFlink Web UI: {SETTINGS.flink_url}   Prometheus: {SETTINGS.prometheus_url} (user admin: "
               "rscf credentials prometheus)   stop: rscf down")
+    _warn_stale_jobs()
     return EXIT_OK
+
+
+def _warn_stale_jobs() -> None:
+    """A job the JobManager recovered keeps the job graph it was submitted with: say so if the code moved on."""
+    from deploy.local import flink_jobs
+
+    try:
+        stale = flink_jobs.stale_jobs(flink_jobs.jobs())
+    except Exception:  # noqa: BLE001 - only a hint; `up` itself succeeded
+        return
+    for job in stale:
+        print(f"warning: {job.name} ({job.job_id}) {flink_jobs.STALE_ADVICE}", file=sys.stderr)
 
 
 def _uptime(seconds: float | None) -> str:

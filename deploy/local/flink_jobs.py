@@ -8,7 +8,6 @@ operators' tools use too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -26,6 +25,7 @@ from deploy.local.flink import flink_dirs, flink_env, flink_home, taskmanager_co
 from deploy.local.processes import recorded_process
 from deploy.local.services import SERVICE_BY_NAME
 from jobs.config import JobConfig
+from rscf.code_digest import GLOBAL_PARAMETER, code_digest
 from rscf.settings import SETTINGS
 
 log = logging.getLogger("rscf.job")
@@ -106,18 +106,25 @@ def flink_command(cfg: JobConfig, from_savepoint: str | None = None, allow_non_r
     return cmd + cfg.to_args()
 
 
-CODE_DIRS = ("jobs", "operators", "schemas", "rscf")
+def job_code(job_id: str) -> str | None:
+    """The code digest a job was submitted with (its global job parameter), None if it has none."""
+    config = _request("GET", f"/jobs/{job_id}/config") or {}
+    return ((config.get("execution-config") or {}).get("user-config") or {}).get(GLOBAL_PARAMETER)
 
 
-def code_digest() -> str:
-    """Hash of the Python and Avro files a job imports inside the TaskManager."""
-    h = hashlib.sha256()
-    for top in CODE_DIRS:
-        for path in sorted((SETTINGS.paths.repo / top).rglob("*")):
-            if path.suffix in (".py", ".avsc", ".npz") and "__pycache__" not in path.parts:
-                h.update(str(path.relative_to(SETTINGS.paths.repo)).encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()
+def stale_jobs(found: list[JobInfo], digest: str | None = None,
+               submitted_with: Callable[[str], str | None] = job_code) -> list[JobInfo]:
+    """The live RSCF jobs submitted with other code than the checkout's now (`rscf.code_digest`).
+
+    A job without a digest was submitted before jobs carried one: older code too. Jobs not named
+    rscf-* are not judged."""
+    digest = digest or code_digest()
+    return [j for j in found if j.state not in TERMINAL and j.name.startswith("rscf")
+            and submitted_with(j.job_id) != digest]
+
+
+STALE_ADVICE = ("runs code older than this checkout (its job graph came back from the HA store): "
+                "`rscf job stop --savepoint`, then `rscf job start --from-savepoint PATH`")
 
 
 def _taskmanager_identity() -> dict | None:
