@@ -168,13 +168,7 @@ class TenantGate(KeyedBroadcastProcessFunction):
         policy = self._policies(ctx).get(tenant) or default_policy(tenant)
         if self.index is not None and RAG_FEATURE in policy.features:
             prefetch_retrieval(self.index, self.batches.embedder, [v.record for v in values])
-        for value in values:
-            try:
-                rows = list(self._admit(value, tenant, ctx))
-            except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
-                rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
-                                    value.source)
-            yield from rows
+        yield from self._admit_each(values, tenant, ctx)
         if self.index is not None:
             self.index.forget()
 
@@ -184,19 +178,27 @@ class TenantGate(KeyedBroadcastProcessFunction):
             yield from self._flush(ctx.get_current_key(), ctx)
             self.counters.schedule_flush(ctx)
         held = self.held.value() or []
-        if held and not self.wait.over(now_ms()):
-            ctx.timer_service().register_processing_time_timer(self.wait.next_look(now_ms()))
-        elif held:
-            self.held.clear()
-            self.waiting.discard(ctx.get_current_key())
-            for value in held:
-                try:
-                    rows = list(self._admit(value, value.record["tenant_id"], ctx))
-                except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
-                    rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
-                                        value.source)
-                yield from rows
-            self.counters.schedule_flush(ctx)
+        if not held:
+            return
+        self._policies(ctx)  # a restored instance's first call: the positions it had read come back with them
+        now, tenant = now_ms(), ctx.get_current_key()
+        if not self.wait.over(now):
+            ctx.timer_service().register_processing_time_timer(self.wait.next_look(now))
+            return
+        self.held.clear()
+        self.waiting.discard(tenant)
+        yield from self._admit_each(held, tenant, ctx)
+        self.counters.schedule_flush(ctx)
+
+    def _admit_each(self, values: list[PromptIn], tenant: str, ctx):
+        """Gate `values` in order; one that crashes the gate becomes a dead letter and a FAILED final."""
+        for value in values:
+            try:
+                rows = list(self._admit(value, tenant, ctx))
+            except Exception as exc:  # noqa: BLE001 - no prompt can stop the job
+                rows = self._failed(exc, repr(value.record).encode("utf-8"), None, None, None, value.record,
+                                    value.source)
+            yield from rows
 
     def _admit(self, value: PromptIn, tenant: str, ctx):
         policy = self._policies(ctx).get(tenant) or default_policy(tenant)

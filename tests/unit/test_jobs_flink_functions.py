@@ -611,3 +611,14 @@ def test_a_job_started_afresh_keeps_a_final_for_an_id_it_no_longer_knows(functio
     raw = _serde(cfg, cfg.results, "result").encode(_result("r1", "acme"))
     rows = list(orch_fn.process_element((KEY, raw, cfg.results, 0, 1), orch_ctx))
     assert [r[3][IDENTITY_HEADER] for r in rows] == [b"content/0@0:8", b"audit/0@0:8"] and orch_fn.replays.dropped == 0
+
+
+def test_a_restored_gate_lets_held_prompts_go_at_its_first_timer(monkeypatch):
+    from jobs import intake
+
+    gate_fn, ctx, clock, control, send = _waiting_gate(monkeypatch, None)  # held: the ends were unknown
+    assert send("a", "late", 10) == []
+    restored, ctx2, _, _, _ = _waiting_gate(monkeypatch, {0: 5}, {intake.POSITION + "0": 4})
+    ctx2.states["held_prompts"].values.update(ctx.states["held_prompts"].values)  # keyed state and timer come back
+    ctx2.key = "late"
+    assert [pickle.loads(r[1][1]).record["request_id"] for r in restored.on_timer(NOW, ctx2)] == ["a"]
