@@ -76,6 +76,10 @@ class JobConfig:
     # an attempt's deadline; 0: SETTINGS.limits.request_timeout_ms (the backfill lane's is its own: backfills.py)
     request_timeout_ms: int = 0
     admit_by_created_at: bool = False  # quota by the rows' read time: the backfill lane's (jobs/gate.py)
+    # "": thread mode, the job's Python inside the TaskManager (the live job: p99 21 ms where process mode
+    # lagged by seconds). A path: process mode, the Python in worker processes started by that interpreter
+    # (the backfill lane's niced wrapper: its Python off the live job's interpreter lock and cores)
+    python_worker: str = ""
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_MODES:
@@ -174,6 +178,8 @@ class JobConfig:
             args += ["--request-timeout-ms", str(self.request_timeout_ms)]
         if self.admit_by_created_at:
             args.append("--admit-by-created-at")
+        if self.python_worker:
+            args += ["--python-worker", self.python_worker]
         return args
 
 
@@ -201,6 +207,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout-ms", type=int, default=0, help="an attempt's deadline (default: the stack's)")
     p.add_argument("--admit-by-created-at", action="store_true",
                    help="tenant quotas count prompts by their created_at (a backfill lane; never a live job)")
+    p.add_argument("--python-worker", default="",
+                   help="process mode: the job's Python in worker processes run by this interpreter (default: "
+                        "thread mode, inside the TaskManager)")
 
 
 def add_delivery_arguments(p: argparse.ArgumentParser) -> None:
@@ -221,6 +230,7 @@ def from_args(ns: argparse.Namespace) -> JobConfig:
         delivery=ns.delivery, checkpoint_interval_ms=ns.checkpoint_interval_ms,
         local=ns.local, connector_jar=ns.connector_jar, use_redis=not ns.no_redis,
         request_timeout_ms=ns.request_timeout_ms, admit_by_created_at=ns.admit_by_created_at,
+        python_worker=ns.python_worker,
     )
 
 

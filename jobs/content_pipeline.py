@@ -29,6 +29,9 @@ Why these choices (measured on this machine, see jobs/README.md):
   DataStream KafkaSource in PyFlink only offers value-only deserializers.
 - `python.execution-mode: thread`: keyed state and timers at 500 prompts/s give
   p50 8 ms / p99 21 ms end to end; process mode lagged by seconds (p50 3.8 s).
+  The backfill lane, whose rows nobody waits for, runs in process mode
+  (`JobConfig.python_worker`): its Python in niced worker processes, off the
+  interpreter lock that the live job's operators take turns on.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ SINK_ROW = Types.ROW_NAMED(  # h: Kafka headers, a final's identity (jobs/replay
 )
 
 
+# Process mode's bundles (cfg.python_worker): a checkpoint barrier waits for what the Python worker holds.
+PROCESS_BUNDLE_SIZE, PROCESS_BUNDLE_MS = 100, 100
+
+
 def flink_configuration(cfg: JobConfig) -> Configuration:
     """What the job needs whatever the cluster's config.yaml says."""
     conf = Configuration()
@@ -74,8 +81,10 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "execution.buffer-timeout.interval": "5ms",
         "pipeline.name": cfg.job_name,
         "pipeline.global-job-parameters": f"{GLOBAL_PARAMETER}:{code_digest()}",  # `rscf job status`: stale code?
-        # Exactly-once delivery: each checkpoint commits the finals written before it, so a final waits for
-        # the next one (200 ms by default: +150-200 ms at p50, +280-660 ms at p99; jobs/README.md "Delivery").
+        # Exactly-once (read-back, the default): finals are written at once; a checkpoint (1 s) commits only
+        # republished records and bounds what a restore replays. Transactional: each checkpoint commits the
+        # finals written before it, so a final waits for the next one (200 ms: +150-200 ms at p50, +280-660 ms
+        # at p99). jobs/README.md "Delivery".
         "execution.checkpointing.interval": f"{cfg.checkpoint_interval_ms}ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
@@ -94,6 +103,10 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "restart-strategy.exponential-delay.reset-backoff-threshold": "10 min",
         "restart-strategy.exponential-delay.jitter-factor": "0.1",
     }
+    if cfg.python_worker:  # the backfill lane: latency does not matter, the live job's lock and cores do
+        values |= {"python.execution-mode": "process", "python.executable": cfg.python_worker,
+                   "python.fn-execution.bundle.size": str(PROCESS_BUNDLE_SIZE),
+                   "python.fn-execution.bundle.time": str(PROCESS_BUNDLE_MS)}
     for key, value in values.items():
         conf.set_string(key, value)
     return conf

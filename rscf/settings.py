@@ -296,6 +296,11 @@ class Limits:
     # `rscf bench backfill` on the shared 2-core machine it gave live p99 no gain at a fixed pace and its
     # niced worker started slowly under load, so the default stays "thread" (README, "Live traffic first").
     backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "thread")
+    # The same choice for the backfill lane's pipeline job (the live job's code on the lane's topics):
+    # "process" runs its Python in niced worker processes of their own (jobs/config.JobConfig.python_worker),
+    # off the live job's interpreter lock. Measured beside live 200/s (`rscf bench backfill`, 2026-12-04):
+    # live p99 174 ms at 127 rows/s of backfill, where the thread-mode lane gave 1,186 ms at 106 rows/s.
+    backfill_lane_mode: str = _env("BACKFILL_LANE_MODE", "process")
     # The ingest job halves its pace while the machine is busier than this share of its cores, and
     # climbs back to its budget when it is not (0: always the budget). Live traffic first.
     backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)

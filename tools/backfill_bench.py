@@ -5,11 +5,11 @@
    timed from the start call to the manifest saying FINISHED; CPU seconds per row of every stack process,
    the echo worker and the results writer over that window.
 2. Live latency: `rscf bench pipeline` at `live_rate` alone; then, each measured once rows come out of
-   the lane, beside a backfill as it ran before (NOT_YIELDING: ingest in thread mode on the TaskManager's
-   interpreter lock, fixed pace, nothing niced, 200 ms lane checkpoints), beside one isolated (ingest in a
-   niced Python worker process, niced lane worker and writer, 2 s lane checkpoints) at a fixed pace, and
-   beside one that also yields (pace halved while the machine is busy: the defaults); then alone again (a
-   shared machine drifts). Overhead p99 side by side and the ratios, in one run.
+   the lane, beside a backfill of each arm in turn (`arms`, `--arms`; by default as it ran before: the
+   ingest and the lane's Python on the TaskManager's interpreter lock, fixed pace, nothing niced; the
+   previous defaults: a yielding pace, a thread-mode lane; today's defaults: the lane's Python in niced
+   worker processes); then alone again (a shared machine drifts). Overhead p99 side by side and the
+   ratios against both alone runs, in one run.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Lane:
     def __init__(self, yielding: backfills.Yielding):
         self.name = f"bfb{uuid.uuid4().hex[:6]}"
         self.yielding = yielding
-        self.cfg = backfills.lane_config(self.name, yielding.lane_checkpoint_ms)
+        self.cfg = backfills.lane_config(self.name, yielding)
         self.worker = harness.EchoWorker(self.cfg)
 
     def __enter__(self) -> "Lane":
@@ -177,33 +177,54 @@ def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: 
     return {"live": live, "backfill": result, "backfill_flowing_after_s": round(waited, 1)}
 
 
-def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float) -> dict:
-    """Live overhead alone, beside a backfill as before, beside one isolated (niced process-mode ingest, niced
-    worker and writer, 2 s lane checkpoints) at a fixed pace, beside one that also yields, and alone again."""
+def arms() -> dict[str, backfills.Yielding]:
+    """What a backfill beside live may look like: as before (NOT_YIELDING); isolated (niced process-mode
+    ingest, niced worker and writer, 2 s lane checkpoints) at a fixed pace; the defaults before 2026-12-04
+    (the same yielding, the lane job's Python in the TaskManager); the lane's Python in niced worker
+    processes too (`lane_mode="process"`) at a fixed pace; and today's defaults (`Yielding()`)."""
+    y = backfills.Yielding()
+    fixed = dataclasses.replace(y, ingest_mode="process", yield_busy=0.0)
+    return {"not_yielding": backfills.NOT_YIELDING,
+            "isolated": dataclasses.replace(fixed, lane_mode="thread"),
+            "yielding_thread_lane": dataclasses.replace(y, lane_mode="thread"),
+            "lane_process": dataclasses.replace(fixed, lane_mode="process"),
+            "yielding": y}
+
+
+DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "yielding")
+
+
+def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
+                      names: tuple[str, ...] = DEFAULT_ARMS) -> dict:
+    """Live overhead alone, beside a backfill of each arm in turn (`arms`), and alone again."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
+    known = arms()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
     alone = _live(live_rate, duration_s)
-    before = _beside(live_rate, duration_s, n, budget, backfills.NOT_YIELDING)
-    isolated = _beside(live_rate, duration_s, n, budget, dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
-    after = _beside(live_rate, duration_s, n, budget, backfills.Yielding())
+    beside = {name: _beside(live_rate, duration_s, n, budget, known[name]) for name in names}
     alone_again = _live(live_rate, duration_s)
 
     def ratio(r: dict):  # against the first alone run (as before); `alone_again` shows the machine's drift
         return round(r["live"]["p99"] / alone["p99"], 2) if alone["p99"] else None
 
     return {"live_rate": live_rate, "duration_s": duration_s, "alone": alone, "alone_again": alone_again,
-            "not_yielding": before, "isolated": isolated, "yielding": after,
-            "p99_ratio_not_yielding": ratio(before), "p99_ratio_isolated": ratio(isolated),
-            "p99_ratio_yielding": ratio(after), "target_p99_ratio": 1.10}
+            **beside, **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
+            **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)
+               for name, r in beside.items() if alone_again["p99"]},
+            "target_p99_ratio": 1.10}
 
 
 def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
-        live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None) -> dict:
+        live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None,
+        names: tuple[str, ...] = DEFAULT_ARMS) -> dict:
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
         # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)
         out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update,
                                            yielding=dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     if live_rate > 0:
-        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget)
+        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget, names)
     return out

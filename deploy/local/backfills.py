@@ -28,7 +28,7 @@ from typing import Any
 
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
-from jobs.config import JobConfig
+from jobs.config import JobConfig, python_executable
 from operators.backfill import BackfillSpec, Manifest, done_ranges, progress, request_id
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
@@ -49,19 +49,23 @@ class Yielding:
     yield_busy: float = SETTINGS.limits.backfill_yield_busy
     nice: int = SETTINGS.limits.backfill_nice
     lane_checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms  # 0: the delivery mode's default
+    lane_mode: str = SETTINGS.limits.backfill_lane_mode  # "process": the lane job's Python niced, off the lock
 
 
-NOT_YIELDING = Yielding("thread", 0.0, 0, 0)  # as before: thread mode on the live job's lock, fixed pace, nice 0
+NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread")  # as before: thread mode on the live job's lock, fixed pace, nice 0
 
 
-def lane_config(lane: str = LANE, checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms) -> JobConfig:
+def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig:
     """The lane's job: the live job's code on the lane's topics; checkpoints every `checkpoint_ms` (each one
     commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer);
     a row's attempt waits up to `backfill_request_timeout_ms`, and the budget counts rows as the ingest read
-    them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota."""
+    them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota. In
+    process mode (`Yielding.lane_mode`) its Python runs in worker processes at the backfill's niceness."""
+    y = yielding or Yielding()
+    worker = "" if y.lane_mode != "process" else str(niced_python(y.nice) if y.nice > 0 else python_executable())
     return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
-                     checkpoint_interval_ms=checkpoint_ms, admit_by_created_at=True,
-                     request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms)
+                     checkpoint_interval_ms=y.lane_checkpoint_ms, admit_by_created_at=True,
+                     request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms, python_worker=worker)
 
 
 def state_dir(backfill_id: str) -> Path:
@@ -95,7 +99,7 @@ def ensure_lane(lane: str = LANE, yielding: Yielding | None = None) -> str:
     """The lane's topics and its pipeline job (submitted when not running); returns the job id."""
     from rscf import kafka_clients
 
-    cfg = lane_config(lane, (yielding or Yielding()).lane_checkpoint_ms)
+    cfg = lane_config(lane, yielding)
     kafka_clients.create_topics(cfg.all_topics(), 2, cfg.bootstrap, single_partition=(cfg.control,))
     job = flink_jobs.running(cfg.job_name)
     return job.job_id if job is not None else flink_jobs.submit(cfg).job_id

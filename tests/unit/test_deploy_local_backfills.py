@@ -43,15 +43,46 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     assert out.stdout.strip() == str(os.nice(0) + 10), "the Python worker's interpreter runs niced"
     old = parse(backfills._ingest_args("b1", "backfill", 500, backfills.NOT_YIELDING))
     assert (old.execution_mode, old.yield_busy, old.python_executable) == ("thread", 0.0, None)
-    assert backfills.lane_config("x", 2000).checkpoint_interval_ms == 2000
+    every_2s, every_0 = (dataclasses.replace(backfills.Yielding(), lane_checkpoint_ms=ms) for ms in (2000, 0))
+    assert backfills.lane_config("x", every_2s).checkpoint_interval_ms == 2000
     from jobs.config import EXACTLY_ONCE, default_checkpoint_interval_ms
 
-    assert backfills.lane_config("x", 0).checkpoint_interval_ms == default_checkpoint_interval_ms(EXACTLY_ONCE), \
+    assert backfills.lane_config("x", every_0).checkpoint_interval_ms == default_checkpoint_interval_ms(EXACTLY_ONCE), \
         "0: the delivery mode's default"
     # a row queued behind live traffic is not expired on the live 30 s deadline; the live job keeps it
-    lane = backfills.lane_config("x", 2000)
+    lane = backfills.lane_config("x", every_2s)
     assert lane.limits().request_timeout_ms == settings.limits.backfill_request_timeout_ms > 10 * 30_000
     assert "--request-timeout-ms" in lane.to_args() and "--request-timeout-ms" not in backfills.JobConfig().to_args()
+
+
+def test_a_process_mode_lane_runs_the_pipeline_python_niced_and_a_thread_mode_lane_inside(tmp_path, monkeypatch):
+    import dataclasses
+    import subprocess
+
+    from deploy.local import backfills
+    from jobs import content_pipeline
+    from jobs.config import parse
+
+    class Recorded(dict):
+        def set_string(self, key, value):
+            self[key] = value
+
+    settings = backfills.SETTINGS
+    monkeypatch.setattr(backfills, "SETTINGS", dataclasses.replace(settings, paths=dataclasses.replace(
+        settings.paths, data=tmp_path)))
+    monkeypatch.setattr(content_pipeline, "Configuration", Recorded)
+    process = backfills.lane_config("x", dataclasses.replace(backfills.Yielding(), lane_mode="process", nice=10))
+    assert parse(process.to_args()) == dataclasses.replace(process, redis_url=parse(process.to_args()).redis_url)
+    conf = content_pipeline.flink_configuration(process)
+    assert conf["python.execution-mode"] == "process" and conf["python.executable"] == process.python_worker
+    out = subprocess.run([process.python_worker, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+    assert out.stdout.strip() == str(os.nice(0) + 10), "the lane's Python workers run niced"
+    thread = backfills.lane_config("x", dataclasses.replace(backfills.Yielding(), lane_mode="thread"))
+    conf = content_pipeline.flink_configuration(thread)
+    assert (thread.python_worker, conf["python.execution-mode"]) == ("", "thread")
+    assert "--python-worker" not in thread.to_args()
+    assert content_pipeline.flink_configuration(backfills.JobConfig())["python.execution-mode"] == "thread", \
+        "the live job stays in thread mode"
 
 
 def test_the_lane_counts_its_budget_by_read_time_so_a_lane_that_catches_up_rejects_nothing():
