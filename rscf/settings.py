@@ -78,6 +78,12 @@ class Ports:
     # The SASL_SSL client listener (README "Kafka over TLS"): by default the client port + 50 (9142), so a
     # private stack that moves only RSCF_KAFKA_PORT (every test and env script from before) gets its own.
     kafka_tls: int = _env_int("KAFKA_TLS_PORT", _env_int("KAFKA_PORT", 9092) + 50)
+    # The fault matrix's listener (`rscf chaos` kafka-latency/-partition): the broker binds kafka_chaos and
+    # advertises kafka_chaos_proxy, where Toxiproxy listens during a run and forwards to kafka_chaos, so every
+    # connection of a client that bootstraps there goes through the proxy. Nothing listens on the proxy port
+    # otherwise; only the chaos job bootstraps there.
+    kafka_chaos: int = _env_int("KAFKA_CHAOS_PORT", _env_int("KAFKA_PORT", 9092) + 60)
+    kafka_chaos_proxy: int = _env_int("KAFKA_CHAOS_PROXY_PORT", _env_int("KAFKA_PORT", 9092) + 70)
     flink_rest: int = _env_int("FLINK_PORT", 8081)  # Web UI and REST for people: the proxy in front (README)
     # The JobManager's own REST endpoint behind it: mutual TLS, only the stack's Flink REST certificate.
     flink_rest_internal: int = _env_int("FLINK_REST_INTERNAL_PORT", 8082)

@@ -303,8 +303,13 @@ def run_matrix(names: Sequence[str], rate: float = 50.0, duration_s: float = 20.
             bar.set_postfix_str("building/starting toxiproxy")
             toxiproxy = F.Toxiproxy(F.install_toxiproxy(), SETTINGS.paths.logs / "chaos-toxiproxy.log")
             upstream = {"redis": f"{SETTINGS.host}:{SETTINGS.ports.redis}",
-                        "registry": f"{SETTINGS.host}:{SETTINGS.ports.registry}"}
-            proxy_ports = {name: toxiproxy.proxy(name, upstream[name]) for name in needed}
+                        "registry": f"{SETTINGS.host}:{SETTINGS.ports.registry}",
+                        "kafka": f"{SETTINGS.host}:{SETTINGS.ports.kafka_chaos}"}  # the broker's CHAOS listener
+            if "kafka" in needed and SETTINGS.kafka_auth.tls:
+                raise F.FaultError("kafka-latency/-partition need the plain client listener: unset RSCF_KAFKA_TLS")
+            # the broker advertises kafka_chaos_proxy on its CHAOS listener: the proxy must listen there
+            fixed = {"kafka": SETTINGS.ports.kafka_chaos_proxy}
+            proxy_ports = {name: toxiproxy.proxy(name, upstream[name], fixed.get(name, 0)) for name in needed}
         for fault in selected:
             phase = (lambda p, n=fault.name: bar.set_postfix_str(f"{n}: {p}"))
             try:

@@ -147,9 +147,13 @@ class Session:
                                                        redis_security.JOB)
         if "registry" in self.proxied:
             kw["registry_url"] = f"http://{SETTINGS.host}:{self.proxied['registry']}/apis/ccompat/v7"
+        if "kafka" in self.proxied:  # the job bootstraps at the proxy; the broker's CHAOS listener keeps it there
+            kw["bootstrap"] = f"{SETTINGS.host}:{self.proxied['kafka']}"
         self.cfg = harness.isolated_config("chaos", **kw)
-        # The load generator and the reader talk to the registry directly, never through a proxy.
-        self.client_cfg = dataclasses.replace(self.cfg, registry_url=SETTINGS.registry_url)
+        # The load generator, the reader and the workers talk to the registry and Kafka directly, never through
+        # a proxy: a fault holds between the job and its dependency only.
+        self.client_cfg = dataclasses.replace(self.cfg, registry_url=SETTINGS.registry_url,
+                                              bootstrap=SETTINGS.kafka_bootstrap)
         self.calls_log = SETTINGS.paths.logs / f"chaos-calls-{self.cfg.topic_suffix}.tsv"
         self.job = harness.PipelineRun(self.cfg)
         self.workers: list[WorkerProc] = []
@@ -160,7 +164,7 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
     def start(self, rate: float = 50.0, warmup_s: float = 5.0, warm_timeout_s: float = 240.0) -> None:
         SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
-        harness.create_topics(self.cfg, partitions=2)
+        harness.create_topics(self.client_cfg, partitions=2)
         self.producer = harness.Producer(self.client_cfg)
         for tenant, features in TENANTS.items():
             self.producer.control(harness.policy_event(tenant, features))
@@ -220,7 +224,7 @@ class Session:
             harness.terminate(w.proc, grace_s=10)
         self.workers = []
         for step in (self.job.stop, lambda: self.reader and self.reader.close(),
-                     lambda: harness.delete_topics(self.cfg)):
+                     lambda: harness.delete_topics(self.client_cfg)):
             try:
                 step()
             except Exception:  # noqa: BLE001 - best effort teardown
@@ -245,7 +249,7 @@ class Session:
         cmd = [sys.executable, "-m", "tools.chaos_worker", "--requests-topic", self.cfg.requests("echo"),
                "--results-topic", self.cfg.results, "--dlq-topic", self.cfg.dlq,
                "--group", f"echo-{self.cfg.group_id}", "--calls-log", str(self.calls_log),
-               "--delay-ms", str(delay_ms), "--bootstrap", self.cfg.bootstrap]
+               "--delay-ms", str(delay_ms), "--bootstrap", self.client_cfg.bootstrap]
         with open(SETTINGS.paths.logs / f"chaos-worker-{self.cfg.topic_suffix}.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=str(SETTINGS.paths.repo), env=env, stdout=log, stderr=subprocess.STDOUT)
         return WorkerProc(proc, delay_ms)
@@ -349,7 +353,7 @@ class FaultContext:
 
         from rscf import kafka_clients
 
-        p = Producer(kafka_clients.producer_config(self.session.cfg.bootstrap, 0, **{"message.max.bytes": 4_000_000}))
+        p = Producer(kafka_clients.producer_config(self.session.client_cfg.bootstrap, 0, **{"message.max.bytes": 4_000_000}))
         delivered: list = []
         p.produce(self.session.cfg.prompts, data, key=key.encode(), on_delivery=lambda err, msg: delivered.append((err, msg)))
         p.flush(60)

@@ -120,9 +120,9 @@ class Toxiproxy:
         self.stop()
         raise FaultError(f"toxiproxy did not answer on {self.api} within 20 s (log: {log_path})")
 
-    def proxy(self, name: str, upstream: str) -> int:
-        """Create a proxy to `upstream` on a free loopback port; returns that port."""
-        r = self.http.post("/proxies", json={"name": name, "listen": f"{SETTINGS.host}:0", "upstream": upstream,
+    def proxy(self, name: str, upstream: str, port: int = 0) -> int:
+        """Create a proxy to `upstream` on loopback `port` (0: a free one); returns its port."""
+        r = self.http.post("/proxies", json={"name": name, "listen": f"{SETTINGS.host}:{port}", "upstream": upstream,
                                              "enabled": True})
         r.raise_for_status()
         return int(r.json()["listen"].rsplit(":", 1)[1])
@@ -374,6 +374,10 @@ def catalogue() -> dict[str, Fault]:
                    toxic="timeout", attributes={"timeout": 0}),
         ProxyToxic("registry-partition", "job<->schema registry blackholed (Toxiproxy) for 20 s", hold_s=20,
                    proxy="registry", toxic="timeout", attributes={"timeout": 0}),
+        ProxyToxic("kafka-latency", "+200 ms each way job<->Kafka (Toxiproxy) for 20 s", hold_s=20, proxy="kafka",
+                   toxic="latency", attributes={"latency": 200, "jitter": 20}),
+        ProxyToxic("kafka-partition", "job<->Kafka blackholed (Toxiproxy timeout) for 20 s", hold_s=20,
+                   proxy="kafka", toxic="timeout", attributes={"timeout": 0}, drain_s=150),
         ServiceKill("s3-down", "object storage SIGKILLed, down 30 s", hold_s=30, service="s3"),
         ServiceKill("redis-down", "Redis SIGKILLed, down 30 s", hold_s=30, service="redis"),
         ServiceKill("registry-down", "schema registry SIGKILLed, down 30 s", hold_s=30, service="registry"),

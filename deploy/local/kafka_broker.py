@@ -57,24 +57,26 @@ def _kafka_listeners(mode: str, tls: TlsStore) -> str:
     (SASL_PLAINTEXT on RSCF_KAFKA_PORT, SASL_SSL on RSCF_KAFKA_TLS_PORT) take SCRAM-SHA-512 only; the
     controller listener (the broker's own link to its controller) takes PLAIN with one static user, as
     KRaft controllers cannot check SCRAM (it lives in the metadata they serve); the StandardAuthorizer
-    refuses what no ACL allows, whichever listener; the admin is the super user."""
+    refuses what no ACL allows, whichever listener; the admin is the super user. A third client listener,
+    CHAOS (as the plain one), advertises the fault proxy's port (`Ports.kafka_chaos`)."""
     if mode == kafka_security.NONE:
-        return f"""listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller}
-advertised.listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls}
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL
+        return f"""listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller},CHAOS://{H}:{P.kafka_chaos}
+advertised.listeners=PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},CHAOS://{H}:{P.kafka_chaos_proxy}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,CHAOS:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 {_tls_lines("SSL", tls)}"""
     admin, ks = kafka_security.ADMIN, kafka_security
     internal = load_or_create("kafka_controller_password", lambda: random_token(24), SETTINGS.paths.secrets).decode()
     scram_jaas = f'{ks.SCRAM_LOGIN_MODULE} required username="{admin}" password="{ks.password(admin)}";'
-    return f"""listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller}
-advertised.listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls}
-listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+    return f"""listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller},CHAOS://{H}:{P.kafka_chaos}
+advertised.listeners=SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},CHAOS://{H}:{P.kafka_chaos_proxy}
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,CHAOS:SASL_PLAINTEXT
 inter.broker.listener.name=SASL_PLAINTEXT
 sasl.enabled.mechanisms={ks.MECHANISM}
 sasl.mechanism.inter.broker.protocol={ks.MECHANISM}
 listener.name.sasl_plaintext.{ks.MECHANISM.lower()}.sasl.jaas.config={scram_jaas}
 listener.name.sasl_ssl.{ks.MECHANISM.lower()}.sasl.jaas.config={scram_jaas}
+listener.name.chaos.{ks.MECHANISM.lower()}.sasl.jaas.config={scram_jaas}
 {_tls_lines("SASL_SSL", tls)}sasl.mechanism.controller.protocol=PLAIN
 listener.name.controller.sasl.enabled.mechanisms=PLAIN
 listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \

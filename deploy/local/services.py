@@ -224,7 +224,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "kafka",
-        (P.kafka, P.kafka_controller, P.kafka_tls),
+        (P.kafka, P.kafka_controller, P.kafka_tls, P.kafka_chaos),
         lambda: kafka_java("kafka.Kafka", "-Xmx768m") + [str(kafka_dir() / "server.properties")],
         kafka_healthy,
         f"{H}:{P.kafka} (bootstrap), {H}:{P.kafka_tls} (TLS, CA {SETTINGS.paths.secrets / 'ca.pem'})",

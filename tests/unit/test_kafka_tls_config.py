@@ -22,19 +22,21 @@ def _props(text: str) -> dict[str, str]:
 
 
 def test_the_tls_port_is_its_own():
-    assert len({P.kafka, P.kafka_controller, P.kafka_tls}) == 3
+    assert len({P.kafka, P.kafka_controller, P.kafka_tls, P.kafka_chaos, P.kafka_chaos_proxy}) == 5
 
 
 def test_scram_broker_adds_a_sasl_ssl_listener_and_keeps_the_plaintext_one(data):
     store = kafka_broker.ensure_tls_store()
     props = _props(kafka_broker._kafka_listeners(ks.SCRAM, store))
     assert props["listeners"] == (f"SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},"
-                                  f"CONTROLLER://{H}:{P.kafka_controller}")
-    assert props["advertised.listeners"] == f"SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls}"
-    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"].split(",")
+                                  f"CONTROLLER://{H}:{P.kafka_controller},CHAOS://{H}:{P.kafka_chaos}")
+    # the fault matrix's listener advertises the fault proxy's port, and asks for SCRAM as the plain one does
+    assert props["advertised.listeners"] == (f"SASL_PLAINTEXT://{H}:{P.kafka},SASL_SSL://{H}:{P.kafka_tls},"
+                                             f"CHAOS://{H}:{P.kafka_chaos_proxy}")
+    assert {"SASL_SSL:SASL_SSL", "CHAOS:SASL_PLAINTEXT"} <= set(props["listener.security.protocol.map"].split(","))
     assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"  # the broker's own link: unchanged
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"  # on both client listeners
-    for listener in ("sasl_plaintext", "sasl_ssl"):
+    for listener in ("sasl_plaintext", "sasl_ssl", "chaos"):
         assert f"listener.name.{listener}.scram-sha-512.sasl.jaas.config" in props
     pre = "listener.name.sasl_ssl."
     assert props[pre + "ssl.keystore.type"] == props[pre + "ssl.truststore.type"] == "PEM"
@@ -47,7 +49,9 @@ def test_scram_broker_adds_a_sasl_ssl_listener_and_keeps_the_plaintext_one(data)
 
 def test_a_broker_without_authentication_gets_a_plain_ssl_listener(data):
     props = _props(kafka_broker._kafka_listeners(ks.NONE, kafka_broker.ensure_tls_store()))
-    assert props["listeners"] == f"PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},CONTROLLER://{H}:{P.kafka_controller}"
+    assert props["listeners"] == (f"PLAINTEXT://{H}:{P.kafka},SSL://{H}:{P.kafka_tls},"
+                                  f"CONTROLLER://{H}:{P.kafka_controller},CHAOS://{H}:{P.kafka_chaos}")
+    assert "CHAOS:PLAINTEXT" in props["listener.security.protocol.map"].split(",")
     assert props["listener.name.ssl.ssl.keystore.type"] == "PEM"
     assert "sasl.enabled.mechanisms" not in props
 
