@@ -298,18 +298,20 @@ class Limits:
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
     # "process": the ingest job's Python in a Python worker process of its own, niced as above, off the
-    # TaskManager's interpreter lock that the live job's thread-mode operators take turns on. Measured with
-    # `rscf bench backfill` on the shared 2-core machine it gave live p99 no gain at a fixed pace and its
-    # niced worker started slowly under load, so the default stays "thread" (README, "Live traffic first").
-    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "thread")
-    # The same choice for the backfill lane's pipeline job (the live job's code on the lane's topics):
-    # "process" runs its Python in niced worker processes of their own (jobs/config.JobConfig.python_worker),
-    # off the live job's interpreter lock. Measured beside live 200/s (`rscf bench backfill`, 2026-12-04):
-    # live p99 174 ms at 127 rows/s of backfill, where the thread-mode lane gave 1,186 ms at 106 rows/s.
+    # TaskManager's interpreter lock that the live job's thread-mode operators take turns on; "thread":
+    # inside the TaskManager. The same choice for the backfill lane's pipeline job (the live job's code on
+    # the lane's topics, jobs/config.JobConfig.python_worker). Measured beside live 200/s on a machine of its
+    # own (`rscf bench backfill`, 2026-12-04, README "Live traffic first"): both in niced process mode at a
+    # fixed pace, live p99 158-180 ms beside 116-157 rows/s of backfill (alone, same runs: 98-414 ms); the lane in
+    # process mode with a thread-mode, yielding ingest, 152-544 ms beside 62-119 rows/s; both in thread mode,
+    # 392-1,186 ms beside 106-126 rows/s.
+    backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
     backfill_lane_mode: str = _env("BACKFILL_LANE_MODE", "process")
     # The ingest job halves its pace while the machine is busier than this share of its cores, and
-    # climbs back to its budget when it is not (0: always the budget). Live traffic first.
-    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.8)
+    # climbs back to its budget when it is not (0: always the budget). Off by default since the backfill's
+    # Python is niced and off the live lock: the kernel yields for it, and the pace only cut the backfill
+    # (62-119 vs 116-157 rows/s in the runs above) without a better live p99. 0.8 turns it on.
+    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.0)
     # The backfill lane's job checkpoints (commits its finals) this often: 10x fewer checkpoints than
     # the live job's 200 ms on the shared TaskManager; a backfill row does not mind 2 s.
     backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)

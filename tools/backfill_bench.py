@@ -7,8 +7,8 @@
 2. Live latency: `rscf bench pipeline` at `live_rate` alone; then, each measured once rows come out of
    the lane, beside a backfill of each arm in turn (`arms`, `--arms`; by default as it ran before: the
    ingest and the lane's Python on the TaskManager's interpreter lock, fixed pace, nothing niced; the
-   previous defaults: a yielding pace, a thread-mode lane; today's defaults: the lane's Python in niced
-   worker processes); then alone again (a shared machine drifts). Overhead p99 side by side and the
+   defaults of 2026-12-03: a yielding pace, thread mode; today's defaults: the ingest's and the lane's
+   Python in niced worker processes, a fixed pace); then alone again (a shared machine drifts). Overhead p99 side by side and the
    ratios against both alone runs, in one run.
 """
 
@@ -22,6 +22,7 @@ import time
 import uuid
 
 from deploy.local import backfills, flink_jobs
+from jobs.backfill_pace import Pace
 from operators.backfill import BackfillSpec
 from rscf.settings import SETTINGS
 from tools import harness
@@ -178,20 +179,20 @@ def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: 
 
 
 def arms() -> dict[str, backfills.Yielding]:
-    """What a backfill beside live may look like: as before (NOT_YIELDING); isolated (niced process-mode
-    ingest, niced worker and writer, 2 s lane checkpoints) at a fixed pace; the defaults before 2026-12-04
-    (the same yielding, the lane job's Python in the TaskManager); the lane's Python in niced worker
-    processes too (`lane_mode="process"`) at a fixed pace; and today's defaults (`Yielding()`)."""
-    y = backfills.Yielding()
-    fixed = dataclasses.replace(y, ingest_mode="process", yield_busy=0.0)
+    """What a backfill beside live may look like (all but the first at the backfill niceness, 2 s lane
+    checkpoints): as before (NOT_YIELDING); isolated: a process-mode ingest, a thread-mode lane, a fixed
+    pace; the defaults of 2026-12-03: thread-mode ingest and lane, a pace that yields while the machine is
+    busy; yielding: the same with the lane in process mode; lane_process (today's defaults): ingest and lane
+    in process mode, a fixed pace."""
+    y, busy = backfills.Yielding(), Pace.busy_high
     return {"not_yielding": backfills.NOT_YIELDING,
-            "isolated": dataclasses.replace(fixed, lane_mode="thread"),
-            "yielding_thread_lane": dataclasses.replace(y, lane_mode="thread"),
-            "lane_process": dataclasses.replace(fixed, lane_mode="process"),
-            "yielding": y}
+            "isolated": dataclasses.replace(y, ingest_mode="process", lane_mode="thread", yield_busy=0.0),
+            "yielding_thread_lane": dataclasses.replace(y, ingest_mode="thread", lane_mode="thread", yield_busy=busy),
+            "yielding": dataclasses.replace(y, ingest_mode="thread", lane_mode="process", yield_busy=busy),
+            "lane_process": dataclasses.replace(y, ingest_mode="process", lane_mode="process", yield_busy=0.0)}
 
 
-DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "yielding")
+DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "lane_process")
 
 
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,

@@ -135,7 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated features of the tenant on the lane (default: its live policy's)")
     s.add_argument("--no-lane", action="store_true", help="do not start the lane job (it runs elsewhere)")
     s.add_argument("--no-yield", action="store_true",
-                   help="read at the budget even while the machine's cores are busy (default: halve the pace then)")
+                   help="read at the budget even while the machine's cores are busy (the default unless "
+                        "RSCF_BACKFILL_YIELD_BUSY is set, e.g. 0.8: halve the pace while busier than that)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until it finishes")
     s.add_argument("--timeout", type=float, default=0.0, help="with --wait: give up after this many seconds")
     s.set_defaults(func=cmd_start)
