@@ -78,4 +78,5 @@ class CpuBusy:
         d_busy, d_idle = busy - self.prev[0], idle - self.prev[1]
         self.prev = (busy, idle)
         total = d_busy + d_idle
-        return d_busy / total if total > 0 else 0.0
+        # iowait is not monotonic in /proc/stat: over a short window one share can step back past zero
+        return min(1.0, max(0.0, d_busy / total)) if total > 0 else 0.0

@@ -78,10 +78,7 @@ class Ports:
     # The SASL_SSL client listener (README "Kafka over TLS"): by default the client port + 50 (9142), so a
     # private stack that moves only RSCF_KAFKA_PORT (every test and env script from before) gets its own.
     kafka_tls: int = _env_int("KAFKA_TLS_PORT", _env_int("KAFKA_PORT", 9092) + 50)
-    # The fault matrix's listener (`rscf chaos` kafka-latency/-partition): the broker binds kafka_chaos and
-    # advertises kafka_chaos_proxy, where Toxiproxy listens during a run and forwards to kafka_chaos, so every
-    # connection of a client that bootstraps there goes through the proxy. Nothing listens on the proxy port
-    # otherwise; only the chaos job bootstraps there.
+    # `rscf chaos` kafka faults: the broker binds kafka_chaos, advertises kafka_chaos_proxy (Toxiproxy's)
     kafka_chaos: int = _env_int("KAFKA_CHAOS_PORT", _env_int("KAFKA_PORT", 9092) + 60)
     kafka_chaos_proxy: int = _env_int("KAFKA_CHAOS_PROXY_PORT", _env_int("KAFKA_PORT", 9092) + 70)
     flink_rest: int = _env_int("FLINK_PORT", 8081)  # Web UI and REST for people: the proxy in front (README)
@@ -292,28 +289,18 @@ class Limits:
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
-    # The controller's backfill-lane replicas: 0 when idle, at most this many per pool, and every
-    # backfill-only process (those replicas, the results writer) runs at this niceness (CFS weight
-    # 110 vs 1024 at nice 0: under contention live processes get ~90 % of a core).
+    # The controller's backfill-lane replicas: 0 when idle, at most this many per pool; every backfill-only
+    # process runs at this niceness (CFS weight 110 vs 1024: under contention live gets ~90 % of a core).
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
-    # "process": the ingest job's Python in a Python worker process of its own, niced as above, off the
-    # TaskManager's interpreter lock that the live job's thread-mode operators take turns on; "thread":
-    # inside the TaskManager. The same choice for the backfill lane's pipeline job (the live job's code on
-    # the lane's topics, jobs/config.JobConfig.python_worker). Measured beside live 200/s on a machine of its
-    # own (`rscf bench backfill`, 2026-12-04, README "Live traffic first"): both in niced process mode at a
-    # fixed pace, live p99 158-180 ms beside 116-157 rows/s of backfill (alone, same runs: 98-414 ms); the lane in
-    # process mode with a thread-mode, yielding ingest, 152-544 ms beside 62-119 rows/s; both in thread mode,
-    # 392-1,186 ms beside 106-126 rows/s.
+    # "process": the ingest's and the lane's Python in niced workers, off the live job's interpreter lock
+    # ("thread": in the TaskManager). Live p99 beside a backfill: 158-180 vs 392-1,186 ms (README).
     backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
     backfill_lane_mode: str = _env("BACKFILL_LANE_MODE", "process")
-    # The ingest job halves its pace while the machine is busier than this share of its cores, and
-    # climbs back to its budget when it is not (0: always the budget). Off by default since the backfill's
-    # Python is niced and off the live lock: the kernel yields for it, and the pace only cut the backfill
-    # (62-119 vs 116-157 rows/s in the runs above) without a better live p99. 0.8 turns it on.
+    # The ingest halves its pace while the cores are busier than this share (0, the default: never; with
+    # the backfill niced and off the live lock it only cut rows/s, not live p99). 0.8 turns it on.
     backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.0)
-    # The backfill lane's job checkpoints (commits its finals) this often: 10x fewer checkpoints than
-    # the live job's 200 ms on the shared TaskManager; a backfill row does not mind 2 s.
+    # The backfill lane's job checkpoints this often: a backfill row does not mind 2 s; fewer checkpoints.
     backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
     # A backfill row's attempt deadline in the lane's job: nobody waits for it, and behind live traffic
     # (LOW lane) it queues. With the live 30 s, 5,713 of 100,000 rows EXPIRED and 2,375 FAILED beside live.

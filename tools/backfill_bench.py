@@ -8,8 +8,8 @@
    the lane, beside a backfill of each arm in turn (`arms`, `--arms`; by default as it ran before: the
    ingest and the lane's Python on the TaskManager's interpreter lock, fixed pace, nothing niced; the
    defaults of 2026-12-03: a yielding pace, thread mode; today's defaults: the ingest's and the lane's
-   Python in niced worker processes, a fixed pace); then alone again (a shared machine drifts). Overhead p99 side by side and the
-   ratios against both alone runs, in one run.
+   Python in niced worker processes, a fixed pace); then alone again (a shared machine drifts). Overhead
+   p99 side by side and the ratios against both alone runs, in one run.
 """
 
 from __future__ import annotations

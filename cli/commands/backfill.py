@@ -169,18 +169,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         formats = tuple(f for f in args.formats.split(",") if f)  # "": the side-by-side run only
         result = backfill_bench.run(args.rows, formats, args.budget, args.live_rate,
                                     args.live_duration, args.live_budget, on_update=show,
-                                    names=tuple(a for a in args.arms.split(",") if a))
+                                    names=tuple(a for a in args.arms.split(",") if a) or backfill_bench.DEFAULT_ARMS)
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
     print(json.dumps(result) if args.json else "\n" + json.dumps(result, indent=2))
     ok = all(f["state"] == "FINISHED" for f in result["formats"].values())
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def backfill_bench_arms() -> tuple[str, ...]:
-    from tools.backfill_bench import DEFAULT_ARMS
-
-    return DEFAULT_ARMS
 
 
 def register_bench(bsub: argparse._SubParsersAction) -> None:
@@ -192,7 +186,7 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--live-rate", type=int, default=200, help="live prompts/s of the side-by-side run; 0: skip it")
     p.add_argument("--live-duration", type=float, default=20.0)
     p.add_argument("--live-budget", type=float, default=500.0, help="rows/s budget of the backfill beside live")
-    p.add_argument("--arms", default=",".join(backfill_bench_arms()),
-                   help="the backfills to run beside live, in order (not_yielding, isolated, yielding, "
-                        "lane_process, lane_process_yielding: tools/backfill_bench.arms)")
+    p.add_argument("--arms", default="",
+                   help="the backfills to run beside live, in order, comma-separated (tools/backfill_bench.arms; "
+                        "default: its DEFAULT_ARMS)")
     p.set_defaults(func=cmd_bench)

@@ -56,7 +56,7 @@ NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread")  # as before: thread mode
 
 
 def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig:
-    """The lane's job: the live job's code on the lane's topics; checkpoints every `checkpoint_ms` (each one
+    """The lane's job: the live job's code on the lane's topics; checkpoints every `lane_checkpoint_ms` (each one
     commits the lane's finals: a backfill row may wait for it, and the shared TaskManager does 10x fewer);
     a row's attempt waits up to `backfill_request_timeout_ms`, and the budget counts rows as the ingest read
     them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota. In
@@ -231,8 +231,8 @@ def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits
 
 
 def niced_python(nice: int) -> Path:
-    """The ingest job's Python worker interpreter (process mode): the venv's Python under `nice`, so the
-    rows' parsing, validation and encoding run after live work whenever both want a core."""
+    """The Python worker interpreter of the ingest and lane jobs in process mode: the venv's Python under
+    `nice`, so a backfill's Python runs after live work whenever both want a core."""
     path = SETTINGS.paths.data / "backfills" / f"python-nice{nice}"
     text = (f"#!/bin/sh\n# written by deploy/local/backfills.py: the backfill's Flink Python workers, niced\n"
             f"exec nice -n {nice} {SETTINGS.paths.venv / 'bin' / 'python'} \"$@\"\n")
