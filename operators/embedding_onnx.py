@@ -28,11 +28,13 @@ from operators.embedding import DIM
 from rscf.settings import SETTINGS
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+LAYERS = 6  # MiniLM-L6's transformer layers; fewer (first K kept) only for `rscf bench embeddings` (jobs/README)
 EXPORT_VERSION = "1"  # bump when the export recipe changes: a stale cache is rebuilt
 
 
-def export_dir() -> Path:
-    return SETTINGS.paths.cache / "embeddings" / "minilm-onnx-int8"
+def export_dir(layers: int = LAYERS) -> Path:
+    suffix = "" if layers == LAYERS else f"-layers{layers}"
+    return SETTINGS.paths.cache / "embeddings" / f"minilm-onnx-int8{suffix}"
 
 
 def _model_dir() -> Path:
@@ -50,9 +52,14 @@ def is_exported(out: Path | None = None) -> bool:
     return stamp.get("version") == EXPORT_VERSION and (out / "model-int8.onnx").exists()
 
 
-def export(out: Path | None = None, force: bool = False) -> Path:
-    """torch.onnx.export of BertModel behind a keyword wrapper, then `quantize_dynamic` per channel."""
-    out = out or export_dir()
+def export(out: Path | None = None, force: bool = False, layers: int = LAYERS) -> Path:
+    """torch.onnx.export of BertModel behind a keyword wrapper, then `quantize_dynamic` per channel.
+
+    `layers` < 6 keeps the first K transformer layers, not trained further: a cheaper model whose quality
+    `rscf bench embeddings --backends onnx-int8-L4` measures (the service always serves all six)."""
+    if not 1 <= layers <= LAYERS:
+        raise ValueError(f"layers must be 1..{LAYERS}, not {layers}")
+    out = out or export_dir(layers)
     if is_exported(out) and not force:
         return out
     import torch
@@ -62,6 +69,8 @@ def export(out: Path | None = None, force: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     src = _model_dir()
     model = AutoModel.from_pretrained(str(src)).eval()
+    model.encoder.layer = model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
 
     class Wrapper(torch.nn.Module):  # BertModel takes keywords; the exporter passes positionals
         def __init__(self, bert):
@@ -83,7 +92,7 @@ def export(out: Path | None = None, force: bool = False) -> Path:
     quantize_dynamic(str(fp32), str(out / "model-int8.onnx"), per_channel=True, weight_type=QuantType.QInt8)
     fp32.unlink()
     shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
-    (out / "stamp.json").write_text(json.dumps({"version": EXPORT_VERSION, "source": str(src),
+    (out / "stamp.json").write_text(json.dumps({"version": EXPORT_VERSION, "source": str(src), "layers": layers,
                                                 "quantization": "int8 dynamic, per channel"}))
     return out
 

@@ -9,7 +9,8 @@
    ingest and the lane's Python on the TaskManager's interpreter lock, fixed pace, nothing niced; the
    defaults of 2026-12-03: a yielding pace, thread mode; today's defaults: the ingest's and the lane's
    Python in niced worker processes, a fixed pace); then alone again (a shared machine drifts). Overhead
-   p99 side by side and the ratios against both alone runs, in one run.
+   p99 side by side and the ratios against both alone runs, in one run. With `rounds` > 1 the beside and
+   alone runs repeat, interleaved, and pooled and bracketed ratios come out (`tools.side_by_side`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from operators.backfill import BackfillSpec
 from rscf.settings import SETTINGS
 from tools import harness
 from tools.pipeline_bench import CpuMeter, run_bench
+from tools.side_by_side import side_by_side
 
 FILES = 4
 
@@ -158,8 +160,10 @@ def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_up
 
 def _live(live_rate: int, duration_s: float) -> dict:
     # the issue's target is the live PREMIUM tenant's p99: the live tenant is PREMIUM (its own features: echo)
-    r = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3, tier="PREMIUM")
-    return {**{q: r["overhead_ms"][q] for q in ("p50", "p95", "p99")}, "throughput_per_s": r["throughput_per_s"]}
+    r = run_bench(rate=live_rate, duration_s=duration_s, progress=False, warmup_s=3, tier="PREMIUM",
+                  keep_samples=True)
+    return {**{q: r["overhead_ms"][q] for q in ("p50", "p95", "p99")}, "throughput_per_s": r["throughput_per_s"],
+            "samples": r["overhead_samples_ms"]}
 
 
 def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: backfills.Yielding) -> dict:
@@ -182,50 +186,68 @@ def arms() -> dict[str, backfills.Yielding]:
     """What a backfill beside live may look like (all but the first at the backfill niceness, 2 s lane
     checkpoints): as before (NOT_YIELDING); isolated: a process-mode ingest, a thread-mode lane, a fixed
     pace; the defaults of 2026-12-03: thread-mode ingest and lane, a pace that yields while the machine is
-    busy; yielding: the same with the lane in process mode; lane_process (today's defaults): ingest and lane
-    in process mode, a fixed pace."""
+    busy; yielding: the same with the lane in process mode; lane_process (the defaults since 2026-12-04):
+    ingest and lane in process mode, a fixed pace; lane_process_yielding: the same with the yielding pace."""
     y, busy = backfills.Yielding(), Pace.busy_high
     return {"not_yielding": backfills.NOT_YIELDING,
             "isolated": dataclasses.replace(y, ingest_mode="process", lane_mode="thread", yield_busy=0.0),
             "yielding_thread_lane": dataclasses.replace(y, ingest_mode="thread", lane_mode="thread", yield_busy=busy),
             "yielding": dataclasses.replace(y, ingest_mode="thread", lane_mode="process", yield_busy=busy),
-            "lane_process": dataclasses.replace(y, ingest_mode="process", lane_mode="process", yield_busy=0.0)}
+            "lane_process": dataclasses.replace(y, ingest_mode="process", lane_mode="process", yield_busy=0.0),
+            "lane_process_yielding": dataclasses.replace(y, ingest_mode="process", lane_mode="process",
+                                                         yield_busy=busy)}
 
 
 DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "lane_process")
 
 
+def _figures(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k != "samples"}
+
+
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
-                      names: tuple[str, ...] = DEFAULT_ARMS) -> dict:
-    """Live overhead alone, beside a backfill of each arm in turn (`arms`), and alone again."""
+                      names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1) -> dict:
+    """Live overhead alone, then `rounds` times: beside a backfill of each arm in turn (`arms`), and alone
+    again; pooled and bracketed ratios from every run (`tools.side_by_side`)."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
     known = arms()
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
-    alone = _live(live_rate, duration_s)
-    beside = {name: _beside(live_rate, duration_s, n, budget, known[name]) for name in names}
-    alone_again = _live(live_rate, duration_s)
+    alone_runs = [_live(live_rate, duration_s)]
+    beside_runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(max(1, rounds)):
+        for name in names:
+            beside_runs[name].append(_beside(live_rate, duration_s, n, budget, known[name]))
+        alone_runs.append(_live(live_rate, duration_s))
+    alone, alone_again = alone_runs[0], alone_runs[-1]
+    beside = {name: runs[0] for name, runs in beside_runs.items()}
 
     def ratio(r: dict):  # against the first alone run (as before); `alone_again` shows the machine's drift
         return round(r["live"]["p99"] / alone["p99"], 2) if alone["p99"] else None
 
-    return {"live_rate": live_rate, "duration_s": duration_s, "alone": alone, "alone_again": alone_again,
-            **beside, **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
+    figures = side_by_side([run["samples"] for run in alone_runs],
+                           {name: [r["live"]["samples"] for r in runs] for name, runs in beside_runs.items()})
+    for runs in beside_runs.values():
+        for r in runs:
+            r["live"] = _figures(r["live"])
+    return {"live_rate": live_rate, "duration_s": duration_s, "alone": _figures(alone),
+            "alone_again": _figures(alone_again), **beside, **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)
                for name, r in beside.items() if alone_again["p99"]},
+            "interleaved": figures, "later_rounds": {name: runs[1:] for name, runs in beside_runs.items() if runs[1:]},
             "target_p99_ratio": 1.10}
 
 
 def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
         live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None,
-        names: tuple[str, ...] = DEFAULT_ARMS) -> dict:
+        names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1) -> dict:
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
         # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)
         out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update,
                                            yielding=dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     if live_rate > 0:
-        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget, names)
+        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget, names, rounds)
     return out

@@ -222,7 +222,8 @@ def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar, text
 def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, progress: bool = True,
               parallelism: int = 1, warmup_s: float = 5.0, delivery: str = EXACTLY_ONCE,
               checkpoint_interval_ms: int = 0, features: tuple[str, ...] = (), repeat_share: float = 0.3,
-              tier: str = "STANDARD") -> dict:
+              tier: str = "STANDARD", keep_samples: bool = False) -> dict:
+    """One benchmark run; `keep_samples` adds every prompt's overhead (`overhead_samples_ms`) for pooling."""
     from tqdm import tqdm
 
     from tools.prompt_mix import prompt_mix
@@ -328,6 +329,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "startup_s": round(startup_s, 1),
             "warmup_s": warmup_s,
             "cpu": cpu,
+            **({"overhead_samples_ms": overhead} if keep_samples else {}),
             "job": cfg.job_name,
             "mode": "local MiniCluster" if local else "cluster",
             "parallelism": parallelism,

@@ -169,7 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         formats = tuple(f for f in args.formats.split(",") if f)  # "": the side-by-side run only
         result = backfill_bench.run(args.rows, formats, args.budget, args.live_rate,
                                     args.live_duration, args.live_budget, on_update=show,
-                                    names=tuple(a for a in args.arms.split(",") if a) or backfill_bench.DEFAULT_ARMS)
+                                    names=tuple(a for a in args.arms.split(",") if a) or backfill_bench.DEFAULT_ARMS,
+                                    rounds=args.rounds)
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
     print(json.dumps(result) if args.json else "\n" + json.dumps(result, indent=2))
@@ -189,4 +190,6 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", default="",
                    help="the backfills to run beside live, in order, comma-separated (tools/backfill_bench.arms; "
                         "default: its DEFAULT_ARMS)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="beside/alone rounds of the side-by-side run, interleaved; more rounds, steadier ratios")
     p.set_defaults(func=cmd_bench)
