@@ -233,7 +233,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
         for r in runs:
             r["live"] = _figures(r["live"])
     return {"live_rate": live_rate, "duration_s": duration_s, "alone": _figures(alone),
-            "alone_again": _figures(alone_again), **beside, **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
+            "alone_again": _figures(alone_again), **beside,
+            **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)
                for name, r in beside.items() if alone_again["p99"]},
             "interleaved": figures, "later_rounds": {name: runs[1:] for name, runs in beside_runs.items() if runs[1:]},

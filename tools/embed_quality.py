@@ -88,7 +88,7 @@ def cost_ms(embedder, texts: list[str]) -> dict:
 
 def backends(names: list[str]):
     from operators.embedding import Embedder
-    from operators.embedding_onnx import LAYERS, OnnxEmbedder, export, export_dir, is_exported
+    from operators.embedding_onnx import LAYERS, OnnxEmbedder, export, is_exported
 
     for name in names:
         if name == "torch":
@@ -97,10 +97,8 @@ def backends(names: list[str]):
             if not is_exported():
                 raise FileNotFoundError("no ONNX export: run `python -m operators.embedding_onnx export`")
             yield name, OnnxEmbedder(threads=1)
-        elif name.startswith("onnx-int8-L") and name[len("onnx-int8-L"):].isdigit():
-            layers = int(name[len("onnx-int8-L"):])  # the first K layers only: exported on first use (~10 s)
-            path = export(layers=layers) if layers != LAYERS else export_dir()
-            yield name, OnnxEmbedder(path, threads=1)
+        elif name.removeprefix("onnx-int8-L").isdigit():  # the first K layers only: exported on first use (~10 s)
+            yield name, OnnxEmbedder(export(layers=int(name.removeprefix("onnx-int8-L"))), threads=1)
         else:
             raise ValueError(f"unknown backend {name!r} (torch, onnx-int8, onnx-int8-L1 .. onnx-int8-L{LAYERS})")
 

@@ -35,6 +35,7 @@ from rscf.kafka_clients import client_security
 from rscf.settings import SETTINGS
 from schemas.keys import SEP
 from tools import harness
+from tools.side_by_side import percentile
 
 
 class CpuMeter:
@@ -197,13 +198,6 @@ class FinalsReader(harness.Reader):
         super().close()
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(int(q * len(values)), len(values) - 1)], 1)
-
-
 def _offer(producer, reader, ids: list[str], rate: float, tenant: str, bar, texts: list[str] | None = None) -> None:
     """Send `ids` at `rate`: what is due goes out, then read until the next prompt is due."""
     start = time.monotonic()
@@ -310,16 +304,17 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             # how long after the last prompt was sent the last final arrived: small and not growing with
             # the duration when the pipeline keeps up; a backlog shows here as seconds
             "drain_s": round(done_s - offered_s, 2),
-            "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95), "p99": _pct(overhead, 0.99),
+            "overhead_ms": {"p50": percentile(overhead, 0.5), "p95": percentile(overhead, 0.95),
+                            "p99": percentile(overhead, 0.99),
                             "mean": round(statistics.fmean(overhead), 1) if overhead else None},
             # exactly-once only, same run: overhead as a read_uncommitted reader saw it (the final written,
             # not yet committed: what at-least-once readers get), and the wait for the commit itself
-            "uncommitted_overhead_ms": {"p50": _pct([w for w, _ in written], 0.5),
-                                        "p99": _pct([w for w, _ in written], 0.99)} if written else None,
-            "commit_wait_ms": {"p50": _pct(commit_wait, 0.5), "p95": _pct(commit_wait, 0.95),
-                               "p99": _pct(commit_wait, 0.99)} if commit_wait else None,
-            "job_pipeline_ms_p50": _pct(pipeline_ms, 0.5),
-            "job_pipeline_ms_p99": _pct(pipeline_ms, 0.99),
+            "uncommitted_overhead_ms": {"p50": percentile([w for w, _ in written], 0.5),
+                                        "p99": percentile([w for w, _ in written], 0.99)} if written else None,
+            "commit_wait_ms": {"p50": percentile(commit_wait, 0.5), "p95": percentile(commit_wait, 0.95),
+                               "p99": percentile(commit_wait, 0.99)} if commit_wait else None,
+            "job_pipeline_ms_p50": percentile(pipeline_ms, 0.5),
+            "job_pipeline_ms_p99": percentile(pipeline_ms, 0.99),
             "model_calls_per_final": (round(counters["model_calls"] / len(got.content), 3)
                                       if "model_calls" in counters and got.content else None),
             "duplicate_requests": counters.get("duplicate_requests"),

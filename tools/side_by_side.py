@@ -15,12 +15,16 @@ import statistics
 from typing import Sequence
 
 
-def p99(samples: Sequence[float]) -> float | None:
-    """The nearest-rank 99th percentile (as `rscf bench pipeline` reports it), None without samples."""
-    if not samples:
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank `q` quantile, rounded to 0.1 (every `rscf bench pipeline` percentile), None without values."""
+    if not values:
         return None
-    ordered = sorted(samples)
-    return round(ordered[min(int(0.99 * len(ordered)), len(ordered) - 1)], 1)
+    ordered = sorted(values)
+    return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
+
+
+def p99(samples: Sequence[float]) -> float | None:
+    return percentile(samples, 0.99)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -276,7 +276,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = bsub.add_parser("embeddings", parents=[json_parent()],
                         help="embedding backends: moderation macro-F1, retrieval recall, ms per text")
-    p.add_argument("--backends", default="torch,onnx-int8", help="comma-separated: torch, onnx-int8, onnx-int8-LK (first K of 6 layers)")
+    p.add_argument("--backends", default="torch,onnx-int8",
+                   help="comma-separated: torch, onnx-int8, onnx-int8-LK (first K of 6 layers)")
     p.add_argument("--service", action="store_true",
                    help="instead: texts/s of the running embedding service, one per call / calls of 64 / 8 callers")
     p.set_defaults(func=cmd_embeddings)
