@@ -91,16 +91,26 @@ class RemoteEmbedder:
     Why: torch inside a thread-mode PyFlink operator stalls it (measured), so the
     job reaches the model over HTTP. After a failure it stays `available() ==
     False` for `backoff_s`, so an outage costs one timeout, not one per record.
-    """
+
+    The client is the standard library's `http.client`, one kept-alive connection per thread (TCP_NODELAY:
+    without it keep-alive met Nagle + delayed ACK, ~40 ms a call). httpx cost the TaskManager's Python ~17 %
+    of its time on the full path at 100 prompts/s and logged every call at INFO through the job's log
+    handler into the TaskManager log (another 7 %, py-spy; jobs/README "The full path")."""
 
     dim = DIM
 
     def __init__(self, url: str | None = None, timeout_s: float = 5.0, backoff_s: float = 5.0):
+        from urllib.parse import urlsplit
+
         self.url = (url or SETTINGS.embedder_url).rstrip("/")
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self._down_until = 0.0
-        self._client = None
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"embedding service URL must be http(s)://host[:port], not {self.url!r}")
+        self._target = (parts.scheme, parts.hostname, parts.port, parts.path.rstrip("/") + "/embed")
+        self._local = threading.local()
 
     def __getstate__(self) -> dict:
         return {"url": self.url, "timeout_s": self.timeout_s, "backoff_s": self.backoff_s}
@@ -113,34 +123,62 @@ class RemoteEmbedder:
 
         return time.monotonic() >= self._down_until
 
+    def _connection(self):
+        import http.client
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            scheme, host, port, _ = self._target
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(host, port, timeout=self.timeout_s)
+        return conn
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        """One POST on this thread's connection; a connection the server closed while idle is
+        opened again once (a restarted service), any other failure raises."""
+        import http.client
+
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        for attempt in (0, 1):
+            conn = self._connection()
+            reused = conn.sock is not None
+            try:
+                conn.request("POST", self._target[3], body=body, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if not reused or attempt:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import base64
+        import http.client
+        import json
         import time
-
-        import httpx
 
         if len(texts) == 0:
             return np.zeros((0, DIM), dtype=np.float32)
         if not self.available():
             raise EmbedderUnavailable(f"embedding service marked down (retry after {self.backoff_s:.0f} s)")
-        if self._client is None:  # one kept-alive connection, TCP_NODELAY (else ~40 ms delayed-ACK stalls)
-            import socket
-
-            nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-            self._client = httpx.Client(timeout=self.timeout_s, transport=httpx.HTTPTransport(socket_options=nodelay))
         try:
-            r = self._client.post(f"{self.url}/embed", json={"texts": list(texts)})
-            if r.status_code != 200:
-                raise EmbedderUnavailable(f"embedding service answered {r.status_code}: {r.text[:200]}")
-            body = r.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            status, raw_body = self._post(json.dumps({"texts": list(texts)}).encode())
+            if status != 200:
+                raise EmbedderUnavailable(f"embedding service answered {status}: "
+                                          f"{raw_body[:200].decode(errors='replace')}")
+            body = json.loads(raw_body)
+            raw = base64.b64decode(body["vectors"])
+            return np.frombuffer(raw, dtype="<f4").reshape(body["n"], body["dim"]).astype(np.float32)
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
             self._down_until = time.monotonic() + self.backoff_s
             raise EmbedderUnavailable(f"embedding service unreachable: {type(exc).__name__}: {exc}") from exc
         except EmbedderUnavailable:
             self._down_until = time.monotonic() + self.backoff_s
             raise
-        raw = base64.b64decode(body["vectors"])
-        return np.frombuffer(raw, dtype="<f4").reshape(body["n"], body["dim"]).astype(np.float32)
 
 
 class VectorCache:

@@ -155,4 +155,43 @@ def service_throughput(url: str, n: int = 192, seed: int = 21) -> dict:
     for th in threads:
         th.join()
     out["one_per_call_8_threads"] = round(n / (time.perf_counter() - t0), 1)
-    return {"texts_per_s": out, "texts": n}
+    return {"texts_per_s": out, "texts": n, "client_us_per_call": client_cost(url)}
+
+
+def client_cost(url: str, calls: int = 500, rounds: int = 2) -> dict:
+    """CPU and wall microseconds per call of the job's client (`RemoteEmbedder`: http.client, one kept-alive
+    connection) against an httpx client doing the same (what the job used before), interleaved in the same run.
+
+    Three texts per call, answered from the service's cache, so the figures are the client's and the
+    wire's cost, not the model's: in the TaskManager that CPU is taken from the job's one interpreter lock."""
+    import base64
+    import socket
+
+    import httpx
+
+    from operators.embedding import RemoteEmbedder
+
+    texts = ["how do I reset my kettle?", "Customer 1: where is my order?", "what is the warranty on the lamp?"]
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    baseline = httpx.Client(timeout=5, transport=httpx.HTTPTransport(socket_options=nodelay))
+
+    def with_httpx() -> None:
+        body = baseline.post(f"{url.rstrip('/')}/embed", json={"texts": texts}).json()
+        np.frombuffer(base64.b64decode(body["vectors"]), dtype="<f4").reshape(body["n"], body["dim"])
+
+    job_client = RemoteEmbedder(url=url)
+    arms = {"http.client (the job's)": lambda: job_client.embed(texts), "httpx (before)": with_httpx}
+    samples: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in arms}
+    for _ in range(rounds):
+        for name, call in arms.items():
+            call()
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(calls):
+                call()
+            samples[name]["cpu"].append((time.process_time() - c0) / calls * 1e6)
+            samples[name]["wall"].append((time.perf_counter() - w0) / calls * 1e6)
+    baseline.close()
+    out = {name: {k: round(statistics.median(v)) for k, v in s.items()} for name, s in samples.items()}
+    new, old = out["http.client (the job's)"], out["httpx (before)"]
+    out["cpu_ratio_before_over_now"] = round(old["cpu"] / max(new["cpu"], 1), 2)
+    return out

@@ -43,6 +43,9 @@ def test_cluster_config_binds_loopback_and_pushes_metrics_per_role():
     assert conf["jobmanager.bind-host"] == conf["taskmanager.bind-host"] == conf["rest.bind-address"] == host
     assert conf["metrics.reporter.promgateway.randomJobNameSuffix"] is False
     assert "env.java.opts.all" in conf  # the wheel's JVM options survive
+    # the unrotated console copy of the log gets warnings only; Flink's rolling file keeps INFO
+    assert all(conf[f"env.java.opts.{role}"].endswith("-Dconsole.log.level=WARN")
+               for role in ("jobmanager", "taskmanager"))
     argv = flink.flink_script("taskmanager.sh", "taskmanager")
     assert argv[-1] == "metrics.reporter.promgateway.jobName=flink-taskmanager"
 
