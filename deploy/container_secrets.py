@@ -7,7 +7,9 @@ The values are the local stack's own secret files (``<data>/secrets/kafka/<princ
 ``s3/<identity>``, ``s3_secret_key``, ``monitoring/``, ``flink-rest/operator.password``), made by the same code
 when absent: a host's ``rscf`` CLI is then the admin of a compose stack too. Derived files are written next to
 them: Redis' ACL file (SHA-256), Prometheus' web config and the Flink REST proxy's Caddyfiles (bcrypt), the
-JobManager's REST certificate and PKCS12 key store (its own trust store: Java trusts a key entry's certificate).
+JobManager's REST certificate and PKCS12 key store (its own trust store: Java trusts a key entry's certificate),
+the HTTP gateway's certificate (from the local stack's CA, so clients verify it with ``<data>/secrets/ca.pem`` as
+locally; it also names the Kubernetes Service) and a token signing key of the containers' own.
 
 Files are 0644 in a 0700 directory: compose bind-mounts a secret file with its host mode, and each image runs
 as a uid of its own (redis 999, kafka 1000, flink 9999, prometheus 65534, rscf 10001); the directory keeps the
@@ -42,6 +44,9 @@ FLINK_REST_OPERATOR = "flink-rest-operator"  # the proxy's basic-auth password (
 FLINK_REST_CERT, FLINK_REST_KEY = "flink-rest-cert", "flink-rest-key"
 FLINK_REST_KEYSTORE, FLINK_REST_STORE_PASSWORD = "flink-rest-keystore", "flink-rest-store-password"
 CADDYFILE_COMPOSE, CADDYFILE_K8S = "flink-rest-caddyfile", "flink-rest-caddyfile-k8s"
+GATEWAY_SERVICE = "rscf-gateway"  # deploy/k8s/gateway.yaml's Service: a name the gateway's certificate holds
+GATEWAY_CERT, GATEWAY_KEY, GATEWAY_CA = "gateway-tls-cert", "gateway-tls-key", "gateway-ca"
+GATEWAY_SIGNING_KEY = "gateway-signing-key"  # the containers' token signing key, not the local gateway's
 
 
 def kafka_name(principal: str) -> str:
@@ -166,6 +171,44 @@ def _rest_tls(out: Path, store_password: str) -> None:
         b"rscf-flink-rest", key, cert, None, serialization.BestAvailableEncryption(store_password.encode())))
 
 
+def gateway_hosts(namespace: str = NAMESPACE) -> tuple[str, ...]:
+    """Names the containers' gateway is reached by: loopback (compose publishes 127.0.0.1:8443), the Service."""
+    svc = GATEWAY_SERVICE
+    return ("127.0.0.1", "localhost", svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc",
+            f"{svc}.{namespace}.svc.cluster.local")
+
+
+def _gateway_tls(out: Path, data: Path | None) -> None:
+    """The gateway's certificate and key, signed by the local stack's CA (made there when absent: gateway/tls.py),
+    and the CA's certificate (public, for health checks); kept while the CA signed it, its names are
+    ``gateway_hosts()`` and it has more than 30 days left. The CA's key stays on this machine."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.tls import ensure_ca, server_certificate
+
+    ca_cert, ca_key = ensure_ca((data or SETTINGS.paths.data) / "secrets")
+    _write(out / GATEWAY_CA, ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = out / GATEWAY_CERT, out / GATEWAY_KEY
+    try:
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        current.verify_directly_issued_by(ca_cert)
+        names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        hosts = [str(n.value) for n in names]
+        left = current.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+        if (hosts == list(gateway_hosts()) and left > dt.timedelta(days=30)
+                and key.public_key() == current.public_key()):
+            return
+    except (FileNotFoundError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        pass
+    cert, key = server_certificate(ca_cert, ca_key, gateway_hosts())
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
 def _write(path: Path, data: bytes) -> None:
     """Atomically, then 0644 (the directory is 0700): readable by the container's own uid."""
     if path.exists() and path.read_bytes() == data:
@@ -205,7 +248,17 @@ def write_all(out: Path | None = None, data: Path | None = None) -> Path:
     _rest_tls(out, values[FLINK_REST_STORE_PASSWORD])
     _write(out / REGISTRY_AUTH, registry_security.registry_properties(data).encode())
     _write(out / REGISTRY_SIGNING_KEY, registry_security.ensure_key(data))
+    _gateway_tls(out, data)
+    _write(out / GATEWAY_SIGNING_KEY, _gateway_signing_key(data))
     return out
+
+
+def _gateway_signing_key(data: Path | None = None) -> bytes:
+    """The containers' gateways sign access tokens with this key, kept in the local secrets dir (0600) so every
+    run hands out the same one; not the local gateway's (``jwt_signing_key.pem``): their tokens stay apart."""
+    from gateway.tokens import _new_key
+
+    return load_or_create("containers-jwt_signing_key.pem", _new_key, (data or SETTINGS.paths.data) / "secrets")
 
 
 def k8s_secrets() -> dict[str, dict[str, str]]:
@@ -221,6 +274,8 @@ def k8s_secrets() -> dict[str, dict[str, str]]:
     secrets["rscf-flink-rest-proxy"] = {"Caddyfile": CADDYFILE_K8S}
     secrets["rscf-registry-auth"] = {"auth.properties": REGISTRY_AUTH}  # your registry: QUARKUS_CONFIG_LOCATIONS
     secrets[f"rscf-{REGISTRY_SIGNING_KEY}"] = {"key.pem": REGISTRY_SIGNING_KEY}  # the init Job only
+    secrets["rscf-gateway-tls"] = {"tls.crt": GATEWAY_CERT, "tls.key": GATEWAY_KEY, "ca.crt": GATEWAY_CA}
+    secrets[f"rscf-{GATEWAY_SIGNING_KEY}"] = {"key.pem": GATEWAY_SIGNING_KEY}  # the gateway only
     return secrets
 
 

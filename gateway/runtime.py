@@ -53,7 +53,8 @@ def presigner(endpoint: str | None = None) -> Callable[[str, str, timedelta], st
 
 
 def build(prompts_topic: str | None = None, content_topic: str | None = None, control_topic: str | None = None,
-          secrets_base: Path | None = None, start_reader: bool = True, **overrides: Any) -> Runtime:
+          secrets_base: Path | None = None, start_reader: bool = True, signing_key: Path | None = None,
+          **overrides: Any) -> Runtime:
     from gateway.sender import Sender
     from operators.templates import RedisTemplateStore
     from rscf import redis_security
@@ -67,7 +68,8 @@ def build(prompts_topic: str | None = None, content_topic: str | None = None, co
     content_serde = TopicSerde(content_topic, schema_name="content_result", auto_register=False)
     reader = FinalsReader(cache, content_topic, SETTINGS.kafka_bootstrap, content_serde.decode) if start_reader else None
     rt = Runtime(
-        keys=KeyStore(secrets_base), tokens=TokenService(secrets_base), cache=cache, reader=reader,
+        keys=KeyStore(secrets_base), tokens=TokenService(secrets_base, key_file=signing_key), cache=cache,
+        reader=reader,
         sender=Sender(SETTINGS.kafka_bootstrap),
         prompt_serde=TopicSerde(prompts_topic, schema_name="prompt_request", auto_register=False),
         control_serde=TopicSerde(control_topic, schema_name="control_event", auto_register=False),

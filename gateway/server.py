@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from rscf.settings import SETTINGS
 
@@ -26,15 +27,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--content-topic", default=SETTINGS.topics.content)
     p.add_argument("--control-topic", default=SETTINGS.topics.control)
     p.add_argument("--plain-http", action="store_true", help="no TLS (benchmark baseline of the TLS cost only)")
+    # Containers: files from their secrets (deploy/container_secrets.py), since they hold no CA key to make them.
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM) instead of the local CA's")
+    p.add_argument("--tls-key", type=Path, help="its key (PEM)")
+    p.add_argument("--signing-key", type=Path, help="the token signing key (PEM) instead of the secrets dir's")
     args = p.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
     import faulthandler
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack to the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    rt = build(args.prompts_topic, args.content_topic, args.control_topic)
-    tls = ensure_tls()
-    ssl = {} if args.plain_http else {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    rt = build(args.prompts_topic, args.content_topic, args.control_topic, signing_key=args.signing_key)
+    if args.tls_cert:
+        cert, key = args.tls_cert, args.tls_key
+    else:
+        tls = ensure_tls()
+        cert, key = tls.cert, tls.key
+    ssl = {} if args.plain_http else {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     try:
         uvicorn.run(create_app(rt), host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
                     log_level=os.environ.get("RSCF_GATEWAY_LOG_LEVEL", "info"), access_log=True,

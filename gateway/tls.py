@@ -71,6 +71,17 @@ def ensure_tls(base: Path | None = None, hosts: tuple[str, ...] = ("127.0.0.1", 
         current = x509.load_pem_x509_certificate(files.cert.read_bytes())
         if current.issuer == ca_cert.subject and current.not_valid_after_utc - now > dt.timedelta(days=30):
             return files
+    cert, key = server_certificate(ca_cert, ca_key, hosts)
+    write_private(files.key, _key_pem(key))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+                       hosts: tuple[str, ...]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new gateway certificate for ``hosts`` (IPs and DNS names), one year, and its key; written by the
+    caller (here; deploy/container_secrets.py for the containers' gateway, with their Service names)."""
+    now = dt.datetime.now(dt.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for host in hosts:
@@ -88,9 +99,7 @@ def ensure_tls(base: Path | None = None, hosts: tuple[str, ...] = ("127.0.0.1", 
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    write_private(files.key, _key_pem(key))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return files
+    return cert, key
 
 
 if __name__ == "__main__":  # install step: `python -m gateway.tls`

@@ -1,8 +1,9 @@
 """OAuth2 client-credentials access tokens: ES256 JWTs signed by a key the stack generates.
 
 The signing key (P-256) is created on first use in the secrets dir (0600); its public half
-is served as a JWKS so any resource server can verify tokens offline. A token names the
-API key it was issued for (``sub``), its tenant and role; verification checks signature,
+is served as a JWKS so any resource server can verify tokens offline (a container is handed
+its key as a file: deploy/container_secrets.py). A token names the API key it was issued for
+(``sub``), its tenant and role; verification checks signature,
 algorithm (ES256 only: no ``none``, no HMAC confusion), issuer, audience, expiry and
 issued-at, and that the key is still active (revoking a key ends its tokens too).
 """
@@ -52,8 +53,12 @@ def _new_key() -> bytes:
 
 class TokenService:
     def __init__(self, base: Path | None = None, issuer: str | None = None, audience: str | None = None,
-                 ttl_s: int | None = None) -> None:
-        pem = load_or_create(KEY_FILE, _new_key, base or SETTINGS.paths.secrets)
+                 ttl_s: int | None = None, key_file: Path | None = None) -> None:
+        """``key_file``: a PEM key to sign with (a container's secret, read-only), else the secrets dir's."""
+        if key_file:
+            pem = key_file.read_bytes()
+        else:
+            pem = load_or_create(KEY_FILE, _new_key, base or SETTINGS.paths.secrets)
         self._private = serialization.load_pem_private_key(pem, password=None)
         self._public = self._private.public_key()
         der = self._public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -107,7 +107,7 @@ def test_compose_images_pinned_to_the_local_stack_versions():
     assert images["prometheus"].startswith("prom/prometheus:v")
     assert images["flink-rest-proxy"] == f"caddy:{SETTINGS.versions.caddy}"  # the local stack's Caddy
     built = {n for n, s in services.items() if "build" in s}
-    assert {"init", "job", "worker-echo", "flink-taskmanager"} <= built
+    assert {"init", "job", "worker-echo", "flink-taskmanager", "gateway"} <= built
     for n in built:
         assert services[n]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     # The TaskManager image is the official one plus Python, at the same Flink version.
@@ -131,7 +131,7 @@ def test_compose_publishes_ports_on_loopback_only():
         lo, _, hi = hp.partition("-")
         host_ports |= set(range(int(lo), int(hi or lo) + 1))
     p = SETTINGS.ports
-    need = {p.kafka, p.registry, p.s3, p.redis, p.flink_rest, p.prometheus}
+    need = {p.kafka, p.registry, p.s3, p.redis, p.flink_rest, p.prometheus, p.gateway}
     assert need <= host_ports, f"not published: {sorted(need - host_ports)}"
 
 
@@ -146,6 +146,7 @@ def test_compose_rscf_env_and_commands():
     assert doc["services"]["init"]["command"][:3] == ["python", "-m", "deploy.container_init"]
     assert (ROOT / "deploy" / "container_init.py").exists()
     assert doc["services"]["job"]["command"] == ["bash", "deploy/compose/submit-job.sh"]
+    assert doc["services"]["gateway"]["command"][:3] == ["python", "-m", "gateway.server"]
     job = (ROOT / "deploy" / "compose" / "submit-job.sh").read_text()
     assert "-py jobs/content_pipeline.py" in job
     for script in (ROOT / "deploy" / "compose").glob("*.sh"):  # bash parses them

@@ -128,7 +128,7 @@ def test_compose_only_init_and_the_s3_server_hold_the_s3_admin_key():
 
 def test_compose_every_rscf_container_is_its_own_kafka_principal():
     pools = [n.removeprefix("worker-") for n in rscf_services() if n.startswith("worker-")]
-    expected = {"init": ks.ADMIN, "job": ks.JOB, "flink-taskmanager": ks.JOB,
+    expected = {"init": ks.ADMIN, "job": ks.JOB, "flink-taskmanager": ks.JOB, "gateway": ks.GATEWAY,
                 **{f"worker-{p}": ks.worker_principal(p) for p in pools}}
     assert set(rscf_services()) == set(expected), "an RSCF container without a principal of its own"
     for name, svc in rscf_services().items():
@@ -266,6 +266,7 @@ def test_k8s_every_rscf_workload_is_its_own_kafka_principal():
     assert pools == set(POOLS)
     assert all(seen[f"Deployment/rscf-worker-{p}"] == ks.worker_principal(p) for p in pools)
     assert seen["FlinkDeployment/rscf-content-pipeline"] == ks.JOB
+    assert seen["Deployment/rscf-gateway"] == ks.GATEWAY
     assert [p for w, p in seen.items() if p == ks.ADMIN] == [ks.ADMIN] and seen["Job/rscf-init"] == ks.ADMIN
     auth = [d for d in k8s_docs() if d["kind"] == "TriggerAuthentication"]
     assert [a["metadata"]["name"] for a in auth] == ["rscf-kafka-controller"]
@@ -286,7 +287,8 @@ def test_k8s_redis_user_and_flink_rest_behind_the_proxy(generated):
     assert env["RSCF_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "rscf-redis-job", "key": "password"}}
     exposed = fd["spec"]["flinkConfiguration"].get("kubernetes.rest-service.exposed.type", "ClusterIP")
     assert exposed == "ClusterIP", "the JobManager's REST Service must not leave the cluster"
-    (policy,) = [d for d in k8s_docs() if d["kind"] == "NetworkPolicy"]
+    (policy,) = [d for d in k8s_docs() if d["kind"] == "NetworkPolicy"
+                 and d["metadata"]["name"] == "rscf-flink-jobmanager"]  # gateway.yaml has its own
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app": fd["metadata"]["name"], "component": "jobmanager"}
     rest_from = []
     for rule in policy["spec"]["ingress"]:
