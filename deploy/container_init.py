@@ -1,6 +1,6 @@
 """One-shot set-up of a docker-compose stack or a Kubernetes cluster's services, as their admin (issue #16).
 
-    python -m deploy.container_init --secrets /run/secrets [--s3-users minio] [--flink-state-bucket B]
+    python -m deploy.container_init --secrets /run/secrets [--s3-users minio] [--flink-state-bucket B] [--tenants-only]
 
 The only RSCF process handed the Kafka and S3 admin credentials (``RSCF_KAFKA_PRINCIPAL=admin`` with
 ``RSCF_KAFKA_PASSWORD_FILE``, ``RSCF_S3_SECRET_KEY_FILE`` of the admin key). Idempotent; each step waits for its
@@ -10,6 +10,8 @@ service. What ``rscf up`` does for the local stack (deploy/local/provision.py), 
   table of rscf/kafka_security.py), the passwords read from ``<secrets>/kafka-<principal>``;
 - S3: buckets; with ``--s3-users minio`` a MinIO user and policy per component identity (the actions of
   rscf/s3_security.py as IAM statements), keys from ``<secrets>/s3-<name>``; else the policies are printed;
+  the same for every tenant of ``<secrets>/s3-tenants`` (``tenant-<id>``: read and list its own artifact prefix),
+  when that file is mounted (compose's init; on Kubernetes the Job rscf-s3-tenants, ``--tenants-only``);
 - the schema registry: every subject (schemas/registry.py).
 
 Redis takes its users from the ACL file, Prometheus from its web config (deploy/container_secrets.py).
@@ -45,6 +47,25 @@ def _secret_name(kind: str, name: str) -> str:
 
 def read_secret(secrets: Path, kind: str, name: str) -> str:
     return (secrets / _secret_name(kind, name)).read_text().strip()
+
+
+def tenant_keys(secrets: Path) -> dict[str, str]:
+    """``tenant-<id>`` -> secret key, from ``<secrets>/s3-tenants`` (deploy/container_secrets.py); none when absent.
+    A name that is no tenant identity is refused: this file must not add a component's or the admin's user."""
+    from deploy.container_secrets import S3_TENANTS
+
+    try:
+        keys = json.loads((secrets / S3_TENANTS).read_text())
+    except FileNotFoundError:
+        return {}
+    if not isinstance(keys, dict):
+        raise SystemExit(f"init: {S3_TENANTS}: not an object of tenant identities")
+    for name, key in keys.items():
+        if not name.startswith(s3_security.TENANT_PREFIX) or s3_security.check_identity(name) != name:
+            raise SystemExit(f"init: {S3_TENANTS}: {name!r} is not a tenant identity")
+        if not isinstance(key, str) or len(key) < 16:
+            raise SystemExit(f"init: {S3_TENANTS}: {name}'s key is not a key")
+    return keys
 
 
 # ----------------------------------------------------------------------------- S3 policies (pure)
@@ -106,24 +127,36 @@ def kafka(secrets: Path) -> None:
     print(f"init: kafka: topics ready, {len(kafka_security.fixed_principals())} principals, {acls} ACLs", flush=True)
 
 
-def minio_users(secrets: Path, extra_buckets: tuple[str, ...]) -> None:
-    """A MinIO user per component identity with its policy (MinIO's admin API, as the root user)."""
+def minio_users(keys: dict[str, str], extra_buckets: tuple[str, ...]) -> None:
+    """A MinIO user per identity of ``keys`` (identity -> secret key) with its policy (MinIO's admin API, as the
+    root user); the job's identity also gets ``extra_buckets``."""
     from minio import MinioAdmin
     from minio.credentials import StaticProvider
 
     access, secret = s3_security.credential(s3_security.ADMIN)
     admin = MinioAdmin(endpoint=SETTINGS.s3_endpoint, credentials=StaticProvider(access, secret),
                        secure=SETTINGS.s3.secure)
-    for identity in COMPONENT_S3:
+    for identity, key in keys.items():
         extra = extra_buckets if identity == s3_security.JOB else ()
         retry(f"s3 policy {identity}", lambda: admin.policy_add(identity, policy=s3_policy(identity, extra)))
-        retry(f"s3 user {identity}", lambda: admin.user_add(identity, read_secret(secrets, "s3", identity)))
+        retry(f"s3 user {identity}", lambda: admin.user_add(identity, key))
         try:
             admin.attach_policy([identity], user=identity)
         except Exception as exc:  # noqa: BLE001 - MinIO refuses to attach what is attached already
             if "already" not in str(exc).lower():
                 raise
-    print(f"init: s3: users {', '.join(COMPONENT_S3)} with their policies", flush=True)
+    print(f"init: s3: users {', '.join(keys) or '(none)'} with their policies", flush=True)
+
+
+def s3_users(secrets: Path, mode: str, extra: tuple[str, ...], components: bool = True) -> None:
+    """The components' (unless ``components`` is False) and the mounted tenants' S3 users, or their IAM policies."""
+    keys = {i: read_secret(secrets, "s3", i) for i in COMPONENT_S3} if components else {}
+    keys |= tenant_keys(secrets)
+    if mode == "minio":
+        minio_users(keys, extra)
+        return
+    for identity in keys:
+        print(json.dumps({identity: s3_policy(identity, extra if identity == s3_security.JOB else ())}))
 
 
 def buckets(extra_buckets: tuple[str, ...]) -> None:
@@ -153,15 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-users", choices=("minio", "print"), default="minio",
                    help="minio: create the components' users; print: print their IAM policies (other S3 services)")
     p.add_argument("--flink-state-bucket", default="", help="a bucket the job's identity may also use (checkpoints)")
+    p.add_argument("--tenants-only", action="store_true",
+                   help="only the S3 users of <secrets>/s3-tenants (needs the S3 admin key only)")
     args = p.parse_args(argv)
     extra = (args.flink_state_bucket,) if args.flink_state_bucket else ()
+    if args.tenants_only:
+        s3_users(args.secrets, args.s3_users, extra, components=False)
+        return 0
     kafka(args.secrets)
     buckets(extra)
-    if args.s3_users == "minio":
-        minio_users(args.secrets, extra)
-    else:
-        for identity in COMPONENT_S3:
-            print(json.dumps({identity: s3_policy(identity, extra if identity == s3_security.JOB else ())}))
+    s3_users(args.secrets, args.s3_users, extra)
     schemas()
     return 0
 

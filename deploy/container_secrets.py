@@ -9,7 +9,10 @@ when absent: a host's ``rscf`` CLI is then the admin of a compose stack too. Der
 them: Redis' ACL file (SHA-256), Prometheus' web config and the Flink REST proxy's Caddyfiles (bcrypt), the
 JobManager's REST certificate and PKCS12 key store (its own trust store: Java trusts a key entry's certificate),
 the HTTP gateway's certificate (from the local stack's CA, so clients verify it with ``<data>/secrets/ca.pem`` as
-locally; it also names the Kubernetes Service) and a token signing key of the containers' own.
+locally; it also names the Kubernetes Service) and a token signing key of the containers' own; the Kubernetes Flink
+REST proxy's certificate (the same CA) and the operator's client certificate for it (deploy/container_tls.py);
+every tenant's S3 key (``--tenants``, and each tenant the local stack has a key for) and SeaweedFS' ``s3.json`` of
+every identity, both rendered by rscf/s3_security.py's table.
 
 Files are 0644 in a 0700 directory: compose bind-mounts a secret file with its host mode, and each image runs
 as a uid of its own (redis 999, kafka 1000, flink 9999, prometheus 65534, rscf 10001); the directory keeps the
@@ -21,12 +24,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import container_tls
+from deploy.container_tls import write_public as _write
 from rscf import kafka_security, monitoring_security, redis_security, registry_security, s3_security
-from rscf.secrets import load_or_create, random_token, write_private
+from rscf.secrets import load_or_create, random_token
 from rscf.settings import SETTINGS
 
 NAMESPACE = "rscf"
@@ -47,6 +54,12 @@ CADDYFILE_COMPOSE, CADDYFILE_K8S = "flink-rest-caddyfile", "flink-rest-caddyfile
 GATEWAY_SERVICE = "rscf-gateway"  # deploy/k8s/gateway.yaml's Service: a name the gateway's certificate holds
 GATEWAY_CERT, GATEWAY_KEY, GATEWAY_CA = "gateway-tls-cert", "gateway-tls-key", "gateway-ca"
 GATEWAY_SIGNING_KEY = "gateway-signing-key"  # the containers' token signing key, not the local gateway's
+# Kubernetes: the Flink REST proxy's TLS (CA-signed server certificate; the operator's certificate, public, to pin)
+PROXY_CERT, PROXY_KEY, PROXY_OPERATOR_CERT = "flink-rest-proxy-tls-cert", "flink-rest-proxy-tls-key", \
+    "flink-rest-proxy-operator-cert"
+K8S_PROXY_DIR = "/etc/rscf-proxy"  # where flink-rest-proxy.yaml mounts Secret rscf-flink-rest-proxy
+S3_TENANTS = "s3-tenants"  # {"tenant-<id>": secret key}: the init step makes their S3 users
+S3_CONFIG = "s3-config"  # SeaweedFS' s3.json of every identity (components' and tenants'), for a SeaweedFS of yours
 
 
 def kafka_name(principal: str) -> str:
@@ -94,13 +107,35 @@ def passwords(data: Path | None = None) -> dict[str, str]:
 # ----------------------------------------------------------------------------- derived files (pure)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """Paths, as the proxy's container sees them: its certificate and key, the CA and the one client leaf it takes."""
+    cert: str
+    key: str
+    ca: str
+    client: str
+
+
+def k8s_proxy_tls(base: str = K8S_PROXY_DIR) -> ServerTls:
+    return ServerTls(f"{base}/tls.crt", f"{base}/tls.key", f"{base}/ca.crt", f"{base}/operator.crt")
+
+
 def caddyfile(upstream: str, password_hash: str, client_cert: tuple[str, str] | None = None,
-              port: int = PROXY_PORT) -> str:
+              port: int = PROXY_PORT, server_tls: ServerTls | None = None, bind: str = "") -> str:
     """The Flink REST proxy: reads open, writes and the reads that show secrets ask for the operator's
     password (the local stack's rules, deploy/local/flink_rest.py); ``client_cert`` (cert, key): mutual TLS
-    to the JobManager with that certificate, which is also the only one trusted."""
+    to the JobManager with that certificate, which is also the only one trusted. ``server_tls``: HTTPS only, and
+    every connection must present the operator's certificate (the CA's, and that leaf), before any rule applies."""
     from deploy.local.flink_rest import OPERATOR, SENSITIVE_READS
 
+    site, tls = f"http://:{port}", ""
+    if server_tls:
+        t = server_tls
+        site = f"https://:{port}"
+        tls = (f"\ttls {t.cert} {t.key} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n"
+               f"\t\t\ttrust_pool file {t.ca}\n\t\t\tverifier leaf {{\n\t\t\t\tfile {t.client}\n"
+               f"\t\t\t}}\n\t\t}}\n\t}}\n")
+    tls += f"\tbind {bind}\n" if bind else ""
     transport = ""
     if client_cert:
         cert, key = client_cert
@@ -108,7 +143,7 @@ def caddyfile(upstream: str, password_hash: str, client_cert: tuple[str, str] | 
                      f"\t\t\ttls_trust_pool file {cert}\n\t\t}}\n")
     auth = "".join(f"\tbasic_auth @{m} {{\n\t\t{OPERATOR} {password_hash}\n\t}}\n" for m in ("write", "sensitive"))
     return (f"{{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tgrace_period 5s\n}}\n\n"
-            f"http://:{port} {{\n\t@write not method GET HEAD\n\t@sensitive path {' '.join(SENSITIVE_READS)}\n"
+            f"{site} {{\n{tls}\t@write not method GET HEAD\n\t@sensitive path {' '.join(SENSITIVE_READS)}\n"
             f"{auth}\treverse_proxy {upstream} {{\n{transport}\t}}\n}}\n")
 
 
@@ -173,55 +208,46 @@ def _rest_tls(out: Path, store_password: str) -> None:
 
 def gateway_hosts(namespace: str = NAMESPACE) -> tuple[str, ...]:
     """Names the containers' gateway is reached by: loopback (compose publishes 127.0.0.1:8443), the Service."""
-    svc = GATEWAY_SERVICE
-    return ("127.0.0.1", "localhost", svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc",
-            f"{svc}.{namespace}.svc.cluster.local")
+    return container_tls.service_hosts(GATEWAY_SERVICE, namespace)
 
 
 def _gateway_tls(out: Path, data: Path | None) -> None:
-    """The gateway's certificate and key, signed by the local stack's CA (made there when absent: gateway/tls.py),
-    and the CA's certificate (public, for health checks); kept while the CA signed it, its names are
-    ``gateway_hosts()`` and it has more than 30 days left. The CA's key stays on this machine."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-
-    from gateway.tls import ensure_ca, server_certificate
-
-    ca_cert, ca_key = ensure_ca((data or SETTINGS.paths.data) / "secrets")
-    _write(out / GATEWAY_CA, ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path, key_path = out / GATEWAY_CERT, out / GATEWAY_KEY
-    try:
-        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        current.verify_directly_issued_by(ca_cert)
-        names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = [str(n.value) for n in names]
-        left = current.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
-        if (hosts == list(gateway_hosts()) and left > dt.timedelta(days=30)
-                and key.public_key() == current.public_key()):
-            return
-    except (FileNotFoundError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        pass
-    cert, key = server_certificate(ca_cert, ca_key, gateway_hosts())
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    """The gateway's certificate from the local stack's CA, and the CA's certificate (public, for health checks)."""
+    container_tls.ca_signed_server(out, data, GATEWAY_CERT, GATEWAY_KEY, GATEWAY_CA, gateway_hosts())
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Atomically, then 0644 (the directory is 0700): readable by the container's own uid."""
-    if path.exists() and path.read_bytes() == data:
-        return
-    write_private(path, data)
-    os.chmod(path, 0o644)
+def _proxy_tls(out: Path, data: Path | None) -> None:
+    """The Kubernetes Flink REST proxy's certificate (same CA, its Service's names) and the operator's client
+    certificate it pins (public part only here; the key stays in the local secrets dir)."""
+    container_tls.ca_signed_server(out, data, PROXY_CERT, PROXY_KEY, GATEWAY_CA,
+                                   container_tls.service_hosts(container_tls.PROXY_SERVICE, NAMESPACE))
+    _write(out / PROXY_OPERATOR_CERT, container_tls.operator_client(data).cert.read_bytes())
+
+
+def tenants_of(data: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """``tenant-<id>`` identities: each tenant the local stack has a key for, and ``extra`` tenant ids (their keys
+    are made now, in the local secrets dir: `rscf credentials s3 tenant-<id>` then prints the same key)."""
+    for tenant in extra:
+        s3_security.secret_key(s3_security.tenant_identity(tenant), data)
+    return s3_security.known_tenants(data)
+
+
+def s3_files(values: dict[str, str], tenants: list[str], data: Path | None) -> dict[str, str]:
+    """S3_TENANTS (tenant identity -> secret key) and S3_CONFIG (SeaweedFS' s3.json of every identity), both from
+    rscf/s3_security.py: the keys its files hold, the actions its table gives."""
+    keys = {t: s3_security.secret_key(t, data) for t in tenants}
+    ids = {i: (s3_security.access_key(i), values[s3_name(i)]) for i in S3_IDENTITIES}
+    ids |= {t: (s3_security.access_key(t), k) for t, k in keys.items()}
+    return {S3_TENANTS: json.dumps(keys, indent=2, sort_keys=True) + "\n",
+            S3_CONFIG: json.dumps(s3_security.render_identities(ids), indent=2) + "\n"}
 
 
 # ----------------------------------------------------------------------------- everything
 
 
-def write_all(out: Path | None = None, data: Path | None = None) -> Path:
-    """Every secret file compose and the Kubernetes Secrets need, under ``out`` (0700); values from ``data``'s."""
+def write_all(out: Path | None = None, data: Path | None = None, tenants: tuple[str, ...] = ()) -> Path:
+    """Every secret file compose and the Kubernetes Secrets need, under ``out`` (0700); values from ``data``'s;
+    ``tenants``: tenant ids to give an S3 key besides those the local stack has."""
     import yaml
 
     from deploy.local.flink_rest import OPERATOR
@@ -238,18 +264,21 @@ def write_all(out: Path | None = None, data: Path | None = None) -> Path:
     web = out / PROMETHEUS_WEB
     users = {u: _hash(web, u, values[prometheus_name(u)]) for u in monitoring_security.PROMETHEUS_USERS}
     _write(web, yaml.safe_dump(prometheus_web_config(users), sort_keys=True).encode())
-    for name, upstream, client in (
+    for name, upstream, client, server in (
         (CADDYFILE_COMPOSE, f"https://127.0.0.1:{JOBMANAGER_REST}",
-         (f"/run/secrets/{FLINK_REST_CERT}", f"/run/secrets/{FLINK_REST_KEY}")),
-        (CADDYFILE_K8S, f"http://{K8S_REST_SERVICE}:{PROXY_PORT}", None),
+         (f"/run/secrets/{FLINK_REST_CERT}", f"/run/secrets/{FLINK_REST_KEY}"), None),
+        (CADDYFILE_K8S, f"http://{K8S_REST_SERVICE}:{PROXY_PORT}", None, k8s_proxy_tls()),
     ):
         digest = _hash(out / name, OPERATOR, values[FLINK_REST_OPERATOR])
-        _write(out / name, caddyfile(upstream, digest, client).encode())
+        _write(out / name, caddyfile(upstream, digest, client, server_tls=server).encode())
     _rest_tls(out, values[FLINK_REST_STORE_PASSWORD])
     _write(out / REGISTRY_AUTH, registry_security.registry_properties(data).encode())
     _write(out / REGISTRY_SIGNING_KEY, registry_security.ensure_key(data))
     _gateway_tls(out, data)
     _write(out / GATEWAY_SIGNING_KEY, _gateway_signing_key(data))
+    _proxy_tls(out, data)
+    for name, text in s3_files(values, tenants_of(data, tenants), data).items():
+        _write(out / name, text.encode())
     return out
 
 
@@ -271,7 +300,10 @@ def k8s_secrets() -> dict[str, dict[str, str]]:
                 for u in redis_security.USERS}
     secrets["rscf-redis-acl"] = {"users.acl": REDIS_ACL}  # for your Redis: --aclfile
     secrets["rscf-prometheus-web"] = {"web.yml": PROMETHEUS_WEB}  # for your Prometheus: --web.config.file
-    secrets["rscf-flink-rest-proxy"] = {"Caddyfile": CADDYFILE_K8S}
+    secrets["rscf-flink-rest-proxy"] = {"Caddyfile": CADDYFILE_K8S, "tls.crt": PROXY_CERT, "tls.key": PROXY_KEY,
+                                        "ca.crt": GATEWAY_CA, "operator.crt": PROXY_OPERATOR_CERT}
+    secrets["rscf-s3-tenants"] = {"tenants.json": S3_TENANTS}  # the Job rscf-s3-tenants only
+    secrets["rscf-s3-config"] = {"s3.json": S3_CONFIG}  # for a SeaweedFS of yours: weed s3 -config
     secrets["rscf-registry-auth"] = {"auth.properties": REGISTRY_AUTH}  # your registry: QUARKUS_CONFIG_LOCATIONS
     secrets[f"rscf-{REGISTRY_SIGNING_KEY}"] = {"key.pem": REGISTRY_SIGNING_KEY}  # the init Job only
     secrets["rscf-gateway-tls"] = {"tls.crt": GATEWAY_CERT, "tls.key": GATEWAY_KEY, "ca.crt": GATEWAY_CA}
@@ -295,8 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("target", nargs="?", choices=("compose", "k8s"), default="compose")
     p.add_argument("--out", type=Path, default=None, help=f"default: {out_dir()}")
     p.add_argument("--namespace", default=NAMESPACE)
+    p.add_argument("--tenants", default="", help="tenant ids (comma-separated) to give an S3 key tenant-<id>, besides "
+                   "those the local stack has (`rscf credentials s3 tenant-<id>`)")
     args = p.parse_args(argv)
-    out = write_all(args.out)
+    try:
+        tenants = tuple(t.strip() for t in args.tenants.split(",") if t.strip())
+        out = write_all(args.out, tenants=tenants)
+    except s3_security.S3AuthError as exc:
+        p.error(str(exc))
     print(f"secrets written to {out} (0700; values from {SETTINGS.paths.secrets})", file=sys.stderr)
     if args.target == "k8s":
         print("\n".join(kubectl_commands(out.resolve(), args.namespace)))

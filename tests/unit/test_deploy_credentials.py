@@ -236,13 +236,15 @@ def test_k8s_only_the_init_job_holds_the_s3_admin_key():
     for workload, spec in workloads().items():
         names = {s for s, _ in secret_refs(spec)}
         assert "rscf-s3" not in names, f"{workload}: the old shared admin Secret"
-        if "rscf-s3-admin" in names:
-            assert workload == "Job/rscf-init", f"{workload} gets the S3 admin key"
+        if "rscf-s3-admin" in names:  # the one-shot set-up Jobs: everything, or the tenants' S3 users only
+            assert workload in ("Job/rscf-init", "Job/rscf-s3-tenants"), f"{workload} gets the S3 admin key"
         for c in spec["containers"]:
             env = env_of(c)
             if "RSCF_S3_SECRET_KEY" in env and workload != "Job/rscf-init":
                 ref = env["RSCF_S3_SECRET_KEY"]["secretKeyRef"]["name"]
                 assert env["RSCF_S3_ACCESS_KEY"]["secretKeyRef"]["name"] == ref != "rscf-s3-admin", workload
+    tenants_job = {s for s, _ in secret_refs(workloads()["Job/rscf-s3-tenants"])}
+    assert tenants_job == {"rscf-s3-admin", "rscf-s3-tenants"}, "the tenants' Job needs no other credential"
 
 
 def test_k8s_every_rscf_workload_is_its_own_kafka_principal():
@@ -254,6 +256,9 @@ def test_k8s_every_rscf_workload_is_its_own_kafka_principal():
             if not c.get("image", "rscf:").startswith(RSCF_IMAGES):  # FlinkDeployment: the image is the spec's
                 continue
             env = env_of(c)
+            if workload == "Job/rscf-s3-tenants":  # S3 only: no Kafka client, no Kafka credential
+                assert not any(k.startswith("RSCF_KAFKA") for k in env), env
+                continue
             principal = env["RSCF_KAFKA_PRINCIPAL"]
             seen[workload] = principal
             if workload == "Job/rscf-init":
