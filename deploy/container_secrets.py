@@ -213,14 +213,15 @@ def gateway_hosts(namespace: str = NAMESPACE) -> tuple[str, ...]:
 
 def _gateway_tls(out: Path, data: Path | None) -> None:
     """The gateway's certificate from the local stack's CA, and the CA's certificate (public, for health checks)."""
-    container_tls.ca_signed_server(out, data, GATEWAY_CERT, GATEWAY_KEY, GATEWAY_CA, gateway_hosts())
+    container_tls.ca_signed_server(out, data, GATEWAY_CERT, GATEWAY_KEY, GATEWAY_CA, gateway_hosts(), GATEWAY_SERVICE)
 
 
 def _proxy_tls(out: Path, data: Path | None) -> None:
     """The Kubernetes Flink REST proxy's certificate (same CA, its Service's names) and the operator's client
     certificate it pins (public part only here; the key stays in the local secrets dir)."""
     container_tls.ca_signed_server(out, data, PROXY_CERT, PROXY_KEY, GATEWAY_CA,
-                                   container_tls.service_hosts(container_tls.PROXY_SERVICE, NAMESPACE))
+                                   container_tls.service_hosts(container_tls.PROXY_SERVICE, NAMESPACE),
+                                   container_tls.PROXY_SERVICE)
     _write(out / PROXY_OPERATOR_CERT, container_tls.operator_client(data).cert.read_bytes())
 
 

@@ -42,7 +42,7 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def ca_signed_server(out: Path, data: Path | None, cert_name: str, key_name: str, ca_name: str,
-                     hosts: tuple[str, ...]) -> None:
+                     hosts: tuple[str, ...], common_name: str) -> None:
     """``out/cert_name`` and ``out/key_name`` signed by the local stack's CA (made there when absent), and the
     CA's certificate as ``out/ca_name``; kept while the CA signed it, its names are ``hosts``, its key matches
     and it has more than 30 days left."""
@@ -61,12 +61,14 @@ def ca_signed_server(out: Path, data: Path | None, cert_name: str, key_name: str
         current.verify_directly_issued_by(ca_cert)
         names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         left = current.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+        cn = current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         if ([str(n.value) for n in names] == list(hosts) and left > dt.timedelta(days=RENEW_DAYS)
+                and [a.value for a in cn] == [common_name]
                 and key.public_key() == current.public_key()):
             return
     except (FileNotFoundError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         pass
-    cert, key = server_certificate(ca_cert, ca_key, hosts)
+    cert, key = server_certificate(ca_cert, ca_key, hosts, common_name)
     write_public(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
     write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))

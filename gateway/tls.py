@@ -77,8 +77,8 @@ def ensure_tls(base: Path | None = None, hosts: tuple[str, ...] = ("127.0.0.1", 
     return files
 
 
-def server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-                       hosts: tuple[str, ...]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: tuple[str, ...],
+                       common_name: str = "rscf-gateway") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A new gateway certificate for ``hosts`` (IPs and DNS names), one year, and its key; written by the
     caller (here; deploy/container_secrets.py for the containers' gateway, with their Service names)."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -90,7 +90,7 @@ def server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivat
         except ValueError:
             sans.append(x509.DNSName(host))
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rscf-gateway")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=365))

@@ -166,6 +166,8 @@ def test_certificates_come_from_the_local_ca_and_the_key_stays_here(generated):
     server.verify_directly_issued_by(ca)
     assert "rscf-flink-rest-proxy.rscf.svc" in _names(server) and "127.0.0.1" in _names(server)
     assert _usage(server) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    cn = [a.value for a in server.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    assert cn == [container_tls.PROXY_SERVICE]  # its own name, not the gateway's
     files = container_tls.operator_files(data)
     client = x509.load_pem_x509_certificate(files.cert.read_bytes())
     client.verify_directly_issued_by(ca)
