@@ -164,7 +164,9 @@ class JobConfig:
     def to_args(self) -> list[str]:
         args = ["--job-name", self.job_name, "--parallelism", str(self.parallelism),
                 "--bootstrap", self.bootstrap, "--registry-url", self.registry_url,
-                "--redis-url", job_redis_url(self), "--checkpoint-interval-ms", str(self.checkpoint_interval_ms)]
+                "--checkpoint-interval-ms", str(self.checkpoint_interval_ms)]
+        if self.redis_url:  # else the TaskManager finds the job user's credentials itself (`job_redis_url`)
+            args += ["--redis-url", self.redis_url]
         if self.topic_suffix:
             args += ["--topic-suffix", self.topic_suffix]
         args += ["--delivery", self.delivery]
@@ -184,11 +186,14 @@ class JobConfig:
 
 
 def job_redis_url(cfg: JobConfig) -> str:
-    """The job's Redis URL: as given, else the stack's Redis with the `job` user's credentials (read when
-    the job is submitted, so the job's arguments carry them: README "Redis users and ACLs")."""
+    """The job's Redis URL: as given (with the `job` user's credentials when it carries none), else the
+    stack's Redis with them. Resolved where the job runs (the TaskManager: its data dir's secret, or
+    RSCF_REDIS_USER + RSCF_REDIS_PASSWORD_FILE in a container; README "Redis users and ACLs"), not at
+    submission: Flink's client logs the job's arguments (`.data/logs/flink--client-*.log`)."""
     from rscf import redis_security
 
-    return cfg.redis_url or redis_security.url(redis_security.JOB)
+    return redis_security.with_user(cfg.redis_url, redis_security.JOB) if cfg.redis_url else \
+        redis_security.url(redis_security.JOB)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -140,11 +140,8 @@ class Session:
         kw: dict[str, Any] = {}
         if delivery != "default":
             kw["delivery"] = delivery
-        if "redis" in self.proxied:
-            from rscf import redis_security
-
-            kw["redis_url"] = redis_security.with_user(f"redis://{SETTINGS.host}:{self.proxied['redis']}/0",
-                                                       redis_security.JOB)
+        if "redis" in self.proxied:  # the job adds its user's credentials where it runs (`job_redis_url`)
+            kw["redis_url"] = f"redis://{SETTINGS.host}:{self.proxied['redis']}/0"
         if "registry" in self.proxied:
             kw["registry_url"] = f"http://{SETTINGS.host}:{self.proxied['registry']}/apis/ccompat/v7"
         if "kafka" in self.proxied:  # the job bootstraps at the proxy; the broker's CHAOS listener keeps it there

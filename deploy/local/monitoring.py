@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rscf import monitoring_security as ms
-from rscf.secrets import load_or_create, random_token, secrets_dir, write_private
+from rscf.secrets import secrets_dir, write_private
 from rscf.settings import SETTINGS
 
 BCRYPT_COST = 10  # Prometheus checks the hash on every request (it caches); 10 = ~50 ms once
@@ -102,12 +102,13 @@ def ensure_certificates() -> None:
 # ----------------------------------------------------------------------------- Flink's JVM key stores
 
 
-def java_store_password(create: bool = True) -> str:
-    """The key stores' password; ``create=False``: "" when `rscf up` has not made it yet (nothing written)."""
-    path = ms.monitoring_dir() / "java-stores.password"
-    if not create:
-        return path.read_text().strip() if path.exists() else ""
-    return load_or_create(path.name, lambda: random_token(18), path.parent).decode().strip()
+# The JVM takes a key store's password only as a system property, and Flink prints its JVMs' options at
+# every start (its logs, the console copy, the client's log; `ps` too): a random password there protected
+# nothing and put a secret in the logs. The client key in the store is protected as every PEM key in
+# .data/secrets is, by the file (0600, in a 0700 directory); the stores' password is a fixed, public value,
+# as the JDK's own `changeit` is.
+JAVA_STORE_PASSWORD = "rscf-protected-by-file-permissions"
+_STORE_MARKER = b"\n# stores made with JAVA_STORE_PASSWORD\n"  # a trust store of an older password is remade
 
 
 def java_stores() -> tuple[Path, Path]:
@@ -119,7 +120,8 @@ def java_stores() -> tuple[Path, Path]:
 
 def ensure_java_stores() -> None:
     keystore, truststore = java_stores()
-    pw = java_store_password()
+    pw = JAVA_STORE_PASSWORD
+    (ms.monitoring_dir() / "java-stores.password").unlink(missing_ok=True)  # the old random one
     cert = ms.client_cert(ms.FLINK)
     ca_pem = ms.ca_file().read_bytes()
     leaf = x509.load_pem_x509_certificate(cert.cert.read_bytes())
@@ -130,7 +132,7 @@ def ensure_java_stores() -> None:
             serialization.BestAvailableEncryption(pw.encode()))
         write_private(keystore, blob)
     marker = truststore.with_suffix(".ca.pem")
-    if truststore.exists() and marker.exists() and marker.read_bytes() == ca_pem:
+    if truststore.exists() and marker.exists() and marker.read_bytes() == ca_pem + _STORE_MARKER:
         return
     keytool = shutil.which("keytool")
     if keytool is None:
@@ -146,7 +148,7 @@ def ensure_java_stores() -> None:
         "-storetype", "PKCS12", "-storepass", pw, "-noprompt")
     tmp.chmod(0o600)
     tmp.replace(truststore)
-    marker.write_bytes(ca_pem)
+    marker.write_bytes(ca_pem + _STORE_MARKER)
 
 
 def _stale(keystore: Path, pw: str, leaf: x509.Certificate) -> bool:
@@ -161,7 +163,7 @@ def flink_java_options() -> str:
     """JVM options of the JobManager and TaskManagers: their HTTPS client (the Pushgateway reporter)
     presents the ``flink`` certificate and trusts the stack's CA (`ensure_java_stores` makes them)."""
     keystore, truststore = java_stores()
-    pw = java_store_password(create=False)
+    pw = JAVA_STORE_PASSWORD
     return (f"-Djavax.net.ssl.keyStore={keystore} -Djavax.net.ssl.keyStoreType=PKCS12 "
             f"-Djavax.net.ssl.keyStorePassword={pw} -Djavax.net.ssl.trustStore={truststore} "
             f"-Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword={pw}")

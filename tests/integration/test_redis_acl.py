@@ -61,13 +61,13 @@ def test_no_password_in_the_acl_file_nor_on_the_command_line(acl):
 
 def test_the_job_reads_templates_and_searches_the_knowledge_base_and_writes_nothing(acl):
     from jobs.clients import redis_client
-    from jobs.config import JobConfig
+    from jobs.config import JobConfig, job_redis_url
     from operators.templates import RedisTemplateStore
     from operators.vector_index import RedisVectorSetIndex
 
     cfg = JobConfig()
-    args = cfg.to_args()
-    assert args[args.index("--redis-url") + 1].startswith(f"redis://{rs.JOB}:")  # what Flink's job is given
+    assert "--redis-url" not in cfg.to_args() and rs.password(rs.JOB) not in " ".join(cfg.to_args())
+    assert job_redis_url(cfg).startswith(f"redis://{rs.JOB}:")  # what the job finds where it runs
     tid = f"acl-test-{RUN}"
     RedisTemplateStore(rs.client(rs.OPERATOR)).put(tid, "Summarise: {{prompt}}")  # the operator writes
     try:

@@ -89,7 +89,7 @@ def test_flinks_key_stores_hold_its_certificate_and_trust_the_stacks_ca(data):
     monitoring.ensure_certificates()
     monitoring.ensure_java_stores()
     keystore, truststore = monitoring.java_stores()
-    pw = monitoring.java_store_password()
+    pw = monitoring.JAVA_STORE_PASSWORD
     _, leaf, _ = pkcs12.load_key_and_certificates(keystore.read_bytes(), pw.encode())
     assert leaf.public_bytes(Encoding.PEM) == ms.client_cert("flink").cert.read_bytes()
     listed = subprocess.run(["keytool", "-list", "-keystore", str(truststore), "-storetype", "PKCS12",
@@ -103,3 +103,23 @@ def test_flinks_key_stores_hold_its_certificate_and_trust_the_stacks_ca(data):
     assert conf["metrics.reporter.promgateway.hostUrl"].startswith("https://")
     assert conf["env.java.opts.taskmanager"] == conf["env.java.opts.jobmanager"]
     assert conf["env.java.opts.taskmanager"].startswith(opts)
+    # Flink prints its JVM options in its logs: nothing from the secrets directory may be in them
+    secrets = [f.read_text(errors="replace").strip() for f in (monitoring.SETTINGS.paths.data / "secrets").rglob("*")
+               if f.is_file() and f.stat().st_size < 200]
+    assert secrets and not [v for v in secrets if len(v) >= 12 and v in conf["env.java.opts.taskmanager"]]
+
+
+@pytest.mark.skipif(shutil.which("keytool") is None, reason="no JDK keytool")
+def test_stores_made_with_an_older_random_password_are_made_again(data):
+    monitoring.ensure_certificates()
+    monitoring.ensure_java_stores()
+    keystore, truststore = monitoring.java_stores()
+    old = ms.monitoring_dir() / "java-stores.password"
+    old.write_text("an-older-random-password")
+    truststore.with_suffix(".ca.pem").write_bytes(ms.ca_file().read_bytes())  # an older marker: the CA only
+    truststore.write_bytes(b"made with another password")
+    monitoring.ensure_java_stores()
+    assert not old.exists()
+    listed = subprocess.run(["keytool", "-list", "-keystore", str(truststore), "-storetype", "PKCS12",
+                             "-storepass", monitoring.JAVA_STORE_PASSWORD], capture_output=True, text=True)
+    assert listed.returncode == 0 and "rscf-local-ca" in listed.stdout
