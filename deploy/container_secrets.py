@@ -81,7 +81,7 @@ def prometheus_name(user: str) -> str:
 
 
 def out_dir(data: Path | None = None) -> Path:
-    return (data or SETTINGS.paths.data) / "secrets" / "containers"
+    return container_tls.secrets_dir(data) / "containers"
 
 
 # ----------------------------------------------------------------------------- values (the local stack's files)
@@ -89,7 +89,7 @@ def out_dir(data: Path | None = None) -> Path:
 
 def passwords(data: Path | None = None) -> dict[str, str]:
     """Secret name -> value, from the local stack's secret files under ``data`` (created there when absent)."""
-    secrets = (data or SETTINGS.paths.data) / "secrets"
+    secrets = container_tls.secrets_dir(data)
 
     def local(name: str, base: Path = secrets, nbytes: int = 24) -> str:
         return load_or_create(name, lambda: random_token(nbytes), base).decode().strip()
@@ -286,9 +286,9 @@ def write_all(out: Path | None = None, data: Path | None = None, tenants: tuple[
 def _gateway_signing_key(data: Path | None = None) -> bytes:
     """The containers' gateways sign access tokens with this key, kept in the local secrets dir (0600) so every
     run hands out the same one; not the local gateway's (``jwt_signing_key.pem``): their tokens stay apart."""
-    from gateway.tokens import _new_key
+    from gateway.tokens import new_signing_key
 
-    return load_or_create("containers-jwt_signing_key.pem", _new_key, (data or SETTINGS.paths.data) / "secrets")
+    return load_or_create("containers-jwt_signing_key.pem", new_signing_key, container_tls.secrets_dir(data))
 
 
 def k8s_secrets() -> dict[str, dict[str, str]]:

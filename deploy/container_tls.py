@@ -23,7 +23,8 @@ PROXY_SERVICE = "rscf-flink-rest-proxy"  # deploy/k8s/flink-rest-proxy.yaml's Se
 OPERATOR_CLIENT = "flink-rest-operator"  # its certificate's common name: rscf-flink-rest-operator
 
 
-def _secrets(data: Path | None) -> Path:
+def secrets_dir(data: Path | None = None) -> Path:
+    """The local stack's secrets directory under ``data`` (default: the stack's data dir)."""
     return (data or SETTINGS.paths.data) / "secrets"
 
 
@@ -52,7 +53,7 @@ def ca_signed_server(out: Path, data: Path | None, cert_name: str, key_name: str
 
     from gateway.tls import ensure_ca, server_certificate
 
-    ca_cert, ca_key = ensure_ca(_secrets(data))
+    ca_cert, ca_key = ensure_ca(secrets_dir(data))
     write_public(out / ca_name, ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_path, key_path = out / cert_name, out / key_name
     try:
@@ -75,7 +76,7 @@ def ca_signed_server(out: Path, data: Path | None, cert_name: str, key_name: str
 
 
 def operator_files(data: Path | None = None) -> ClientCert:
-    base = _secrets(data)
+    base = secrets_dir(data)
     return ClientCert(OPERATOR_CLIENT, base / "containers-flink-rest-operator.pem",
                       base / "containers-flink-rest-operator.key")
 
@@ -86,7 +87,7 @@ def operator_client(data: Path | None = None) -> ClientCert:
     from deploy.local.monitoring import issue_certificate
     from gateway.tls import ensure_ca
 
-    ca_cert, ca_key = ensure_ca(_secrets(data))
+    ca_cert, ca_key = ensure_ca(secrets_dir(data))
     files = operator_files(data)
     issue_certificate(OPERATOR_CLIENT, False, ca_cert, ca_key, files)
     return files

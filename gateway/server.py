@@ -7,6 +7,7 @@ One process, uvloop + httptools; the access log carries method, path and status 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from pathlib import Path
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> None:
         tls = ensure_tls()
         cert, key = tls.cert, tls.key
     ssl = {} if args.plain_http else {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    app = create_app(rt)
+    # What start-up made lives as long as the process: out of the collector's scans, a full collection
+    # no longer walks it while requests wait on the one event loop.
+    gc.collect()
+    gc.freeze()
     try:
-        uvicorn.run(create_app(rt), host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
+        uvicorn.run(app, host=SETTINGS.host, port=args.port, loop="uvloop", http="httptools",
                     log_level=os.environ.get("RSCF_GATEWAY_LOG_LEVEL", "info"), access_log=True, log_config=None,
                     server_header=False, proxy_headers=False, timeout_graceful_shutdown=5, **ssl)  # SSE streams never end by themselves
     finally:
@@ -56,13 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _log_off_the_loop():
-    """Log records (uvicorn's access log: one per request) go through a queue to a thread that writes them,
-    and the objects made at start are frozen out of the garbage collector's scans.
+    """Log records (uvicorn's access log: one per request) go through a queue to a thread that writes them.
 
-    Why: at 1,000 requests/s a log write that blocks, or a full collection over the start-up objects,
-    stalls the one event loop every request waits on: the gateway's added p99 was 10-19 ms for an added
-    p50 of ~1 ms (`rscf bench gateway --rate 1000`)."""
-    import gc
+    Why: at 1,000 requests/s a log write that blocks, or a full collection over the start-up objects (frozen
+    in `main`), stalls the one event loop every request waits on: the gateway's added p99 was 10-19 ms for
+    an added p50 of ~1 ms (`rscf bench gateway --rate 1000`)."""
     import logging.handlers
     import queue
 
@@ -74,8 +78,6 @@ def _log_off_the_loop():
     enqueue.setFormatter(logging.Formatter("%(message)s"))  # merges the arguments; the writer adds the rest
     logging.basicConfig(level=logging.INFO, handlers=[enqueue])
     listener.start()
-    gc.collect()
-    gc.freeze()
     return listener
 
 

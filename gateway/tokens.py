@@ -45,7 +45,7 @@ class Claims:
     expires_at: int
 
 
-def _new_key() -> bytes:
+def new_signing_key() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -58,7 +58,7 @@ class TokenService:
         if key_file:
             pem = key_file.read_bytes()
         else:
-            pem = load_or_create(KEY_FILE, _new_key, base or SETTINGS.paths.secrets)
+            pem = load_or_create(KEY_FILE, new_signing_key, base or SETTINGS.paths.secrets)
         self._private = serialization.load_pem_private_key(pem, password=None)
         self._public = self._private.public_key()
         der = self._public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
