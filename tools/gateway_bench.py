@@ -10,11 +10,17 @@ acknowledgement:
   a private port and private topic, over keep-alive connections of a minimal asyncio
   HTTP/1.1 client (~40 µs of client CPU per request, so the client does not dominate 2 cores).
 Added latency = gateway percentile - direct percentile.
+
+Each timed round starts after an untimed half second of the same arm: the other arm's round left the
+keep-alive connections idle past uvicorn's 5 s, and re-opening 64 TLS connections at once (~1 ms of
+CPU on each side per handshake) queued the first ~90 requests up to 61 ms, a burst no steady client
+sees. The client's cyclic collector is paused while a round is timed (`client_gc_paused`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import ssl
@@ -24,11 +30,30 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from rscf.kafka_clients import GATEWAY, client_security, credentials_env
 from rscf.settings import SETTINGS
+
+
+ROUND_WARMUP_S = 0.5
+
+
+@contextmanager
+def client_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection in the benchmark client while an arm is timed. Traced on 2026-12-05:
+    the client's own full collections (10,000 pending tasks: 34-48 ms each, every ~12 s) stalled its
+    loop, and the requests queued behind them were the slowest of either arm (up to 69 ms), i.e. the
+    instrument, not the gateway. Collected once before, and again after, each timed round."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -53,22 +78,36 @@ async def open_loop(rate: float, duration_s: float, call: Callable[[int], Awaita
     n = int(rate * duration_s)
     t0 = time.perf_counter() + 0.05
 
-    async def one(i: int, at: float) -> None:
-        nonlocal errors
-        ok = await call(i)
-        if ok:
-            lat.append(time.perf_counter() - at)
-        else:
-            errors += 1
+    pending = 0
+    done = asyncio.Event()
 
-    tasks = []
+    async def one(i: int, at: float) -> None:
+        nonlocal errors, pending
+        try:
+            ok = await call(i)
+            if ok:
+                lat.append(time.perf_counter() - at)
+            else:
+                errors += 1
+        finally:
+            pending -= 1
+            if pending == 0 and sent == n:
+                done.set()
+
+    tasks = set()  # strong references until done; no gather over all n at the end (~15 ms on the loop)
+    sent = 0
     for i in range(n):
         at = t0 + i / rate
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, at)))
-    await asyncio.gather(*tasks)
+        pending += 1
+        sent += 1
+        task = asyncio.ensure_future(one(i, at))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if pending:
+        await done.wait()
     return summary(lat, errors, n, time.perf_counter() - t0)
 
 
@@ -203,8 +242,10 @@ def run(rate: float = 1000, duration_s: float = 10, warmup_s: float = 2, plain: 
             # two rounds each, interleaved, so a load change on the shared machine hits both arms
             rounds: dict[str, list[dict]] = {"direct": [], "gateway": []}
             for _ in range(2):
-                rounds["direct"].append(await open_loop(rate, duration_s / 2, direct))
-                rounds["gateway"].append(await open_loop(rate, duration_s / 2, via_gateway))
+                for arm, call in (("direct", direct), ("gateway", via_gateway)):
+                    await open_loop(rate, ROUND_WARMUP_S, call)  # the other arm's round let connections idle out
+                    with client_gc_paused():
+                        rounds[arm].append(await open_loop(rate, duration_s / 2, call))
             sender.close()
             for arm, results in rounds.items():
                 out[arm] = {"rounds": results, "p50_ms": round(statistics.median(r["p50_ms"] for r in results), 3),
