@@ -36,3 +36,26 @@ def test_no_generated_secret_in_any_log(stack):
             data = f.read()
         leaks += [f"{log.name}: {name}" for name, value in secrets.items() if value.encode() in data]
     assert not leaks, leaks
+
+
+def test_no_generated_secret_on_a_job_submission_command_line(stack):
+    """`flink run`'s argv (what `ps` shows to every local user) and the environment it is given, for the live
+    job, a backfill's lane and its ingest job: the job's Kafka and Redis passwords are resolved inside the job (its DDL and `job_redis_url`), never passed."""
+    import os
+
+    from deploy.local.flink_jobs import flink_command
+    from deploy.local.flink import flink_env
+    from jobs.config import JobConfig
+
+    secrets = generated_secrets(SETTINGS.paths.data / "secrets")
+    assert any(name.startswith("kafka/") for name in secrets), sorted(secrets)
+    from deploy.local import backfills
+
+    lines = [" ".join(flink_command(cfg)) for cfg in (JobConfig(), JobConfig(delivery="at-least-once"),
+                                                      backfills.lane_config(backfills.LANE))]
+    lines.append(" ".join(backfills._ingest_args("bf-secrets", backfills.LANE, 100, backfills.Yielding())))
+    env = {**os.environ, **flink_env()}
+    seen = "\n".join(lines + [f"{k}={v}" for k, v in env.items()])
+    assert "flink" in lines[0] and "content_pipeline.py" in lines[0]
+    leaks = [name for name, value in secrets.items() if value in seen]
+    assert not leaks, leaks
