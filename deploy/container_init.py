@@ -127,9 +127,24 @@ def kafka(secrets: Path) -> None:
     print(f"init: kafka: topics ready, {len(kafka_security.fixed_principals())} principals, {acls} ACLs", flush=True)
 
 
-def minio_users(keys: dict[str, str], extra_buckets: tuple[str, ...]) -> None:
+def prune_tenant_users(admin, keep: set[str]) -> list[str]:
+    """Remove the tenant users (and their policies) that the tenants file no longer names, so a removed
+    tenant's S3 key stops working at the next set-up; components' users are never touched."""
+    users = json.loads(admin.user_list() or "{}")
+    gone = sorted(u for u in users if u.startswith(s3_security.TENANT_PREFIX) and u not in keep)
+    for user in gone:
+        retry(f"s3 remove user {user}", lambda: admin.user_remove(user))
+        try:
+            admin.policy_remove(user)
+        except Exception as exc:  # noqa: BLE001 - a policy removed by hand already
+            print(f"init: s3: policy {user} not removed: {type(exc).__name__}", flush=True)
+    return gone
+
+
+def minio_users(keys: dict[str, str], extra_buckets: tuple[str, ...], prune_tenants: bool = False) -> None:
     """A MinIO user per identity of ``keys`` (identity -> secret key) with its policy (MinIO's admin API, as the
-    root user); the job's identity also gets ``extra_buckets``."""
+    root user); the job's identity also gets ``extra_buckets``. ``prune_tenants``: the tenants file was
+    mounted, so a tenant user it does not name is one that was removed (`prune_tenant_users`)."""
     from minio import MinioAdmin
     from minio.credentials import StaticProvider
 
@@ -146,6 +161,9 @@ def minio_users(keys: dict[str, str], extra_buckets: tuple[str, ...]) -> None:
             if "already" not in str(exc).lower():
                 raise
     print(f"init: s3: users {', '.join(keys) or '(none)'} with their policies", flush=True)
+    if prune_tenants:
+        gone = prune_tenant_users(admin, set(keys))
+        print(f"init: s3: removed tenant users {', '.join(gone) or '(none)'}", flush=True)
 
 
 def s3_users(secrets: Path, mode: str, extra: tuple[str, ...], components: bool = True) -> None:
@@ -153,7 +171,9 @@ def s3_users(secrets: Path, mode: str, extra: tuple[str, ...], components: bool 
     keys = {i: read_secret(secrets, "s3", i) for i in COMPONENT_S3} if components else {}
     keys |= tenant_keys(secrets)
     if mode == "minio":
-        minio_users(keys, extra)
+        from deploy.container_secrets import S3_TENANTS
+
+        minio_users(keys, extra, prune_tenants=(secrets / S3_TENANTS).is_file())
         return
     for identity in keys:
         print(json.dumps({identity: s3_policy(identity, extra if identity == s3_security.JOB else ())}))

@@ -106,6 +106,17 @@ class _Admin:
     def attach_policy(self, policies, user):
         self.calls.append(("attach", tuple(policies), user))
 
+    existing: dict = {}
+
+    def user_list(self):
+        return json.dumps(self.existing)
+
+    def user_remove(self, name):
+        self.calls.append(("remove", name))
+
+    def policy_remove(self, name):
+        self.calls.append(("remove-policy", name))
+
 
 def test_init_makes_the_tenants_minio_users(monkeypatch, data, tmp_path):
     import minio
@@ -148,3 +159,23 @@ def test_compose_and_k8s_hand_the_tenants_keys_to_the_set_up_only():
     assert cs.k8s_secrets()["rscf-s3-config"] == {"s3.json": cs.S3_CONFIG}
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert "s3-tenants-job.yaml" in kust["resources"]
+
+
+def test_init_removes_the_users_of_removed_tenants_only(monkeypatch, data, tmp_path):
+    import minio
+
+    out = cs.write_all(tmp_path / "out", data, tenants=("acme",))
+    monkeypatch.setattr(minio, "MinioAdmin", _Admin)
+    monkeypatch.setattr(s3_security, "credential", lambda name: ("rscf", "root-key"))
+    _Admin.existing = {u: {"status": "enabled"} for u in ("tenant-acme", "tenant-gone", "rscf-worker", "tenantless")}
+    _Admin.calls = []
+    try:
+        assert ci.main(["--secrets", str(out), "--tenants-only"]) == 0
+        removed = [c for c in _Admin.calls if c[0].startswith("remove")]
+        assert removed == [("remove", "tenant-gone"), ("remove-policy", "tenant-gone")]
+        (out / cs.S3_TENANTS).unlink()  # no tenants file mounted: nothing is known to be removed
+        _Admin.calls = []
+        assert ci.main(["--secrets", str(out), "--tenants-only"]) == 0
+        assert not [c for c in _Admin.calls if c[0].startswith("remove")]
+    finally:
+        _Admin.existing = {}
