@@ -27,8 +27,9 @@ from rscf.settings import SETTINGS
 
 
 def _log(name: str):
-    SETTINGS.paths.logs.mkdir(parents=True, exist_ok=True)
-    return open(SETTINGS.paths.logs / name, "ab")
+    from rscf.run_logs import open_run_log
+
+    return open_run_log(name)  # one per run: the oldest of its kind beyond a few dozen go
 
 
 def serde(cfg: JobConfig, topic: str, role: str):

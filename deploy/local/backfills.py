@@ -221,8 +221,9 @@ def _writer_alive(pid: int | None) -> bool:
 
 def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits.backfill_nice) -> int:
     from inference_workers.backfill_lanes import lower_priority
+    from rscf.run_logs import open_run_log
 
-    log = open(SETTINGS.paths.logs / f"backfill-{backfill_id}-results.log", "ab")
+    log = open_run_log(f"backfill-{backfill_id}-results.log")
     proc = subprocess.Popen([str(SETTINGS.paths.venv / "bin" / "python"), "-m", "jobs.backfill_results",
                              "--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane],
                             cwd=str(SETTINGS.paths.repo), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
