@@ -100,3 +100,19 @@ def test_backfill_prompts_sink_is_the_live_finals_sink_on_one_topic():
     ddl = _prompts_ddl(JobConfig(topic_suffix="backfill"))
     assert "`topic` STRING METADATA" not in ddl and "'topic' = 'genai.prompts.backfill'" in ddl
     assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl and "'POOLING'" in ddl
+
+
+def test_backfill_ingest_barriers_do_not_wait_behind_the_paced_lines():
+    """At a low budget an aligned barrier waited behind every queued line (60 s for 600 lines at 10 rows/s):
+    JSON Lines ingest checkpoints unaligned, and a bundle holds about a tenth of a second of the pace."""
+    from jobs.backfill_ingest import bundle_size, configuration, parse
+
+    assert [bundle_size("jsonl", r) for r in (0, 1, 10, 250, 500, 5_000)] == [100, 1, 1, 25, 50, 100]
+    assert bundle_size("parquet", 10) == bundle_size("avro", 5_000) == 1  # one read unit
+    ns = parse(["--plan", "p.json", "--job-name", "bf", "--max-rows-per-s", "10", "--execution-mode", "process"])
+    jsonl = configuration(ns, "jsonl").to_dict()
+    assert jsonl["execution.checkpointing.unaligned.enabled"] == "true"
+    assert jsonl["python.fn-execution.bundle.size"] == "1"
+    parquet = configuration(ns, "parquet").to_dict()
+    assert "execution.checkpointing.unaligned.enabled" not in parquet
+    assert parquet["python.fn-execution.bundle.size"] == "1"
