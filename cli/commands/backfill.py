@@ -110,7 +110,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from deploy.local import backfills
 
     try:
-        data = backfills.resume(args.backfill_id)
+        data = backfills.resume(args.backfill_id, args.budget)
         if args.wait:
             data = _watch(args, args.backfill_id)
     except Exception as exc:  # noqa: BLE001
@@ -155,6 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("backfill_id")
     r.add_argument("--wait", action="store_true")
     r.add_argument("--timeout", type=float, default=0.0)
+    r.add_argument("--budget", type=float, default=None, metavar="ROWS_PER_S",
+                   help="read slower from here on (not above the start's budget), e.g. 10 beside live traffic")
     r.set_defaults(func=cmd_resume)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig, python_executable
-from operators.backfill import BackfillSpec, Manifest, done_ranges, progress, request_id
+from operators.backfill import BackfillSpec, BadInput, Manifest, done_ranges, progress, request_id
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -309,11 +309,14 @@ def stop(backfill_id: str) -> dict[str, Any]:
     return {"backfill_id": backfill_id, **state}
 
 
-def resume(backfill_id: str) -> dict[str, Any]:
-    """The ingest job from its savepoint (none: it had finished reading), and the writer again."""
+def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str, Any]:
+    """The ingest job from its savepoint (none: it had finished reading), and the writer again.
+    ``budget_rows_per_s``: a lower pace from here on (e.g. 10 rows/s while live traffic runs beside it); not
+    above the start's budget, which the lane's token bucket for this backfill was set to."""
     state = _state(backfill_id)
     if flink_jobs.running(state["job_name"]) is not None:
         raise flink_jobs.ClusterError(f"backfill {backfill_id} is running")
+    state["budget_rows_per_s"] = lowered_budget(state, budget_rows_per_s)
     y = Yielding(**state["yielding"]) if state.get("yielding") else Yielding()
     if state.get("savepoint"):
         state["job_id"] = flink_run("jobs/backfill_ingest.py",
@@ -324,6 +327,17 @@ def resume(backfill_id: str) -> dict[str, Any]:
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}
+
+
+def lowered_budget(state: dict, budget_rows_per_s: float | None) -> float:
+    """The pace a resume reads at: the backfill's own, or another positive one up to the start's (BadInput)."""
+    start = state.setdefault("start_budget_rows_per_s", state["budget_rows_per_s"])
+    if budget_rows_per_s is None:
+        return state["budget_rows_per_s"]
+    if not 0 < budget_rows_per_s <= start:
+        raise BadInput(f"--budget {budget_rows_per_s:g}: not in (0, {start:g}]; the lane's token bucket for this "
+                       f"backfill was set to {start:g} rows/s at start")
+    return budget_rows_per_s
 
 
 def job_counters(job_id: str) -> dict[str, float]:

@@ -116,3 +116,19 @@ def test_the_lane_counts_its_budget_by_read_time_so_a_lane_that_catches_up_rejec
     assert run(True) == {"admitted": 8_000, "quota": 0}
     by_arrival = run(False)
     assert by_arrival["quota"] > 2_000, by_arrival  # what the lane did before
+
+
+def test_a_resume_may_lower_the_pace_and_raise_it_back_to_the_start_budget_only():
+    import pytest
+
+    from deploy.local.backfills import lowered_budget
+    from operators.backfill import BadInput
+
+    state = {"budget_rows_per_s": 200.0}
+    assert lowered_budget(state, None) == 200.0
+    assert lowered_budget(state, 10.0) == 10.0 and state["start_budget_rows_per_s"] == 200.0
+    state["budget_rows_per_s"] = 10.0  # what resume saves
+    assert lowered_budget(state, 200.0) == 200.0  # back up to the start's
+    for bad in (0.0, -5.0, 200.5):
+        with pytest.raises(BadInput, match="token bucket"):
+            lowered_budget(state, bad)
