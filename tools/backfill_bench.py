@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import sys
 import threading
 import time
 import uuid
@@ -179,7 +180,18 @@ def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: 
     live = _live(live_rate, duration_s)
     stop.set()
     t.join()
-    return {"live": live, "backfill": result, "backfill_flowing_after_s": round(waited, 1)}
+    throughout = ran_throughout(result)
+    if not throughout:  # live was measured (partly) without a backfill beside it: say so, do not hide it
+        print(f"warning: the backfill ended ({result.get('state')}) before live was measured to the end; "
+              "this beside run is not beside a backfill", file=sys.stderr)
+    return {"live": live, "backfill": result, "backfill_flowing_after_s": round(waited, 1),
+            "backfill_ran_throughout": throughout}
+
+
+def ran_throughout(backfill: dict) -> bool:
+    """Whether the backfill still ran when the bench stopped it, i.e. beside the whole live run (2026-12-05: a
+    10 rows/s backfill whose rows showed only at its end had FINISHED before live was measured)."""
+    return backfill.get("state") == "STOPPED_BY_BENCH"
 
 
 def arms() -> dict[str, backfills.Yielding]:
@@ -237,7 +249,10 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
             **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)
                for name, r in beside.items() if alone_again["p99"]},
-            "interleaved": figures, "later_rounds": {name: runs[1:] for name, runs in beside_runs.items() if runs[1:]},
+            "interleaved": figures,
+            "beside_runs_without_a_backfill_throughout": {name: sum(not r["backfill_ran_throughout"] for r in runs)
+                                                          for name, runs in beside_runs.items()},
+            "later_rounds": {name: runs[1:] for name, runs in beside_runs.items() if runs[1:]},
             "target_p99_ratio": 1.10}
 
 

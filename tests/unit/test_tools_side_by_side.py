@@ -34,3 +34,11 @@ def test_rounds_must_match():
         side_by_side([[1.0]], {"lane": []})
     with pytest.raises(ValueError):
         side_by_side([[1.0], [1.0], [1.0]], {"lane": [[1.0]]})
+
+
+def test_a_beside_run_counts_only_if_its_backfill_ran_until_the_bench_stopped_it():
+    from tools.backfill_bench import ran_throughout
+
+    assert ran_throughout({"state": "STOPPED_BY_BENCH", "rows_done": 443})
+    assert not ran_throughout({"state": "FINISHED", "rows_done": 1800})  # ended before live was measured
+    assert not ran_throughout({})  # the backfill thread failed before it reported
