@@ -334,3 +334,14 @@ def progress(rows_total: int, finished: int, dead: int, rate_per_s: float) -> di
     eta = left / rate_per_s if rate_per_s > 0 else None
     return {"rows_total": rows_total, "done": done, "fraction": done / rows_total if rows_total else 1.0,
             "eta_s": round(eta, 1) if eta is not None else None}
+
+
+def lowered_budget(state: dict, budget_rows_per_s: float | None) -> float:
+    """The pace a resume reads at: the backfill's own, or another positive one up to the start's (BadInput)."""
+    start = state.setdefault("start_budget_rows_per_s", state["budget_rows_per_s"])
+    if budget_rows_per_s is None:
+        return state["budget_rows_per_s"]
+    if not 0 < budget_rows_per_s <= start:
+        raise BadInput(f"--budget {budget_rows_per_s:g}: not in (0, {start:g}]; the lane's token bucket for this "
+                       f"backfill was set to {start:g} rows/s at start")
+    return budget_rows_per_s

@@ -29,7 +29,7 @@ from typing import Any
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig, python_executable
-from operators.backfill import BackfillSpec, BadInput, Manifest, done_ranges, progress, request_id
+from operators.backfill import BackfillSpec, Manifest, done_ranges, lowered_budget, progress, request_id
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -327,17 +327,6 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}
-
-
-def lowered_budget(state: dict, budget_rows_per_s: float | None) -> float:
-    """The pace a resume reads at: the backfill's own, or another positive one up to the start's (BadInput)."""
-    start = state.setdefault("start_budget_rows_per_s", state["budget_rows_per_s"])
-    if budget_rows_per_s is None:
-        return state["budget_rows_per_s"]
-    if not 0 < budget_rows_per_s <= start:
-        raise BadInput(f"--budget {budget_rows_per_s:g}: not in (0, {start:g}]; the lane's token bucket for this "
-                       f"backfill was set to {start:g} rows/s at start")
-    return budget_rows_per_s
 
 
 def job_counters(job_id: str) -> dict[str, float]:
