@@ -80,10 +80,10 @@ class PoolLag:
 def consumer_lag(topic: str, group: str, bootstrap: str | None = None, timeout: float = 10.0,
                  principal: str = "controller") -> PoolLag:
     """Sum over partitions of (latest - committed); an uncommitted partition counts from its earliest offset."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
 
-    from rscf.kafka_clients import client_security
+    from rscf.kafka_clients import client_security, group_lag
 
     admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap, **client_security(principal)})
     md = admin.list_topics(topic, timeout=timeout)
@@ -91,17 +91,7 @@ def consumer_lag(topic: str, group: str, bootstrap: str | None = None, timeout: 
     if tmeta is None or tmeta.error is not None or not tmeta.partitions:
         return PoolLag(pool="", group=group, topic=topic, lag=0, partitions=0)
     tps = [TopicPartition(topic, p) for p in sorted(tmeta.partitions)]
-    latest_f = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
-    earliest_f = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout)
-    latest = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in latest_f.items()}
-    earliest = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in earliest_f.items()}
-    committed_f = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout)
-    committed: dict[tuple[str, int], int] = {}
-    for fut in committed_f.values():
-        for tp in fut.result(timeout).topic_partitions:
-            if tp.error is None and tp.offset >= 0:
-                committed[(tp.topic, tp.partition)] = tp.offset
-    total = sum(max(0, latest[k] - committed.get(k, earliest[k])) for k in latest)
+    total, _latest = group_lag(admin, group, tps, timeout)
     return PoolLag(pool="", group=group, topic=topic, lag=total, partitions=len(tps))
 
 

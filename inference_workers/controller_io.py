@@ -58,8 +58,9 @@ class LagReader:
             return Reading(error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
     def _lane(self, topic: str, group: str) -> tuple[int, int, int]:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import OffsetSpec
+        from confluent_kafka import TopicPartition
+
+        from rscf.kafka_clients import group_lag
 
         admin, t = self._client(), self.timeout
         md = admin.list_topics(topic, timeout=t)
@@ -69,17 +70,8 @@ class LagReader:
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
             return 0, 0, 0
         tps = [TopicPartition(topic, p) for p in sorted(tmeta.partitions)]
-        latest = {k.partition: f.result(t).offset
-                  for k, f in admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=t).items()}
-        earliest = {k.partition: f.result(t).offset
-                    for k, f in admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=t).items()}
-        committed: dict[int, int] = {}
-        for fut in admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)], request_timeout=t).values():
-            for tp in fut.result(t).topic_partitions:
-                if tp.error is None and tp.offset >= 0:
-                    committed[tp.partition] = tp.offset
-        lag = sum(max(0, latest[p] - committed.get(p, earliest[p])) for p in latest)
-        return lag, sum(latest.values()), len(tps)
+        lag, latest = group_lag(admin, group, tps, t)
+        return lag, latest, len(tps)
 
     def rate(self, pool: str, reading: Reading, now: float) -> float | None:
         """Arrivals per second since this pool's previous reading (None on the first one)."""

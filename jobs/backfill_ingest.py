@@ -65,6 +65,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
     p.add_argument("--yield-busy", type=float, default=0.0,
                    help="halve the pace while the machine's cores are busier than this share (0: never)")
+    p.add_argument("--live-busy", type=float, default=0.0,
+                   help="live prompts/s above which the pace drops to --live-floor (0: never)")
+    p.add_argument("--live-floor", type=float, default=5.0, help="rows/s while live traffic is busy")
+    p.add_argument("--max-lag-s", type=float, default=0.0,
+                   help="hold while the lane is more than this many seconds of pace behind (0: never)")
+    p.add_argument("--lane-group", default="", help="the lane job's consumer group (its lag; needs --max-lag-s)")
     p.add_argument("--execution-mode", default="thread", choices=("thread", "process"),
                    help="process: the rows' Python in a worker process of its own, off the TaskManager's lock")
     p.add_argument("--python-executable", default=None, help="the Python worker's interpreter (a niced wrapper)")
@@ -76,11 +82,17 @@ def lane_config(ns: argparse.Namespace) -> JobConfig:
     return JobConfig(job_name=ns.job_name, topic_suffix=ns.lane, bootstrap=ns.bootstrap, registry_url=ns.registry_url)
 
 
+def pacing(ns: argparse.Namespace) -> dict:
+    """What `jobs.backfill_pace.Pace` needs besides the budget (plain values: the functions are pickled)."""
+    return {"yield_busy": ns.yield_busy, "live_busy": ns.live_busy, "live_floor": ns.live_floor,
+            "max_lag_s": ns.max_lag_s if ns.lane_group else 0.0, "lane_group": ns.lane_group}
+
+
 class _Rows:
     """What both readers share: rows to prompts or dead letters, counters, the row-rate cap."""
 
-    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float, yield_busy: float = 0.0):
-        self.plan_data, self.cfg, self.max_rows_per_s, self.yield_busy = plan, cfg, max_rows_per_s, yield_busy
+    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float, pacing: dict | None = None):
+        self.plan_data, self.cfg, self.max_rows_per_s, self.pacing = plan, cfg, max_rows_per_s, pacing or {}
 
     def open_rows(self, ctx: RuntimeContext) -> None:
         from jobs.clients import topic_serde
@@ -94,9 +106,15 @@ class _Rows:
         self.done = {tag: ranges for tag, ranges in (self.plan_data.get("done") or {}).items()}
         self.pending = {name: 0 for name in self.metrics}
         self.flushed_at = time.monotonic()
+        from jobs.backfill_load import KafkaLoad
         from jobs.backfill_pace import Pace, Paced
 
-        self.paced = Paced(Pace(self.max_rows_per_s, busy_high=self.yield_busy))
+        p = self.pacing
+        pace = Pace(self.max_rows_per_s, busy_high=p.get("yield_busy", 0.0), live_busy=p.get("live_busy", 0.0),
+                    live_floor=p.get("live_floor", 5.0), max_lag_s=p.get("max_lag_s", 0.0))
+        load = KafkaLoad(self.cfg.bootstrap, self.cfg.prompts, p.get("lane_group") or "") \
+            if pace.watches_load else None
+        self.paced = Paced(pace, load=load)
 
     def count(self, name: str) -> None:
         self.pending[name] += 1
@@ -256,7 +274,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
         t_env.execute_sql(_source_ddl(plan))
         lines = t_env.to_data_stream(t_env.sql_query(
             "SELECT `path` AS `key`, ROW(`path`, `line`) AS `rec` FROM `backfill_lines`"))
-        rows = (_keyed(lines, LINE).process(BackfillRows(plan, cfg, ns.max_rows_per_s, ns.yield_busy), output_type=OUT)
+        rows = (_keyed(lines, LINE).process(BackfillRows(plan, cfg, ns.max_rows_per_s, pacing(ns)), output_type=OUT)
                 .uid("backfill-rows").name("number lines + row -> prompt (by file)"))
     else:
         from pyflink.common import WatermarkStrategy
@@ -266,7 +284,7 @@ def build(env: StreamExecutionEnvironment, plan: dict, ns: argparse.Namespace) -
                                 WatermarkStrategy.no_watermarks(), "read units").uid("backfill-units")
         if not plan["units"]:
             units = units.filter(lambda _: False)
-        rows = (units.flat_map(ReadUnits(plan, cfg, ns.max_rows_per_s, ns.yield_busy), output_type=OUT)
+        rows = (units.flat_map(ReadUnits(plan, cfg, ns.max_rows_per_s, pacing(ns)), output_type=OUT)
                 .uid("backfill-units-read").name("read unit + row -> prompt"))
     t_env.create_temporary_view(ROWS_VIEW, t_env.from_data_stream(rows))
     statements = t_env.create_statement_set()

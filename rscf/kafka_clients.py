@@ -39,6 +39,41 @@ def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: 
     return AdminClient(client_config(principal, bootstrap, **extra))
 
 
+def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> latest (or earliest) offset, in one ListOffsets round trip per broker."""
+    from confluent_kafka.admin import OffsetSpec
+
+    spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
+    tps = list(tps)
+    if not tps:
+        return {}
+    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
+    return {(tp.topic, tp.partition): f.result(timeout_s).offset for tp, f in futures.items()}
+
+
+def committed_offsets(admin: Any, group: str, tps: Iterable[Any], timeout_s: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the group's committed offset, for the partitions it has committed."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    out: dict[tuple[str, int], int] = {}
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, list(tps))],
+                                                request_timeout=timeout_s)
+    for fut in futures.values():
+        for tp in fut.result(timeout_s).topic_partitions:
+            if tp.error is None and tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+    return out
+
+
+def group_lag(admin: Any, group: str, tps: list[Any], timeout_s: float) -> tuple[int, int]:
+    """(lag, sum of latest offsets) of a group on partitions: latest - committed, an uncommitted partition
+    counting from its earliest offset (what the group would read)."""
+    latest = end_offsets(admin, tps, timeout_s)
+    earliest = end_offsets(admin, tps, timeout_s, earliest=True)
+    committed = committed_offsets(admin, group, tps, timeout_s)
+    return sum(max(0, latest[k] - committed.get(k, earliest[k])) for k in latest), sum(latest.values())
+
+
 def producer_config(bootstrap: str | None = None, linger_ms: float | None = None, principal: str = ADMIN,
                     **extra: Any) -> dict[str, Any]:
     """Idempotent, acks=all producer; the hot-path linger by default (the broker's CPU goes by

@@ -131,8 +131,8 @@ class Topics:
     audit: str = "genai.audit"
     dlq: str = "genai.dlq"
     request_prefix: str = "genai.inference.requests."
-    # Topic suffix of the backfill lane (`genai.prompts.backfill`, `genai.inference.requests.<pool>.backfill`,
-    # ...): the backfill's copy of the pipeline (deploy/local/backfills.py) and its pool-controller replicas.
+    # Topic suffix of the backfill lane (`genai.prompts.backfill`, ...; a bench's own: `backfill-<id>`): the
+    # backfill's copy of the pipeline (deploy/local/backfills.py) and its pool-controller replicas.
     backfill_lane: str = "backfill"
     partitions: int = _env_int("TOPIC_PARTITIONS", 4)
 
@@ -242,8 +242,7 @@ class Limits:
     dedup_ttl_ms: int = 600_000  # how long a finished request's tombstone drops duplicates
     final_readback_ms: int = 300_000  # finals a restored job reads back (< dedup_ttl_ms: jobs/replay_filter.py)
     voices: tuple[str, ...] = ("joe", "en_US-joe-medium", "en-us")  # AUDIO params.voice (speech worker names)
-    # Each checkpoint commits the job's final hop (exactly-once delivery, the default): a final waits
-    # for the next one. Chosen by measurement: jobs/README.md, "Delivery".
+    # Each checkpoint commits the final hop (exactly-once, the default): a final waits for it (jobs/README.md).
     checkpoint_interval_ms: int = _env_int("CHECKPOINT_INTERVAL_MS", 200)
     rag_top_k: int = 3
     rag_token_budget: int = 256
@@ -261,16 +260,14 @@ class Limits:
     # VSIM exploration factor for RAG (0: Redis' default); 500 finds more true neighbours in a large
     # knowledge base at ~2x the cost per query (`rscf bench vectors`, jobs/README.md).
     rag_ef: int = _env_int("RAG_EF", 0)
-    # The echo model's simulated cost (0: answers at once). `rscf evaluate` sets them so that every
-    # deployment it compares batches a model that takes time, with the same cost everywhere.
+    # The echo model's simulated cost (0: answers at once); `rscf evaluate` sets it, the same everywhere.
     echo_batch_ms: float = _env_float("ECHO_BATCH_MS", 0.0)
     echo_item_ms: float = _env_float("ECHO_ITEM_MS", 0.0)
     # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
     # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
-    # After the job (re)starts, a prompt of a tenant without a known policy waits until the control
-    # topic is read to where it ended, at most this long (jobs/policy_wait.py; a fixed 3 s let 28 of
-    # 30 backlog prompts overtake their policy on a loaded CI machine).
+    # After a (re)start, a prompt of a tenant without a known policy waits for the control topic's end, at most
+    # this long (jobs/policy_wait.py; a fixed 3 s let 28 of 30 backlog prompts overtake their policy in CI).
     policy_wait_ms: int = _env_int("POLICY_WAIT_MS", 30_000)
     # Largest key + value any RSCF producer writes: the job's Java producer refuses a request above
     # max.request.size (1 MiB) and librdkafka a message above message.max.bytes (1 000 000); the
@@ -280,10 +277,9 @@ class Limits:
     # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: what a
     # replica costs). CPU: 2x the cores by default, cpu requests being requests (as on Kubernetes),
     # so every pool gets a replica on a 2-core laptop; GPU memory: 0 = no GPU, GPU pools cost cores.
-    # A killed worker's partitions wait this long before another replica takes them (#13: 10 s before,
-    # then 6 s). Heartbeats every third of it (1 s): a loaded 2-core machine still heartbeats in time,
-    # and a false expiry only moves partitions (cooperative rebalance), it loses nothing. The broker
-    # accepts down to 2 s (group.min.session.timeout.ms in deploy/local/services.py).
+    # A killed worker's partitions wait this long before another replica takes them (#13: 10 s, then 6 s).
+    # Heartbeats every third of it (1 s): a false expiry only moves partitions (cooperative rebalance), it
+    # loses nothing. The broker accepts down to 2 s (group.min.session.timeout.ms in deploy/local/services.py).
     worker_session_timeout_ms: int = _env_int("WORKER_SESSION_TIMEOUT_MS", 3_000)
     # `rscf up` runs the pool controller unless RSCF_POOL_CONTROLLER=off (replicas by hand: `rscf workers`)
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
@@ -297,9 +293,13 @@ class Limits:
     # ("thread": in the TaskManager). Live p99 beside a backfill: 158-180 vs 392-1,186 ms (README).
     backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
     backfill_lane_mode: str = _env("BACKFILL_LANE_MODE", "process")
-    # The ingest halves its pace while the cores are busier than this share (0, the default: never; with
-    # the backfill niced and off the live lock it only cut rows/s, not live p99). 0.8 turns it on.
+    # The ingest halves its pace while the cores are busier than this share (0, the default: never).
     backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.0)
+    # Live first (jobs/backfill_pace.py): while the live prompts topics take more than live_busy prompts/s, a
+    # backfill reads at most live_floor rows/s; its lane is never more than max_lag_s of its pace behind.
+    backfill_live_busy_per_s: float = _env_float("BACKFILL_LIVE_BUSY_PER_S", 10.0)  # 0: never yields to live
+    backfill_live_floor_rows_per_s: float = _env_float("BACKFILL_LIVE_FLOOR_ROWS_PER_S", 5.0)
+    backfill_max_lag_s: float = _env_float("BACKFILL_MAX_LAG_S", 4.0)  # 0: no bound
     # The backfill lane's job checkpoints this often: a backfill row does not mind 2 s; fewer checkpoints.
     backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
     # A backfill row's attempt deadline in the lane's job: nobody waits for it, and behind live traffic

@@ -63,7 +63,7 @@ class Lane:
     """A lane of the benchmark's own: topics, the pipeline job and an echo worker."""
 
     def __init__(self, yielding: backfills.Yielding):
-        self.name = f"bfb{uuid.uuid4().hex[:6]}"
+        self.name = f"{SETTINGS.topics.backfill_lane}-{uuid.uuid4().hex[:6]}"  # a lane: not live to a backfill
         self.yielding = yielding
         self.cfg = backfills.lane_config(self.name, yielding)
         self.worker = harness.EchoWorker(self.cfg)
@@ -199,15 +199,20 @@ def arms() -> dict[str, backfills.Yielding]:
     checkpoints): as before (NOT_YIELDING); isolated: a process-mode ingest, a thread-mode lane, a fixed
     pace; the defaults of 2026-12-03: thread-mode ingest and lane, a pace that yields while the machine is
     busy; yielding: the same with the lane in process mode; lane_process (the defaults since 2026-12-04):
-    ingest and lane in process mode, a fixed pace; lane_process_yielding: the same with the yielding pace."""
+    ingest and lane in process mode, a fixed pace; lane_process_yielding: the same with the yielding pace;
+    live_first (the defaults since 2026-12-05): lane_process, and the pace drops to its floor while live
+    prompts arrive, with the lane's lag bounded (jobs/backfill_pace.py)."""
     y, busy = backfills.Yielding(), Pace.busy_high
+    live_first = y
+    y = dataclasses.replace(y, live_busy=0.0, max_lag_s=0.0)  # the arms before live first: a fixed pace
     return {"not_yielding": backfills.NOT_YIELDING,
             "isolated": dataclasses.replace(y, ingest_mode="process", lane_mode="thread", yield_busy=0.0),
             "yielding_thread_lane": dataclasses.replace(y, ingest_mode="thread", lane_mode="thread", yield_busy=busy),
             "yielding": dataclasses.replace(y, ingest_mode="thread", lane_mode="process", yield_busy=busy),
             "lane_process": dataclasses.replace(y, ingest_mode="process", lane_mode="process", yield_busy=0.0),
             "lane_process_yielding": dataclasses.replace(y, ingest_mode="process", lane_mode="process",
-                                                         yield_busy=busy)}
+                                                         yield_busy=busy),
+            "live_first": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process", yield_busy=0.0)}
 
 
 DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "lane_process")

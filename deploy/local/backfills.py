@@ -50,9 +50,12 @@ class Yielding:
     nice: int = SETTINGS.limits.backfill_nice
     lane_checkpoint_ms: int = SETTINGS.limits.backfill_lane_checkpoint_ms  # 0: the delivery mode's default
     lane_mode: str = SETTINGS.limits.backfill_lane_mode  # "process": the lane job's Python niced, off the lock
+    live_busy: float = SETTINGS.limits.backfill_live_busy_per_s  # live first (jobs/backfill_pace.py); 0: never
+    live_floor: float = SETTINGS.limits.backfill_live_floor_rows_per_s
+    max_lag_s: float = SETTINGS.limits.backfill_max_lag_s
 
 
-NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread")  # as before: thread mode on the live job's lock, fixed pace, nice 0
+NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0)  # as before: on the live job's lock, fixed pace
 
 
 def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig:
@@ -254,7 +257,8 @@ def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float, y: Yielding
     niced = y.ingest_mode == "process" and y.nice > 0
     return ["--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane, "--job-name", job_name(backfill_id),
             "--bootstrap", cfg.bootstrap, "--registry-url", cfg.registry_url, "--max-rows-per-s", str(max_rows_per_s),
-            "--yield-busy", str(y.yield_busy), "--execution-mode", y.ingest_mode,
+            "--yield-busy", str(y.yield_busy), "--execution-mode", y.ingest_mode, "--live-busy", str(y.live_busy),
+            "--live-floor", str(y.live_floor), "--max-lag-s", str(y.max_lag_s), "--lane-group", cfg.group_id,
             *(["--python-executable", str(niced_python(y.nice))] if niced else [])]
 
 

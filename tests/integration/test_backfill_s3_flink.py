@@ -183,3 +183,51 @@ def test_taskmanager_killed_mid_backfill_recovers_each_row_once(lane):
     got = sorted(parse_request_id(r["request_id"])[2] for r in ResultsStore(spec).rows())
     assert got == list(range(1, n + 1)), "every row exactly once in the results"
     assert set(_prompts_on_lane(lane).values()) == {1}, "no row written twice across the restore"
+
+
+def test_a_backfill_yields_to_live_prompts_then_reads_at_its_budget_again(lane):
+    """Live first (jobs/backfill_pace.py): while prompts arrive on a live prompts topic (here a private copy,
+    `genai.prompts.<suffix>`, 40 records/s), the backfill reads at its floor (5 rows/s) instead of its budget
+    (200 rows/s); once live is quiet it climbs back and finishes, every row once."""
+    import threading
+    import time
+
+    from confluent_kafka import Producer
+
+    from rscf.kafka_clients import create_topics, delete_topics, producer_config
+
+    n = 1200
+    prefix = f"it-{uuid.uuid4().hex[:8]}/live-first"
+    _put(f"{prefix}/rows.jsonl", ("\n".join(json.dumps({"prompt": f"row {i}"}) for i in range(n)) + "\n").encode())
+    live_topic = f"{SETTINGS.topics.prompts}.it{uuid.uuid4().hex[:6]}"
+    create_topics([live_topic], partitions=1)
+    stop = threading.Event()
+
+    def live_traffic() -> None:  # arrivals are what the pace counts: the records need no job behind them
+        p = Producer(producer_config(linger_ms=0))
+        while not stop.is_set():
+            p.produce(live_topic, b"live")
+            p.poll(0)
+            time.sleep(0.025)
+        p.flush(10)
+
+    producer = threading.Thread(target=live_traffic, daemon=True)
+    producer.start()
+    try:
+        time.sleep(3)
+        spec = BackfillSpec(f"s3://{BUCKET}/{prefix}", "bf-tenant", fmt="jsonl")
+        started = backfills.start(spec, 200, lane=lane, features=["echo"])  # 6 s of reading at its budget
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not flink_jobs.all_tasks_running(started["job_id"]):
+            time.sleep(0.5)
+        time.sleep(15)
+        during = sum(1 for rid in _prompts_on_lane(lane) if (parse_request_id(rid) or ("",))[0] == spec.backfill_id)
+    finally:
+        stop.set()
+        producer.join(30)
+        delete_topics([live_topic])
+    # at the budget all 1,200 rows are read in 6 s; at the floor ~5 rows/s (+ up to one period at the budget)
+    assert during < 500, f"{during} of {n} rows read in ~20 s beside live prompts: the backfill did not yield"
+    _finish(spec.backfill_id, timeout_s=240)
+    got = sorted(parse_request_id(r["request_id"])[2] for r in ResultsStore(spec).rows())
+    assert got == list(range(1, n + 1)), "every row exactly once in the results, live first or not"

@@ -31,7 +31,7 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     import subprocess
 
     from deploy.local import backfills
-    from jobs.backfill_ingest import parse
+    from jobs.backfill_ingest import pacing, parse
 
     settings = backfills.SETTINGS
     monkeypatch.setattr(backfills, "SETTINGS", dataclasses.replace(settings, paths=dataclasses.replace(
@@ -43,6 +43,10 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     assert out.stdout.strip() == str(os.nice(0) + 10), "the Python worker's interpreter runs niced"
     old = parse(backfills._ingest_args("b1", "backfill", 500, backfills.NOT_YIELDING))
     assert (old.execution_mode, old.yield_busy, old.python_executable) == ("thread", 0.0, None)
+    assert pacing(old)["live_busy"] == 0.0 and pacing(old)["max_lag_s"] == 0.0, "as before: a fixed pace"
+    live_first = pacing(parse(backfills._ingest_args("b1", "backfill", 500, backfills.Yielding())))
+    assert live_first["live_busy"] > 0 and live_first["max_lag_s"] > 0, "the defaults: live first, the lag bounded"
+    assert live_first["lane_group"] == backfills.lane_config("backfill").group_id, "the lane job's own group"
     every_2s, every_0 = (dataclasses.replace(backfills.Yielding(), lane_checkpoint_ms=ms) for ms in (2000, 0))
     assert backfills.lane_config("x", every_2s).checkpoint_interval_ms == 2000
     from jobs.config import EXACTLY_ONCE, default_checkpoint_interval_ms

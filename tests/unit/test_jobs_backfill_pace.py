@@ -47,3 +47,69 @@ def test_cpu_busy_is_a_share():
     c = CpuBusy()
     sum(i * i for i in range(200_000))
     assert 0.0 <= c.sample() <= 1.0
+
+
+def test_live_first_drops_to_the_floor_at_once_and_climbs_back_when_live_is_quiet():
+    p = Pace(500, busy_high=0, live_busy=10, live_floor=5)
+    assert p.watches_load and p.adjust(live_per_s=3) == 500, "quiet live: the budget"
+    assert p.adjust(live_per_s=200) == 5 and p.live_yielding, "live arrives: the floor in one period"
+    assert p.adjust(live_per_s=200) == 5
+    assert p.adjust(live_per_s=0) == 55, "climbs by a tenth of the budget per period"
+    assert [p.adjust(live_per_s=0) for _ in range(10)][-1] == 500
+    assert p.adjust(live_per_s=None) == 500 and Pace(500, busy_high=0, live_busy=10).adjust(None) == 500
+
+
+def test_an_unknown_live_rate_keeps_the_pace_rather_than_climbing():
+    p = Pace(500, busy_high=0, live_busy=10, live_floor=5)
+    p.adjust(live_per_s=300)
+    assert p.adjust(live_per_s=None) == 5, "a failed read holds the floor while live may still be there"
+
+
+def test_live_off_never_yields_to_live():
+    p = Pace(500, busy_high=0, live_busy=0)
+    assert not p.watches_load and p.adjust(live_per_s=10_000) == 500
+
+
+def test_the_lane_lag_bound_is_seconds_of_the_lanes_own_rate():
+    p = Pace(500, busy_high=0, live_busy=10, max_lag_s=4, min_lag_rows=100)
+    p.adjust(live_per_s=0, lane_lag=1_900)
+    assert not p.held, "lane rate unknown: 4 s of the pace (2,000 rows)"
+    p.adjust(live_per_s=0, lane_lag=900, lane_rate=200)
+    assert p.held, "the lane reads 200 rows/s: more than 800 unread rows is more than 4 s of it"
+    p.adjust(live_per_s=0, lane_lag=700, lane_rate=200)
+    assert not p.held
+    p.adjust(live_per_s=0, lane_lag=90, lane_rate=0)
+    assert not p.held, "at least min_lag_rows, even before the lane has committed anything"
+    assert not Pace(500, busy_high=0).watches_load
+
+
+def test_paced_holds_while_the_lane_is_behind_then_reads_on():
+    clock = Clock()
+    lags = iter([5_000, 5_000, 5_000, 0] + [0] * 1000)
+    paced = Paced(Pace(100, busy_high=0, max_lag_s=4), clock=clock, sleep=clock.sleep,
+                  load=lambda: (0.0, next(lags), 100.0))
+    clock.t = 1.0  # the first look is due
+    paced.wait()
+    assert 3.0 <= clock.t - 1.0 <= 3.1, "three periods held, then the row"
+    start = clock.t
+    for _ in range(100):
+        paced.wait()
+    assert 0.9 <= clock.t - start <= 1.1, "then at the budget again"
+
+
+def test_paced_holds_no_longer_than_max_hold_s_for_a_lane_that_is_down():
+    clock = Clock()
+    paced = Paced(Pace(100, busy_high=0, max_lag_s=4), clock=clock, sleep=clock.sleep,
+                  load=lambda: (0.0, 10**6, 0.0), max_hold_s=10)
+    clock.t = 1.0
+    paced.wait()
+    assert 10.0 <= clock.t - 1.0 <= 11.1, "a row passes every max_hold_s: a stop-with-savepoint is not stalled for ever"
+
+
+def test_paced_drops_to_the_floor_while_live_arrives():
+    clock = Clock()
+    paced = Paced(Pace(100, busy_high=0, live_busy=10, live_floor=5), clock=clock, sleep=clock.sleep,
+                  load=lambda: (200.0, 0, None))
+    for _ in range(120):
+        paced.wait()
+    assert 4.5 <= clock.t <= 5.5, "100 rows in the first second, then 5 rows/s: 20 more take 4 s (not 0.2 s)"
