@@ -115,6 +115,10 @@ class _Rows:
         load = KafkaLoad(self.cfg.bootstrap, self.cfg.prompts, p.get("lane_group") or "") \
             if pace.watches_load else None
         self.paced = Paced(pace, load=load)
+        # why a backfill is slow, in the Web UI, `rscf backfill status` and Prometheus (gauges: ints)
+        group.gauge("pace_rows_per_s", lambda: int(pace.rate))
+        group.gauge("yielding_to_live", lambda: int(pace.live_yielding))
+        group.gauge("lane_lag_rows", lambda: int(self.paced.last_lag or 0))
 
     def count(self, name: str) -> None:
         self.pending[name] += 1

@@ -109,7 +109,9 @@ class KafkaLoad:
         try:
             if now - self._listed_at >= self.topics_every_s:
                 self._list(now)
-            ends = end_offsets(self._client(), self._live, self.timeout_s)
+            ends = end_offsets(self._client(), self._live, self.timeout_s, skip_missing=True)
+            if len(ends) < len(self._live):
+                self._listed_at = float("-inf")  # a topic went away: list them again next period
             lag, latest = group_lag(self._client(), self.lane_group, self._lane, self.timeout_s) \
                 if self._lane else (None, 0)
         except Exception as exc:  # noqa: BLE001 - KafkaException, timeouts: not known this period

@@ -241,6 +241,8 @@ def to_prompt(
     return record
 
 
+# The ingest job's metrics (`rscf backfill status`, the Web UI, Prometheus): counters, then the pace's gauges
+INGEST_METRICS = ("rows_read", "rows_dispatched", "rows_dead", "pace_rows_per_s", "yielding_to_live", "lane_lag_rows")
 PARAM_NAMES = ("max_tokens", "temperature", "top_p", "width", "height", "steps", "seed", "voice")
 
 

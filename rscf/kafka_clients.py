@@ -39,16 +39,27 @@ def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: 
     return AdminClient(client_config(principal, bootstrap, **extra))
 
 
-def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> latest (or earliest) offset, in one ListOffsets round trip per broker."""
+def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False,
+                skip_missing: bool = False) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> latest (or earliest) offset, in one ListOffsets round trip per broker.
+    skip_missing: leave out a partition whose topic is gone (deleted since it was listed) instead of raising."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import OffsetSpec
 
     spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
     tps = list(tps)
     if not tps:
         return {}
-    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
-    return {(tp.topic, tp.partition): f.result(timeout_s).offset for tp, f in futures.items()}
+    out: dict[tuple[str, int], int] = {}
+    for tp, f in admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s).items():
+        try:
+            out[(tp.topic, tp.partition)] = f.result(timeout_s).offset
+        except KafkaException as exc:
+            # gone: UNKNOWN_TOPIC_OR_PART, or _NOENT (no leader at all) when it was the only topic asked for
+            if not (skip_missing and exc.args and exc.args[0].code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                                           KafkaError._NOENT)):
+                raise
+    return out
 
 
 def committed_offsets(admin: Any, group: str, tps: Iterable[Any], timeout_s: float) -> dict[tuple[str, int], int]:

@@ -28,8 +28,9 @@ def _bar(s: dict) -> str:
     rates = " ".join(f"{n.split('_')[1]} {s[n]:.0f}/s" for n in ("rows_read_per_s", "rows_dispatched_per_s",
                                                                   "rows_finished_per_s") if n in s)
     eta = f" ETA {s['eta_s']:.0f}s" if s.get("eta_s") is not None else ""
+    live = " (yielding to live)" if s.get("yielding_to_live") else ""
     return (f"\r[{'#' * filled}{'.' * (width - filled)}] {s['done']}/{s['rows_total']} "
-            f"({s['rows_dead']} dead) {s['job_state']} {rates}{eta}   ")
+            f"({s['rows_dead']} dead) {s['job_state']} {rates}{eta}{live}   ")
 
 
 def _watch(args: argparse.Namespace, backfill_id: str) -> dict:
@@ -50,7 +51,8 @@ def _print(args: argparse.Namespace, data: dict) -> None:
         print(json.dumps(data, default=str))
         return
     for key in ("backfill_id", "uri", "tenant", "state", "job_state", "job_id", "rows_total", "rows_finished",
-                "rows_dead", "counts", "savepoint", "writer_running", "web_ui"):
+                "rows_dead", "counts", "pace_rows_per_s", "yielding_to_live", "lane_lag_rows", "savepoint",
+                "writer_running", "web_ui"):
         if key in data:
             print(f"{key:<15} {data[key]}")
 
@@ -63,8 +65,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         spec = BackfillSpec(args.uri, args.tenant, args.model_version, args.priority, args.format)
         features = args.features.split(",") if args.features is not None else None
         yielding = backfills.Yielding()
-        if args.no_yield:  # the full budget even while the machine is busy
-            yielding = dataclasses.replace(yielding, yield_busy=0.0)
+        if args.no_yield:  # the full budget even while the machine is busy or live prompts arrive
+            yielding = dataclasses.replace(yielding, yield_busy=0.0, live_busy=0.0)
         data = backfills.start(spec, args.budget, start_lane=not args.no_lane, features=features, yielding=yielding)
         if args.wait:
             data = _watch(args, spec.backfill_id)
@@ -135,8 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated features of the tenant on the lane (default: its live policy's)")
     s.add_argument("--no-lane", action="store_true", help="do not start the lane job (it runs elsewhere)")
     s.add_argument("--no-yield", action="store_true",
-                   help="read at the budget even while the machine's cores are busy (the default unless "
-                        "RSCF_BACKFILL_YIELD_BUSY is set, e.g. 0.8: halve the pace while busier than that)")
+                   help="read at the budget even while live prompts arrive (by default the pace drops to "
+                        "RSCF_BACKFILL_LIVE_FLOOR_ROWS_PER_S, 5, while the live prompts topics take more than "
+                        "RSCF_BACKFILL_LIVE_BUSY_PER_S, 10/s) and while the cores are busy (RSCF_BACKFILL_YIELD_BUSY)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until it finishes")
     s.add_argument("--timeout", type=float, default=0.0, help="with --wait: give up after this many seconds")
     s.set_defaults(func=cmd_start)

@@ -29,7 +29,8 @@ from typing import Any
 from deploy.local import flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig, python_executable
-from operators.backfill import BackfillSpec, Manifest, done_ranges, lowered_budget, progress, request_id
+from operators.backfill import (INGEST_METRICS, BackfillSpec, Manifest, done_ranges, lowered_budget, progress,
+                                request_id)
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -334,13 +335,13 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
 
 
 def job_counters(job_id: str) -> dict[str, float]:
-    """rows_read / rows_dispatched / rows_dead of a running ingest job, from Flink's REST metrics."""
+    """rows_read / rows_dispatched / rows_dead and the pace's gauges of a running ingest job (Flink's REST)."""
     out: dict[str, float] = {}
     try:
         detail = flink_jobs._request("GET", f"/jobs/{job_id}")
         for v in detail.get("vertices", []):
             names = flink_jobs._request("GET", f"/jobs/{job_id}/vertices/{v['id']}/metrics") or []
-            wanted = [m["id"] for m in names if m["id"].rsplit(".", 1)[-1] in ("rows_read", "rows_dispatched", "rows_dead")]
+            wanted = [m["id"] for m in names if m["id"].rsplit(".", 1)[-1] in INGEST_METRICS]
             if wanted:
                 vals = flink_jobs._request("GET", f"/jobs/{job_id}/vertices/{v['id']}/metrics",
                                            params={"get": ",".join(wanted)})

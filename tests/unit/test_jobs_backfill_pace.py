@@ -72,8 +72,10 @@ def test_live_off_never_yields_to_live():
 
 def test_the_lane_lag_bound_is_seconds_of_the_lanes_own_rate():
     p = Pace(500, busy_high=0, live_busy=10, max_lag_s=4, min_lag_rows=100)
-    p.adjust(live_per_s=0, lane_lag=1_900)
-    assert not p.held, "lane rate unknown: 4 s of the pace (2,000 rows)"
+    p.adjust(live_per_s=0, lane_lag=490)
+    assert not p.held, "lane rate unknown: one second of the pace (500 rows)"
+    p.adjust(live_per_s=0, lane_lag=600)
+    assert p.held, "not more before the lane's rate is known (its first checkpoints)"
     p.adjust(live_per_s=0, lane_lag=900, lane_rate=200)
     assert p.held, "the lane reads 200 rows/s: more than 800 unread rows is more than 4 s of it"
     p.adjust(live_per_s=0, lane_lag=700, lane_rate=200)

@@ -1,0 +1,55 @@
+"""A backfill's view of the broker (jobs/backfill_load.py) on the real Kafka, as the job's principal sees it:
+arrivals on live prompts topics (not on lanes), a topic deleted between two looks, the lane group's lag."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from jobs.backfill_load import KafkaLoad
+from rscf.kafka_clients import JOB, client_security, create_topics, delete_topics, producer_config
+from rscf.settings import SETTINGS
+
+pytestmark = pytest.mark.integration
+
+
+def _produce(topic: str, n: int) -> None:
+    p = Producer(producer_config(linger_ms=0))
+    for _ in range(n):
+        p.produce(topic, b"x")
+    assert p.flush(10) == 0
+
+
+def test_live_arrivals_lane_lag_and_a_deleted_topic(stack):
+    tag = uuid.uuid4().hex[:6]
+    live, gone = f"{SETTINGS.topics.prompts}.it{tag}", f"{SETTINGS.topics.prompts}.itgone{tag}"
+    lane = f"{SETTINGS.topics.prompts}.{SETTINGS.topics.backfill_lane}-{tag}"
+    group = f"rscf-it-lane-{tag}"
+    create_topics([live, gone, lane], partitions=2)
+    try:
+        clock = [0.0]
+        load = KafkaLoad(SETTINGS.kafka_bootstrap, lane, group, principal=JOB, clock=lambda: clock[0])
+        assert load()[0] is None, "the first look has nothing to compare with"
+        _produce(live, 300)
+        _produce(lane, 50)  # the lane's own prompts are not live traffic
+        clock[0] = 2.0
+        rate, lag, _ = load()
+        assert rate is not None and 140 <= rate <= 200, f"300 live records over 2 s (+ whatever else arrived): {rate}"
+        assert lag == 50, "the lane group has committed nothing: every lane record is unread"
+        c = Consumer({"bootstrap.servers": SETTINGS.kafka_bootstrap, **client_security(), "group.id": group,
+                      "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(lane, p, 40) for p in (0, 1)], asynchronous=False)
+        c.close()
+        delete_topics([gone])
+        time.sleep(1)
+        clock[0] = 4.0
+        rate, lag, _ = load()
+        ends = load._prev[1] if load._prev else {}
+        assert rate is not None, "a live topic deleted since the last listing does not blind the pace"
+        assert lag is not None and lag < 50, "committed offsets count as read"
+        assert not any(t == lane for t, _ in ends), "the lane is never in the live set"
+    finally:
+        delete_topics([live, gone, lane])
