@@ -4,8 +4,8 @@ Live arrivals: the growth of the end offsets of every live prompts topic (`genai
 copies `genai.prompts.<suffix>` that tests and benchmarks run live jobs on), not the backfill lanes'
 (`genai.prompts.backfill`, `genai.prompts.backfill-<id>`). It counts what arrives, served or not, and it
 counts the gateway's prompts too. The lane's lag: its consumer group's committed offsets on the lane's prompts
-topic (committed with each lane checkpoint, 2 s), and how fast it reads. Two ListOffsets and one OffsetFetch request per period
-(1 s), the topic list every `topics_every_s`: ~1-3 ms of the reader's time per second (measured below).
+topic (committed with each lane checkpoint, 2 s), and how fast it reads. Per period (1 s): the topic list,
+three ListOffsets and one OffsetFetch request, 7 ms of wall time and 3 ms of CPU (125 topics, measured).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def is_live_prompts_topic(name: str) -> bool:
 
 
 def arrivals_per_s(prev: dict[tuple[str, int], int], now: dict[tuple[str, int], int], dt_s: float) -> float:
-    """Records appended per second over the partitions seen both times (a new topic counts from its second
-    look; an offset that went back, a recreated topic, counts 0)."""
+    """Records appended per second since the previous look. A partition new since then counts from 0: topics
+    are listed at every look, so it was created in between (a benchmark's live topic is: with a listing every
+    10 s, live traffic on it went unseen for up to 11 s). An offset that went back (a recreated topic) counts 0."""
     if dt_s <= 0:
         return 0.0
-    return sum(max(0, now[k] - prev[k]) for k in now.keys() & prev.keys()) / dt_s
+    return sum(max(0, end - prev.get(k, 0)) for k, end in now.items()) / dt_s
 
 
 class Throughput:
@@ -68,7 +69,7 @@ class KafkaLoad:
     pace then keeps its rate)."""
 
     def __init__(self, bootstrap: str, lane_topic: str, lane_group: str, principal: str = "job",
-                 timeout_s: float = 2.0, topics_every_s: float = 10.0, clock=time.monotonic) -> None:
+                 timeout_s: float = 2.0, topics_every_s: float = 1.0, clock=time.monotonic) -> None:
         self.bootstrap, self.lane_topic, self.lane_group = bootstrap, lane_topic, lane_group
         self.principal, self.timeout_s, self.topics_every_s, self.clock = principal, timeout_s, topics_every_s, clock
         self._admin: Any = None

@@ -15,10 +15,10 @@ def test_live_prompts_topics_are_the_prompts_topic_and_its_isolated_copies_not_l
     assert is_lane_suffix("backfill") and not is_lane_suffix("backfiller")
 
 
-def test_arrivals_count_partitions_seen_twice_and_never_negative():
+def test_arrivals_count_a_new_topic_from_zero_and_are_never_negative():
     prev = {("a", 0): 100, ("a", 1): 50, ("gone", 0): 7}
-    now = {("a", 0): 300, ("a", 1): 40, ("new", 0): 10_000}
-    assert arrivals_per_s(prev, now, 2.0) == 100.0, "(300-100)/2; a went-back offset counts 0; new counts later"
+    now = {("a", 0): 300, ("a", 1): 40, ("new", 0): 400}
+    assert arrivals_per_s(prev, now, 2.0) == 300.0, "(200 + 0 + 400) / 2: went back counts 0, new from 0"
     assert arrivals_per_s(prev, now, 0.0) == 0.0
 
 
