@@ -40,10 +40,11 @@ def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: 
 
 
 def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False,
-                skip_missing: bool = False) -> dict[tuple[str, int], int]:
+                skip_missing: bool = False, committed_only: bool = False) -> dict[tuple[str, int], int]:
     """(topic, partition) -> latest (or earliest) offset, in one ListOffsets round trip per broker.
-    skip_missing: leave out a partition whose topic is gone (deleted since it was listed) instead of raising."""
-    from confluent_kafka import KafkaError, KafkaException
+    skip_missing: leave out a partition whose topic is gone (deleted since it was listed) instead of raising.
+    committed_only: the last stable offset, what a read_committed reader can reach (not an open transaction's)."""
+    from confluent_kafka import IsolationLevel, KafkaError, KafkaException
     from confluent_kafka.admin import OffsetSpec
 
     spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
@@ -51,7 +52,9 @@ def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool
     if not tps:
         return {}
     out: dict[tuple[str, int], int] = {}
-    for tp, f in admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s).items():
+    level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
+    futures = admin.list_offsets({tp: spec for tp in tps}, isolation_level=level, request_timeout=timeout_s)
+    for tp, f in futures.items():
         try:
             out[(tp.topic, tp.partition)] = f.result(timeout_s).offset
         except KafkaException as exc:
@@ -76,10 +79,11 @@ def committed_offsets(admin: Any, group: str, tps: Iterable[Any], timeout_s: flo
     return out
 
 
-def group_lag(admin: Any, group: str, tps: list[Any], timeout_s: float) -> tuple[int, int]:
+def group_lag(admin: Any, group: str, tps: list[Any], timeout_s: float,
+              committed_only: bool = False) -> tuple[int, int]:
     """(lag, sum of latest offsets) of a group on partitions: latest - committed, an uncommitted partition
-    counting from its earliest offset (what the group would read)."""
-    latest = end_offsets(admin, tps, timeout_s)
+    counting from its earliest offset (what the group would read); committed_only: up to the last stable offset."""
+    latest = end_offsets(admin, tps, timeout_s, committed_only=committed_only)
     earliest = end_offsets(admin, tps, timeout_s, earliest=True)
     committed = committed_offsets(admin, group, tps, timeout_s)
     return sum(max(0, latest[k] - committed.get(k, earliest[k])) for k in latest), sum(latest.values())

@@ -53,3 +53,27 @@ def test_live_arrivals_lane_lag_and_a_deleted_topic(stack):
         assert not any(t == lane for t, _ in ends), "the lane is never in the live set"
     finally:
         delete_topics([live, gone, lane])
+
+
+def test_the_lane_lag_leaves_out_an_open_transaction(stack):
+    """The ingest writes the lane's prompts in a transaction per checkpoint: rows it has not committed yet are not
+    the lane's lag (counted, a held reader blocked the very checkpoint that commits them: a 400 s checkpoint)."""
+    tag = uuid.uuid4().hex[:6]
+    lane = f"{SETTINGS.topics.prompts}.{SETTINGS.topics.backfill_lane}-{tag}"
+    create_topics([lane], partitions=1)
+    try:
+        load = KafkaLoad(SETTINGS.kafka_bootstrap, lane, f"rscf-it-lane-{tag}", principal=JOB)
+        p = Producer(producer_config(linger_ms=0, **{"transactional.id": f"rscf-it-{tag}"}))
+        p.init_transactions(10)
+        p.begin_transaction()
+        for _ in range(30):
+            p.produce(lane, b"row")
+        p.flush(10)
+        assert load()[1] == 0, "30 rows in an open transaction: nothing the lane could read yet"
+        p.commit_transaction(10)
+        deadline = time.monotonic() + 10
+        while load()[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert load()[1] == 31, "committed: 30 rows the lane has not read, and the commit marker's offset"
+    finally:
+        delete_topics([lane])
