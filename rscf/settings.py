@@ -299,7 +299,7 @@ class Limits:
     # backfill reads at most live_floor rows/s; its lane is never more than max_lag_s of its pace behind.
     backfill_live_busy_per_s: float = _env_float("BACKFILL_LIVE_BUSY_PER_S", 10.0)  # 0: never yields to live
     backfill_live_floor_rows_per_s: float = _env_float("BACKFILL_LIVE_FLOOR_ROWS_PER_S", 5.0)
-    backfill_max_lag_s: float = _env_float("BACKFILL_MAX_LAG_S", 4.0)  # 0: no bound
+    backfill_max_lag_s: float = _env_float("BACKFILL_MAX_LAG_S", 10.0)  # 0: no bound; > the loop (~4 s): README
     # The backfill lane's job checkpoints this often: a backfill row does not mind 2 s; fewer checkpoints.
     backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
     # A backfill row's attempt deadline in the lane's job: nobody waits for it, and behind live traffic
