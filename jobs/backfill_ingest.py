@@ -69,7 +69,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="live prompts/s above which the pace drops to --live-floor (0: never)")
     p.add_argument("--live-floor", type=float, default=5.0, help="rows/s while live traffic is busy")
     p.add_argument("--max-lag-s", type=float, default=0.0,
-                   help="hold while the lane is more than this many seconds of pace behind (0: never)")
+                   help="hold while the lane is more than this many seconds of its reading behind (0: never)")
     p.add_argument("--lane-group", default="", help="the lane job's consumer group (its lag; needs --max-lag-s)")
     p.add_argument("--execution-mode", default="thread", choices=("thread", "process"),
                    help="process: the rows' Python in a worker process of its own, off the TaskManager's lock")
@@ -83,16 +83,17 @@ def lane_config(ns: argparse.Namespace) -> JobConfig:
 
 
 def pacing(ns: argparse.Namespace) -> dict:
-    """What `jobs.backfill_pace.Pace` needs besides the budget (plain values: the functions are pickled)."""
-    return {"yield_busy": ns.yield_busy, "live_busy": ns.live_busy, "live_floor": ns.live_floor,
+    """`jobs.backfill_pace.Pace`'s arguments besides the budget, and the lane's group whose lag it reads (plain
+    values: the functions are pickled)."""
+    return {"busy_high": ns.yield_busy, "live_busy": ns.live_busy, "live_floor": ns.live_floor,
             "max_lag_s": ns.max_lag_s if ns.lane_group else 0.0, "lane_group": ns.lane_group}
 
 
 class _Rows:
     """What both readers share: rows to prompts or dead letters, counters, the row-rate cap."""
 
-    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float, pacing: dict | None = None):
-        self.plan_data, self.cfg, self.max_rows_per_s, self.pacing = plan, cfg, max_rows_per_s, pacing or {}
+    def __init__(self, plan: dict, cfg: JobConfig, max_rows_per_s: float, pacing: dict):
+        self.plan_data, self.cfg, self.max_rows_per_s, self.pacing = plan, cfg, max_rows_per_s, pacing
 
     def open_rows(self, ctx: RuntimeContext) -> None:
         from jobs.clients import topic_serde
@@ -109,11 +110,10 @@ class _Rows:
         from jobs.backfill_load import KafkaLoad
         from jobs.backfill_pace import Pace, Paced
 
-        p = self.pacing
-        pace = Pace(self.max_rows_per_s, busy_high=p.get("yield_busy", 0.0), live_busy=p.get("live_busy", 0.0),
-                    live_floor=p.get("live_floor", 5.0), max_lag_s=p.get("max_lag_s", 0.0))
-        load = KafkaLoad(self.cfg.bootstrap, self.cfg.prompts, p.get("lane_group") or "") \
-            if pace.watches_load else None
+        args = dict(self.pacing)
+        lane_group = args.pop("lane_group")
+        pace = Pace(self.max_rows_per_s, **args)
+        load = KafkaLoad(self.cfg.bootstrap, self.cfg.prompts, lane_group) if pace.watches_load else None
         self.paced = Paced(pace, load=load)
         # why a backfill is slow, in the Web UI, `rscf backfill status` and Prometheus (gauges: ints)
         group.gauge("pace_rows_per_s", lambda: int(pace.rate))

@@ -28,7 +28,7 @@ class Pace:
     period_s: float = 1.0
     live_busy: float = 0.0  # live prompts/s above which the backfill drops to live_floor (0: never)
     live_floor: float = 5.0  # rows/s while live is busy
-    max_lag_s: float = 0.0  # the lane may be this many seconds of pace behind (0: no bound)
+    max_lag_s: float = 0.0  # the lane may be this many seconds of its own reading behind (0: no bound)
     min_lag_rows: int = 100  # ... and at least this many rows (its offsets are committed with its checkpoints)
     rate: float = field(init=False)
     held: bool = field(init=False, default=False)
