@@ -7,8 +7,8 @@ pool a second target for them, so a backfill needs no hand-started worker:
 - idle at 0 replicas; lag on the lane wakes one (KEDA activation), the pool's cool-down takes it back to 0;
 - bounded: at most SETTINGS.limits.backfill_replicas_max (1) per pool, granted only from the CPU/GPU
   budget the live pools leave, and taken back while a live pool is held below its wish by the budget;
-- niced (SETTINGS.limits.backfill_nice, 10; I/O best-effort 7): on a busy machine the scheduler runs
-  live work first (CFS weight 110 vs 1024);
+- niced (SETTINGS.limits.backfill_nice, 10; I/O best-effort 7) and SCHED_IDLE (backfill_sched_idle): on a
+  busy machine the scheduler runs live work first (CFS weight 3 vs 1024; niced alone 110);
 - its own identity: replica indices from LANE_REPLICA_BASE (PID file `worker-<pool>-100.pid`, log,
   scrape target `worker-<pool>-100`, worker id), metrics ports from a block of their own
   (SETTINGS.ports.backfill_worker_metrics_first), consumer group `<pool group>-<lane>`, and the label
@@ -56,9 +56,10 @@ def lane_worker_args(pool: str, lane: str, base_group: str) -> list[str]:
             "--group", lane_group(base_group, lane)]
 
 
-def lower_priority(pid: int, nice: int) -> None:
+def lower_priority(pid: int, nice: int, idle: bool = SETTINGS.limits.backfill_sched_idle) -> None:
     """Renice a replica right after its start: its threads (librdkafka's, torch's) are created later and
-    inherit it. I/O class best-effort, lowest level. A failure is logged, never fatal."""
+    inherit it. I/O class best-effort, lowest level; with `idle`, every thread SCHED_IDLE as well (weight 3 vs
+    1024: it runs on cores live work leaves idle). A failure is logged, never fatal."""
     if nice <= 0:
         return
     try:
@@ -66,6 +67,9 @@ def lower_priority(pid: int, nice: int) -> None:
         import psutil
 
         psutil.Process(pid).ionice(psutil.IOPRIO_CLASS_BE, 7)
+        if idle:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
     except Exception as exc:  # noqa: BLE001 - OSError, psutil.NoSuchProcess (exited: the next tick sees it)
         log.warning("cannot lower the priority of pid %s: %s", pid, exc)
 

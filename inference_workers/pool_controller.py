@@ -246,6 +246,8 @@ class Controller:
             need = target - len(alive)
             for r in sorted(self._parked(t).values(), key=lambda r: r.replica)[:need]:
                 if standby.activate(r, t.nice):  # warm: a signal and a group join, no cold start
+                    if t.nice and r.pid is not None:
+                        lower_priority(r.pid, t.nice)
                     t.spawned[r.replica] = now
                     t.activated.add(r.replica)
                     need -= 1

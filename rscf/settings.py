@@ -286,9 +286,10 @@ class Limits:
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
     # The controller's backfill-lane replicas: 0 when idle, at most this many per pool; every backfill-only
-    # process runs at this niceness (CFS weight 110 vs 1024: under contention live gets ~90 % of a core).
+    # process runs at this niceness (CFS weight 110 vs 1024); SCHED_IDLE too if on (weight 3; no gain: README).
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
+    backfill_sched_idle: bool = _env("BACKFILL_SCHED_IDLE", "off").lower() not in ("off", "0", "false", "no")
     # "process": the ingest's and the lane's Python in niced workers, off the live job's interpreter lock
     # ("thread": in the TaskManager). Live p99 beside a backfill: 158-180 vs 392-1,186 ms (README).
     backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")

@@ -74,7 +74,7 @@ class Lane:
         backfills.ensure_lane(self.name, self.yielding)
         self.worker.start()
         if self.worker.proc is not None:  # as the pool controller runs a lane replica
-            lower_priority(self.worker.proc.pid, self.yielding.nice)
+            lower_priority(self.worker.proc.pid, self.yielding.nice, self.yielding.sched_idle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -201,10 +201,11 @@ def arms() -> dict[str, backfills.Yielding]:
     busy; yielding: the same with the lane in process mode; lane_process (the defaults since 2026-12-04):
     ingest and lane in process mode, a fixed pace; lane_process_yielding: the same with the yielding pace;
     live_first (the defaults since 2026-12-05): lane_process, and the pace drops to its floor while live
-    prompts arrive, with the lane's lag bounded (jobs/backfill_pace.py)."""
+    prompts arrive, with the lane's lag bounded (jobs/backfill_pace.py); live_first_idle: the same with every
+    backfill-only process SCHED_IDLE; live_first_tight: lane checkpoints every 500 ms and a 5 s lag bound."""
     y, busy = backfills.Yielding(), Pace.busy_high
     live_first = y
-    y = dataclasses.replace(y, live_busy=0.0, max_lag_s=0.0)  # the arms before live first: a fixed pace
+    y = dataclasses.replace(y, live_busy=0.0, max_lag_s=0.0, sched_idle=False)  # before live first: fixed pace, niced
     return {"not_yielding": backfills.NOT_YIELDING,
             "isolated": dataclasses.replace(y, ingest_mode="process", lane_mode="thread", yield_busy=0.0),
             "yielding_thread_lane": dataclasses.replace(y, ingest_mode="thread", lane_mode="thread", yield_busy=busy),
@@ -212,7 +213,11 @@ def arms() -> dict[str, backfills.Yielding]:
             "lane_process": dataclasses.replace(y, ingest_mode="process", lane_mode="process", yield_busy=0.0),
             "lane_process_yielding": dataclasses.replace(y, ingest_mode="process", lane_mode="process",
                                                          yield_busy=busy),
-            "live_first": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process", yield_busy=0.0)}
+            "live_first": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process", yield_busy=0.0),
+            "live_first_idle": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process",
+                                                   yield_busy=0.0, sched_idle=True),
+            "live_first_tight": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process",
+                                                    yield_busy=0.0, lane_checkpoint_ms=500, max_lag_s=5.0)}
 
 
 DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "lane_process")
@@ -224,14 +229,15 @@ def _figures(run: dict) -> dict:
 
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
                       names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1) -> dict:
-    """Live overhead alone, then `rounds` times: beside a backfill of each arm in turn (`arms`), and alone
-    again; pooled and bracketed ratios from every run (`tools.side_by_side`)."""
+    """A live warm-up run (not counted), live overhead alone, then `rounds` times: beside a backfill of each arm
+    in turn (`arms`), and alone again; pooled and bracketed ratios from every run (`tools.side_by_side`)."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
     known = arms()
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
+    warmup = _live(live_rate, duration_s)  # not counted: the first live run after a stack change pays JIT, caches
     alone_runs = [_live(live_rate, duration_s)]
     beside_runs: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(max(1, rounds)):
@@ -249,7 +255,7 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
     for runs in beside_runs.values():
         for r in runs:
             r["live"] = _figures(r["live"])
-    return {"live_rate": live_rate, "duration_s": duration_s, "alone": _figures(alone),
+    return {"live_rate": live_rate, "duration_s": duration_s, "warmup": _figures(warmup), "alone": _figures(alone),
             "alone_again": _figures(alone_again), **beside,
             **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)

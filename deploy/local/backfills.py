@@ -42,9 +42,9 @@ DEFAULT_BUDGET = 200.0  # rows/s a backfill may put on the lane unless told (its
 
 @dataclass(frozen=True)
 class Yielding:
-    """What keeps a backfill off live traffic's cores (README, "Backfills"; `rscf bench backfill` compares):
-    the ingest job's Python in a niced worker process of its own, its pace halved while the machine is busy,
-    and every backfill-only process niced (results writer; the pool controller's lane replicas)."""
+    """What keeps a backfill off live traffic's cores (README, "Backfills"; `rscf bench backfill` compares): the
+    ingest's and the lane's Python in worker processes of their own, a pace that yields to live prompts, every
+    backfill-only process niced and SCHED_IDLE (those workers, the results writer, the lane's replicas)."""
 
     ingest_mode: str = SETTINGS.limits.backfill_ingest_mode
     yield_busy: float = SETTINGS.limits.backfill_yield_busy
@@ -54,9 +54,11 @@ class Yielding:
     live_busy: float = SETTINGS.limits.backfill_live_busy_per_s  # live first (jobs/backfill_pace.py); 0: never
     live_floor: float = SETTINGS.limits.backfill_live_floor_rows_per_s
     max_lag_s: float = SETTINGS.limits.backfill_max_lag_s
+    sched_idle: bool = SETTINGS.limits.backfill_sched_idle  # and SCHED_IDLE: on the cores live work leaves idle
 
 
-NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0)  # as before: on the live job's lock, fixed pace
+# as before: on the live job's lock, a fixed pace, nothing niced
+NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0, False)
 
 
 def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig:
@@ -66,7 +68,8 @@ def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig
     them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota. In
     process mode (`Yielding.lane_mode`) its Python runs in worker processes at the backfill's niceness."""
     y = yielding or Yielding()
-    worker = "" if y.lane_mode != "process" else str(niced_python(y.nice) if y.nice > 0 else python_executable())
+    niced = niced_python(y.nice, y.sched_idle) if y.nice > 0 else python_executable()
+    worker = "" if y.lane_mode != "process" else str(niced)
     return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
                      checkpoint_interval_ms=y.lane_checkpoint_ms, admit_by_created_at=True,
                      request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms, python_worker=worker)
@@ -223,7 +226,8 @@ def _writer_alive(pid: int | None) -> bool:
         return False
 
 
-def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits.backfill_nice) -> int:
+def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits.backfill_nice,
+                 idle: bool = SETTINGS.limits.backfill_sched_idle) -> int:
     from inference_workers.backfill_lanes import lower_priority
     from rscf.run_logs import open_run_log
 
@@ -231,16 +235,16 @@ def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits
     proc = subprocess.Popen([str(SETTINGS.paths.venv / "bin" / "python"), "-m", "jobs.backfill_results",
                              "--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane],
                             cwd=str(SETTINGS.paths.repo), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    lower_priority(proc.pid, nice)  # backfill-only: live processes first
+    lower_priority(proc.pid, nice, idle)  # backfill-only: live processes first
     return proc.pid
 
 
-def niced_python(nice: int) -> Path:
+def niced_python(nice: int, idle: bool = False) -> Path:
     """The Python worker interpreter of the ingest and lane jobs in process mode: the venv's Python under
-    `nice`, so a backfill's Python runs after live work whenever both want a core."""
-    path = SETTINGS.paths.data / "backfills" / f"python-nice{nice}"
+    `nice` (and SCHED_IDLE with `idle`), so a backfill's Python runs after live work whenever both want a core."""
+    path = SETTINGS.paths.data / "backfills" / f"python-nice{nice}{'-idle' if idle else ''}"
     text = (f"#!/bin/sh\n# written by deploy/local/backfills.py: the backfill's Flink Python workers, niced\n"
-            f"exec nice -n {nice} {SETTINGS.paths.venv / 'bin' / 'python'} \"$@\"\n")
+            f"exec {'chrt --idle 0 ' if idle else ''}nice -n {nice} {SETTINGS.paths.venv / 'bin' / 'python'} \"$@\"\n")
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -260,7 +264,7 @@ def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float, y: Yielding
             "--bootstrap", cfg.bootstrap, "--registry-url", cfg.registry_url, "--max-rows-per-s", str(max_rows_per_s),
             "--yield-busy", str(y.yield_busy), "--execution-mode", y.ingest_mode, "--live-busy", str(y.live_busy),
             "--live-floor", str(y.live_floor), "--max-lag-s", str(y.max_lag_s), "--lane-group", cfg.group_id,
-            *(["--python-executable", str(niced_python(y.nice))] if niced else [])]
+            *(["--python-executable", str(niced_python(y.nice, y.sched_idle))] if niced else [])]
 
 
 def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: str = LANE,
@@ -296,7 +300,7 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     doc["manifest"] = json.loads(manifest.to_json())
     (d / "plan.json").write_text(json.dumps(doc))
     state = {"spec": spec.to_dict(), "job_id": job_id, "job_name": job_name(bid), "lane": lane, "lane_job": lane_job,
-             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane, yielding.nice),
+             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane, yielding.nice, yielding.sched_idle),
              "yielding": asdict(yielding), "savepoint": None,
              "rows_total": manifest.rows_total, "files": len(manifest.input_files), "started_at_ms": now_ms()}
     _save_state(bid, state)
@@ -328,7 +332,7 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
                                     _ingest_args(backfill_id, state["lane"], state["budget_rows_per_s"], y),
                                     from_savepoint=state["savepoint"])
     if not _writer_alive(state.get("writer_pid")):
-        state["writer_pid"] = start_writer(backfill_id, state["lane"], y.nice)
+        state["writer_pid"] = start_writer(backfill_id, state["lane"], y.nice, y.sched_idle)
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}

@@ -36,11 +36,14 @@ def test_yielding_ingest_runs_in_a_niced_process_mode_worker_and_not_yielding_as
     settings = backfills.SETTINGS
     monkeypatch.setattr(backfills, "SETTINGS", dataclasses.replace(settings, paths=dataclasses.replace(
         settings.paths, data=tmp_path)))
-    ns = parse(backfills._ingest_args("b1", "backfill", 500, backfills.Yielding("process", 0.8, 10, 2000)))
-    assert (ns.execution_mode, ns.yield_busy, ns.max_rows_per_s) == ("process", 0.8, 500)
-    assert ns.python_executable.startswith(str(tmp_path))
-    out = subprocess.run([ns.python_executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
-    assert out.stdout.strip() == str(os.nice(0) + 10), "the Python worker's interpreter runs niced"
+    niced = "import os; print(os.nice(0), os.sched_getscheduler(0))"
+    for idle, policy in ((True, os.SCHED_IDLE), (False, os.SCHED_OTHER)):
+        y = dataclasses.replace(backfills.Yielding("process", 0.8, 10, 2000), sched_idle=idle)
+        ns = parse(backfills._ingest_args("b1", "backfill", 500, y))
+        assert (ns.execution_mode, ns.yield_busy, ns.max_rows_per_s) == ("process", 0.8, 500)
+        assert ns.python_executable.startswith(str(tmp_path))
+        out = subprocess.run([ns.python_executable, "-c", niced], capture_output=True, text=True)
+        assert out.stdout.split() == [str(os.nice(0) + 10), str(policy)], "the Python worker runs niced (and idle)"
     old = parse(backfills._ingest_args("b1", "backfill", 500, backfills.NOT_YIELDING))
     assert (old.execution_mode, old.yield_busy, old.python_executable) == ("thread", 0.0, None)
     assert pacing(old)["live_busy"] == 0.0 and pacing(old)["max_lag_s"] == 0.0, "as before: a fixed pace"
@@ -75,12 +78,14 @@ def test_a_process_mode_lane_runs_the_pipeline_python_niced_and_a_thread_mode_la
     monkeypatch.setattr(backfills, "SETTINGS", dataclasses.replace(settings, paths=dataclasses.replace(
         settings.paths, data=tmp_path)))
     monkeypatch.setattr(content_pipeline, "Configuration", Recorded)
-    process = backfills.lane_config("x", dataclasses.replace(backfills.Yielding(), lane_mode="process", nice=10))
+    process = backfills.lane_config("x", dataclasses.replace(backfills.Yielding(), lane_mode="process", nice=10,
+                                                             sched_idle=True))
     assert parse(process.to_args()) == dataclasses.replace(process, redis_url=parse(process.to_args()).redis_url)
     conf = content_pipeline.flink_configuration(process)
     assert conf["python.execution-mode"] == "process" and conf["python.executable"] == process.python_worker
-    out = subprocess.run([process.python_worker, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
-    assert out.stdout.strip() == str(os.nice(0) + 10), "the lane's Python workers run niced"
+    out = subprocess.run([process.python_worker, "-c", "import os; print(os.nice(0), os.sched_getscheduler(0))"],
+                         capture_output=True, text=True)
+    assert out.stdout.split() == [str(os.nice(0) + 10), str(os.SCHED_IDLE)], "the lane's Python workers: niced, idle"
     thread = backfills.lane_config("x", dataclasses.replace(backfills.Yielding(), lane_mode="thread"))
     conf = content_pipeline.flink_configuration(thread)
     assert (thread.python_worker, conf["python.execution-mode"]) == ("", "thread")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,8 +84,23 @@ def test_lanes_get_what_live_leaves_and_nothing_while_live_is_capped():
 def test_lower_priority_renices_a_real_process():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        lower_priority(proc.pid, 7)
+        lower_priority(proc.pid, 7, idle=False)
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 7
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lower_priority_idle_puts_every_thread_on_sched_idle_and_threads_made_later_inherit_it():
+    code = "import threading, time; time.sleep(0.5); threading.Thread(target=time.sleep, args=(30,)).start()"
+    proc = subprocess.Popen([sys.executable, "-c", code + "; time.sleep(30)"])
+    try:
+        lower_priority(proc.pid, 7, idle=True)
+        time.sleep(1.5)
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(tids) == 2, "the thread started after the call exists"
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_IDLE] * 2
     finally:
         proc.kill()
         proc.wait()
