@@ -7,8 +7,8 @@ pool a second target for them, so a backfill needs no hand-started worker:
 - idle at 0 replicas; lag on the lane wakes one (KEDA activation), the pool's cool-down takes it back to 0;
 - bounded: at most SETTINGS.limits.backfill_replicas_max (1) per pool, granted only from the CPU/GPU
   budget the live pools leave, and taken back while a live pool is held below its wish by the budget;
-- niced (SETTINGS.limits.backfill_nice, 10; I/O best-effort 7) and SCHED_IDLE (backfill_sched_idle): on a
-  busy machine the scheduler runs live work first (CFS weight 3 vs 1024; niced alone 110);
+- niced (SETTINGS.limits.backfill_nice, 10; I/O best-effort 7): on a busy machine the scheduler runs
+  live work first (CFS weight 110 vs 1024; with backfill_sched_idle on, SCHED_IDLE: weight 3);
 - its own identity: replica indices from LANE_REPLICA_BASE (PID file `worker-<pool>-100.pid`, log,
   scrape target `worker-<pool>-100`, worker id), metrics ports from a block of their own
   (SETTINGS.ports.backfill_worker_metrics_first), consumer group `<pool group>-<lane>`, and the label

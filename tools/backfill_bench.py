@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -77,6 +78,24 @@ class Lane:
             lower_priority(self.worker.proc.pid, self.yielding.nice, self.yielding.sched_idle)
         return self
 
+    def drained(self, timeout_s: float = 120.0) -> bool:
+        """Wait until the lane's job has read every committed prompt and result (what a stopped backfill left on
+        the lane; the echo worker answers in milliseconds), so the next live run is not beside its tail."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        from rscf import kafka_clients
+
+        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap, **kafka_clients.client_security()})
+        tps = [TopicPartition(topic, p) for topic in (self.cfg.prompts, self.cfg.results)
+               for p in admin.list_topics(topic, timeout=10).topics[topic].partitions]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if kafka_clients.group_lag(admin, self.cfg.group_id, tps, 10, committed_only=True)[0] == 0:
+                return True
+            time.sleep(1.0)
+        return False
+
     def __exit__(self, *exc) -> None:
         self.worker.stop()
         job = flink_jobs.running(self.cfg.job_name)
@@ -112,12 +131,13 @@ class _Stopped(Exception):
 
 def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_update=None,
                  yielding: backfills.Yielding = backfills.Yielding(), stop: threading.Event | None = None,
-                 flowing: threading.Event | None = None) -> dict:
-    """A backfill of N rows on a lane of its own, timed to FINISHED (or to `stop`), with CPU per row by process."""
+                 flowing: threading.Event | None = None, standing: Lane | None = None) -> dict:
+    """A backfill of N rows on a lane of its own (or on `standing`, left running), timed to FINISHED (or to
+    `stop`), with CPU per row by process."""
     tag = uuid.uuid4().hex[:8]
     uri = write_input(f"bench-{tag}/{fmt}", fmt, n)
     spec = BackfillSpec(uri, "bench-backfill", fmt=fmt)
-    with Lane(yielding) as lane:
+    with (contextlib.nullcontext(standing) if standing is not None else Lane(yielding)) as lane:
         meter = CpuMeter({"echo-worker": lane.worker.proc.pid if lane.worker.proc else None,
                           "kafka": listener_pid(SETTINGS.ports.kafka), "s3": listener_pid(SETTINGS.ports.s3)})
         meter.begin()
@@ -167,12 +187,15 @@ def _live(live_rate: int, duration_s: float) -> dict:
             "samples": r["overhead_samples_ms"]}
 
 
-def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: backfills.Yielding) -> dict:
-    """Live overhead while a backfill runs on its lane; the backfill is stopped once live is measured."""
+def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: backfills.Yielding,
+            standing: Lane | None = None) -> dict:
+    """Live overhead while a backfill runs on its lane; the backfill is stopped once live is measured (and a
+    standing lane drained of what it left)."""
     result: dict = {}
     stop, flowing = threading.Event(), threading.Event()
     t = threading.Thread(target=lambda: result.update(
-        one_backfill("jsonl", n, budget, yielding=yielding, stop=stop, flowing=flowing)), daemon=True)
+        one_backfill("jsonl", n, budget, yielding=yielding, stop=stop, flowing=flowing, standing=standing)),
+        daemon=True)
     t.start()
     t0 = time.monotonic()
     flowing.wait(600)  # the lane and the ingest job up and rows finishing before live is measured
@@ -180,6 +203,8 @@ def _beside(live_rate: int, duration_s: float, n: int, budget: float, yielding: 
     live = _live(live_rate, duration_s)
     stop.set()
     t.join()
+    if standing is not None and not standing.drained():
+        print("warning: the standing lane did not drain in 120 s; the next alone run is beside its tail", file=sys.stderr)
     throughout = ran_throughout(result)
     if not throughout:  # live was measured (partly) without a backfill beside it: say so, do not hide it
         print(f"warning: the backfill ended ({result.get('state')}) before live was measured to the end; "
@@ -228,22 +253,27 @@ def _figures(run: dict) -> dict:
 
 
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
-                      names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1) -> dict:
+                      names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1, standing_lanes: bool = False) -> dict:
     """A live warm-up run (not counted), live overhead alone, then `rounds` times: beside a backfill of each arm
-    in turn (`arms`), and alone again; pooled and bracketed ratios from every run (`tools.side_by_side`)."""
+    in turn (`arms`), and alone again; pooled and bracketed ratios from every run (`tools.side_by_side`).
+    standing_lanes: each arm's lane (its pipeline job and echo worker) started first and left running through
+    every run, alone ones included, as `rscf-backfill-lane` stands on a stack once a backfill has run; else
+    each beside run starts and stops a lane of its own (its start-up and JIT then count against the backfill)."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
     known = arms()
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
-    warmup = _live(live_rate, duration_s)  # not counted: the first live run after a stack change pays JIT, caches
-    alone_runs = [_live(live_rate, duration_s)]
     beside_runs: dict[str, list[dict]] = {name: [] for name in names}
-    for _ in range(max(1, rounds)):
-        for name in names:
-            beside_runs[name].append(_beside(live_rate, duration_s, n, budget, known[name]))
-        alone_runs.append(_live(live_rate, duration_s))
+    with contextlib.ExitStack() as lanes:
+        standing = {name: lanes.enter_context(Lane(known[name])) for name in names} if standing_lanes else {}
+        warmup = _live(live_rate, duration_s)  # not counted: the first live run after a stack change pays JIT, caches
+        alone_runs = [_live(live_rate, duration_s)]
+        for _ in range(max(1, rounds)):
+            for name in names:
+                beside_runs[name].append(_beside(live_rate, duration_s, n, budget, known[name], standing.get(name)))
+            alone_runs.append(_live(live_rate, duration_s))
     alone, alone_again = alone_runs[0], alone_runs[-1]
     beside = {name: runs[0] for name, runs in beside_runs.items()}
 
@@ -255,7 +285,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
     for runs in beside_runs.values():
         for r in runs:
             r["live"] = _figures(r["live"])
-    return {"live_rate": live_rate, "duration_s": duration_s, "warmup": _figures(warmup), "alone": _figures(alone),
+    return {"live_rate": live_rate, "duration_s": duration_s, "standing_lanes": standing_lanes,
+            "warmup": _figures(warmup), "alone": _figures(alone),
             "alone_again": _figures(alone_again), **beside,
             **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)
@@ -269,12 +300,12 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
 
 def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
         live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None,
-        names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1) -> dict:
+        names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1, standing_lanes: bool = False) -> dict:
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
         # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)
         out["formats"][fmt] = one_backfill(fmt, n, budget, on_update=on_update,
                                            yielding=dataclasses.replace(backfills.Yielding(), yield_busy=0.0))
     if live_rate > 0:
-        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget, names, rounds)
+        out["live"] = live_side_by_side(live_rate, live_duration_s, n, live_budget, names, rounds, standing_lanes)
     return out

@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = backfill_bench.run(args.rows, formats, args.budget, args.live_rate,
                                     args.live_duration, args.live_budget, on_update=show,
                                     names=tuple(a for a in args.arms.split(",") if a) or backfill_bench.DEFAULT_ARMS,
-                                    rounds=args.rounds)
+                                    rounds=args.rounds, standing_lanes=args.standing_lanes)
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
     print(json.dumps(result) if args.json else "\n" + json.dumps(result, indent=2))
@@ -197,4 +197,7 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
                         "default: its DEFAULT_ARMS)")
     p.add_argument("--rounds", type=int, default=1,
                    help="beside/alone rounds of the side-by-side run, interleaved; more rounds, steadier ratios")
+    p.add_argument("--standing-lanes", action="store_true",
+                   help="start each arm's lane once and leave it running through every run, alone ones included "
+                        "(as the stack's rscf-backfill-lane stands); default: a lane per beside run")
     p.set_defaults(func=cmd_bench)

@@ -44,7 +44,7 @@ DEFAULT_BUDGET = 200.0  # rows/s a backfill may put on the lane unless told (its
 class Yielding:
     """What keeps a backfill off live traffic's cores (README, "Backfills"; `rscf bench backfill` compares): the
     ingest's and the lane's Python in worker processes of their own, a pace that yields to live prompts, every
-    backfill-only process niced and SCHED_IDLE (those workers, the results writer, the lane's replicas)."""
+    backfill-only process niced (those workers, the results writer, the lane's replicas; SCHED_IDLE if asked)."""
 
     ingest_mode: str = SETTINGS.limits.backfill_ingest_mode
     yield_busy: float = SETTINGS.limits.backfill_yield_busy
@@ -54,11 +54,10 @@ class Yielding:
     live_busy: float = SETTINGS.limits.backfill_live_busy_per_s  # live first (jobs/backfill_pace.py); 0: never
     live_floor: float = SETTINGS.limits.backfill_live_floor_rows_per_s
     max_lag_s: float = SETTINGS.limits.backfill_max_lag_s
-    sched_idle: bool = SETTINGS.limits.backfill_sched_idle  # and SCHED_IDLE: on the cores live work leaves idle
+    sched_idle: bool = SETTINGS.limits.backfill_sched_idle  # SCHED_IDLE as well (off: no measured gain, README)
 
 
-# as before: on the live job's lock, a fixed pace, nothing niced
-NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0, False)
+NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0, False)  # as before: on the live job's lock
 
 
 def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig:
@@ -117,13 +116,12 @@ def live_policy(tenant: str, bootstrap: str | None = None) -> dict[str, Any] | N
     from confluent_kafka import Consumer, TopicPartition
 
     from jobs.clients import topic_serde
+    from rscf.kafka_clients import client_security
 
     cfg = JobConfig(bootstrap=bootstrap or SETTINGS.kafka_bootstrap)
     serde = topic_serde(cfg, cfg.control, "control")
-    from rscf.kafka_clients import client_security
-
-    c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(), "group.id": f"backfill-policy-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": cfg.bootstrap, **client_security(),
+                  "group.id": f"backfill-policy-{uuid.uuid4().hex}", "enable.auto.commit": False})
     found = None
     try:
         parts = c.list_topics(cfg.control, timeout=10).topics[cfg.control].partitions
@@ -300,7 +298,8 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     doc["manifest"] = json.loads(manifest.to_json())
     (d / "plan.json").write_text(json.dumps(doc))
     state = {"spec": spec.to_dict(), "job_id": job_id, "job_name": job_name(bid), "lane": lane, "lane_job": lane_job,
-             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane, yielding.nice, yielding.sched_idle),
+             "budget_rows_per_s": budget_rows_per_s,
+             "writer_pid": start_writer(bid, lane, yielding.nice, yielding.sched_idle),
              "yielding": asdict(yielding), "savepoint": None,
              "rows_total": manifest.rows_total, "files": len(manifest.input_files), "started_at_ms": now_ms()}
     _save_state(bid, state)
