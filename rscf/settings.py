@@ -285,8 +285,7 @@ class Limits:
     pool_controller: bool = _env("POOL_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
     pool_cpu_budget: float = _env_float("POOL_CPU_BUDGET", 2.0 * (os.cpu_count() or 1))
     pool_gpu_memory_gb: float = _env_float("POOL_GPU_MEMORY_GB", 0.0)
-    # The controller's backfill-lane replicas: 0 when idle, at most this many per pool; every backfill-only
-    # process runs at this niceness (CFS weight 110 vs 1024); SCHED_IDLE too if on (weight 3; no gain: README).
+    # Lane replicas per pool (0 idle); backfill-only processes niced (weight 110 vs 1024), SCHED_IDLE if on (3)
     backfill_replicas_max: int = _env_int("BACKFILL_REPLICAS_MAX", 1)
     backfill_nice: int = _env_int("BACKFILL_NICE", 10)
     backfill_sched_idle: bool = _env("BACKFILL_SCHED_IDLE", "off").lower() not in ("off", "0", "false", "no")

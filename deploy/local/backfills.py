@@ -67,8 +67,8 @@ def lane_config(lane: str = LANE, yielding: Yielding | None = None) -> JobConfig
     them (`created_at`): queued behind live traffic, a row waits, it is not expired or over quota. In
     process mode (`Yielding.lane_mode`) its Python runs in worker processes at the backfill's niceness."""
     y = yielding or Yielding()
-    niced = niced_python(y.nice, y.sched_idle) if y.nice > 0 else python_executable()
-    worker = "" if y.lane_mode != "process" else str(niced)
+    worker = "" if y.lane_mode != "process" else str(
+        niced_python(y.nice, y.sched_idle) if y.nice > 0 else python_executable())
     return JobConfig(job_name=LANE_JOB if lane == LANE else f"{LANE_JOB}-{lane}", topic_suffix=lane,
                      checkpoint_interval_ms=y.lane_checkpoint_ms, admit_by_created_at=True,
                      request_timeout_ms=SETTINGS.limits.backfill_request_timeout_ms, python_worker=worker)
@@ -224,8 +224,7 @@ def _writer_alive(pid: int | None) -> bool:
         return False
 
 
-def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits.backfill_nice,
-                 idle: bool = SETTINGS.limits.backfill_sched_idle) -> int:
+def start_writer(backfill_id: str, lane: str = LANE, y: Yielding = Yielding()) -> int:
     from inference_workers.backfill_lanes import lower_priority
     from rscf.run_logs import open_run_log
 
@@ -233,7 +232,7 @@ def start_writer(backfill_id: str, lane: str = LANE, nice: int = SETTINGS.limits
     proc = subprocess.Popen([str(SETTINGS.paths.venv / "bin" / "python"), "-m", "jobs.backfill_results",
                              "--plan", str(state_dir(backfill_id) / "plan.json"), "--lane", lane],
                             cwd=str(SETTINGS.paths.repo), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    lower_priority(proc.pid, nice, idle)  # backfill-only: live processes first
+    lower_priority(proc.pid, y.nice, y.sched_idle)  # backfill-only: live processes first
     return proc.pid
 
 
@@ -298,8 +297,7 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     doc["manifest"] = json.loads(manifest.to_json())
     (d / "plan.json").write_text(json.dumps(doc))
     state = {"spec": spec.to_dict(), "job_id": job_id, "job_name": job_name(bid), "lane": lane, "lane_job": lane_job,
-             "budget_rows_per_s": budget_rows_per_s,
-             "writer_pid": start_writer(bid, lane, yielding.nice, yielding.sched_idle),
+             "budget_rows_per_s": budget_rows_per_s, "writer_pid": start_writer(bid, lane, yielding),
              "yielding": asdict(yielding), "savepoint": None,
              "rows_total": manifest.rows_total, "files": len(manifest.input_files), "started_at_ms": now_ms()}
     _save_state(bid, state)
@@ -331,7 +329,7 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
                                     _ingest_args(backfill_id, state["lane"], state["budget_rows_per_s"], y),
                                     from_savepoint=state["savepoint"])
     if not _writer_alive(state.get("writer_pid")):
-        state["writer_pid"] = start_writer(backfill_id, state["lane"], y.nice, y.sched_idle)
+        state["writer_pid"] = start_writer(backfill_id, state["lane"], y)
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}
