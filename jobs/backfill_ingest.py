@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     ns = parse(argv if argv is not None else sys.argv[1:])
     plan = json.loads(Path(ns.plan).read_text())
     env = StreamExecutionEnvironment.get_execution_environment(configuration(ns, plan["spec"]["format"]))
-    env.set_parallelism(1)
+    from operators.backfill import INGEST_PARALLELISM
+
+    env.set_parallelism(INGEST_PARALLELISM)
     build(env, plan, ns)
     env.execute(ns.job_name)
 

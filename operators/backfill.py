@@ -243,6 +243,9 @@ def to_prompt(
 
 # The ingest job's metrics (`rscf backfill status`, the Web UI, Prometheus): counters, then the pace's gauges
 INGEST_METRICS = ("rows_read", "rows_dispatched", "rows_dead", "pace_rows_per_s", "yielding_to_live", "lane_lag_rows")
+# One reader: rows are numbered per file in keyed state, the pace is one budget (and the sink's transactional ids
+# per subtask, deploy/local/backfill_transactions.py)
+INGEST_PARALLELISM = 1
 PARAM_NAMES = ("max_tokens", "temperature", "top_p", "width", "height", "steps", "seed", "voice")
 
 

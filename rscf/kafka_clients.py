@@ -89,6 +89,24 @@ def group_lag(admin: Any, group: str, tps: list[Any], timeout_s: float,
     return sum(max(0, latest[k] - committed.get(k, earliest[k])) for k in latest), sum(latest.values())
 
 
+def abort_transactions(transactional_ids: Iterable[str], bootstrap: str | None = None, principal: str = ADMIN,
+                       timeout_s: float = 30.0) -> int:
+    """Abort whatever transaction each id has open: a transactional producer with that id calls
+    init_transactions(), so its coordinator aborts the open one and bumps the epoch, fencing the producer that
+    left it (what Flink's Kafka sink does itself when the same job restarts). Never for the id of a producer
+    that still runs: it would be fenced too. An id never used is created, empty (the broker forgets it after
+    transactional.id.expiration.ms, 7 days). ~70 ms an id, ~0.5 s when one was open (measured here)."""
+    from confluent_kafka import Producer
+
+    n = 0
+    for tid in transactional_ids:
+        producer = Producer(client_config(principal, bootstrap, **{"transactional.id": tid}))
+        producer.init_transactions(timeout_s)
+        producer.flush(0)
+        n += 1
+    return n
+
+
 def producer_config(bootstrap: str | None = None, linger_ms: float | None = None, principal: str = ADMIN,
                     **extra: Any) -> dict[str, Any]:
     """Idempotent, acks=all producer; the hot-path linger by default (the broker's CPU goes by

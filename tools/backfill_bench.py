@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 
-from deploy.local import backfills, flink_jobs
+from deploy.local import backfill_progress, backfills, flink_jobs
 from jobs.backfill_pace import Pace
 from operators.backfill import BackfillSpec
 from rscf.settings import SETTINGS
@@ -108,11 +108,12 @@ class Lane:
 
 def _stop_if_running(backfill_id: str) -> None:
     try:
-        state = backfills._state(backfill_id)
+        state = backfills.saved_state(backfill_id)
         job = flink_jobs.running(state["job_name"])
         if job is not None:
             flink_jobs.stop(job.job_id, with_savepoint=False)
         backfills.stop_writer(state.get("writer_pid"))
+        backfills.release(backfill_id)  # a cancel may leave its transaction open: a standing lane would stall
     except (KeyError, flink_jobs.ClusterError):
         pass
 
@@ -161,7 +162,7 @@ def one_backfill(fmt: str, n: int, budget: float, timeout_s: float = 1800, on_up
                 raise _Stopped
 
         try:
-            final = backfills.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=sample)
+            final = backfill_progress.watch(spec.backfill_id, interval_s=2.0, timeout_s=timeout_s, on_update=sample)
         except _Stopped:
             final = {**last, "state": "STOPPED_BY_BENCH"}
         finally:

@@ -34,13 +34,13 @@ def _bar(s: dict) -> str:
 
 
 def _watch(args: argparse.Namespace, backfill_id: str) -> dict:
-    from deploy.local import backfills
+    from deploy.local import backfill_progress
 
     def show(s: dict) -> None:
         if not args.json:
             print(_bar(s), end="", flush=True, file=sys.stderr)
 
-    final = backfills.watch(backfill_id, timeout_s=args.timeout or None, on_update=show)
+    final = backfill_progress.watch(backfill_id, timeout_s=args.timeout or None, on_update=show)
     if not args.json:
         print(file=sys.stderr)
     return final
@@ -77,7 +77,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from deploy.local import backfills
+    from deploy.local import backfill_progress, backfills
 
     try:
         ids = [args.backfill_id] if args.backfill_id else backfills.known()
@@ -85,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             data = _watch(args, args.backfill_id)
             _print(args, data)
             return EXIT_OK
-        out = [backfills.status(b) for b in ids]
+        out = [backfill_progress.status(b) for b in ids]
     except Exception as exc:  # noqa: BLE001
         return _fail(exc)
     if args.json:

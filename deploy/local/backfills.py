@@ -19,18 +19,16 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deploy.local import flink_jobs
+from deploy.local import backfill_transactions, flink_jobs
 from deploy.local.flink import flink_env, flink_home
 from jobs.config import JobConfig, python_executable
-from operators.backfill import (INGEST_METRICS, BackfillSpec, Manifest, done_ranges, lowered_budget, progress,
-                                request_id)
+from operators.backfill import BackfillSpec, done_ranges, lowered_budget, request_id
 from rscf.clock import now_ms
 from rscf.pools import POOL_TABLE
 from rscf.settings import SETTINGS
@@ -82,7 +80,7 @@ def job_name(backfill_id: str) -> str:
     return f"rscf-backfill-{backfill_id}"
 
 
-def _state(backfill_id: str) -> dict[str, Any]:
+def saved_state(backfill_id: str) -> dict[str, Any]:
     path = state_dir(backfill_id) / "state.json"
     if not path.exists():
         raise KeyError(f"no backfill {backfill_id} started from this data dir ({path})")
@@ -96,6 +94,16 @@ def _save_state(backfill_id: str, state: dict[str, Any]) -> None:
 def known() -> list[str]:
     base = SETTINGS.paths.data / "backfills"
     return sorted(p.name for p in base.iterdir() if (p / "state.json").exists()) if base.exists() else []
+
+
+def release(backfill_id: str, seen_state: str | None = None, lane: str | None = None) -> bool:
+    """Abort what the backfill's ended ingest left open on its lane, if not done yet (deploy/local/
+    backfill_transactions.py: a cancelled ingest's open transaction blocks the lane for 10 min)."""
+    state = saved_state(backfill_id)
+    changed = (lane is None or state.get("lane") == lane) and backfill_transactions.release(state, seen_state)
+    if changed:
+        _save_state(backfill_id, state)
+    return changed
 
 
 # ----------------------------------------------------------------------------- the lane
@@ -211,7 +219,7 @@ def flink_run(script: str, args: list[str], from_savepoint: str | None = None) -
     return match.group(1)
 
 
-def _writer_alive(pid: int | None) -> bool:
+def writer_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -250,7 +258,7 @@ def niced_python(nice: int, idle: bool = False) -> Path:
 
 
 def stop_writer(pid: int | None) -> None:
-    if _writer_alive(pid):
+    if writer_alive(pid):
         os.kill(pid, signal.SIGTERM)
 
 
@@ -275,6 +283,8 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     current = flink_jobs.running(job_name(bid))
     if current is not None:
         raise flink_jobs.ClusterError(f"backfill {bid} is already {current.state} as {current.job_id}")
+    for other in known():  # a cancelled one's open transaction would block this one's lane (and fool its pace)
+        release(other, lane=lane)
     manifest, units = plan(spec)
     store = ResultsStore(spec)
     previous = store.manifest()
@@ -306,10 +316,12 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
 
 def stop(backfill_id: str) -> dict[str, Any]:
     """Stop-with-savepoint of the ingest job (if it still runs) and the writer."""
-    state = _state(backfill_id)
+    state = saved_state(backfill_id)
     job = flink_jobs.running(state["job_name"])
     location = flink_jobs.stop(job.job_id, with_savepoint=True) if job is not None else None
     stop_writer(state.get("writer_pid"))
+    if job is None and release(backfill_id):  # it had ended already (cancelled in the Web UI, failed)
+        state = saved_state(backfill_id)
     state.update(savepoint=location, stopped_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}
@@ -319,7 +331,7 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
     """The ingest job from its savepoint (none: it had finished reading), and the writer again.
     ``budget_rows_per_s``: a lower pace from here on (e.g. 10 rows/s while live traffic runs beside it); not
     above the start's budget, which the lane's token bucket for this backfill was set to."""
-    state = _state(backfill_id)
+    state = saved_state(backfill_id)
     if flink_jobs.running(state["job_name"]) is not None:
         raise flink_jobs.ClusterError(f"backfill {backfill_id} is running")
     state["budget_rows_per_s"] = lowered_budget(state, budget_rows_per_s)
@@ -328,73 +340,8 @@ def resume(backfill_id: str, budget_rows_per_s: float | None = None) -> dict[str
         state["job_id"] = flink_run("jobs/backfill_ingest.py",
                                     _ingest_args(backfill_id, state["lane"], state["budget_rows_per_s"], y),
                                     from_savepoint=state["savepoint"])
-    if not _writer_alive(state.get("writer_pid")):
+    if not writer_alive(state.get("writer_pid")):
         state["writer_pid"] = start_writer(backfill_id, state["lane"], y)
     state.update(savepoint=None, resumed_at_ms=now_ms())
     _save_state(backfill_id, state)
     return {"backfill_id": backfill_id, **state}
-
-
-def job_counters(job_id: str) -> dict[str, float]:
-    """rows_read / rows_dispatched / rows_dead and the pace's gauges of a running ingest job (Flink's REST)."""
-    out: dict[str, float] = {}
-    try:
-        detail = flink_jobs._request("GET", f"/jobs/{job_id}")
-        for v in detail.get("vertices", []):
-            names = flink_jobs._request("GET", f"/jobs/{job_id}/vertices/{v['id']}/metrics") or []
-            wanted = [m["id"] for m in names if m["id"].rsplit(".", 1)[-1] in INGEST_METRICS]
-            if wanted:
-                vals = flink_jobs._request("GET", f"/jobs/{job_id}/vertices/{v['id']}/metrics",
-                                           params={"get": ",".join(wanted)})
-                for m in vals:
-                    name = m["id"].rsplit(".", 1)[-1]
-                    out[name] = out.get(name, 0.0) + float(m["value"])
-    except (flink_jobs.ClusterError, KeyError, ValueError):
-        pass
-    return out
-
-
-def status(backfill_id: str) -> dict[str, Any]:
-    """Where a backfill stands: its job's state and counters, the writer, the manifest's counts."""
-    from jobs.backfill_results import ResultsStore
-
-    state = _state(backfill_id)
-    spec = BackfillSpec.from_dict(state["spec"])
-    try:
-        job_state = flink_jobs._request("GET", f"/jobs/{state['job_id']}")["state"]
-    except flink_jobs.ClusterError:
-        job_state = "UNKNOWN"
-    counters = job_counters(state["job_id"]) if job_state == "RUNNING" else {}
-    manifest: Manifest | None = ResultsStore(spec).manifest()
-    counts = manifest.counts if manifest else {}
-    finished = sum(v for k, v in counts.items() if k != "DEAD_LETTER")
-    out = {"backfill_id": backfill_id, "uri": spec.uri, "tenant": spec.tenant, "job_id": state["job_id"],
-           "job_state": job_state, "writer_running": _writer_alive(state.get("writer_pid")),
-           "savepoint": state.get("savepoint"), "rows_total": state["rows_total"], "counts": counts,
-           "rows_finished": finished, "rows_dead": counts.get("DEAD_LETTER", 0), **counters,
-           "state": manifest.state if manifest else "PLANNED",
-           "web_ui": f"{SETTINGS.flink_url}/#/job/running/{state['job_id']}/overview"}
-    if out["savepoint"] and out["state"] != "FINISHED":
-        out["state"] = "STOPPED"
-    out.update(progress(state["rows_total"], finished, out["rows_dead"], 0.0))
-    return out
-
-
-def watch(backfill_id: str, interval_s: float = 2.0, timeout_s: float | None = None, on_update=None) -> dict[str, Any]:
-    """Poll `status` until the backfill is FINISHED (or stopped, or the timeout); rates per second and ETA."""
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    last, last_t = status(backfill_id), time.monotonic()
-    while True:
-        if last["state"] in ("FINISHED", "STOPPED") or (deadline and time.monotonic() > deadline):
-            return last
-        time.sleep(interval_s)
-        now, t = status(backfill_id), time.monotonic()
-        dt = max(t - last_t, 1e-6)
-        for name in ("rows_read", "rows_dispatched", "rows_finished"):
-            if name in now and name in last:
-                now[f"{name}_per_s"] = round(max(now[name] - last[name], 0) / dt, 1)
-        rate = now.get("rows_finished_per_s") or 0.0
-        now.update(progress(now["rows_total"], now["rows_finished"], now["rows_dead"], rate))
-        if on_update is not None:
-            on_update(now)
-        last, last_t = now, t

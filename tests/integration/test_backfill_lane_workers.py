@@ -21,7 +21,7 @@ import uuid
 import psutil
 import pytest
 
-from deploy.local import backfills, flink_jobs
+from deploy.local import backfill_progress, backfills, flink_jobs
 from inference_workers.backfill_lanes import LANE_REPLICA_BASE
 from jobs.backfill_results import ResultsStore
 from operators.backfill import BackfillSpec
@@ -116,7 +116,7 @@ def test_backfill_completes_on_controller_run_lane_workers_that_go_back_to_zero(
     watcher = Watcher(lane)
     watcher.start()
     backfills.start(spec, 200, lane=lane, features=["echo"], start_lane=False)  # no worker started by hand
-    status = backfills.watch(spec.backfill_id, interval_s=1.0, timeout_s=240)
+    status = backfill_progress.watch(spec.backfill_id, interval_s=1.0, timeout_s=240)
     watcher.stop_event.set()
     assert status["state"] == "FINISHED", (status, log())
     rows = ResultsStore(spec).rows()

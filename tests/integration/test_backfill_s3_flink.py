@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from deploy.local import backfills, flink_jobs
+from deploy.local import backfill_progress, backfills, flink_jobs
 from jobs.backfill_results import ResultsStore
 from operators.backfill import BackfillSpec, parse_request_id
 from rscf.kafka_clients import client_security
@@ -93,7 +93,7 @@ def _prompts_on_lane(lane: str) -> dict[str, int]:
 
 
 def _finish(bid: str, timeout_s: float = 240) -> dict:
-    s = backfills.watch(bid, interval_s=1.0, timeout_s=timeout_s)
+    s = backfill_progress.watch(bid, interval_s=1.0, timeout_s=timeout_s)
     assert s["state"] == "FINISHED", s
     return s
 
@@ -146,7 +146,7 @@ def test_parquet_backfill_and_stop_with_savepoint_resume_exactly_once(lane):
     time.sleep(2)  # part of the input read, most of it not
     stopped = backfills.stop(spec.backfill_id)
     assert stopped["savepoint"], "the job was still reading when stopped"
-    assert backfills.status(spec.backfill_id)["state"] == "STOPPED"
+    assert backfill_progress.status(spec.backfill_id)["state"] == "STOPPED"
     before = _prompts_on_lane(lane)
     assert 0 < len(before) < n, f"stopped mid-read: {len(before)} of {n} rows on the lane"
     backfills.resume(spec.backfill_id)
@@ -231,3 +231,41 @@ def test_a_backfill_yields_to_live_prompts_then_reads_at_its_budget_again(lane):
     _finish(spec.backfill_id, timeout_s=240)
     got = sorted(parse_request_id(r["request_id"])[2] for r in ResultsStore(spec).rows())
     assert got == list(range(1, n + 1)), "every row exactly once in the results, live first or not"
+
+
+def test_a_backfill_cancelled_mid_read_leaves_its_lane_open_to_the_next_one(lane):
+    """Cancelled (the Web UI's Cancel) mid-read, the ingest may leave its Kafka transaction open, which holds the
+    lane's last stable offset for 10 min: the lane reads nothing after it and the next backfill's pace sees no
+    lag. `status` sees the cancel and aborts it; the next backfill on the lane then finishes, every row once."""
+    import time
+
+    from confluent_kafka import TopicPartition
+
+    from rscf.kafka_clients import admin_client, end_offsets
+
+    prefix = f"it-{uuid.uuid4().hex[:8]}/cancelled"
+    _put(f"{prefix}/rows.jsonl", ("\n".join(json.dumps({"prompt": f"row {i}"}) for i in range(3000)) + "\n").encode())
+    spec = BackfillSpec(f"s3://{BUCKET}/{prefix}", "bf-tenant", fmt="jsonl")
+    started = backfills.start(spec, 200, lane=lane, features=["echo"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not flink_jobs.all_tasks_running(started["job_id"]):
+        time.sleep(0.5)
+    time.sleep(3)  # mid-read: rows in the current transaction
+    flink_jobs.stop(started["job_id"], with_savepoint=False)
+    assert backfill_progress.status(spec.backfill_id)["job_state"] == "CANCELED"
+    assert backfills.saved_state(spec.backfill_id)["released_job_id"] == started["job_id"]
+    topic = backfills.lane_config(lane).prompts
+    admin = admin_client()
+    tps = [TopicPartition(topic, p) for p in admin.list_topics(topic, timeout=10).topics[topic].partitions]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and end_offsets(admin, tps, 10, committed_only=True) != end_offsets(admin, tps, 10):
+        time.sleep(0.2)
+    assert end_offsets(admin, tps, 10, committed_only=True) == end_offsets(admin, tps, 10), "no transaction left open"
+
+    nxt = f"it-{uuid.uuid4().hex[:8]}/after-cancel"
+    _put(f"{nxt}/rows.jsonl", ("\n".join(json.dumps({"prompt": f"next {i}"}) for i in range(50)) + "\n").encode())
+    after = BackfillSpec(f"s3://{BUCKET}/{nxt}", "bf-tenant", fmt="jsonl")
+    backfills.start(after, 200, lane=lane, features=["echo"])
+    _finish(after.backfill_id, timeout_s=180)  # an open transaction would hold it for 10 min
+    got = sorted(parse_request_id(r["request_id"])[2] for r in ResultsStore(after).rows())
+    assert got == list(range(1, 51))
