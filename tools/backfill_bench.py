@@ -78,11 +78,13 @@ class Lane:
             lower_priority(self.worker.proc.pid, self.yielding.nice, self.yielding.sched_idle)
         return self
 
-    def drained(self, timeout_s: float = 120.0) -> bool:
+    def drained(self, timeout_s: float = 120.0, still_s: float = 10.0) -> bool:
         """Wait until the lane's job has read every committed prompt and result (what a stopped backfill left on
-        the lane; the echo worker answers in milliseconds), so the next live run is not beside its tail. A
-        partition's last transaction marker is never "read" (Flink commits the offset after its last record),
-        so up to one row of lag per partition is drained."""
+        the lane; the echo worker answers in milliseconds), so the next live run is not beside its tail. Flink
+        commits the offset after the last record it read, never past what follows it: a partition's last
+        transaction marker (so up to one row of lag per partition is drained), nor the rows of a transaction
+        the cancelled backfill left open and `backfills.release` aborted (a read_committed reader skips them):
+        so a lane whose committed offsets have not moved for `still_s` has read all it will."""
         from confluent_kafka import TopicPartition
         from confluent_kafka.admin import AdminClient
 
@@ -92,8 +94,14 @@ class Lane:
         tps = [TopicPartition(topic, p) for topic in (self.cfg.prompts, self.cfg.results)
                for p in admin.list_topics(topic, timeout=10).topics[topic].partitions]
         deadline = time.monotonic() + timeout_s
+        moved_at, last = time.monotonic(), None
         while time.monotonic() < deadline:
-            if kafka_clients.group_lag(admin, self.cfg.group_id, tps, 10, committed_only=True)[0] <= len(tps):
+            lag, latest = kafka_clients.group_lag(admin, self.cfg.group_id, tps, 10, committed_only=True)
+            if lag <= len(tps):
+                return True
+            if (latest - lag) != last:
+                moved_at, last = time.monotonic(), latest - lag
+            elif time.monotonic() - moved_at >= still_s:
                 return True
             time.sleep(1.0)
         return False
@@ -261,7 +269,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
     in turn (`arms`), and alone again; pooled and bracketed ratios from every run (`tools.side_by_side`).
     standing_lanes: each arm's lane (its pipeline job and echo worker) started first and left running through
     every run, alone ones included, as `rscf-backfill-lane` stands on a stack once a backfill has run; else
-    each beside run starts and stops a lane of its own (its start-up and JIT then count against the backfill)."""
+    each beside run starts and stops a lane of its own (its start-up and JIT then count against the backfill).
+    A standing lane serves one beside run first, not counted (`lane_warmups`)."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
     known = arms()
@@ -271,7 +280,11 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
     beside_runs: dict[str, list[dict]] = {name: [] for name in names}
     with contextlib.ExitStack() as lanes:
         standing = {name: lanes.enter_context(Lane(known[name])) for name in names} if standing_lanes else {}
-        warmup = _live(live_rate, duration_s)  # not counted: the first live run after a stack change pays JIT, caches
+        # not counted: a standing lane's first backfill pays its JIT, as once on a stack (1.23x, then 1.04-1.10x:
+        # 2026-12-05); the first live run after a stack change pays JIT and caches
+        lane_warmups = {name: _figures(_beside(live_rate, duration_s, n, budget, known[name], lane)["live"])
+                        for name, lane in standing.items()}
+        warmup = _live(live_rate, duration_s)
         alone_runs = [_live(live_rate, duration_s)]
         for _ in range(max(1, rounds)):
             for name in names:
@@ -289,7 +302,7 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
         for r in runs:
             r["live"] = _figures(r["live"])
     return {"live_rate": live_rate, "duration_s": duration_s, "standing_lanes": standing_lanes,
-            "warmup": _figures(warmup), "alone": _figures(alone),
+            "warmup": _figures(warmup), "lane_warmups": lane_warmups, "alone": _figures(alone),
             "alone_again": _figures(alone_again), **beside,
             **{f"p99_ratio_{name}": ratio(r) for name, r in beside.items()},
             **{f"p99_ratio_{name}_vs_alone_again": round(r["live"]["p99"] / alone_again["p99"], 2)

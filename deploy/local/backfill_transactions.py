@@ -12,8 +12,9 @@ out (the sink's transaction.timeout.ms, 10 min) the partition's last stable offs
 
 Flink aborts such transactions itself only when the same job starts again (same prefix). So once a backfill's
 ingest is known to have ended CANCELED or FAILED, with nothing of that name running, its ids are fenced
-(`rscf.kafka_clients.abort_transactions`): by `rscf backfill start` for every earlier backfill on the lane,
-by `status` and `watch` as soon as they see it, and by `stop`.
+(`rscf.kafka_clients.abort_transactions`): by `rscf backfill start` and `status` (and `watch`) for every
+backfill on the lane that ended since the last look, and by `stop`. The pool controller does not: it sits
+below the stack's deploy code and knows lanes, not backfills.
 """
 
 from __future__ import annotations

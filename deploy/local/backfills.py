@@ -106,6 +106,11 @@ def release(backfill_id: str, seen_state: str | None = None, lane: str | None = 
     return changed
 
 
+def release_lane(lane: str) -> int:
+    """`release` every backfill on the lane that has not been: a cancelled one blocks all the others on it."""
+    return sum(release(other, lane=lane) for other in known())
+
+
 # ----------------------------------------------------------------------------- the lane
 
 
@@ -283,8 +288,7 @@ def start(spec: BackfillSpec, budget_rows_per_s: float = DEFAULT_BUDGET, lane: s
     current = flink_jobs.running(job_name(bid))
     if current is not None:
         raise flink_jobs.ClusterError(f"backfill {bid} is already {current.state} as {current.job_id}")
-    for other in known():  # a cancelled one's open transaction would block this one's lane (and fool its pace)
-        release(other, lane=lane)
+    release_lane(lane)  # a cancelled one's open transaction would block this one on its lane (and fool its pace)
     manifest, units = plan(spec)
     store = ResultsStore(spec)
     previous = store.manifest()
