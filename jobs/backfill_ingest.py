@@ -55,6 +55,8 @@ PROMPTS_SINK, DEAD_SINK, ROWS_VIEW = "backfill_prompts", "backfill_dead_letters"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    from rscf.settings import SETTINGS
+
     p = argparse.ArgumentParser(prog="backfill_ingest")
     p.add_argument("--plan", required=True, help="the plan JSON (operators.backfill.Manifest + units), a file path")
     p.add_argument("--lane", default="backfill", help="topic suffix of the backfill lane")
@@ -62,7 +64,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bootstrap", default=JobConfig().bootstrap)
     p.add_argument("--registry-url", default=JobConfig().registry_url)
     p.add_argument("--max-rows-per-s", type=float, default=0.0, help="0: as fast as the lane takes them")
-    p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    p.add_argument("--checkpoint-interval-ms", type=int, default=SETTINGS.limits.backfill_ingest_checkpoint_ms)
     p.add_argument("--yield-busy", type=float, default=0.0,
                    help="halve the pace while the machine's cores are busier than this share (0: never)")
     p.add_argument("--live-busy", type=float, default=0.0,

@@ -293,15 +293,15 @@ class Limits:
     # ("thread": in the TaskManager). Live p99 beside a backfill: 158-180 vs 392-1,186 ms (README).
     backfill_ingest_mode: str = _env("BACKFILL_INGEST_MODE", "process")
     backfill_lane_mode: str = _env("BACKFILL_LANE_MODE", "process")
-    # The ingest halves its pace while the cores are busier than this share (0, the default: never).
-    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.0)
+    backfill_yield_busy: float = _env_float("BACKFILL_YIELD_BUSY", 0.0)  # halve the pace above this CPU (0: never)
     # Live first (jobs/backfill_pace.py): while the live prompts topics take more than live_busy prompts/s, a
     # backfill reads at most live_floor rows/s; its lane is never more than max_lag_s of its pace behind.
     backfill_live_busy_per_s: float = _env_float("BACKFILL_LIVE_BUSY_PER_S", 10.0)  # 0: never yields to live
     backfill_live_floor_rows_per_s: float = _env_float("BACKFILL_LIVE_FLOOR_ROWS_PER_S", 5.0)
     backfill_max_lag_s: float = _env_float("BACKFILL_MAX_LAG_S", 10.0)  # 0: no bound; > the loop (~4 s): README
-    # The backfill lane's job checkpoints this often: a backfill row does not mind 2 s; fewer checkpoints.
+    # Lane and ingest checkpoints (the ingest's commit its rows to the lane): a backfill row does not mind 1-2 s
     backfill_lane_checkpoint_ms: int = _env_int("BACKFILL_LANE_CHECKPOINT_MS", 2_000)
+    backfill_ingest_checkpoint_ms: int = _env_int("BACKFILL_INGEST_CHECKPOINT_MS", 1_000)
     # A backfill row's attempt deadline in the lane's job: nobody waits for it, and behind live traffic
     # (LOW lane) it queues. With the live 30 s, 5,713 of 100,000 rows EXPIRED and 2,375 FAILED beside live.
     backfill_request_timeout_ms: int = _env_int("BACKFILL_REQUEST_TIMEOUT_MS", 900_000)

@@ -42,7 +42,8 @@ def status(backfill_id: str) -> dict[str, Any]:
     except flink_jobs.ClusterError:
         job_state = "UNKNOWN"
     release(backfill_id, job_state)  # ended cancelled or failed: what it left open must not block its lane,
-    release_lane(state["lane"])  # nor what another one cancelled in the Web UI left (once per ended ingest)
+    if job_state == "RUNNING":
+        release_lane(state["lane"])  # nor what another one cancelled in the Web UI left (once per ended ingest)
     counters = job_counters(state["job_id"]) if job_state == "RUNNING" else {}
     manifest: Manifest | None = ResultsStore(spec).manifest()
     counts = manifest.counts if manifest else {}

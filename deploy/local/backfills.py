@@ -53,6 +53,7 @@ class Yielding:
     live_floor: float = SETTINGS.limits.backfill_live_floor_rows_per_s
     max_lag_s: float = SETTINGS.limits.backfill_max_lag_s
     sched_idle: bool = SETTINGS.limits.backfill_sched_idle  # SCHED_IDLE as well (off: no measured gain, README)
+    ingest_checkpoint_ms: int = SETTINGS.limits.backfill_ingest_checkpoint_ms
 
 
 NOT_YIELDING = Yielding("thread", 0.0, 0, 0, "thread", 0.0, 0.0, 0.0, False)  # as before: on the live job's lock
@@ -274,6 +275,7 @@ def _ingest_args(backfill_id: str, lane: str, max_rows_per_s: float, y: Yielding
             "--bootstrap", cfg.bootstrap, "--registry-url", cfg.registry_url, "--max-rows-per-s", str(max_rows_per_s),
             "--yield-busy", str(y.yield_busy), "--execution-mode", y.ingest_mode, "--live-busy", str(y.live_busy),
             "--live-floor", str(y.live_floor), "--max-lag-s", str(y.max_lag_s), "--lane-group", cfg.group_id,
+            "--checkpoint-interval-ms", str(y.ingest_checkpoint_ms),
             *(["--python-executable", str(niced_python(y.nice, y.sched_idle))] if niced else [])]
 
 
