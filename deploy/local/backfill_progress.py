@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from deploy.local import flink_jobs
-from deploy.local.backfills import release, release_lane, saved_state, writer_alive
+from deploy.local.backfills import LANE, release, release_lane, saved_state, writer_alive
 from operators.backfill import INGEST_METRICS, BackfillSpec, Manifest, progress
 from rscf.settings import SETTINGS
 
@@ -43,7 +43,7 @@ def status(backfill_id: str) -> dict[str, Any]:
         job_state = "UNKNOWN"
     release(backfill_id, job_state)  # ended cancelled or failed: what it left open must not block its lane,
     if job_state == "RUNNING":
-        release_lane(state["lane"])  # nor what another one cancelled in the Web UI left (once per ended ingest)
+        release_lane(state.get("lane", LANE))  # nor what another one cancelled in the Web UI left
     counters = job_counters(state["job_id"]) if job_state == "RUNNING" else {}
     manifest: Manifest | None = ResultsStore(spec).manifest()
     counts = manifest.counts if manifest else {}
