@@ -266,6 +266,18 @@ def _figures(run: dict) -> dict:
     return {k: v for k, v in run.items() if k != "samples"}
 
 
+def check_arms(names: tuple[str, ...], standing_lanes: bool) -> dict[str, backfills.Yielding]:
+    """The arms by name; a ValueError, before anything runs, for an unknown one or two standing lanes."""
+    known = arms()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
+    if standing_lanes and len(names) > 1:  # 2026-12-05: a second standing lane's job found no slot in 180 s
+        raise ValueError("--standing-lanes measures one arm a run: each standing lane's job holds a TaskManager "
+                         "slot, and the live job, the stack's rscf-backfill-lane and the ingest take the other three")
+    return known
+
+
 def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
                       names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1, standing_lanes: bool = False) -> dict:
     """A live warm-up run (not counted), live overhead alone, then `rounds` times: beside a backfill of each arm
@@ -276,10 +288,7 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
     A standing lane serves one beside run first, not counted (`lane_warmups`)."""
     # more rows than the backfill reads while live is measured (start-up, warm-up, run, drain): it never ends first
     n = min(n, int(budget * (120 + 3 * duration_s)))
-    known = arms()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}: choose from {sorted(known)}")
+    known = check_arms(names, standing_lanes)
     beside_runs: dict[str, list[dict]] = {name: [] for name in names}
     with contextlib.ExitStack() as lanes:
         standing = {name: lanes.enter_context(Lane(known[name])) for name in names} if standing_lanes else {}
@@ -320,6 +329,8 @@ def live_side_by_side(live_rate: int, duration_s: float, n: int, budget: float,
 def run(n: int = 100_000, formats: tuple[str, ...] = ("jsonl", "parquet"), budget: float = 5_000.0,
         live_rate: int = 200, live_duration_s: float = 20.0, live_budget: float = 500.0, on_update=None,
         names: tuple[str, ...] = DEFAULT_ARMS, rounds: int = 1, standing_lanes: bool = False) -> dict:
+    if live_rate > 0:
+        check_arms(names, standing_lanes)
     out: dict = {"rows": n, "formats": {}}
     for fmt in formats:
         # capacity: at the budget whatever the machine's load (the backfill itself makes it busy)

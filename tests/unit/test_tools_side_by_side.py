@@ -42,3 +42,21 @@ def test_a_beside_run_counts_only_if_its_backfill_ran_until_the_bench_stopped_it
     assert ran_throughout({"state": "STOPPED_BY_BENCH", "rows_done": 443})
     assert not ran_throughout({"state": "FINISHED", "rows_done": 1800})  # ended before live was measured
     assert not ran_throughout({})  # the backfill thread failed before it reported
+
+
+def test_the_backfill_bench_refuses_unknown_arms_and_two_standing_lanes_before_running_anything():
+    import pytest
+
+    from tools import backfill_bench
+
+    both = ("live_first", "live_first_ckpt2")
+    assert set(backfill_bench.check_arms(both, False)) >= set(both)
+    from rscf.settings import SETTINGS
+
+    default = SETTINGS.limits.backfill_ingest_checkpoint_ms
+    assert backfill_bench.check_arms(("live_first",), True)["live_first"].ingest_checkpoint_ms == default
+    assert backfill_bench.arms()["live_first_ckpt2"].ingest_checkpoint_ms == 2_000
+    with pytest.raises(ValueError, match="unknown arms"):
+        backfill_bench.check_arms(("no_such_arm",), False)
+    with pytest.raises(ValueError, match="one arm a run"):
+        backfill_bench.run(10, ("jsonl",), names=both, standing_lanes=True)
