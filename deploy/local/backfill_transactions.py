@@ -2,8 +2,9 @@
 
 The ingest writes the lane's prompts in one Kafka transaction per checkpoint (Flink's Kafka sink, POOLING ids
 `<job>-<lane>-<subtask>-<i>`). Cancelled (the Web UI's Cancel, a benchmark) or failed for good, it can leave
-its current transaction open: 1 of 2 cancels here on 2026-12-05 left 500 rows open. Until the broker times it
-out (the sink's transaction.timeout.ms, 10 min) the partition's last stable offset stays before those rows, so
+its current transaction open: 17 of 18 cancels here on 2026-12-05 did (seen with ListTransactions, then by the
+broker's answer to the abort), one with 500 rows in it. Until the broker times it out (the sink's
+transaction.timeout.ms, 10 min) the partition's last stable offset stays before those rows, so
 
 - the lane's pipeline job (read_committed) reads nothing written after them: every other backfill on the shared,
   standing lane `rscf-backfill-lane` stalls for up to 10 minutes;
