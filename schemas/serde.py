@@ -6,6 +6,11 @@ Encoding writes with the project's schema (registered once per process under
 against the project's current schema, so records from older producers still
 decode.  Nothing touches the network at import time, and a ``TopicSerde``
 pickles without its client, so PyFlink workers can ship or rebuild it cheaply.
+
+The registry client's package is imported here, once, not lazily where it is used: the operator threads of a
+restored job imported it at once, and one of them got a partially initialised
+``confluent_kafka.serialization`` (ImportError), so a result was dead-lettered as ``registry_unavailable``
+(CI on 2026-12-05, after a TaskManager kill). Cost: ~0.14-0.23 s more to import this module.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
+from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
 from rscf.settings import POOLS, SETTINGS
@@ -158,9 +165,6 @@ class LocalRegistry:
         return sid
 
     def lookup_schema(self, subject_name: str, schema: Any, normalize_schemas: bool = False) -> Any:
-        from confluent_kafka.schema_registry import RegisteredSchema
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
         key = to_parsing_canonical_form(json.loads(schema.schema_str))
         sid = self._ids.get(key)
         if sid is None or sid not in self._subjects.get(subject_name, []):
@@ -169,9 +173,6 @@ class LocalRegistry:
         return RegisteredSchema(subject=subject_name, version=version, schema_id=sid, guid=None, schema=schema)
 
     def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Any:
-        from confluent_kafka.schema_registry import Schema
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
         if schema_id not in self._by_id:
             raise SchemaRegistryError(404, 40403, f"Schema {schema_id} not found.")
         return Schema(self._by_id[schema_id], "AVRO")
@@ -188,8 +189,6 @@ def registry_client(registry_url: str | None = None) -> Any:
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
             from rscf.registry_security import client_auth
 
             client = SchemaRegistryClient({"url": url, "max.retries": 2, "retries.wait.ms": 200, "timeout": 10,
@@ -279,8 +278,6 @@ class TopicSerde:
     def writer_id(self) -> int:
         """Registry id of the project's schema for this topic (registered or looked up once)."""
         if self._writer_id is None:
-            from confluent_kafka.schema_registry import Schema
-
             schema = Schema(schema_str(self.schema_name), "AVRO")
             with self._lock:
                 if self._writer_id is None:
@@ -295,8 +292,6 @@ class TopicSerde:
         when the registry refuses this process a write (401/403: it holds no registry token, e.g. a
         container that the set-up step registered the subjects for; rscf/registry_security.py)."""
         if self.auto_register:
-            from confluent_kafka.schema_registry.error import SchemaRegistryError
-
             try:
                 return self.client.register_schema(self.subject, schema)
             except SchemaRegistryError as exc:
