@@ -102,7 +102,6 @@ def abort_transactions(transactional_ids: Iterable[str], bootstrap: str | None =
     for tid in transactional_ids:
         producer = Producer(client_config(principal, bootstrap, **{"transactional.id": tid}))
         producer.init_transactions(timeout_s)
-        producer.flush(0)
         n += 1
     return n
 

@@ -86,11 +86,10 @@ class Lane:
         the cancelled backfill left open and `backfills.release` aborted (a read_committed reader skips them):
         so a lane whose committed offsets have not moved for `still_s` has read all it will."""
         from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import AdminClient
 
         from rscf import kafka_clients
 
-        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap, **kafka_clients.client_security()})
+        admin = kafka_clients.admin_client(self.cfg.bootstrap)
         tps = [TopicPartition(topic, p) for topic in (self.cfg.prompts, self.cfg.results)
                for p in admin.list_topics(topic, timeout=10).topics[topic].partitions]
         deadline = time.monotonic() + timeout_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from deploy.local import flink_jobs
+from deploy.local import backfill_transactions, flink_jobs
 from deploy.local.backfills import LANE, release, release_lane, saved_state, writer_alive
 from operators.backfill import INGEST_METRICS, BackfillSpec, Manifest, progress
 from rscf.settings import SETTINGS
@@ -37,10 +37,7 @@ def status(backfill_id: str) -> dict[str, Any]:
 
     state = saved_state(backfill_id)
     spec = BackfillSpec.from_dict(state["spec"])
-    try:
-        job_state = flink_jobs._request("GET", f"/jobs/{state['job_id']}")["state"]
-    except flink_jobs.ClusterError:
-        job_state = "UNKNOWN"
+    job_state = backfill_transactions.job_state(state["job_id"]) or "UNKNOWN"
     release(backfill_id, job_state)  # ended cancelled or failed: what it left open must not block its lane,
     if job_state == "RUNNING":
         release_lane(state.get("lane", LANE))  # nor what another one cancelled in the Web UI left

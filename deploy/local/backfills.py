@@ -326,10 +326,10 @@ def stop(backfill_id: str) -> dict[str, Any]:
     job = flink_jobs.running(state["job_name"])
     location = flink_jobs.stop(job.job_id, with_savepoint=True) if job is not None else None
     stop_writer(state.get("writer_pid"))
-    if job is None and release(backfill_id):  # it had ended already (cancelled in the Web UI, failed)
-        state = saved_state(backfill_id)
     state.update(savepoint=location, stopped_at_ms=now_ms())
     _save_state(backfill_id, state)
+    if job is None:  # it had ended already (cancelled in the Web UI, failed): what it left open
+        release(backfill_id)
     return {"backfill_id": backfill_id, **state}
 
 
