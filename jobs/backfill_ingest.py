@@ -69,7 +69,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="halve the pace while the machine's cores are busier than this share (0: never)")
     p.add_argument("--live-busy", type=float, default=0.0,
                    help="live prompts/s above which the pace drops to --live-floor (0: never)")
-    p.add_argument("--live-floor", type=float, default=5.0, help="rows/s while live traffic is busy")
+    p.add_argument("--live-floor", type=float, default=5.0, help="rows/s while live traffic is busy (0: paused, one row per 10 s)")
     p.add_argument("--max-lag-s", type=float, default=0.0,
                    help="hold while the lane is more than this many seconds of its reading behind (0: never)")
     p.add_argument("--lane-group", default="", help="the lane job's consumer group (its lag; needs --max-lag-s)")

@@ -113,7 +113,10 @@ class KafkaLoad:
                 self._list(now)
             ends = end_offsets(self._client(), self._live, self.timeout_s, skip_missing=True)
             if len(ends) < len(self._live):
-                self._listed_at = float("-inf")  # a topic went away: list them again next period
+                self._listed_at = float("-inf")  # a topic went away or lost its leader: list them again next period
+                # a partition skipped for a look keeps its last end offset: back in the next look, it would
+                # otherwise count from 0 and read as a burst of live traffic
+                ends = {k: v for k, v in (self._prev[1] if self._prev else {}).items() if k not in ends} | ends
             # up to the last stable offset: the ingest's own open transaction is not the lane's lag (counted, it
             # held the reader, whose bundle then blocked the checkpoint that commits it: a 400 s checkpoint)
             lag, latest = group_lag(self._client(), self.lane_group, self._lane, self.timeout_s, committed_only=True) \

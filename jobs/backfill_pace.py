@@ -27,7 +27,7 @@ class Pace:
     floor: float = 0.05
     period_s: float = 1.0
     live_busy: float = 0.0  # live prompts/s above which the backfill drops to live_floor (0: never)
-    live_floor: float = 5.0  # rows/s while live is busy
+    live_floor: float = 5.0  # rows/s while live is busy; 0: paused (one row per Paced.max_hold_s, see there)
     max_lag_s: float = 0.0  # the lane may be this many seconds of its own reading behind (0: no bound)
     min_lag_rows: int = 100  # ... and at least this many rows (its offsets are committed with its checkpoints)
     rate: float = field(init=False)
@@ -72,8 +72,9 @@ Load = Callable[[], "tuple[float | None, int | None, float | None]"]  # () -> (l
 
 class Paced:
     """Holds a reader to `Pace.rate`: call `wait()` once per row (sleeps; the GIL is free meanwhile).
-    While the lane is too far behind, a row waits for it, at most `max_hold_s` (a lane that is down must
-    not stall a stop-with-savepoint for ever; its rows then go to its topic at one per `max_hold_s`)."""
+    While the lane is too far behind, or the pace is 0 (paused while live flows), a row waits, at most
+    `max_hold_s` (a blocked reader would stall a checkpoint's or a stop-with-savepoint's barrier for ever;
+    its rows then go at one per `max_hold_s`)."""
 
     def __init__(self, pace: Pace, clock=time.monotonic, sleep=time.sleep, busy=None, load: Load | None = None,
                  max_hold_s: float = 10.0) -> None:
@@ -91,6 +92,11 @@ class Paced:
         self.pace.adjust(busy, live, lag, lane_rate)
         self.checked_at, self.last_lag = now, lag
 
+    @property
+    def stopped(self) -> bool:
+        """Held for the lane, or paused for live traffic (a live floor of 0)."""
+        return self.pace.held or self.pace.rate <= 0
+
     def wait(self) -> None:
         if self.pace.budget <= 0:
             return
@@ -98,11 +104,13 @@ class Paced:
         if (self.pace.yields or self.load is not None) and now - self.checked_at >= self.pace.period_s:
             self._look(now)
         held_since = now
-        while self.pace.held and now - held_since < self.max_hold_s:
+        while self.stopped and now - held_since < self.max_hold_s:
             self.sleep(self.pace.period_s)
             now = self.clock()
             self._look(now)
             self.next_at = now
+        if self.stopped:  # still, after max_hold_s: this row goes now, the next one waits again
+            return
         self.next_at = max(self.next_at, now - 0.5) + 1.0 / self.pace.rate  # at most 0.5 s of credit
         if self.next_at - now > 0.005:
             self.sleep(self.next_at - now)

@@ -42,7 +42,8 @@ def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: 
 def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False,
                 skip_missing: bool = False, committed_only: bool = False) -> dict[tuple[str, int], int]:
     """(topic, partition) -> latest (or earliest) offset, in one ListOffsets round trip per broker.
-    skip_missing: leave out a partition whose topic is gone (deleted since it was listed) instead of raising.
+    skip_missing: leave out a partition whose topic is gone (deleted since it was listed) or that has no leader
+    right now (a topic just created or being deleted: NOT_LEADER_FOR_PARTITION seen in CI) instead of raising.
     committed_only: the last stable offset, what a read_committed reader can reach (not an open transaction's)."""
     from confluent_kafka import IsolationLevel, KafkaError, KafkaException
     from confluent_kafka.admin import OffsetSpec
@@ -58,9 +59,11 @@ def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool
         try:
             out[(tp.topic, tp.partition)] = f.result(timeout_s).offset
         except KafkaException as exc:
-            # gone: UNKNOWN_TOPIC_OR_PART, or _NOENT (no leader at all) when it was the only topic asked for
-            if not (skip_missing and exc.args and exc.args[0].code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                                                           KafkaError._NOENT)):
+            # gone: UNKNOWN_TOPIC_OR_PART, or _NOENT (no leader at all) when it was the only topic asked for;
+            # leaderless for now: NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE
+            if not (skip_missing and exc.args and exc.args[0].code() in (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._NOENT, KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE)):
                 raise
     return out
 

@@ -238,7 +238,8 @@ def arms() -> dict[str, backfills.Yielding]:
     live_first (the defaults since 2026-12-05): lane_process, and the pace drops to its floor while live
     prompts arrive, with the lane's lag bounded (jobs/backfill_pace.py); live_first_idle: the same with every
     backfill-only process SCHED_IDLE; live_first_tight: lane checkpoints every 500 ms and a 5 s lag bound;
-    live_first_ckpt2: ingest checkpoints (its commits to the lane) every 2 s instead of 1 s."""
+    live_first_ckpt2: ingest checkpoints (its commits to the lane) every 2 s instead of 1 s; live_first_paused:
+    a live floor of 0 (the reader pauses while live flows: what the backfill's jobs cost by being there)."""
     y, busy = backfills.Yielding(), Pace.busy_high
     live_first = y
     y = dataclasses.replace(y, live_busy=0.0, max_lag_s=0.0, sched_idle=False)  # before live first: fixed pace, niced
@@ -255,7 +256,9 @@ def arms() -> dict[str, backfills.Yielding]:
             "live_first_tight": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process",
                                                     yield_busy=0.0, lane_checkpoint_ms=500, max_lag_s=5.0),
             "live_first_ckpt2": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process",
-                                                    yield_busy=0.0, ingest_checkpoint_ms=2_000)}
+                                                    yield_busy=0.0, ingest_checkpoint_ms=2_000),
+            "live_first_paused": dataclasses.replace(live_first, ingest_mode="process", lane_mode="process",
+                                                     yield_busy=0.0, live_floor=0.0)}
 
 
 DEFAULT_ARMS = ("not_yielding", "yielding_thread_lane", "lane_process")

@@ -10,7 +10,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from jobs.backfill_load import KafkaLoad
-from rscf.kafka_clients import JOB, client_security, create_topics, delete_topics, producer_config
+from rscf.kafka_clients import (JOB, admin_client, client_security, create_topics, delete_topics, end_offsets,
+                                producer_config)
 from rscf.settings import SETTINGS
 
 pytestmark = pytest.mark.integration
@@ -23,12 +24,27 @@ def _produce(topic: str, n: int) -> None:
     assert p.flush(10) == 0
 
 
+def _wait_for_leaders(topics: list[str], partitions: int, timeout_s: float = 20.0) -> None:
+    """A topic just created may have no leader for a moment (NOT_LEADER_FOR_PARTITION in CI): wait it out."""
+    admin, deadline = admin_client(), time.monotonic() + timeout_s
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    while True:
+        try:
+            end_offsets(admin, tps, 5.0)
+            return
+        except Exception:  # noqa: BLE001 - KafkaException until every partition has its leader
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_live_arrivals_lane_lag_and_a_deleted_topic(stack):
     tag = uuid.uuid4().hex[:6]
     live, gone = f"{SETTINGS.topics.prompts}.it{tag}", f"{SETTINGS.topics.prompts}.itgone{tag}"
     lane = f"{SETTINGS.topics.prompts}.{SETTINGS.topics.backfill_lane}-{tag}"
     group = f"rscf-it-lane-{tag}"
     create_topics([live, gone, lane], partitions=2)
+    _wait_for_leaders([live, gone, lane], 2)
     try:
         clock = [0.0]
         load = KafkaLoad(SETTINGS.kafka_bootstrap, lane, group, principal=JOB, clock=lambda: clock[0])

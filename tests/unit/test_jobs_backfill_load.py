@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from jobs.backfill_load import Throughput, arrivals_per_s, is_lane_suffix, is_live_prompts_topic
+from types import SimpleNamespace
+
+from confluent_kafka import TopicPartition
+
+import rscf.kafka_clients
+from jobs.backfill_load import KafkaLoad, Throughput, arrivals_per_s, is_lane_suffix, is_live_prompts_topic
 
 
 def test_live_prompts_topics_are_the_prompts_topic_and_its_isolated_copies_not_lanes():
@@ -30,3 +35,23 @@ def test_throughput_spans_lane_checkpoints_before_it_says_anything():
         rate = t.add(s, 200 * s)
     assert rate == 200.0, "over the window only"
     assert t.add(21, 5) is None, "a counter that went back starts again"
+
+
+def test_a_partition_left_out_of_one_look_is_not_read_as_a_burst_when_it_is_back(monkeypatch):
+    """end_offsets(skip_missing) leaves out a leaderless partition (NOT_LEADER_FOR_PARTITION, seen in CI): the
+    next look must not count it from 0 (10,000 records of history would read as 5,000 live prompts/s)."""
+    topics = {"genai.prompts": SimpleNamespace(error=None, partitions={0: None, 1: None})}
+    admin = SimpleNamespace(list_topics=lambda timeout: SimpleNamespace(topics=topics))
+    looks = iter([{("genai.prompts", 0): 10_000, ("genai.prompts", 1): 10_000},
+                  {("genai.prompts", 0): 10_100},  # partition 1 leaderless for a moment
+                  {("genai.prompts", 0): 10_200, ("genai.prompts", 1): 10_100}])
+    monkeypatch.setattr(rscf.kafka_clients, "end_offsets", lambda admin, tps, timeout, **kw: next(looks))
+    clock = [0.0]
+    load = KafkaLoad("bootstrap", "genai.prompts.backfill", "lane-group", clock=lambda: clock[0])
+    load._admin = admin
+    assert load() == (None, None, None), "the first look has nothing to compare with (no lane topic listed)"
+    assert [tp.partition for tp in load._live] == [0, 1] and isinstance(load._live[0], TopicPartition)
+    clock[0] = 2.0
+    assert load()[0] == 50.0, "partition 0's 100 records over 2 s; partition 1 kept at its last offset"
+    clock[0] = 4.0
+    assert load()[0] == 100.0, "(100 + 100) / 2 s: partition 1's return is not 10,100 records at once"

@@ -115,3 +115,24 @@ def test_paced_drops_to_the_floor_while_live_arrives():
     for _ in range(120):
         paced.wait()
     assert 4.5 <= clock.t <= 5.5, "100 rows in the first second, then 5 rows/s: 20 more take 4 s (not 0.2 s)"
+
+
+def test_a_live_floor_of_0_pauses_the_reader_but_lets_a_row_through_every_max_hold_s():
+    clock = Clock()
+    live = [200.0]
+    paced = Paced(Pace(100, busy_high=0, live_busy=10, live_floor=0), clock=clock, sleep=clock.sleep,
+                  load=lambda: (live[0], 0, None), max_hold_s=10)
+    for _ in range(100):
+        paced.wait()
+    assert clock.t < 1.1, "live quiet so far: the first second's look has not come yet"
+    start = clock.t
+    for _ in range(3):
+        paced.wait()
+    assert 29.0 <= clock.t - start <= 31.1, "paused: a row per max_hold_s (10 s), not 100 rows/s"
+    assert paced.pace.rate == 0 and paced.stopped
+    live[0] = 0.0
+    start = clock.t
+    for _ in range(100):
+        paced.wait()
+    assert clock.t - start < 12.0, "live gone: the pace climbs back by a tenth of the budget per period"
+    assert paced.pace.rate > 0 and not paced.stopped
