@@ -270,6 +270,8 @@ class KafkaIO:
         # A lane not read for max.poll.interval.ms is evicted, and one not read during a rebalance holds
         # up its group (a new replica waits): a starved lane takes one record each second.
         self.keepalive_s = 1.0
+        self.wait_min_s = 0.002  # the first slice of a wait on HIGH between sweeps (`_poll_lanes`)
+        self._slice_s = self.wait_min_s
 
     def connect(self) -> None:
         """Create the clients and subscribe each lane; the outbox sends and commits through them."""
@@ -326,8 +328,43 @@ class KafkaIO:
         return len(self.lane_order) > 1
 
     def _poll_lanes(self, timeout: float, room: int) -> list[Any]:
-        """One sweep over the lanes without waiting (every consumer's callbacks are served); when it
-        finds nothing, wait up to ``timeout`` on the HIGH lane only."""
+        """Sweeps over the lanes without waiting (every consumer's callbacks are served); while they find
+        nothing, wait on the HIGH lane (a HIGH record ends the wait at once) for a slice, then sweep again.
+
+        One client cannot wait on three fetch queues (confluent-kafka has no queue forwarding or io events),
+        and waiting the whole ``timeout`` (50 ms) on HIGH left a NORMAL record in its queue meanwhile: the
+        benchmark's echo worker answered ~650 requests/s at 8 per batch, both its threads idle (py-spy),
+        1,500/s offered, 2026-12-05. The slice starts at ``wait_min_s`` and doubles while nothing comes, up to
+        ``timeout``: a lower lane's record waits one slice under load, and an idle worker sweeps every
+        ``timeout`` as before."""
+        if room + self.high_extra <= 0 and not self._keepalive_due():
+            time.sleep(timeout)  # full even for HIGH: wait for the inference thread, do not spin
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self._sweep(room)
+            if msgs:
+                self._slice_s = self.wait_min_s
+                return msgs
+            wait = min(self._slice_s, deadline - time.monotonic())
+            if wait <= 0:
+                return []
+            self._slice_s = min(2 * self._slice_s, timeout)
+            if room + self.high_extra <= 0:
+                time.sleep(wait)
+                continue
+            msg = self.lane_order[0][1].poll(wait)
+            self._polled_at[0] = time.monotonic()
+            if msg is not None:
+                self._slice_s = self.wait_min_s
+                return [msg]
+
+    def _keepalive_due(self) -> bool:
+        now = time.monotonic()
+        return any(now - self._polled_at.get(i, 0.0) > self.keepalive_s for i in range(len(self.lane_order)))
+
+    def _sweep(self, room: int) -> list[Any]:
+        """What the lanes hold now, highest first: HIGH up to ``room + high_extra``, the others what room is left."""
         msgs: list[Any] = []
         for i, (_topic, consumer) in enumerate(self.lane_order):
             limit = room + self.high_extra if i == 0 else room - len(msgs)
@@ -336,13 +373,6 @@ class KafkaIO:
             if limit > 0:
                 msgs.extend(consumer.consume(num_messages=limit, timeout=0))
                 self._polled_at[i] = time.monotonic()
-        if not msgs and room + self.high_extra > 0:
-            msg = self.lane_order[0][1].poll(timeout)
-            if msg is not None:
-                msgs.append(msg)
-            self._polled_at[0] = time.monotonic()
-        elif not msgs:
-            time.sleep(timeout)  # full even for HIGH: wait for the inference thread, do not spin
         return msgs
 
     def close(self) -> None:
