@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -201,3 +203,39 @@ def test_cooperative_assignments_add_up_and_revokes_take_away_only_theirs(kafka:
     kafka._on_revoke(None, [TopicPartition("req", 2)])
     assert [(p.topic, p.partition) for p in kafka.assigned] == [("req", 0)]
     assert consumer_config("b:9092", "c", "g", 3_000, 300_000)["partition.assignment.strategy"] == "cooperative-sticky"
+
+
+def test_a_wait_on_high_comes_in_slices_so_a_normal_record_is_taken_after_one_slice_not_the_timeout(outbox):
+    """Waiting the whole timeout on HIGH left a NORMAL record in its fetch queue for up to 50 ms (2026-12-05)."""
+    class Owner:
+        def hold_inference(self): ...
+        def release_inference(self): ...
+        def drop_requests(self, partitions): ...
+        def assignment_changed(self): ...
+
+    class High(FakeConsumer):
+        def __init__(self, normal: FakeConsumer) -> None:
+            super().__init__()
+            self.normal, self.waits, self.arrivals = normal, [], 1
+
+        def poll(self, timeout: float = 0):
+            self.waits.append(timeout)
+            if self.arrivals:  # a NORMAL record arrives during the first wait
+                self.arrivals -= 1
+                self.normal.messages.append(Msg(b"n", None, 0, topic="req"))
+            time.sleep(timeout)
+            return None
+
+    io = KafkaIO("req", outbox, Owner(), consumer_config("b:9092", "c", "g", 6_000, 300_000), {}, high_extra=2)
+    normal = FakeConsumer()
+    high = High(normal)
+    io.lane_order = [("req.high", high), ("req", normal), ("req.low", FakeConsumer())]
+    io._polled_at = {0: 1e18, 1: 1e18, 2: 1e18}
+    assert [m.topic() for m in io.poll(0.05, room=8)] == ["req"]
+    assert high.waits == [io.wait_min_s], "one short slice on HIGH, then the sweep found NORMAL's record"
+    high.waits.clear()
+    assert list(io.poll(0.05, room=8)) == [] and sum(high.waits) <= 0.05 + 1e-9
+    assert high.waits[:4] == [0.002, 0.004, 0.008, 0.016] and len(high.waits) <= 5, "doubling up to the timeout"
+    high.waits.clear()
+    assert list(io.poll(0.05, room=8)) == [] and high.waits[0] == pytest.approx(0.05, abs=0.005), \
+        "idle: sweeps every timeout, as before"

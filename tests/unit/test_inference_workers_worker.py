@@ -163,3 +163,14 @@ def test_retryable_errors_are_not_repeated_from_the_cache(worker: Worker) -> Non
     assert worker.answered_cache.get(req) is None
     worker._answer(req, ("t", 0, 1), worker.results.error(req, "rejected: too long", retryable=False))
     assert worker.answered_cache.get(req) is not None
+
+
+def test_a_full_batcher_looks_again_within_half_a_batch_not_a_whole_poll_timeout(worker: Worker) -> None:
+    """Each full-batcher wait of 50 ms held the benchmark's echo worker (32 buffered) to ~650 answers/s."""
+    assert worker._poll_wait_s(room=5) == worker.s.poll_timeout_s, "room: a normal poll"
+    worker.batch_s = 0.004
+    assert worker._poll_wait_s(room=0) == 0.002, "full: half of a 4 ms batch"
+    worker.batch_s = 0.0
+    assert worker._poll_wait_s(room=0) == 0.0005, "never a busy spin"
+    worker.batch_s = 8.0
+    assert worker._poll_wait_s(room=-3) == worker.s.poll_timeout_s, "a slow model: at most the poll timeout"
