@@ -1,4 +1,5 @@
-"""The worker's Kafka client configurations: the consumer of a lane and the shared results producer.
+"""The worker's Kafka client configurations: the consumer of a lane and the shared results producer, and
+the clients' error callback (`KafkaOutage`).
 
 Split from `inference_workers.kafka_io` (which re-exports them) so that module stays about polling,
 rebalances and the outbox.
@@ -6,9 +7,16 @@ rebalances and the outbox.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from confluent_kafka import KafkaError
+
+from inference_workers.metrics import WorkerMetrics
 from rscf.kafka_clients import ADMIN, client_security, producer_config
+
+log = logging.getLogger("inference_workers.kafka_io")  # the name its warnings always had
+_BROKERS_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 
 
 def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeout_ms: int,
@@ -39,3 +47,30 @@ def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: 
     """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
     return producer_config(bootstrap, principal=principal,
                            **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
+
+
+class KafkaOutage:
+    """Whether Kafka was last found down; each outage is counted once (rscf_worker_outages{service="kafka"})."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.down = False
+
+    def found_down(self) -> bool:
+        """Note Kafka down; True the first time in an outage (the caller logs why, once)."""
+        if self.down:
+            return False
+        self.down = True
+        self.metrics.outages.labels(self.metrics.pool, "kafka").inc()
+        return True
+
+    def found_up(self) -> None:
+        self.down = False
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's ``error_cb``: it keeps retrying by itself; we count and say so."""
+        if err.code() in _BROKERS_DOWN:
+            if self.found_down():
+                log.warning("kafka unreachable: %s (retrying)", err)
+        else:
+            log.warning("kafka error: %s", err)

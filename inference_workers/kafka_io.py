@@ -24,7 +24,7 @@ from typing import Any, Iterator, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from inference_workers.batching import OffsetTracker
-from inference_workers.kafka_config import consumer_config, results_producer_config  # noqa: F401 - re-exported
+from inference_workers.kafka_config import KafkaOutage, consumer_config, results_producer_config  # noqa: F401 - re-exported
 from inference_workers.lanes import ensure_lane_topics
 from inference_workers.metrics import WorkerMetrics
 from rscf.clock import backoff, backoff_delays
@@ -32,7 +32,6 @@ from rscf.kafka_clients import ADMIN
 
 log = logging.getLogger(__name__)
 
-_BROKERS_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 # Commit failures worth retrying: the broker or the group coordinator is away for a moment.
 _RETRIABLE_COMMIT = (
     KafkaError._TRANSPORT,
@@ -43,33 +42,6 @@ _RETRIABLE_COMMIT = (
     KafkaError.REQUEST_TIMED_OUT,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 )
-
-
-class KafkaOutage:
-    """Whether Kafka was last found down; each outage is counted once (rscf_worker_outages{service="kafka"})."""
-
-    def __init__(self, metrics: WorkerMetrics) -> None:
-        self.metrics = metrics
-        self.down = False
-
-    def found_down(self) -> bool:
-        """Note Kafka down; True the first time in an outage (the caller logs why, once)."""
-        if self.down:
-            return False
-        self.down = True
-        self.metrics.outages.labels(self.metrics.pool, "kafka").inc()
-        return True
-
-    def found_up(self) -> None:
-        self.down = False
-
-    def on_error(self, err: KafkaError) -> None:
-        """librdkafka's ``error_cb``: it keeps retrying by itself; we count and say so."""
-        if err.code() in _BROKERS_DOWN:
-            if self.found_down():
-                log.warning("kafka unreachable: %s (retrying)", err)
-        else:
-            log.warning("kafka error: %s", err)
 
 
 # ----------------------------------------------------------------------------- outbox
@@ -328,40 +300,26 @@ class KafkaIO:
         return len(self.lane_order) > 1
 
     def _poll_lanes(self, timeout: float, room: int) -> list[Any]:
-        """Sweeps over the lanes without waiting (every consumer's callbacks are served); while they find
-        nothing, wait on the HIGH lane (a HIGH record ends the wait at once) for a slice, then sweep again.
-
-        One client cannot wait on three fetch queues (confluent-kafka has no queue forwarding or io events),
-        and waiting the whole ``timeout`` (50 ms) on HIGH left a NORMAL record in its queue meanwhile: the
-        benchmark's echo worker answered ~650 requests/s at 8 per batch, both its threads idle (py-spy),
-        1,500/s offered, 2026-12-05. The slice starts at ``wait_min_s`` and doubles while nothing comes, up to
-        ``timeout``: a lower lane's record waits one slice under load, and an idle worker sweeps every
-        ``timeout`` as before."""
-        if room + self.high_extra <= 0 and not self._keepalive_due():
-            time.sleep(timeout)  # full even for HIGH: wait for the inference thread, do not spin
-            return []
+        """Sweeps over the lanes without waiting; between them, wait on HIGH (its record ends the wait at once)
+        for a slice of 2 ms doubling up to ``timeout``. Waiting the whole timeout left a NORMAL record in its
+        fetch queue up to 50 ms (confluent-kafka cannot wait on three queues); an idle worker still sweeps
+        every ``timeout``. Full even for HIGH: sweep (keep-alives), then wait for the inference thread."""
         deadline = time.monotonic() + timeout
-        while True:
-            msgs = self._sweep(room)
-            if msgs:
-                self._slice_s = self.wait_min_s
-                return msgs
+        while not (msgs := self._sweep(room)):
             wait = min(self._slice_s, deadline - time.monotonic())
             if wait <= 0:
                 return []
-            self._slice_s = min(2 * self._slice_s, timeout)
             if room + self.high_extra <= 0:
-                time.sleep(wait)
-                continue
+                time.sleep(deadline - time.monotonic())  # do not spin
+                return []
+            self._slice_s = min(2 * self._slice_s, timeout)
             msg = self.lane_order[0][1].poll(wait)
             self._polled_at[0] = time.monotonic()
             if msg is not None:
-                self._slice_s = self.wait_min_s
-                return [msg]
-
-    def _keepalive_due(self) -> bool:
-        now = time.monotonic()
-        return any(now - self._polled_at.get(i, 0.0) > self.keepalive_s for i in range(len(self.lane_order)))
+                msgs = [msg]
+                break
+        self._slice_s = self.wait_min_s
+        return msgs
 
     def _sweep(self, room: int) -> list[Any]:
         """What the lanes hold now, highest first: HIGH up to ``room + high_extra``, the others what room is left."""

@@ -248,13 +248,9 @@ class Worker:
         self.metrics.buffered.labels(self.pool).set(len(self.batcher))
 
     def _poll_wait_s(self, room: int) -> float:
-        """How long a poll may wait. While the batcher is full only HIGH is read, and room comes back when the
-        inference thread takes its next batch: look again within half a batch, not a whole poll timeout.
-        Waiting 50 ms each time held the benchmark's echo worker (8 per batch, 32 buffered) to ~650 answers/s,
-        both its threads idle, at 1,500/s offered (2026-12-05)."""
-        if room > 0:
-            return self.s.poll_timeout_s
-        return min(self.s.poll_timeout_s, max(0.0005, self.batch_s / 2))
+        """Full, room comes back as the inference thread takes its next batch: look again within half a batch.
+        A whole poll timeout (50 ms) each time held the bench's echo worker to ~650/s, both threads idle."""
+        return self.s.poll_timeout_s if room > 0 else min(self.s.poll_timeout_s, max(0.0005, self.batch_s / 2))
 
     def _ingest(self, msg) -> None:
         """A polled record into the batcher, or answered at once when it cannot wait there."""
