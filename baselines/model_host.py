@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future
 
 from inference_workers.artifacts import ArtifactStore
-from inference_workers.batching import MicroBatcher
+from inference_workers.batching import MicroBatcher, batch_wait_ms
 from inference_workers.handlers.base import InferenceOutput, ModelHandler
 from inference_workers.inference import run_batch
 from inference_workers.metrics import WorkerMetrics
@@ -31,9 +31,8 @@ class ModelHost:
         self.handler = handler
         self.model = handler.load_model()
         self.results = ResultBuilder(pool, worker_id, handler)
-        self.batcher = MicroBatcher(max_batch or SETTINGS.limits.worker_max_batch,
-                                    SETTINGS.limits.worker_max_wait_ms if max_wait_ms is None else max_wait_ms,
-                                    handler.batch_key)
+        self.batcher = MicroBatcher(max_batch or SETTINGS.limits.worker_max_batch, batch_wait_ms(pool, max_wait_ms),
+                                    handler.batch_key)  # the same wait as the pool's workers
         self.store = ArtifactStore(SETTINGS.buckets.artifacts, WorkerMetrics(pool, worker_id), s3_retry_max_s)
         self.ready = threading.Condition()
         self.stopped = False

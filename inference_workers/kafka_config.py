@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError
 
 from inference_workers.metrics import WorkerMetrics
 from rscf.kafka_clients import ADMIN, client_security, producer_config
+from rscf.settings import SETTINGS
 
 log = logging.getLogger("inference_workers.kafka_io")  # the name its warnings always had
 _BROKERS_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
@@ -44,8 +45,11 @@ def consumer_config(bootstrap: str, client_id: str, group_id: str, session_timeo
 
 def results_producer_config(bootstrap: str, client_id: str, message_timeout_ms: int,
                             principal: str = ADMIN) -> dict[str, Any]:
-    """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent."""
-    return producer_config(bootstrap, principal=principal,
+    """The shared idempotent, acks=all producer; a result unacknowledged after ``message_timeout_ms`` is re-sent.
+
+    Its linger is the worker's (1 ms), not the hot path's 5: a micro-batch's results are produced together, so a
+    longer linger only delays them (jobs/README.md, "The echo path on 2026-12-06")."""
+    return producer_config(bootstrap, SETTINGS.limits.worker_linger_ms, principal=principal,
                            **{"client.id": client_id, "message.timeout.ms": message_timeout_ms})
 
 

@@ -263,9 +263,10 @@ class Limits:
     # The echo model's simulated cost (0: answers at once); `rscf evaluate` sets it, the same everywhere.
     echo_batch_ms: float = _env_float("ECHO_BATCH_MS", 0.0)
     echo_item_ms: float = _env_float("ECHO_ITEM_MS", 0.0)
-    # Producers of the hot path (job sink, workers, benchmark) wait this long to fill a batch:
-    # the broker's CPU goes by requests, not records (2 -> 5 ms, measured in jobs/README.md).
+    # Hot-path producers (job sink, benchmark) wait this long to fill a batch: broker CPU goes by requests (2 -> 5 ms,
+    # jobs/README.md). A worker's results come a micro-batch at a time: 1 ms (p99 at 500/s -5 ms, same ceiling).
     producer_linger_ms: int = _env_int("PRODUCER_LINGER_MS", 5)
+    worker_linger_ms: int = _env_int("WORKER_LINGER_MS", 1)
     # After a (re)start, a prompt of a tenant without a known policy waits for the control topic's end, at most
     # this long (jobs/policy_wait.py; a fixed 3 s let 28 of 30 backlog prompts overtake their policy in CI).
     policy_wait_ms: int = _env_int("POLICY_WAIT_MS", 30_000)
@@ -274,9 +275,8 @@ class Limits:
     # margin covers headers and batch overhead. Larger dead letters, finals and worker results are
     # cut down or kept in object storage (claim check) instead of failing their producer.
     max_record_bytes: int = 900_000
-    # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: what a
-    # replica costs). CPU: 2x the cores by default, cpu requests being requests (as on Kubernetes),
-    # so every pool gets a replica on a 2-core laptop; GPU memory: 0 = no GPU, GPU pools cost cores.
+    # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: a replica's cost). CPU:
+    # 2x the cores (requests, as on Kubernetes: every pool gets a replica on 2 cores); GPU memory 0: no GPU.
     # A killed worker's partitions wait this long before another replica takes them (#13: 10 s, then 6 s).
     # Heartbeats every third of it (1 s): a false expiry only moves partitions (cooperative rebalance), it
     # loses nothing. The broker accepts down to 2 s (group.min.session.timeout.ms in deploy/local/services.py).

@@ -36,11 +36,12 @@ def _out(args: argparse.Namespace, data, text: str) -> None:
 # ----------------------------------------------------------------------- worker run
 def worker_settings(args: argparse.Namespace):
     """WorkerSettings from `rscf worker run`'s options (test workers parse the same options)."""
+    from inference_workers.batching import batch_wait_ms
     from inference_workers.worker import WorkerSettings
 
     return WorkerSettings(
         max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
+        max_wait_ms=batch_wait_ms(args.pool, args.max_wait_ms),
         replica=args.replica,
         requests_topic=args.requests_topic,
         results_topic=args.results_topic,
@@ -236,7 +237,9 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", required=True, choices=POOLS)
     p.add_argument("--replica", type=int, default=0, help="replica index (sets the metrics port)")
     p.add_argument("--max-batch", type=int, default=SETTINGS.limits.worker_max_batch)
-    p.add_argument("--max-wait-ms", type=float, default=SETTINGS.limits.worker_max_wait_ms)
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help=f"wait for a fuller batch while the model is idle (default: the pool's, else "
+                        f"{SETTINGS.limits.worker_max_wait_ms:g}; echo 0)")
     p.add_argument("--model", default=None, help="model name in the registry (default: the pool's)")
     p.add_argument("--version", default=None, help="model version (default: the pool's current)")
     p.add_argument("--requests-topic", default=None, help="override (tests): default genai.inference.requests.<pool>")

@@ -10,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from inference_workers.batching import OffsetTracker
 from inference_workers.kafka_io import KafkaIO, KafkaOutage, Outbox, Outgoing, consumer_config, results_producer_config
 from inference_workers.metrics import WorkerMetrics
+from rscf.settings import SETTINGS
 from tests.helpers.worker_fakes import FakeConsumer, FakeProducer, Msg
 
 RESULTS = "results"
@@ -166,6 +167,8 @@ def test_client_config() -> None:
     assert conf["group.id"] == "g" and conf["fetch.min.bytes"] == 1
     prod = results_producer_config("b:9092", "w1", 30_000)
     assert prod["enable.idempotence"] is True and prod["acks"] == "all" and prod["message.timeout.ms"] == 30_000
+    # results leave a micro-batch at a time: the worker's own short linger, not the hot path's
+    assert prod["linger.ms"] == SETTINGS.limits.worker_linger_ms == 1 < SETTINGS.limits.producer_linger_ms
 
 
 def test_lanes_highest_first_high_even_when_full_and_commits_through_each_lanes_group(outbox):
