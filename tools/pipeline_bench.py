@@ -116,6 +116,17 @@ def failures_by_reason(finals: list[dict], prompts: int) -> dict[str, int]:
     return out
 
 
+def degraded_by_step(finals: list[dict]) -> dict[str, int]:
+    """Finals that went without a step (`degraded`: skipped, fell back, failed closed) by stage:outcome. A run
+    whose checks were skipped did less work than its mix needs: its rate is not the full path's (must be {})."""
+    out: dict[str, int] = {}
+    for f in finals:
+        for d in f.get("degraded") or ():
+            step = f"{d['stage']}:{d['outcome']}"
+            out[step] = out.get(step, 0) + 1
+    return out
+
+
 def embedder_stats() -> dict | None:
     """The embedding service's own counters (`/stats`), or None when it is away or too old to have them."""
     import httpx
@@ -292,6 +303,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
             "failures": sum(failures.values()),
             "failures_by_reason": failures,
             "rejected_by_reason": _reasons(finals, "REJECTED"),
+            "degraded_by_step": degraded_by_step(finals),
             "embedder": embedder_work(embedder0, embedder1, n),
             "rate_offered": rate,
             "duration_s": duration_s,

@@ -22,6 +22,7 @@ import httpx
 
 from deploy.local import flink_rest, stack
 from deploy.local.flink import flink_dirs, flink_env, flink_home, taskmanager_code_marker
+from deploy.local.exec_recorded import start_ticks
 from deploy.local.processes import recorded_process
 from deploy.local.services import SERVICE_BY_NAME
 from jobs.config import JobConfig
@@ -128,9 +129,20 @@ STALE_ADVICE = ("runs code older than this checkout (its job graph came back fro
 
 
 def _taskmanager_identity() -> dict | None:
-    """PID and start time of the running TaskManager (from its PID file), None if none runs."""
+    """PID and start (clock ticks since boot: a wall-clock step does not change it) of the running TaskManager
+    (from its PID file), None if none runs."""
     proc = recorded_process(SERVICE_BY_NAME["flink-taskmanager"].pid_file)
-    return {"pid": proc.pid, "create_time": proc.create_time()} if proc is not None else None
+    return {"pid": proc.pid, "start_ticks": start_ticks(proc.pid)} if proc is not None else None
+
+
+def _same_taskmanager(recorded: dict | None, current: dict | None) -> bool:
+    """Whether the marker's TaskManager is the one running; a marker from before `start_ticks` (it recorded the
+    start in seconds since the epoch) counts as the same by PID, so a TaskManager with old code is restarted."""
+    if not isinstance(recorded, dict) or current is None:
+        return recorded == current
+    if "start_ticks" not in recorded:
+        return recorded.get("pid") == current["pid"]
+    return recorded == current
 
 
 def ensure_taskmanager_runs_current_code() -> None:
@@ -154,7 +166,7 @@ def ensure_taskmanager_runs_current_code() -> None:
         recorded = json.loads(text) if text is not None else None
     except ValueError:  # a bare digest, written before supervision: it was about the TaskManager running now
         recorded = {"digest": text.strip(), "taskmanager": current_tm}
-    same_tm = isinstance(recorded, dict) and recorded.get("taskmanager") == current_tm
+    same_tm = isinstance(recorded, dict) and _same_taskmanager(recorded.get("taskmanager"), current_tm)
     if same_tm and recorded.get("digest") != digest:
         others = [j for j in jobs() if j.state not in TERMINAL]
         if others:

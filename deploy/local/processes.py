@@ -19,6 +19,7 @@ from typing import Callable
 import psutil
 
 from deploy.local import supervision
+from deploy.local.exec_recorded import start_ticks
 from rscf.settings import SETTINGS
 
 
@@ -56,15 +57,20 @@ class Service:
 
 def _write_pid(path: Path, proc: psutil.Process) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": proc.pid, "create_time": proc.create_time()}))
+    path.write_text(json.dumps({"pid": proc.pid, "create_time": proc.create_time(), "start_ticks": start_ticks(proc.pid)}))
 
 
 def recorded_process(path: Path) -> psutil.Process | None:
-    """The process a PID file names, only if it is still that same process."""
+    """The process a PID file names, only if it is still that same process: same start in ticks since boot (a
+    wall-clock step moves start times in seconds since the epoch, not these), else, for an older file, the same
+    start time within 1 s."""
     try:
         info = json.loads(path.read_text())
         proc = psutil.Process(int(info["pid"]))
-        if abs(proc.create_time() - float(info["create_time"])) > 1.0:
+        if "start_ticks" in info:
+            if start_ticks(proc.pid) != int(info["start_ticks"]):
+                return None
+        elif abs(proc.create_time() - float(info["create_time"])) > 1.0:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
