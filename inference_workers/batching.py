@@ -22,6 +22,8 @@ from datetime import datetime
 from typing import Any, Callable, Hashable, Iterable
 
 from rscf.clock import now_ms
+from rscf.pools import POOL_BY_NAME
+from rscf.settings import SETTINGS
 
 PRIORITY_RANK: dict[str, int] = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -30,9 +32,6 @@ DEADLINE_EXCEEDED = "deadline_exceeded"
 def batch_wait_ms(pool: str, override: float | None = None) -> float:
     """How long a batch of ``pool`` may wait for company while the model is idle: ``override``, else the pool
     table's (echo: 0, a model that costs nothing gains nothing by waiting), else the workers' setting (20 ms)."""
-    from rscf.pools import POOL_BY_NAME
-    from rscf.settings import SETTINGS
-
     row = POOL_BY_NAME.get(pool)
     wait = override if override is not None else (row.max_wait_ms if row is not None else None)
     return SETTINGS.limits.worker_max_wait_ms if wait is None else wait

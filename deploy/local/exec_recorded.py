@@ -34,18 +34,20 @@ def start_ticks(pid: int) -> int:
     return int(fields[19])  # field 22, starttime
 
 
-def create_time(pid: int) -> float:
-    """Start time of a process in seconds since the epoch, as psutil computes it on Linux."""
+def create_time(pid: int, ticks: int | None = None) -> float:
+    """Start time of a process in seconds since the epoch, as psutil computes it on Linux (``ticks``: its
+    `start_ticks`, when already read)."""
     with open("/proc/stat") as f:
         boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
-    return start_ticks(pid) / os.sysconf("SC_CLK_TCK") + boot
+    return (start_ticks(pid) if ticks is None else ticks) / os.sysconf("SC_CLK_TCK") + boot
 
 
 def write_pid_file(path: str, pid: int) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"pid": pid, "create_time": create_time(pid), "start_ticks": start_ticks(pid)}, f)
+        ticks = start_ticks(pid)
+        json.dump({"pid": pid, "create_time": create_time(pid, ticks), "start_ticks": ticks}, f)
     os.replace(tmp, path)
 
 
