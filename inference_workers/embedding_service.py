@@ -68,7 +68,8 @@ class Batcher:
     `embed` blocks its caller until its rows are ready. The cache is looked up first, so a
     request whose texts are all known never waits for the model."""
 
-    def __init__(self, embedder, max_batch: int = SETTINGS.limits.embed_max_batch, cache=None, on_batch=None):
+    def __init__(self, embedder, max_batch: int = SETTINGS.limits.embed_max_batch, cache=None, on_batch=None,
+                 threads: int = SETTINGS.limits.embed_model_threads):
         from operators.embedding import VectorCache
 
         self.embedder = embedder
@@ -78,8 +79,11 @@ class Batcher:
         self.batched_texts = 0
         self.on_batch = on_batch  # called with the distinct texts of each forward (metrics)
         self._queue: "queue.Queue[_Job]" = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
-        self._thread.start()
+        self._count_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"embed-batcher-{i}", daemon=True)
+                         for i in range(max(threads, 1))]
+        for thread in self._threads:
+            thread.start()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -117,8 +121,9 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
                 for job in jobs:
                     job.error = exc
-            self.batches += 1
-            self.batched_texts += len(texts)
+            with self._count_lock:
+                self.batches += 1
+                self.batched_texts += len(texts)
             if self.on_batch is not None:
                 self.on_batch(len(texts))
             for job in jobs:

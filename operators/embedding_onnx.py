@@ -8,7 +8,7 @@ re-measures it). Per-tensor int8 is faster but loses ~1 point of F1, so it is no
 The export is produced on the machine, never committed: `python -m operators.embedding_onnx
 export` (run by deploy/local/install.sh) writes `<cache>/embeddings/minilm-onnx-int8/` (the int8 model,
 the tokenizer and a stamp). `OnnxEmbedder` tokenises with the model's own fast tokenizer
-(`tokenizers`, no torch), sorts a batch by length so padding costs little, mean-pools over
+(`tokenizers`, no torch), runs a batch in forwards of similar length (`length_groups`), mean-pools over
 the attention mask and L2-normalises, exactly as sentence-transformers does for this model.
 """
 
@@ -18,7 +18,6 @@ import argparse
 import json
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from operators.embedding import DIM
 from rscf.settings import SETTINGS
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+CALL_COST_TOKENS = 5  # one Session.run's fixed cost in tokens' worth of compute (see `length_groups`)
 LAYERS = 6  # MiniLM-L6's transformer layers; fewer (first K kept) only for `rscf bench embeddings` (jobs/README)
 EXPORT_VERSION = "1"  # bump when the export recipe changes: a stale cache is rebuilt
 
@@ -97,8 +97,37 @@ def export(out: Path | None = None, force: bool = False, layers: int = LAYERS) -
     return out
 
 
+def length_groups(lengths: Sequence[int], call_cost_tokens: float = CALL_COST_TOKENS,
+                  max_rows: int = 32) -> list[list[int]]:
+    """Indices of `lengths` in forwards of similar length: the partition of the sorted texts that
+    minimises padded tokens + `call_cost_tokens` per forward (dynamic programming, O(n^2), n <= 64).
+
+    Why (issue #14): the int8 model's cost on this CPU is linear in padded tokens (0.047 ms per
+    token from 8 to 512 tokens a forward; a forward's fixed cost ~0.25 ms, ~5 tokens' worth), so
+    batching saves only that fixed cost while padding to the longest text costs every row. The
+    service's batches mix prompts (~18 tokens) and answers (~31) and were padded 1.74x: one forward
+    per batch cost 2.06 ms per text, these groups 1.3 ms (`rscf bench embeddings --backends onnx-int8`)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + call_cost_tokens + (j - i) * width
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 class OnnxEmbedder:
-    """(n, 384) float32 unit rows from the int8 export; thread-safe (one ORT session, `threads` intra-op)."""
+    """(n, 384) float32 unit rows from the int8 export; thread-safe (one ORT session, whose `run` callers may
+    share: the service's model threads, `RSCF_EMBED_MODEL_THREADS`; `threads` intra-op each)."""
 
     dim = DIM
 
@@ -118,16 +147,15 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.no_padding()
         self._batch_size = batch_size
-        self._lock = threading.Lock()
+        self.call_cost_tokens: float = CALL_COST_TOKENS  # 1e9: one forward per call (the benchmark's baseline)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, DIM), dtype=np.float32)
         encodings = self._tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         out = np.empty((len(texts), DIM), dtype=np.float32)
-        for start in range(0, len(order), self._batch_size):
-            rows = order[start:start + self._batch_size]
+        for rows in length_groups([len(e.ids) for e in encodings], self.call_cost_tokens,
+                                  self._batch_size):
             width = max(len(encodings[i].ids) for i in rows)
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -135,9 +163,8 @@ class OnnxEmbedder:
                 n = len(encodings[i].ids)
                 ids[r, :n] = encodings[i].ids
                 mask[r, :n] = 1
-            with self._lock:
-                hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                                  "token_type_ids": np.zeros_like(ids)})[0]
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                              "token_type_ids": np.zeros_like(ids)})[0]
             m = mask[:, :, None].astype(np.float32)
             pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -253,6 +253,8 @@ class Limits:
     # torch), its cross-request batch, and the text -> vector caches of the service and of the job.
     embedder_backend: str = _env("EMBEDDER_BACKEND", "auto")
     embed_max_batch: int = _env_int("EMBED_MAX_BATCH", 64)
+    # Forwards the service runs at once: the gate's call need not wait behind the orchestrator's (jobs/README).
+    embed_model_threads: int = _env_int("EMBED_MODEL_THREADS", 3)
     embed_cache_entries: int = _env_int("EMBED_CACHE_ENTRIES", 20_000)
     # The gate embeds a tenant's prompts in micro-batches: at most this many, waiting at most this long.
     gate_batch_max: int = _env_int("GATE_BATCH_MAX", 64)

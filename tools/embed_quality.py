@@ -7,7 +7,10 @@ in one process, one thread:
   (`operators.moderation_model.fit_logreg`) on `operators/data/moderation_examples.jsonl`;
 - retrieval recall@1 / @3: `operators/data/retrieval_queries.jsonl` (questions written for the
   knowledge base, each with the passage that answers it) over the knowledge base, exact search;
-- ms per text at batch 1 and batch 32 (median of 3 passes over the moderation texts).
+- ms per text at batch 1 and batch 32 (median of 3 passes over the moderation texts);
+- for the ONNX backends, ms per text on the batches the service sees in the full-path benchmark
+  (8 prompts of `tools.prompt_mix` and 5 echo answers, i.e. reversed prompts, per call): in one
+  forward padded to the longest text, and in `length_groups` forwards (what the service runs).
 """
 
 from __future__ import annotations
@@ -86,6 +89,35 @@ def cost_ms(embedder, texts: list[str]) -> dict:
     return out
 
 
+def mixed_batches(n: int = 60, seed: int = 3) -> list[list[str]]:
+    """`n` calls of 8 prompts and 5 echo answers: what the service's batcher merges at 400 prompts/s."""
+    import random
+
+    from tools.prompt_mix import prompt_mix
+
+    prompts = prompt_mix(n * 13, seed=seed, salt="mixed")
+    rng = random.Random(seed)
+    return [rng.sample(prompts, 8) + [t[::-1] for t in rng.sample(prompts, 5)] for _ in range(n)]
+
+
+def grouping_cost_ms(embedder, batches: list[list[str]]) -> dict:
+    """ms per text, one forward per call vs the length groups (median of 3 passes)."""
+    from operators.embedding_onnx import CALL_COST_TOKENS
+
+    out = {}
+    for label, call_cost in (("mixed_one_forward", 1e9), ("mixed_length_groups", CALL_COST_TOKENS)):
+        embedder.call_cost_tokens = call_cost
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for batch in batches:
+                embedder.embed(batch)
+            runs.append((time.perf_counter() - t0) / sum(map(len, batches)) * 1000)
+        out[label] = round(statistics.median(runs), 2)
+    embedder.call_cost_tokens = CALL_COST_TOKENS
+    return out
+
+
 def backends(names: list[str]):
     from operators.embedding import Embedder
     from operators.embedding_onnx import LAYERS, OnnxEmbedder, export, is_exported
@@ -110,8 +142,11 @@ def run(names: list[str] = ("torch", "onnx-int8"), progress=None) -> dict:
         if progress:
             progress(name)
         embedder.embed(["warm up"])
+        cost = cost_ms(embedder, texts[:96])
+        if hasattr(embedder, "call_cost_tokens"):
+            cost |= grouping_cost_ms(embedder, mixed_batches())
         out[name] = {"moderation": moderation_quality(embedder), "retrieval": retrieval_quality(embedder),
-                     "ms_per_text_one_thread": cost_ms(embedder, texts[:96])}
+                     "ms_per_text_one_thread": cost}
     return out
 
 

@@ -103,11 +103,14 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return EXIT_OK
-    print(f"{'backend':<10} {'mod. macro-F1':>13} {'accuracy':>9} {'recall@1':>9} {'recall@3':>9} {'ms b1':>7} {'ms b32':>7}")
+    print(f"{'backend':<10} {'mod. macro-F1':>13} {'accuracy':>9} {'recall@1':>9} {'recall@3':>9} {'ms b1':>7} "
+          f"{'ms b32':>7} {'ms mixed, 1 fwd / grouped':>26}")
     for name, r in result.items():
         m, q, c = r["moderation"], r["retrieval"], r["ms_per_text_one_thread"]
+        mixed = (f"{c['mixed_one_forward']:.2f} / {c['mixed_length_groups']:.2f}"
+                 if "mixed_one_forward" in c else "-")
         print(f"{name:<10} {m['macro_f1']:>13.3f} {m['accuracy']:>9.3f} {q['recall_at_1']:>9.3f} "
-              f"{q['recall_at_3']:>9.3f} {c['batch_1']:>7.2f} {c['batch_32']:>7.2f}")
+              f"{q['recall_at_3']:>9.3f} {c['batch_1']:>7.2f} {c['batch_32']:>7.2f} {mixed:>26}")
     first = next(iter(result.values()))
     print(f"({first['moderation']['examples']} moderation examples, 5-fold CV; "
           f"{first['retrieval']['queries']} retrieval queries; one thread)")

@@ -35,7 +35,7 @@ def _call(batcher, texts, out, i):
 
 def test_requests_that_arrive_during_a_forward_share_the_next_one_and_repeats_are_cached():
     model = SlowFake()
-    batcher = Batcher(model, max_batch=64)
+    batcher = Batcher(model, max_batch=64, threads=1)
     out = {}
     first = threading.Thread(target=_call, args=(batcher, ["one"], out, 0))
     first.start()
@@ -61,3 +61,23 @@ def test_a_failed_forward_fails_every_caller_waiting_on_it():
     with pytest.raises(RuntimeError, match="model failed"):
         batcher.embed(["boom"])
     assert batcher.embed(["fine"]).shape == (1, 384)
+
+
+def test_model_threads_run_forwards_of_different_callers_at_once():
+    """With two model threads the second caller's forward starts while the first is still running (the
+    job's gate and orchestrator each waited behind the other's forward with one: issue #14)."""
+    model = SlowFake()
+    batcher = Batcher(model, max_batch=64, threads=2)
+    out = {}
+    callers = [threading.Thread(target=_call, args=(batcher, [t], out, i)) for i, t in enumerate(["ab", "abc"])]
+    for t in callers:
+        t.start()
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while len(model.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sorted(map(tuple, model.calls)) == [("ab",), ("abc",)]  # both forwards running, neither finished
+    model.gate.set()
+    for t in callers:
+        t.join(5)
+    assert [float(out[i][0, 0]) for i in (0, 1)] == [2.0, 3.0] and batcher.batches == 2
