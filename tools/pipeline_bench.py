@@ -295,6 +295,7 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
                    for o, f in zip(overhead, finals) if f["request_id"] in uncommitted]
         commit_wait = [got.arrival_ms[r] - uncommitted[r] for _, r in written]
         pipeline_ms = [f["latency"]["pipeline_ms"] for f in finals]
+        queue_ms = [f["latency"]["queue_ms"] for f in finals]
         failures = failures_by_reason(finals, n)
         return {
             "features": ["echo", *features],
@@ -327,6 +328,8 @@ def run_bench(rate: int = 500, duration_s: float = 20.0, local: bool = False, pr
                                "p99": percentile(commit_wait, 0.99)} if commit_wait else None,
             "job_pipeline_ms_p50": percentile(pipeline_ms, 0.5),
             "job_pipeline_ms_p99": percentile(pipeline_ms, 0.99),
+            # prompt created -> its batch started at the worker (the gate, dispatch and the request hop)
+            "queue_ms": {"p50": percentile(queue_ms, 0.5), "p99": percentile(queue_ms, 0.99)},
             "model_calls_per_final": (round(counters["model_calls"] / len(got.content), 3)
                                       if "model_calls" in counters and got.content else None),
             "duplicate_requests": counters.get("duplicate_requests"),
