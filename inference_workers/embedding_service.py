@@ -63,7 +63,7 @@ class _Job:
 
 
 class Batcher:
-    """One model thread; every request queued while it works goes into its next forward.
+    """`threads` model threads; each puts the requests queued while it worked into its next forward.
 
     `embed` blocks its caller until its rows are ready. The cache is looked up first, so a
     request whose texts are all known never waits for the model."""

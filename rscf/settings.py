@@ -249,11 +249,10 @@ class Limits:
     worker_max_batch: int = _env_int("WORKER_MAX_BATCH", 8)
     worker_max_wait_ms: int = _env_int("WORKER_MAX_WAIT_MS", 20)
     torch_threads: int = _env_int("TORCH_THREADS", 1)
-    # Embeddings (issue #14): the service's backend (auto: the int8 ONNX export when installed, else
-    # torch), its cross-request batch, and the text -> vector caches of the service and of the job.
+    # Embeddings (issue #14): the service's backend (auto: int8 ONNX when exported, else torch), batch across requests,
+    # forwards at once (the gate's call need not queue behind the orchestrator's), the service's and job's caches.
     embedder_backend: str = _env("EMBEDDER_BACKEND", "auto")
     embed_max_batch: int = _env_int("EMBED_MAX_BATCH", 64)
-    # Forwards the service runs at once: the gate's call need not wait behind the orchestrator's (jobs/README).
     embed_model_threads: int = _env_int("EMBED_MODEL_THREADS", 3)
     embed_cache_entries: int = _env_int("EMBED_CACHE_ENTRIES", 20_000)
     # The gate embeds a tenant's prompts in micro-batches: at most this many, waiting at most this long.
@@ -272,10 +271,9 @@ class Limits:
     # After a (re)start, a prompt of a tenant without a known policy waits for the control topic's end, at most
     # this long (jobs/policy_wait.py; a fixed 3 s let 28 of 30 backlog prompts overtake their policy in CI).
     policy_wait_ms: int = _env_int("POLICY_WAIT_MS", 30_000)
-    # Largest key + value any RSCF producer writes: the job's Java producer refuses a request above
-    # max.request.size (1 MiB) and librdkafka a message above message.max.bytes (1 000 000); the
-    # margin covers headers and batch overhead. Larger dead letters, finals and worker results are
-    # cut down or kept in object storage (claim check) instead of failing their producer.
+    # Largest key + value any RSCF producer writes: the job's Java producer refuses a request above max.request.size
+    # (1 MiB), librdkafka a message above message.max.bytes (1 000 000); the margin covers headers and batches. Larger
+    # dead letters, finals and worker results are cut down or kept in object storage (claim check) instead.
     max_record_bytes: int = 900_000
     # The pool controller never runs more replicas than these budgets hold (rscf/pools.py: a replica's cost). CPU:
     # 2x the cores (requests, as on Kubernetes: every pool gets a replica on 2 cores); GPU memory 0: no GPU.
