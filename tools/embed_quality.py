@@ -1,10 +1,12 @@
 """`rscf bench embeddings`: quality and cost of each embedding backend on the project's own sets.
 
 Why (issue #14): a faster embedding is only worth shipping if moderation and retrieval keep their
-quality. For each backend (MiniLM in torch; the int8 ONNX export the service runs) this measures,
+quality. For each backend (MiniLM in torch, also in half precision as on a GPU; the int8 ONNX export the
+service runs on a CPU) this measures,
 in one process, one thread:
 - moderation macro-F1 and accuracy: 5-fold cross-validation of the classifier
-  (`operators.moderation_model.fit_logreg`) on `operators/data/moderation_examples.jsonl`;
+  (`operators.moderation_model.fit_logreg`) on `operators/data/moderation_examples.jsonl`, and the
+  accuracy of the shipped classifier (fitted on the int8 vectors) on this backend's vectors;
 - retrieval recall@1 / @3: `operators/data/retrieval_queries.jsonl` (questions written for the
   knowledge base, each with the passage that answers it) over the knowledge base, exact search;
 - ms per text at batch 1 and batch 32 (median of 3 passes over the moderation texts);
@@ -57,7 +59,22 @@ def moderation_quality(embedder, folds: int = 5) -> dict:
         w, b = fit_logreg(x[train], y[train], len(names))
         pred[test] = (x[test] @ w + b).argmax(axis=1)
     return {"examples": len(y), "macro_f1": round(macro_f1(y, pred, len(names)), 3),
-            "accuracy": round(float((pred == y).mean()), 3)}
+            "accuracy": round(float((pred == y).mean()), 3), "shipped_classifier": shipped_accuracy(x, y, names)}
+
+
+def shipped_accuracy(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], path: Path | None = None) -> float | None:
+    """Accuracy on its own examples of the classifier the job ships (`moderation_model.npz`, fitted on the
+    int8 CPU vectors) applied to this backend's vectors: what swapping the service's backend (a GPU in
+    half precision) does to the decisions without refitting. None when the shipped file is absent."""
+    from operators.moderation_model import MODEL_PATH
+
+    path = path or MODEL_PATH
+    if not path.exists():
+        return None
+    data = np.load(path, allow_pickle=False)
+    order = [list(str(label) for label in data["labels"]).index(name) for name in names]
+    pred = (x @ data["weights"].astype(np.float64) + data["bias"])[:, order].argmax(axis=1)
+    return round(float((pred == y).mean()), 3)
 
 
 def retrieval_quality(embedder) -> dict:
@@ -125,6 +142,14 @@ def backends(names: list[str]):
     for name in names:
         if name == "torch":
             yield name, Embedder(threads=1)
+        elif name in ("torch-fp16", "torch-bf16"):  # the GPU backend's precision, measured for quality on CPU
+            yield name, Embedder(threads=1, dtype="float16" if name == "torch-fp16" else "bfloat16")
+        elif name == "torch-cuda":  # what the service serves on a GPU (`embedding_service.make_backend`)
+            from inference_workers.embedding_service import gpu_present
+
+            if not gpu_present():
+                raise ValueError("torch-cuda needs a CUDA GPU; torch-fp16 measures its precision on this CPU")
+            yield name, Embedder(batch_size=256, device="cuda", dtype="float16")
         elif name == "onnx-int8":
             if not is_exported():
                 raise FileNotFoundError("no ONNX export: run `python -m operators.embedding_onnx export`")
@@ -132,7 +157,8 @@ def backends(names: list[str]):
         elif name.removeprefix("onnx-int8-L").isdigit():  # the first K layers only: exported on first use (~10 s)
             yield name, OnnxEmbedder(export(layers=int(name.removeprefix("onnx-int8-L"))), threads=1)
         else:
-            raise ValueError(f"unknown backend {name!r} (torch, onnx-int8, onnx-int8-L1 .. onnx-int8-L{LAYERS})")
+            raise ValueError(f"unknown backend {name!r} (torch, torch-fp16, torch-bf16, torch-cuda, onnx-int8, "
+                             f"onnx-int8-L1 .. onnx-int8-L{LAYERS})")
 
 
 def run(names: list[str] = ("torch", "onnx-int8"), progress=None) -> dict:

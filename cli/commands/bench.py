@@ -103,17 +103,19 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return EXIT_OK
-    print(f"{'backend':<10} {'mod. macro-F1':>13} {'accuracy':>9} {'recall@1':>9} {'recall@3':>9} {'ms b1':>7} "
-          f"{'ms b32':>7} {'ms mixed, 1 fwd / grouped':>26}")
+    print(f"{'backend':<12} {'mod. macro-F1':>13} {'accuracy':>9} {'shipped':>8} {'recall@1':>9} {'recall@3':>9} "
+          f"{'ms b1':>7} {'ms b32':>7} {'ms mixed, 1 fwd / grouped':>26}")
     for name, r in result.items():
         m, q, c = r["moderation"], r["retrieval"], r["ms_per_text_one_thread"]
         mixed = (f"{c['mixed_one_forward']:.2f} / {c['mixed_length_groups']:.2f}"
                  if "mixed_one_forward" in c else "-")
-        print(f"{name:<10} {m['macro_f1']:>13.3f} {m['accuracy']:>9.3f} {q['recall_at_1']:>9.3f} "
+        shipped = "-" if m.get("shipped_classifier") is None else f"{m['shipped_classifier']:.3f}"
+        print(f"{name:<12} {m['macro_f1']:>13.3f} {m['accuracy']:>9.3f} {shipped:>8} {q['recall_at_1']:>9.3f} "
               f"{q['recall_at_3']:>9.3f} {c['batch_1']:>7.2f} {c['batch_32']:>7.2f} {mixed:>26}")
     first = next(iter(result.values()))
     print(f"({first['moderation']['examples']} moderation examples, 5-fold CV; "
-          f"{first['retrieval']['queries']} retrieval queries; one thread)")
+          f"{first['retrieval']['queries']} retrieval queries; one thread; shipped: the job's classifier, fitted on "
+          f"the int8 vectors, on this backend's)")
     return EXIT_OK
 
 
@@ -280,7 +282,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("embeddings", parents=[json_parent()],
                         help="embedding backends: moderation macro-F1, retrieval recall, ms per text")
     p.add_argument("--backends", default="torch,onnx-int8",
-                   help="comma-separated: torch, onnx-int8, onnx-int8-LK (first K of 6 layers)")
+                   help="comma-separated: torch, torch-fp16 / torch-bf16 (the GPU backend's precision, on CPU), "
+                        "torch-cuda (on a GPU), onnx-int8, onnx-int8-LK (first K of 6 layers)")
     p.add_argument("--service", action="store_true",
                    help="instead: texts/s of the running embedding service, one per call / calls of 64 / 8 callers")
     p.set_defaults(func=cmd_embeddings)
