@@ -81,11 +81,10 @@ def consumer_lag(topic: str, group: str, bootstrap: str | None = None, timeout: 
                  principal: str = "controller") -> PoolLag:
     """Sum over partitions of (latest - committed); an uncommitted partition counts from its earliest offset."""
     from confluent_kafka import TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    from rscf.kafka_clients import client_security, group_lag
+    from rscf.kafka_clients import admin_client, group_lag
 
-    admin = AdminClient({"bootstrap.servers": bootstrap or SETTINGS.kafka_bootstrap, **client_security(principal)})
+    admin = admin_client(bootstrap, principal)
     md = admin.list_topics(topic, timeout=timeout)
     tmeta = md.topics.get(topic)
     if tmeta is None or tmeta.error is not None or not tmeta.partitions:

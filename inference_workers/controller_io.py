@@ -37,12 +37,9 @@ class LagReader:
 
     def _client(self):
         if self._admin is None:
-            from confluent_kafka.admin import AdminClient
+            from rscf.kafka_clients import CONTROLLER, admin_client
 
-            from rscf.kafka_clients import CONTROLLER, client_security
-
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, **client_security(CONTROLLER),
-                                       "socket.timeout.ms": int(self.timeout * 1000)})
+            self._admin = admin_client(self.bootstrap, CONTROLLER, **{"socket.timeout.ms": int(self.timeout * 1000)})
         return self._admin
 
     def read(self, topic: str, group: str) -> Reading:

@@ -34,9 +34,16 @@ def client_config(principal: str = ADMIN, bootstrap: str | None = None, **extra:
 
 
 def admin_client(bootstrap: str | None = None, principal: str = ADMIN, **extra: Any) -> Any:
+    return admin_from_config(client_config(principal, bootstrap, **extra))
+
+
+def admin_from_config(conf: dict[str, Any]) -> Any:
+    """An AdminClient that remembers its config: `committed_offsets` opens its group readers with it."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(client_config(principal, bootstrap, **extra))
+    admin = AdminClient(conf)
+    admin.rscf_conf, admin.rscf_offset_readers = dict(conf), {}
+    return admin
 
 
 def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool = False,
@@ -69,16 +76,27 @@ def end_offsets(admin: Any, tps: Iterable[Any], timeout_s: float, earliest: bool
 
 
 def committed_offsets(admin: Any, group: str, tps: Iterable[Any], timeout_s: float) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the group's committed offset, for the partitions it has committed."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
+    """(topic, partition) -> the group's committed offset, for the partitions it has committed.
 
+    Read through a consumer handle of that group that never subscribes (so never joins it), kept on the
+    admin (`admin_client`), not through `AdminClient.list_consumer_group_offsets`. Why: librdkafka 2.16
+    segfaults in that admin call when an OffsetFetch answers NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE
+    (`rd_kafka_handle_OffsetFetch` asks the client's consumer group, which an admin client lacks, to find the
+    coordinator again: `rd_kafka_cgrp_op(NULL)`, "rdk:main segfault at 58" in dmesg), as it does while a
+    broker shuts down: the pool controller and the backfill pacer polled lag across Kafka restarts (5 crashes
+    seen on 2026-12-06; 3 of 3 when polling through a broker's shutdown, 0 of 3 this way:
+    tests/integration/test_kafka_committed_offsets.py)."""
+    from confluent_kafka import Consumer
+
+    readers = getattr(admin, "rscf_offset_readers", None)
+    if readers is None:
+        raise TypeError("committed_offsets needs an admin from rscf.kafka_clients.admin_client or admin_from_config")
+    if group not in readers:
+        readers[group] = Consumer({**admin.rscf_conf, "group.id": group, "enable.auto.commit": False})
     out: dict[tuple[str, int], int] = {}
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, list(tps))],
-                                                request_timeout=timeout_s)
-    for fut in futures.values():
-        for tp in fut.result(timeout_s).topic_partitions:
-            if tp.error is None and tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = tp.offset
+    for tp in readers[group].committed(list(tps), timeout=timeout_s):
+        if tp.error is None and tp.offset >= 0:
+            out[(tp.topic, tp.partition)] = tp.offset
     return out
 
 
