@@ -10,6 +10,7 @@ runs in its own process (a segfault would take pytest down with it); the broker 
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import textwrap
@@ -78,7 +79,8 @@ def broker(tmp_path):
 
 def _poll_through_shutdown(b: PrivateBroker, how: str) -> subprocess.CompletedProcess:
     poller = subprocess.Popen([sys.executable, "-c", POLLER, b.bootstrap, how], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=SETTINGS.paths.repo)
+                              stderr=subprocess.DEVNULL, text=True, cwd=SETTINGS.paths.repo,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))  # no core file
     time.sleep(4)  # it reads the offsets while the broker is up
     b.stop()  # SIGTERM: a controlled shutdown, the group coordinator resigns under the poller
     out, _ = poller.communicate(timeout=60)
