@@ -144,12 +144,12 @@ def backends(names: list[str]):
             yield name, Embedder(threads=1)
         elif name in ("torch-fp16", "torch-bf16"):  # the GPU backend's precision, measured for quality on CPU
             yield name, Embedder(threads=1, dtype="float16" if name == "torch-fp16" else "bfloat16")
-        elif name == "torch-cuda":  # what the service serves on a GPU (`embedding_service.make_backend`)
-            from inference_workers.embedding_service import gpu_present
+        elif name == "torch-cuda":  # exactly what the service serves on a GPU
+            from inference_workers.embedding_service import gpu_present, make_backend
 
             if not gpu_present():
                 raise ValueError("torch-cuda needs a CUDA GPU; torch-fp16 measures its precision on this CPU")
-            yield name, Embedder(batch_size=256, device="cuda", dtype="float16")
+            yield name, make_backend("cuda")[0]
         elif name == "onnx-int8":
             if not is_exported():
                 raise FileNotFoundError("no ONNX export: run `python -m operators.embedding_onnx export`")
